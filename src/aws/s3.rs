@@ -1,0 +1,239 @@
+//! The staging bucket on S3: conditional create for job manifests, multipart upload of
+//! staged CSVs, streaming download for resumed jobs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use tokio::io::AsyncWriteExt;
+
+use super::classify;
+use crate::error::{Error, Result, Step};
+use crate::ports::{CreateOutcome, ObjectStore};
+
+/// Files above this size go up in parts of this size: S3 needs parts of 5 MiB or more,
+/// and one PUT of a large file would be retried whole.
+pub const MULTIPART_PART_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        Self { client, bucket: bucket.into() }
+    }
+
+    /// A client from the shared SDK config; path-style addressing when an endpoint
+    /// override (a local emulator) is set.
+    pub fn from_sdk_config(config: &aws_config::SdkConfig, bucket: impl Into<String>) -> Self {
+        let s3_config = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(config.endpoint_url().is_some())
+            .build();
+        Self::new(Client::from_conf(s3_config), bucket)
+    }
+
+    async fn upload_multipart(&self, key: &str, path: &Path, size: u64, content_type: &str) -> Result<()> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Stage, &format!("starting multipart upload of s3://{}/{key}", self.bucket)))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| Error::transient(Step::Stage, format!("S3 gave no upload id for {key}")))?
+            .to_owned();
+        let result = self.upload_parts(key, path, size, &upload_id).await;
+        if result.is_err() {
+            // Parts of an abandoned upload cost storage until a lifecycle rule removes them.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(&self, key: &str, path: &Path, size: u64, upload_id: &str) -> Result<()> {
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        let mut number = 1;
+        while offset < size {
+            let length = MULTIPART_PART_BYTES.min(size - offset);
+            let body = ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(Length::Exact(length))
+                .build()
+                .await
+                .map_err(|e| Error::permanent(Step::Stage, format!("reading {}", path.display())).caused_by(e))?;
+            let uploaded = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| classify(e, Step::Stage, &format!("uploading part {number} of {key}")))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(uploaded.e_tag().map(str::to_owned))
+                    .build(),
+            );
+            offset += length;
+            number += 1;
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Stage, &format!("completing multipart upload of {key}")))?;
+        Ok(())
+    }
+}
+
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let output = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(output) => output,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(err) => return Err(classify(err, Step::Stage, &format!("reading s3://{}/{key}", self.bucket))),
+        };
+        let bytes = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::transient(Step::Stage, format!("reading the body of {key}")).caused_by(e))?;
+        Ok(Some(bytes.into_bytes().to_vec()))
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Stage, &format!("writing s3://{}/{key}", self.bucket)))?;
+        Ok(())
+    }
+
+    async fn create(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<CreateOutcome> {
+        // S3 answers 409 ConditionalRequestConflict to a conditional write that races
+        // another in flight: the race is decided a moment later, so ask again.
+        for pause_ms in [20, 50, 100, 200, 400, 0] {
+            let sent = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type(content_type)
+                .if_none_match("*")
+                .body(ByteStream::from(bytes.clone()))
+                .send()
+                .await;
+            let err = match sent {
+                Ok(_) => return Ok(CreateOutcome::Created),
+                Err(err) => err,
+            };
+            let (status, code) = match &err {
+                SdkErrorRef::ServiceError(service) => (
+                    service.raw().status().as_u16(),
+                    aws_sdk_s3::error::ProvideErrorMetadata::code(service.err()).unwrap_or("").to_owned(),
+                ),
+                _ => (0, String::new()),
+            };
+            if status == 412 || code == "PreconditionFailed" {
+                return Ok(CreateOutcome::AlreadyExists);
+            }
+            if (status == 409 || code == "ConditionalRequestConflict") && pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                continue;
+            }
+            return Err(classify(err, Step::Stage, &format!("creating s3://{}/{key}", self.bucket)));
+        }
+        Err(Error::transient(Step::Stage, format!("creating {key}: conditional writes kept conflicting")))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
+            Err(err) => Err(classify(err, Step::Stage, &format!("checking s3://{}/{key}", self.bucket))),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Stage, &format!("deleting s3://{}/{key}", self.bucket)))?;
+        Ok(())
+    }
+
+    async fn upload_file(&self, key: &str, path: &Path, content_type: &str) -> Result<()> {
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| Error::permanent(Step::Stage, format!("reading {}", path.display())).caused_by(e))?
+            .len();
+        if size > MULTIPART_PART_BYTES {
+            return self.upload_multipart(key, path, size, content_type).await;
+        }
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| Error::permanent(Step::Stage, format!("reading {}", path.display())).caused_by(e))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Stage, &format!("uploading s3://{}/{key}", self.bucket)))?;
+        Ok(())
+    }
+
+    async fn download_file(&self, key: &str, path: &Path) -> Result<bool> {
+        let output = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(output) => output,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(false),
+            Err(err) => return Err(classify(err, Step::Stage, &format!("reading s3://{}/{key}", self.bucket))),
+        };
+        let local = |e: std::io::Error| Error::transient(Step::Stage, format!("writing {}", path.display())).caused_by(e);
+        let mut file = tokio::fs::File::create(path).await.map_err(local)?;
+        let mut body = output.body.into_async_read();
+        tokio::io::copy(&mut body, &mut file)
+            .await
+            .map_err(|e| Error::transient(Step::Stage, format!("downloading s3://{}/{key}", self.bucket)).caused_by(e))?;
+        file.flush().await.map_err(local)?;
+        Ok(true)
+    }
+}
+
+use aws_sdk_s3::error::SdkError as SdkErrorRef;

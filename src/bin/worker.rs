@@ -1,0 +1,27 @@
+//! The worker Lambda: configuration, clients, then `lambda_runtime::run` on the job handler.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use maestro_relay::aws::{sdk_config, S3Store, SecretsManager};
+use maestro_relay::config::WorkerConfig;
+use maestro_relay::secrets::CachedSecrets;
+use maestro_relay::telemetry;
+use maestro_relay::worker::Worker;
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init_logging();
+    let config = WorkerConfig::from_env().inspect_err(|e| tracing::error!(error = %e.chain(), "cannot start"))?;
+    let aws = sdk_config().await;
+    let secrets = CachedSecrets::new(SecretsManager::from_sdk_config(&aws), config.secret_cache_ttl);
+    let worker = Worker::new(S3Store::from_sdk_config(&aws, &config.staging_bucket), secrets, config);
+    let worker = &worker;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let remaining = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        worker.handle_event(&event.payload, worker.retry_deadline(remaining)).await
+    }))
+    .await
+}

@@ -1,0 +1,352 @@
+//! Configuration from environment variables, parsed once at cold start into typed values;
+//! every missing or invalid variable is reported by name before anything runs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::csv_out::{ColumnMapping, CsvOptions, LineEnding, Quoting};
+use crate::error::{Error, Step};
+use crate::job::FileNameTemplate;
+use crate::kinaxis::{KinaxisOptions, PagingStyle};
+use crate::retry::RetryPolicy;
+use crate::routing::{RoutingTable, Target};
+use crate::sftp::{ExistingFilePolicy, SftpOptions};
+use crate::webhook::auth::AuthMode;
+use crate::webhook::WebhookSettings;
+
+/// Reads variables through `lookup` and collects every problem, so one start-up failure
+/// lists them all.
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl<'a> Env<'a> {
+    fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Self { lookup, problems: Vec::new() }
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    fn required(&mut self, name: &str) -> String {
+        self.get(name).unwrap_or_else(|| {
+            self.problems.push(format!("{name} is required"));
+            String::new()
+        })
+    }
+
+    fn parsed<T: FromStr>(&mut self, name: &str, default: T) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => default,
+            Some(raw) => raw.parse().unwrap_or_else(|e| {
+                self.problems.push(format!("{name}={raw:?} is invalid: {e}"));
+                default
+            }),
+        }
+    }
+
+    fn seconds(&mut self, name: &str, default: u64) -> Duration {
+        Duration::from_secs(self.parsed(name, default))
+    }
+
+    fn millis(&mut self, name: &str, default: u64) -> Duration {
+        Duration::from_millis(self.parsed(name, default))
+    }
+
+    fn check(&mut self, ok: bool, problem: impl FnOnce() -> String) {
+        if !ok {
+            self.problems.push(problem());
+        }
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, Error> {
+        if self.problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(Error::permanent(Step::Config, format!("invalid configuration: {}", self.problems.join("; "))))
+        }
+    }
+}
+
+fn routes(env: &mut Env<'_>) -> RoutingTable {
+    let suffixes = env.get("ROUTES").unwrap_or_else(|| "PF=PF2,WP=WP2".to_owned());
+    let overrides = env.get("ROUTE_OVERRIDES").unwrap_or_default();
+    RoutingTable::parse(&suffixes, &overrides).unwrap_or_else(|e| {
+        env.problems.push(format!("ROUTES/ROUTE_OVERRIDES are invalid: {e}"));
+        RoutingTable::default()
+    })
+}
+
+/// The webhook function's configuration.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub staging_bucket: String,
+    pub secret_cache_ttl: Duration,
+    pub settings: WebhookSettings,
+}
+
+impl WebhookConfig {
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let mut env = Env::new(lookup);
+        let staging_bucket = env.required("STAGING_BUCKET");
+        let secret_id = env.required("WEBHOOK_SECRET_ID");
+        let auth_mode = env.parsed("WEBHOOK_AUTH_MODE", AuthMode::Hmac);
+        let max_body_bytes = env.parsed("WEBHOOK_MAX_BODY_BYTES", 256 * 1024);
+        let timestamp_tolerance = env.seconds("WEBHOOK_TIMESTAMP_TOLERANCE_SECS", 300);
+        let secret_cache_ttl = env.seconds("SECRET_CACHE_TTL_SECS", 300);
+        let routes = routes(&mut env);
+        env.finish(Self {
+            staging_bucket,
+            secret_cache_ttl,
+            settings: WebhookSettings { secret_id, auth_mode, max_body_bytes, timestamp_tolerance, routes },
+        })
+    }
+}
+
+/// The worker function's configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub staging_bucket: String,
+    pub kinaxis_secret_id: String,
+    pub sftp_secret_ids: BTreeMap<Target, String>,
+    pub secret_cache_ttl: Duration,
+    pub kinaxis: KinaxisOptions,
+    pub retry: RetryPolicy,
+    /// Retries stop when less than this is left before the function's timeout.
+    pub deadline_margin: Duration,
+    pub csv: CsvOptions,
+    pub file_names: FileNameTemplate,
+    pub sftp: SftpOptions,
+    /// Where CSVs are written before staging (Lambda's ephemeral `/tmp`).
+    pub spool_dir: PathBuf,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let mut env = Env::new(lookup);
+        let staging_bucket = env.required("STAGING_BUCKET");
+        let kinaxis_secret_id = env.required("KINAXIS_SECRET_ID");
+        let base_url = env.required("KINAXIS_BASE_URL");
+        env.check(base_url.is_empty() || base_url.starts_with("https://") || base_url.starts_with("http://"), || {
+            format!("KINAXIS_BASE_URL={base_url:?} must start with https:// (or http:// for a local simulator)")
+        });
+        let routes = routes(&mut env);
+        let mut sftp_secret_ids = BTreeMap::new();
+        for target in routes.targets() {
+            let name = format!("SFTP_SECRET_ID_{target}");
+            sftp_secret_ids.insert(target, env.required(&name));
+        }
+        let paging = match env.get("KINAXIS_PAGING").as_deref() {
+            None | Some("query") => PagingStyle::Query,
+            Some("path") => PagingStyle::Path,
+            Some(other) => {
+                env.problems.push(format!("KINAXIS_PAGING={other:?} is not query or path"));
+                PagingStyle::Query
+            }
+        };
+        let kinaxis = KinaxisOptions {
+            base_url,
+            page_size: env.parsed("KINAXIS_PAGE_SIZE", 5000),
+            pages_in_flight: env.parsed("KINAXIS_PAGES_IN_FLIGHT", 4),
+            connect_timeout: env.seconds("KINAXIS_CONNECT_TIMEOUT_SECS", 10),
+            request_timeout: env.seconds("KINAXIS_REQUEST_TIMEOUT_SECS", 120),
+            paging,
+        };
+        env.check(kinaxis.page_size >= 1 && kinaxis.pages_in_flight >= 1, || {
+            "KINAXIS_PAGE_SIZE and KINAXIS_PAGES_IN_FLIGHT must be at least 1".to_owned()
+        });
+        let retry = RetryPolicy {
+            retries: env.parsed("RETRY_MAX", 3),
+            initial_delay: env.millis("RETRY_INITIAL_MS", 30_000),
+            factor: env.parsed("RETRY_FACTOR", 2.0),
+            max_delay: env.millis("RETRY_MAX_DELAY_MS", 300_000),
+            jitter: env.parsed("RETRY_JITTER", 0.2),
+        };
+        env.check(retry.factor >= 1.0 && (0.0..=1.0).contains(&retry.jitter), || {
+            "RETRY_FACTOR must be >= 1 and RETRY_JITTER within 0..1".to_owned()
+        });
+        let csv = csv_options(&mut env);
+        let file_names = FileNameTemplate {
+            single: env.get("FILE_NAME_TEMPLATE").unwrap_or_else(|| FileNameTemplate::default().single),
+            several: env.get("FILE_NAME_TEMPLATE_MULTI").unwrap_or_else(|| FileNameTemplate::default().several),
+        };
+        for (name, template) in [("FILE_NAME_TEMPLATE", &file_names.single), ("FILE_NAME_TEMPLATE_MULTI", &file_names.several)] {
+            let stripped = FileNameTemplate::PLACEHOLDERS.iter().fold(template.clone(), |t, p| t.replace(p, ""));
+            env.check(
+                template.contains("{fileName}") && !stripped.contains(['{', '}', '/']),
+                || format!("{name}={template:?} must contain {{fileName}}, no '/' and only known placeholders"),
+            );
+        }
+        let sftp = SftpOptions {
+            connect_timeout: env.seconds("SFTP_CONNECT_TIMEOUT_SECS", 15),
+            io_timeout: env.seconds("SFTP_IO_TIMEOUT_SECS", 60),
+            keepalive_interval: env.seconds("SFTP_KEEPALIVE_SECS", 15),
+            write_chunk: env.parsed("SFTP_WRITE_CHUNK_BYTES", 1024 * 1024),
+            existing: env.parsed("SFTP_EXISTING_FILE", ExistingFilePolicy::Fail),
+            create_dir: env.parsed("SFTP_CREATE_DIR", false),
+        };
+        let config = Self {
+            staging_bucket,
+            kinaxis_secret_id,
+            sftp_secret_ids,
+            secret_cache_ttl: env.seconds("SECRET_CACHE_TTL_SECS", 300),
+            kinaxis,
+            retry,
+            deadline_margin: env.seconds("RETRY_DEADLINE_MARGIN_SECS", 30),
+            csv,
+            file_names,
+            sftp,
+            spool_dir: env.get("SPOOL_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
+        };
+        env.finish(config)
+    }
+}
+
+fn csv_options(env: &mut Env<'_>) -> CsvOptions {
+    let defaults = CsvOptions::default();
+    let delimiter = match env.get("CSV_DELIMITER").as_deref() {
+        None => defaults.delimiter,
+        Some("\\t" | "tab") => b'\t',
+        Some(d) if d.len() == 1 && d != "\"" && d != "\r" && d != "\n" => d.as_bytes()[0],
+        Some(other) => {
+            env.problems.push(format!("CSV_DELIMITER={other:?} must be one ASCII character other than a quote or line break, or 'tab'"));
+            defaults.delimiter
+        }
+    };
+    let quoting = match env.get("CSV_QUOTING").as_deref() {
+        None | Some("necessary") => Quoting::Necessary,
+        Some("always") => Quoting::Always,
+        Some("non-numeric") => Quoting::NonNumeric,
+        Some(other) => {
+            env.problems.push(format!("CSV_QUOTING={other:?} is not necessary, always or non-numeric"));
+            Quoting::Necessary
+        }
+    };
+    let line_ending = match env.get("CSV_LINE_ENDING").as_deref() {
+        None | Some("crlf") => LineEnding::Crlf,
+        Some("lf") => LineEnding::Lf,
+        Some(other) => {
+            env.problems.push(format!("CSV_LINE_ENDING={other:?} is not crlf or lf"));
+            LineEnding::Crlf
+        }
+    };
+    // `Order,Part:MATNR,Quantity:MENGE`: selection and order, `:` renames.
+    let columns = env.get("CSV_COLUMNS").map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| match c.split_once(':') {
+                Some((source, header)) => ColumnMapping { source: source.trim().into(), header: header.trim().into() },
+                None => ColumnMapping { source: c.into(), header: c.into() },
+            })
+            .collect::<Vec<_>>()
+    });
+    let date_format = env.get("CSV_DATE_FORMAT").and_then(|f| {
+        time::format_description::parse_owned::<2>(&f)
+            .map_err(|e| env.problems.push(format!("CSV_DATE_FORMAT={f:?} is invalid: {e}")))
+            .ok()
+    });
+    let date_columns: Vec<String> = env
+        .get("CSV_DATE_COLUMNS")
+        .map(|l| l.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
+        .unwrap_or_default();
+    env.check(date_columns.is_empty() || date_format.is_some(), || {
+        "CSV_DATE_COLUMNS needs CSV_DATE_FORMAT".to_owned()
+    });
+    CsvOptions {
+        delimiter,
+        quoting,
+        header: env.parsed("CSV_HEADER", true),
+        line_ending,
+        bom: env.parsed("CSV_BOM", false),
+        columns,
+        date_columns,
+        date_format,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    const WORKER: &[(&str, &str)] = &[
+        ("STAGING_BUCKET", "b"),
+        ("KINAXIS_SECRET_ID", "k"),
+        ("KINAXIS_BASE_URL", "https://na1.kinaxis.net/ACME"),
+        ("SFTP_SECRET_ID_PF2", "pf2"),
+        ("SFTP_SECRET_ID_WP2", "wp2"),
+    ];
+
+    #[test]
+    fn a_complete_worker_environment_parses_with_the_documented_defaults() {
+        let config = WorkerConfig::from_lookup(&lookup(WORKER)).unwrap();
+        assert_eq!(config.retry, RetryPolicy::default());
+        assert_eq!(config.sftp_secret_ids.len(), 2);
+        assert_eq!(config.kinaxis.pages_in_flight, 4);
+        assert_eq!(config.sftp.existing, ExistingFilePolicy::Fail);
+    }
+
+    #[test]
+    fn every_missing_or_invalid_variable_is_named_in_one_error() {
+        let err = WorkerConfig::from_lookup(&lookup(&[
+            ("KINAXIS_BASE_URL", "ftp://x"),
+            ("RETRY_MAX", "three"),
+            ("CSV_DELIMITER", "ab"),
+            ("SFTP_EXISTING_FILE", "replace"),
+        ]))
+        .unwrap_err();
+        for name in [
+            "STAGING_BUCKET",
+            "KINAXIS_SECRET_ID",
+            "KINAXIS_BASE_URL",
+            "SFTP_SECRET_ID_PF2",
+            "SFTP_SECRET_ID_WP2",
+            "RETRY_MAX",
+            "CSV_DELIMITER",
+            "SFTP_EXISTING_FILE",
+        ] {
+            assert!(err.message.contains(name), "{name} missing from {}", err.message);
+        }
+        assert_eq!(err.step, Step::Config);
+    }
+
+    #[test]
+    fn a_target_added_by_an_override_needs_its_own_sftp_secret() {
+        let mut vars = WORKER.to_vec();
+        vars.push(("ROUTE_OVERRIDES", "Special-PF=QA1"));
+        let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+        assert!(err.message.contains("SFTP_SECRET_ID_QA1"));
+    }
+
+    #[test]
+    fn the_webhook_needs_its_bucket_and_secret_and_a_known_auth_mode() {
+        let err = WebhookConfig::from_lookup(&lookup(&[("WEBHOOK_AUTH_MODE", "none")])).unwrap_err();
+        assert!(err.message.contains("STAGING_BUCKET"));
+        assert!(err.message.contains("WEBHOOK_SECRET_ID"));
+        assert!(err.message.contains("WEBHOOK_AUTH_MODE"));
+        let ok = WebhookConfig::from_lookup(&lookup(&[("STAGING_BUCKET", "b"), ("WEBHOOK_SECRET_ID", "w")])).unwrap();
+        assert_eq!(ok.settings.auth_mode, AuthMode::Hmac);
+        assert_eq!(ok.settings.max_body_bytes, 262_144);
+    }
+}

@@ -1,0 +1,141 @@
+//! The one error type: what failed (step), whether retrying can help (class), and the cause.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    /// Network, timeout, 5xx/429/408, SFTP connect or I/O, S3 throttling: retry.
+    Transient,
+    /// Bad input, rights, a refused key, a conflicting remote file: retrying changes nothing.
+    Permanent,
+}
+
+/// The part of the pipeline an error arose in; it names the failure for ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Config,
+    Secrets,
+    Webhook,
+    Manifest,
+    Fetch,
+    Convert,
+    Stage,
+    Deliver,
+    Receipt,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Step::Config => "config",
+            Step::Secrets => "secrets",
+            Step::Webhook => "webhook",
+            Step::Manifest => "manifest",
+            Step::Fetch => "fetch",
+            Step::Convert => "convert",
+            Step::Stage => "stage",
+            Step::Deliver => "deliver",
+            Step::Receipt => "receipt",
+        };
+        f.write_str(name)
+    }
+}
+
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error with its class, step, a message naming what failed, and its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} failed ({class}): {message}")]
+pub struct Error {
+    pub class: ErrorClass,
+    pub step: Step,
+    pub message: String,
+    /// A server's `Retry-After`, honoured by the retry policy.
+    pub retry_after: Option<Duration>,
+    #[source]
+    source: Option<Cause>,
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+        })
+    }
+}
+
+impl Error {
+    pub fn new(class: ErrorClass, step: Step, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            step,
+            message: message.into(),
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    pub fn transient(step: Step, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Transient, step, message)
+    }
+
+    pub fn permanent(step: Step, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Permanent, step, message)
+    }
+
+    /// Keeps `cause` as this error's source.
+    pub fn caused_by(mut self, cause: impl Into<Cause>) -> Self {
+        self.source = Some(cause.into());
+        self
+    }
+
+    /// Re-labels the step, for errors raised by a shared adapter on behalf of a step.
+    pub fn at(mut self, step: Step) -> Self {
+        self.step = step;
+        self
+    }
+
+    pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
+        self.retry_after = after;
+        self
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class == ErrorClass::Transient
+    }
+
+    /// The message followed by every cause, for logs and failure records.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(inner) = cause {
+            text.push_str(": ");
+            text.push_str(&inner.to_string());
+            cause = inner.source();
+        }
+        text
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_the_step_the_class_and_every_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = Error::transient(Step::Deliver, "connecting to sftp.example:22").caused_by(io);
+        assert_eq!(
+            err.chain(),
+            "deliver failed (transient): connecting to sftp.example:22: refused"
+        );
+        assert!(err.is_transient());
+    }
+}

@@ -1,0 +1,181 @@
+//! Fetch → CSV: the workbook's worksheets written as CSV files on local disk, page by page
+//! in order, a bounded number of pages in flight, memory independent of the row count.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use futures_util::stream::{self, StreamExt};
+use tokio::time::Instant;
+
+use crate::csv_out::{CsvError, CsvOptions, CsvSink};
+use crate::error::{Error, Result, Step};
+use crate::job::{self, FileNameTemplate, Manifest, StagedFile};
+use crate::kinaxis::client::{data_fault, WorksheetRef};
+use crate::kinaxis::model::{NameScope, Page, WorkbookParameters, WorkbookRequest, WorksheetAnswer};
+use crate::kinaxis::KinaxisClient;
+use crate::retry::RetryPolicy;
+
+/// A CSV written to local disk, ready to stage.
+#[derive(Debug, Clone)]
+pub struct ExportedFile {
+    pub file: StagedFile,
+    pub path: PathBuf,
+}
+
+pub struct Exporter<'a> {
+    pub client: &'a KinaxisClient,
+    pub csv: &'a CsvOptions,
+    pub names: &'a FileNameTemplate,
+    pub retry: &'a RetryPolicy,
+    pub deadline: Instant,
+}
+
+pub fn workbook_request(manifest: &Manifest) -> WorkbookRequest {
+    let scope = |s: &job::NamedScope| NameScope { name: s.name.clone(), scope: s.scope.clone() };
+    WorkbookRequest {
+        scenario: scope(&manifest.scenario),
+        workbook_parameters: WorkbookParameters {
+            workbook: scope(&manifest.workbook),
+            site_group: manifest.site_group.clone(),
+            filter: manifest.filter.as_ref().map(scope),
+            variable_values: manifest.variables.clone(),
+            worksheet_names: manifest.worksheets.clone(),
+        },
+    }
+}
+
+impl Exporter<'_> {
+    /// Writes every worksheet of the job's workbook into `dir`.
+    pub async fn export(&self, manifest: &Manifest, dir: &Path) -> Result<Vec<ExportedFile>> {
+        let request = workbook_request(manifest);
+        let (answer, _) = self
+            .retry
+            .run(self.deadline, "kinaxis workbook", |_| self.client.workbook(&request))
+            .await?;
+        if answer.worksheets.is_empty() {
+            return Err(Error::permanent(
+                Step::Fetch,
+                format!("workbook {:?} returned no worksheets", manifest.workbook.name),
+            ));
+        }
+        let several = answer.worksheets.len() > 1;
+        let mut files = Vec::with_capacity(answer.worksheets.len());
+        for sheet in &answer.worksheets {
+            let file_name = job::csv_file_name(self.names, manifest, &sheet.name, several);
+            let path = dir.join(&file_name);
+            let stats = self.write_worksheet(manifest, sheet, &path).await?;
+            tracing::info!(worksheet = %sheet.name, file = %file_name, rows = stats.rows, bytes = stats.bytes, "worksheet converted");
+            files.push(ExportedFile {
+                file: StagedFile { worksheet: sheet.name.clone(), file_name, stats },
+                path,
+            });
+        }
+        Ok(files)
+    }
+
+    async fn write_worksheet(&self, manifest: &Manifest, sheet: &WorksheetAnswer, path: &Path) -> Result<crate::csv_out::FileStats> {
+        let named = |e: CsvError| convert_error(e, &sheet.name);
+        let columns: Vec<String> = sheet.columns.iter().map(|c| c.id.clone()).collect();
+        let file = File::create(path)
+            .map_err(|e| Error::transient(Step::Convert, format!("creating {}", path.display())).caused_by(e))?;
+        let mut sink = CsvSink::new(BufWriter::with_capacity(256 * 1024, file), self.csv, &columns).map_err(named)?;
+        for row in &sheet.rows {
+            sink.write_row(&row.values).map_err(named)?;
+        }
+
+        let total = sheet.total_row_count;
+        if sink.rows() < total {
+            let query_id = sheet.query_handle.as_ref().map(|h| h.query_id.clone()).ok_or_else(|| {
+                Error::permanent(
+                    Step::Fetch,
+                    format!("worksheet {:?} has {total} rows but no QueryHandle to page them", sheet.name),
+                )
+            })?;
+            let sheet_ref = WorksheetRef {
+                workbook_name: manifest.workbook.name.clone(),
+                workbook_scope: manifest.workbook.scope.clone(),
+                worksheet_name: sheet.name.clone(),
+                query_id,
+            };
+            let page_size = self.client.options().page_size.max(1);
+            let first = sink.rows();
+            let starts = (first..total).step_by(page_size as usize);
+            let mut pages = stream::iter(starts)
+                .map(|start| {
+                    let rows = page_size.min(total - start);
+                    let sheet_ref = &sheet_ref;
+                    async move { (start, rows, self.fetch_page(sheet_ref, start, rows).await) }
+                })
+                .buffered(self.client.options().pages_in_flight.max(1));
+            while let Some((start, rows, body)) = pages.next().await {
+                let mut body = body?;
+                let parsed = match serde_json::from_slice::<Page<'_>>(&body) {
+                    Ok(page) => Ok(page),
+                    Err(err) => Err(data_fault(err, &format!("worksheet {:?} rows from {start}", sheet.name))),
+                };
+                let page = match parsed {
+                    Ok(page) => page,
+                    Err(err) if err.is_transient() => {
+                        tracing::warn!(error = %err.chain(), "page unreadable, fetching it again");
+                        body = self.fetch_parsable_page(&sheet_ref, start, rows).await?;
+                        serde_json::from_slice::<Page<'_>>(&body)
+                            .map_err(|e| data_fault(e, &format!("worksheet {:?} rows from {start}", sheet.name)))?
+                    }
+                    Err(err) => return Err(err),
+                };
+                if page.rows.len() as u64 != rows {
+                    return Err(Error::permanent(
+                        Step::Fetch,
+                        format!(
+                            "worksheet {:?}: the page from row {start} has {} rows, {rows} expected: \
+                             the export ended short of TotalRowCount {total}",
+                            sheet.name,
+                            page.rows.len()
+                        ),
+                    ));
+                }
+                for row in &page.rows {
+                    sink.write_row(&row.values).map_err(named)?;
+                }
+            }
+        } else if sink.rows() > total {
+            return Err(Error::permanent(
+                Step::Fetch,
+                format!("worksheet {:?} returned {} rows, more than its TotalRowCount {total}", sheet.name, sink.rows()),
+            ));
+        }
+        let (_, stats) = sink.finish().map_err(named)?;
+        Ok(stats)
+    }
+
+    async fn fetch_page(&self, sheet: &WorksheetRef, start: u64, rows: u64) -> Result<bytes::Bytes> {
+        let what = format!("kinaxis page {start}");
+        let (body, _) = self.retry.run(self.deadline, &what, |_| self.client.page(sheet, start, rows)).await?;
+        Ok(body)
+    }
+
+    /// As `fetch_page`, counting an unparsable body as a failed attempt.
+    async fn fetch_parsable_page(&self, sheet: &WorksheetRef, start: u64, rows: u64) -> Result<bytes::Bytes> {
+        let what = format!("kinaxis page {start}");
+        let (body, _) = self
+            .retry
+            .run(self.deadline, &what, |_| {
+                let what = &what;
+                async move {
+                    let body = self.client.page(sheet, start, rows).await?;
+                    serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| data_fault(e, what))?;
+                    Ok(body)
+                }
+            })
+            .await?;
+        Ok(body)
+    }
+}
+
+fn convert_error(err: CsvError, worksheet: &str) -> Error {
+    match err {
+        CsvError::Io(io) => Error::transient(Step::Convert, format!("writing the CSV of worksheet {worksheet:?}")).caused_by(io),
+        other => Error::permanent(Step::Convert, format!("worksheet {worksheet:?}: {other}")),
+    }
+}

@@ -1,0 +1,225 @@
+//! The job: its id, its manifest, the S3 key layout, and the receipt and failure records.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::csv_out::FileStats;
+use crate::error::{ErrorClass, Step};
+use crate::routing::Target;
+
+/// The first 32 hex digits of SHA-256 of the idempotency key.
+pub fn job_id(idempotency_key: &str) -> String {
+    let mut id = hex::encode(Sha256::digest(idempotency_key.as_bytes()));
+    id.truncate(32);
+    id
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Where each object of a job lives in the staging bucket.
+pub mod keys {
+    pub const JOBS_PREFIX: &str = "jobs/";
+
+    pub fn manifest(job_id: &str) -> String {
+        format!("jobs/{job_id}.json")
+    }
+    pub fn staged_file(job_id: &str, file_name: &str) -> String {
+        format!("staging/{job_id}/{file_name}")
+    }
+    /// Written last when staging completes: its presence means every CSV is staged.
+    pub fn staged_index(job_id: &str) -> String {
+        format!("staging/{job_id}/_staged.json")
+    }
+    pub fn receipt(job_id: &str) -> String {
+        format!("receipts/{job_id}.json")
+    }
+    pub fn failure(job_id: &str) -> String {
+        format!("failed/{job_id}.json")
+    }
+
+    /// The job id in a manifest key, `jobs/{jobId}.json`.
+    pub fn job_id_of_manifest(key: &str) -> Option<&str> {
+        let id = key.strip_prefix(JOBS_PREFIX)?.strip_suffix(".json")?;
+        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedScope {
+    pub name: String,
+    #[serde(default = "public_scope")]
+    pub scope: String,
+}
+
+pub fn public_scope() -> String {
+    "Public".to_owned()
+}
+
+/// The validated webhook request plus what the webhook decided. Written once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub job_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    pub target: Target,
+    /// SHA-256 of the webhook body: tells a duplicate from a conflicting reuse of a key.
+    pub content_sha256: String,
+    pub event_id: Option<String>,
+    pub file_name: String,
+    pub workbook: NamedScope,
+    /// Empty: every worksheet of the workbook.
+    pub worksheets: Vec<String>,
+    pub scenario: NamedScope,
+    pub site_group: String,
+    pub filter: Option<NamedScope>,
+    pub variables: BTreeMap<String, String>,
+}
+
+/// One delivered file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StagedFile {
+    pub worksheet: String,
+    pub file_name: String,
+    #[serde(flatten)]
+    pub stats: FileStats,
+}
+
+/// `receipts/{jobId}.json`: the job is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    pub job_id: String,
+    pub target: Target,
+    pub files: Vec<DeliveredFile>,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Attempts of the delivery step (1 when the first try went through).
+    pub attempts: u32,
+    pub timings_ms: BTreeMap<String, u64>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub delivered_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveredFile {
+    #[serde(flatten)]
+    pub file: StagedFile,
+    pub remote_path: String,
+    /// `false` when the identical file was already there (a redelivery).
+    pub uploaded: bool,
+}
+
+/// `failed/{jobId}.json`: why the job did not deliver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureRecord {
+    pub job_id: String,
+    pub class: ErrorClass,
+    pub step: Step,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_at: OffsetDateTime,
+}
+
+/// The CSV file name for a worksheet: `{fileName}_{yyyyMMddHHmmss}.csv`, with the
+/// worksheet (reduced to `A-Za-z0-9_-`) when the job has several. The timestamp is the
+/// job's `receivedAt`, so a redelivered job produces the same name.
+pub fn csv_file_name(template: &FileNameTemplate, manifest: &Manifest, worksheet: &str, several: bool) -> String {
+    let stamp = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        manifest.received_at.year(),
+        u8::from(manifest.received_at.month()),
+        manifest.received_at.day(),
+        manifest.received_at.hour(),
+        manifest.received_at.minute(),
+        manifest.received_at.second()
+    );
+    let sheet: String = worksheet
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
+    let pattern = if several { &template.several } else { &template.single };
+    pattern
+        .replace("{fileName}", &manifest.file_name)
+        .replace("{worksheet}", &sheet)
+        .replace("{timestamp}", &stamp)
+        .replace("{jobId}", &manifest.job_id)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileNameTemplate {
+    pub single: String,
+    pub several: String,
+}
+
+impl Default for FileNameTemplate {
+    fn default() -> Self {
+        Self {
+            single: "{fileName}_{timestamp}.csv".to_owned(),
+            several: "{fileName}_{worksheet}_{timestamp}.csv".to_owned(),
+        }
+    }
+}
+
+impl FileNameTemplate {
+    pub const PLACEHOLDERS: [&'static str; 4] = ["{fileName}", "{worksheet}", "{timestamp}", "{jobId}"];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn manifest() -> Manifest {
+        Manifest {
+            job_id: job_id("evt-1"),
+            received_at: time::macros::datetime!(2026-11-24 06:00:07 UTC),
+            target: Target::parse("PF2").unwrap(),
+            content_sha256: sha256_hex(b"{}"),
+            event_id: Some("evt-1".into()),
+            file_name: "PlannedOrders-PF".into(),
+            workbook: NamedScope { name: "PlannedOrders Export".into(), scope: public_scope() },
+            worksheets: vec![],
+            scenario: NamedScope { name: "Enterprise Data".into(), scope: public_scope() },
+            site_group: "All Sites".into(),
+            filter: None,
+            variables: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn job_ids_are_32_hex_digits_and_stable_for_a_key() {
+        let id = job_id("2026-11-24T06:00:00Z-planned-orders");
+        assert_eq!(id.len(), 32);
+        assert_eq!(id, job_id("2026-11-24T06:00:00Z-planned-orders"));
+        assert_ne!(id, job_id("other"));
+        assert_eq!(keys::job_id_of_manifest(&keys::manifest(&id)), Some(id.as_str()));
+        assert_eq!(keys::job_id_of_manifest("jobs/../x.json"), None);
+    }
+
+    #[test]
+    fn file_names_carry_the_received_timestamp_and_a_cleaned_worksheet_name() {
+        let m = manifest();
+        let t = FileNameTemplate::default();
+        assert_eq!(csv_file_name(&t, &m, "Planned Orders", false), "PlannedOrders-PF_20261124060007.csv");
+        assert_eq!(
+            csv_file_name(&t, &m, "Planned Orders/Ü", true),
+            "PlannedOrders-PF_Planned_Orders___20261124060007.csv"
+        );
+    }
+
+    #[test]
+    fn a_manifest_round_trips_through_its_json_form() {
+        let m = manifest();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"receivedAt\":\"2026-11-24T06:00:07Z\""));
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+    }
+}

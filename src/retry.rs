@@ -1,0 +1,192 @@
+//! The one retry policy every step uses: transient errors only, exponential backoff with
+//! jitter, `Retry-After` honoured, and never past the caller's deadline.
+//!
+//! Hand-written rather than `backon`: the deadline comes from the Lambda context at run
+//! time and a server's `Retry-After` travels inside our error type; both are a few lines here.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (3 → up to 4 attempts).
+    pub retries: u32,
+    pub initial_delay: Duration,
+    pub factor: f64,
+    pub max_delay: Duration,
+    /// Fraction of each delay drawn at random either way (0.2 → ±20 %).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: 3,
+            initial_delay: Duration::from_secs(30),
+            factor: 2.0,
+            max_delay: Duration::from_secs(300),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before retry number `retry` (0-based), jitter applied.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let base = self.initial_delay.as_secs_f64() * self.factor.powi(retry as i32);
+        let spread = self.jitter.clamp(0.0, 1.0);
+        let scale = 1.0 - spread + 2.0 * spread * fastrand::f64();
+        Duration::from_secs_f64((base * scale).min(self.max_delay.as_secs_f64()).max(0.0))
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, runs out of retries, or the next
+    /// pause would end after `deadline`. Returns the value and the number of attempts made.
+    pub async fn run<T, F, Fut>(&self, deadline: Instant, what: &str, mut attempt: F) -> Result<(T, u32)>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut made = 0;
+        loop {
+            made += 1;
+            let err: Error = match attempt(made).await {
+                Ok(value) => return Ok((value, made)),
+                Err(err) => err,
+            };
+            if !err.is_transient() || made > self.retries {
+                return Err(err);
+            }
+            let pause = err.retry_after.unwrap_or_default().max(self.delay(made - 1));
+            if Instant::now() + pause >= deadline {
+                tracing::warn!(what, attempt = made, error = %err.chain(), "no time left for another retry");
+                return Err(err);
+            }
+            tracing::warn!(what, attempt = made, pause_ms = pause.as_millis() as u64, error = %err.chain(), "transient failure, retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Step;
+    use std::cell::Cell;
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            retries: 3,
+            initial_delay: Duration::from_millis(1),
+            factor: 2.0,
+            max_delay: Duration::from_millis(10),
+            jitter: 0.0,
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn delays_grow_by_the_factor_from_the_initial_delay_and_stop_at_the_cap() {
+        let policy = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
+        assert_eq!(policy.delay(0), Duration::from_secs(30));
+        assert_eq!(policy.delay(1), Duration::from_secs(60));
+        assert_eq!(policy.delay(2), Duration::from_secs(120));
+        assert_eq!(policy.delay(5), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn jitter_keeps_each_delay_within_its_band() {
+        let policy = RetryPolicy::default();
+        for _ in 0..200 {
+            let d = policy.delay(0).as_secs_f64();
+            assert!((24.0..=36.0).contains(&d), "{d}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_that_clears_is_retried_until_it_succeeds() {
+        let calls = Cell::new(0);
+        let (value, attempts) = fast()
+            .run(far(), "t", |_| {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n < 3 {
+                        Err(Error::transient(Step::Fetch, "503"))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!((value, attempts), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_that_persists_gives_up_after_the_configured_retries() {
+        let calls = Cell::new(0);
+        let err = fast()
+            .run(far(), "t", |_| {
+                calls.set(calls.get() + 1);
+                async { Err::<(), _>(Error::transient(Step::Fetch, "503")) }
+            })
+            .await
+            .unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(calls.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_not_retried() {
+        let calls = Cell::new(0);
+        let err = fast()
+            .run(far(), "t", |_| {
+                calls.set(calls.get() + 1);
+                async { Err::<(), _>(Error::permanent(Step::Fetch, "403")) }
+            })
+            .await
+            .unwrap_err();
+        assert!(!err.is_transient());
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_retry_starts_when_its_pause_would_end_after_the_deadline() {
+        let calls = Cell::new(0);
+        let policy = RetryPolicy { initial_delay: Duration::from_secs(30), max_delay: Duration::from_secs(300), ..fast() };
+        let _ = policy
+            .run(Instant::now() + Duration::from_secs(1), "t", |_| {
+                calls.set(calls.get() + 1);
+                async { Err::<(), _>(Error::transient(Step::Fetch, "503")) }
+            })
+            .await;
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_longer_than_the_backoff_is_honoured() {
+        let started = Instant::now();
+        let calls = Cell::new(0);
+        let _ = fast()
+            .run(far(), "t", |_| {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n == 1 {
+                        Err(Error::transient(Step::Fetch, "429").with_retry_after(Some(Duration::from_millis(50))))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,167 @@
+//! Secret shapes (Kinaxis client, SFTP targets, webhook credentials) and a per-container
+//! cache with a TTL in front of any `SecretSource`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::error::{Error, Result, Step};
+use crate::ports::SecretSource;
+
+/// `KINAXIS_SECRET_ID`: the OAuth client of the Kinaxis integration user.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KinaxisCredentials {
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+/// `SFTP_SECRET_ID_<TARGET>`: one SAP SFTP server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SftpCredentials {
+    pub host: String,
+    #[serde(default = "default_sftp_port")]
+    pub port: u16,
+    pub username: String,
+    #[serde(default)]
+    pub private_key: Option<SecretString>,
+    #[serde(default)]
+    pub passphrase: Option<SecretString>,
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    /// OpenSSH form, `SHA256:<base64 without padding>`; mandatory.
+    pub host_key_sha256: String,
+    pub remote_dir: String,
+}
+
+fn default_sftp_port() -> u16 {
+    22
+}
+
+/// `WEBHOOK_SECRET_ID`: what a caller must prove, per authentication mode. Lists hold
+/// several entries so a key can be rotated without downtime (old and new both valid).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WebhookCredentials {
+    /// Standard Webhooks secrets as the spec writes them: `whsec_<base64>`.
+    #[serde(default)]
+    pub hmac_secrets: Vec<SecretString>,
+    #[serde(default)]
+    pub bearer_tokens: Vec<SecretString>,
+    #[serde(default)]
+    pub basic: Vec<BasicCredential>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BasicCredential {
+    pub username: String,
+    pub password: SecretString,
+}
+
+/// Parses a secret's JSON; the error names the secret and the field, never the value.
+pub fn parse_secret<T: DeserializeOwned>(secret_id: &str, secret: &SecretString) -> Result<T> {
+    use secrecy::ExposeSecret;
+    serde_json::from_str(secret.expose_secret()).map_err(|e| {
+        // serde_json's message can quote input: keep only its category and position.
+        Error::permanent(
+            Step::Secrets,
+            format!(
+                "secret {secret_id} is not the expected JSON ({:?} error at line {} column {}; \
+                 see docs/deploy.md for its shape)",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+/// Fetches each secret once per container and keeps it for `ttl`, so a rotation is picked
+/// up without a redeploy while a warm container makes no Secrets Manager call per request.
+pub struct CachedSecrets<S> {
+    source: S,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Instant, SecretString)>>,
+}
+
+impl<S: SecretSource> CachedSecrets<S> {
+    pub fn new(source: S, ttl: Duration) -> Self {
+        Self {
+            source,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn get(&self, secret_id: &str) -> Result<SecretString> {
+        if let Some(hit) = self.lookup(secret_id) {
+            return Ok(hit);
+        }
+        let fresh = self.source.secret_string(secret_id).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(secret_id.to_owned(), (Instant::now(), fresh.clone()));
+        }
+        Ok(fresh)
+    }
+
+    /// Fetches and parses a JSON secret.
+    pub async fn get_json<T: DeserializeOwned>(&self, secret_id: &str) -> Result<T> {
+        let secret = self.get(secret_id).await?;
+        parse_secret(secret_id, &secret)
+    }
+
+    /// Drops a cached value, e.g. after the remote side refused it.
+    pub fn invalidate(&self, secret_id: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(secret_id);
+        }
+    }
+
+    fn lookup(&self, secret_id: &str) -> Option<SecretString> {
+        let cache = self.cache.lock().ok()?;
+        let (at, value) = cache.get(secret_id)?;
+        (at.elapsed() < self.ttl).then(|| value.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct CountingSource(AtomicUsize);
+
+    impl SecretSource for CountingSource {
+        async fn secret_string(&self, _secret_id: &str) -> Result<SecretString> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(SecretString::from(format!("value-{n}")))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_secret_is_fetched_once_within_its_ttl_and_again_after_invalidation() {
+        use secrecy::ExposeSecret;
+        let cache = CachedSecrets::new(CountingSource(AtomicUsize::new(0)), Duration::from_secs(60));
+        assert_eq!(cache.get("a").await.unwrap().expose_secret(), "value-0");
+        assert_eq!(cache.get("a").await.unwrap().expose_secret(), "value-0");
+        cache.invalidate("a");
+        assert_eq!(cache.get("a").await.unwrap().expose_secret(), "value-1");
+    }
+
+    #[test]
+    fn a_malformed_secret_is_refused_without_quoting_its_value() {
+        let secret = SecretString::from(r#"{"client_id": "x", "client_secret": 12345678}"#);
+        let err = parse_secret::<KinaxisCredentials>("kinaxis/prod", &secret).unwrap_err();
+        assert!(err.message.contains("kinaxis/prod"));
+        assert!(!err.chain().contains("12345678"));
+    }
+
+    #[test]
+    fn debug_output_of_credentials_redacts_the_secret() {
+        let secret = SecretString::from(r#"{"client_id": "x", "client_secret": "hunter2"}"#);
+        let creds: KinaxisCredentials = parse_secret("k", &secret).unwrap();
+        assert!(!format!("{creds:?}").contains("hunter2"));
+    }
+}

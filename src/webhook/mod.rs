@@ -1,0 +1,248 @@
+//! The webhook function: size → authentication → content type → fields → route → stage,
+//! answered in milliseconds with `application/problem+json` on every error.
+
+pub mod auth;
+pub mod request;
+
+use std::time::Duration;
+
+use lambda_http::http::{HeaderMap, StatusCode};
+use lambda_http::{Body, Response};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::error::Step;
+use crate::job::{self, keys, Manifest};
+use crate::ports::{CreateOutcome, ObjectStore, SecretSource};
+use crate::routing::RoutingTable;
+use crate::secrets::{CachedSecrets, WebhookCredentials};
+use crate::telemetry::{self, Metric};
+use auth::AuthMode;
+
+/// What the webhook needs from configuration.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub secret_id: String,
+    pub auth_mode: AuthMode,
+    pub max_body_bytes: usize,
+    pub timestamp_tolerance: Duration,
+    pub routes: RoutingTable,
+}
+
+/// An HTTP answer before it is dressed for API Gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    fn problem(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({
+                "type": "about:blank",
+                "title": status.canonical_reason().unwrap_or("Error"),
+                "status": status.as_u16(),
+                "detail": detail.into(),
+            }),
+        }
+    }
+
+    pub fn is_problem(&self) -> bool {
+        !self.status.is_success()
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let content_type = if self.is_problem() { "application/problem+json" } else { "application/json" };
+        let mut response = Response::new(Body::Text(self.body.to_string()));
+        *response.status_mut() = self.status;
+        if let Ok(value) = content_type.parse() {
+            response.headers_mut().insert("content-type", value);
+        }
+        response
+    }
+}
+
+/// The webhook's logic, generic over the bucket and the secret store.
+pub struct Webhook<S, K> {
+    store: S,
+    secrets: CachedSecrets<K>,
+    settings: WebhookSettings,
+}
+
+impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
+    pub fn new(store: S, secrets: CachedSecrets<K>, settings: WebhookSettings) -> Self {
+        Self { store, secrets, settings }
+    }
+
+    /// The Lambda entry: an API Gateway request in, a response out; never an `Err`, so
+    /// API Gateway never turns a failure into a bare 500.
+    pub async fn handle_lambda(&self, request: lambda_http::Request) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        self.handle(&parts.headers, body.as_ref()).await.into_response()
+    }
+
+    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Answer {
+        self.handle_at(headers, body, OffsetDateTime::now_utc()).await
+    }
+
+    /// As `handle`, with the clock given (tests of the timestamp window).
+    pub async fn handle_at(&self, headers: &HeaderMap, body: &[u8], now: OffsetDateTime) -> Answer {
+        let answer = self.decide(headers, body, now).await;
+        let status = answer.status.as_u16();
+        let job_id = answer.body.get("jobId").and_then(Value::as_str).unwrap_or("");
+        if answer.status.is_server_error() {
+            tracing::error!(status, detail = %answer.body["detail"], "webhook refused for a server-side reason");
+        } else if answer.is_problem() {
+            tracing::warn!(status, detail = %answer.body["detail"], "webhook refused");
+        } else {
+            tracing::info!(status, jobId = job_id, outcome = %answer.body["status"], "webhook accepted");
+        }
+        answer
+    }
+
+    async fn decide(&self, headers: &HeaderMap, body: &[u8], now: OffsetDateTime) -> Answer {
+        if body.len() > self.settings.max_body_bytes {
+            return Answer::problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is {} bytes; the limit is {}", body.len(), self.settings.max_body_bytes),
+            );
+        }
+
+        let credentials: WebhookCredentials = match self.secrets.get_json(&self.settings.secret_id).await {
+            Ok(credentials) => credentials,
+            Err(err) => {
+                tracing::error!(error = %err.chain(), "webhook credentials unavailable");
+                return Answer::problem(StatusCode::SERVICE_UNAVAILABLE, "credentials store unavailable; retry later");
+            }
+        };
+        let verdict = auth::verify(
+            self.settings.auth_mode,
+            &credentials,
+            headers,
+            body,
+            now.unix_timestamp(),
+            self.settings.timestamp_tolerance,
+        );
+        if let Err(failure) = verdict {
+            return Answer::problem(StatusCode::UNAUTHORIZED, failure.0);
+        }
+
+        if let Some(content_type) = headers.get("content-type") {
+            if !is_json_media_type(content_type.to_str().unwrap_or("")) {
+                return Answer::problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+            }
+        }
+
+        let request = match request::parse(body) {
+            Ok(request) => request,
+            Err(err) => {
+                let mut answer = Answer::problem(StatusCode::BAD_REQUEST, err.to_string());
+                answer.body["field"] = json!(err.field);
+                return answer;
+            }
+        };
+
+        let target = match self.settings.routes.route(&request.file_name) {
+            Ok(target) => target,
+            Err(reason) => return Answer::problem(StatusCode::UNPROCESSABLE_ENTITY, reason),
+        };
+
+        let idempotency_key = headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .filter(|v| !v.is_empty())
+            .or_else(|| request.event_id.clone())
+            .unwrap_or_else(|| job::sha256_hex(body));
+        let manifest = Manifest {
+            job_id: job::job_id(&idempotency_key),
+            received_at: now.replace_nanosecond(0).unwrap_or(now),
+            target,
+            content_sha256: job::sha256_hex(body),
+            event_id: request.event_id,
+            file_name: request.file_name,
+            workbook: request.workbook,
+            worksheets: request.worksheets,
+            scenario: request.scenario,
+            site_group: request.site_group,
+            filter: request.filter,
+            variables: request.variables,
+        };
+        self.stage(manifest).await
+    }
+
+    async fn stage(&self, manifest: Manifest) -> Answer {
+        let key = keys::manifest(&manifest.job_id);
+        let bytes = match serde_json::to_vec_pretty(&manifest) {
+            Ok(bytes) => bytes,
+            Err(err) => return Answer::problem(StatusCode::INTERNAL_SERVER_ERROR, format!("manifest: {err}")),
+        };
+        match self.store.create(&key, bytes, "application/json").await {
+            Ok(CreateOutcome::Created) => {
+                telemetry::emit(&telemetry::emf_record(
+                    &[("Function", "webhook")],
+                    &[("JobsAccepted", Metric::Count(1.0))],
+                    &[("jobId", json!(manifest.job_id)), ("target", json!(manifest.target))],
+                ));
+                Answer {
+                    status: StatusCode::ACCEPTED,
+                    body: json!({"jobId": manifest.job_id, "status": "accepted", "target": manifest.target}),
+                }
+            }
+            Ok(CreateOutcome::AlreadyExists) => self.compare_with_existing(&key, &manifest).await,
+            Err(err) => {
+                let err = err.at(Step::Webhook);
+                tracing::error!(jobId = %manifest.job_id, error = %err.chain(), "staging the job failed");
+                Answer::problem(StatusCode::SERVICE_UNAVAILABLE, "staging store unavailable; retry later")
+            }
+        }
+    }
+
+    /// A second delivery of a key: the same body is a duplicate, another body a conflict.
+    async fn compare_with_existing(&self, key: &str, manifest: &Manifest) -> Answer {
+        let existing = match self.store.get(key).await {
+            Ok(Some(bytes)) => serde_json::from_slice::<Manifest>(&bytes).ok(),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::error!(jobId = %manifest.job_id, error = %err.chain(), "reading the existing job failed");
+                return Answer::problem(StatusCode::SERVICE_UNAVAILABLE, "staging store unavailable; retry later");
+            }
+        };
+        match existing {
+            Some(existing) if existing.content_sha256 == manifest.content_sha256 => Answer {
+                status: StatusCode::OK,
+                body: json!({"jobId": manifest.job_id, "status": "duplicate"}),
+            },
+            Some(_) => Answer::problem(
+                StatusCode::CONFLICT,
+                format!("job {} exists with a different body for the same idempotency key", manifest.job_id),
+            ),
+            None => Answer::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("job {} exists but could not be read back; retry later", manifest.job_id),
+            ),
+        }
+    }
+}
+
+/// `application/json`, `application/<anything>+json`, any parameters.
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types_are_recognised_with_parameters_and_suffixes() {
+        assert!(is_json_media_type("application/json"));
+        assert!(is_json_media_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_media_type("application/cloudevents+json"));
+        assert!(!is_json_media_type("text/plain"));
+        assert!(!is_json_media_type("application/x-www-form-urlencoded"));
+    }
+}

@@ -1,0 +1,192 @@
+//! The webhook body: parsed and validated field by field, each error naming its field.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::job::{public_scope, NamedScope};
+
+/// A validated webhook request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRequest {
+    pub event_id: Option<String>,
+    pub file_name: String,
+    pub workbook: NamedScope,
+    pub worksheets: Vec<String>,
+    pub scenario: NamedScope,
+    pub site_group: String,
+    pub filter: Option<NamedScope>,
+    pub variables: BTreeMap<String, String>,
+}
+
+/// A 400: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn bad(field: &str, problem: impl Into<String>) -> FieldError {
+    FieldError { field: field.to_owned(), problem: problem.into() }
+}
+
+const MAX_TEXT: usize = 256;
+
+pub const DEFAULT_SCENARIO: &str = "Enterprise Data";
+pub const DEFAULT_SITE_GROUP: &str = "All Sites";
+
+/// Parses and validates the body (already known to be UTF-8 JSON text or not).
+pub fn parse(body: &[u8]) -> Result<WebhookRequest, FieldError> {
+    let text = std::str::from_utf8(body).map_err(|_| bad("body", "is not UTF-8"))?;
+    if text.trim().is_empty() {
+        return Err(bad("body", "is empty"));
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        bad("body", format!("is not valid JSON (line {} column {})", e.line(), e.column()))
+    })?;
+    let Value::Object(root) = value else {
+        return Err(bad("body", "must be a JSON object"));
+    };
+
+    let file_name = required_text(&root, "fileName")?;
+    validate_file_name(&file_name)?;
+    let workbook = match root.get("workbook") {
+        None | Some(Value::Null) => return Err(bad("workbook", "is required")),
+        Some(value) => named_scope(value, "workbook")?,
+    };
+    let scenario = match root.get("scenario") {
+        None | Some(Value::Null) => NamedScope { name: DEFAULT_SCENARIO.to_owned(), scope: public_scope() },
+        Some(value) => named_scope(value, "scenario")?,
+    };
+    let filter = match root.get("filter") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(named_scope(value, "filter")?),
+    };
+    let worksheets = match root.get("worksheets") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| text_value(item, &format!("worksheets[{i}]")))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("worksheets", "must be an array of strings")),
+    };
+    let variables = match root.get("variables") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(vars)) => vars
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(bad(&format!("variables.{k}"), "must be a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("variables", "must be an object of strings")),
+    };
+    Ok(WebhookRequest {
+        event_id: optional_text(&root, "eventId")?,
+        file_name,
+        workbook,
+        worksheets,
+        scenario,
+        site_group: optional_text(&root, "siteGroup")?.unwrap_or_else(|| DEFAULT_SITE_GROUP.to_owned()),
+        filter,
+        variables,
+    })
+}
+
+/// 1–100 of `A-Z a-z 0-9 . _ -`, not starting with `.`, without `..`: it becomes part of a
+/// remote path.
+pub fn validate_file_name(name: &str) -> Result<(), FieldError> {
+    if name.is_empty() || name.len() > 100 {
+        return Err(bad("fileName", "must be 1 to 100 characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(bad("fileName", "may only hold A-Z a-z 0-9 . _ -"));
+    }
+    if name.starts_with('.') || name.contains("..") {
+        return Err(bad("fileName", "must not start with '.' or contain '..'"));
+    }
+    Ok(())
+}
+
+fn text_value(value: &Value, field: &str) -> Result<String, FieldError> {
+    match value {
+        Value::String(s) if s.trim().is_empty() => Err(bad(field, "must not be blank")),
+        Value::String(s) if s.chars().count() > MAX_TEXT => Err(bad(field, format!("is longer than {MAX_TEXT} characters"))),
+        Value::String(s) if s.chars().any(char::is_control) => Err(bad(field, "must not hold control characters")),
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(bad(field, "must be a string")),
+    }
+}
+
+fn required_text(obj: &Map<String, Value>, field: &str) -> Result<String, FieldError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Err(bad(field, "is required")),
+        Some(value) => text_value(value, field),
+    }
+}
+
+fn optional_text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, FieldError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => text_value(value, field).map(Some),
+    }
+}
+
+fn named_scope(value: &Value, field: &str) -> Result<NamedScope, FieldError> {
+    let Value::Object(obj) = value else {
+        return Err(bad(field, "must be an object with name and scope"));
+    };
+    Ok(NamedScope {
+        name: required_text(obj, "name").map_err(|e| bad(&format!("{field}.{}", e.field), e.problem))?,
+        scope: optional_text(obj, "scope")
+            .map_err(|e| bad(&format!("{field}.{}", e.field), e.problem))?
+            .unwrap_or_else(public_scope),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> String {
+        parse(body.as_bytes()).unwrap_err().field
+    }
+
+    #[test]
+    fn a_minimal_request_gets_the_documented_defaults() {
+        let req = parse(br#"{"fileName":"PlannedOrders-PF","workbook":{"name":"PlannedOrders Export"}}"#).unwrap();
+        assert_eq!(req.workbook.scope, "Public");
+        assert_eq!(req.scenario.name, "Enterprise Data");
+        assert_eq!(req.site_group, "All Sites");
+        assert!(req.worksheets.is_empty() && req.filter.is_none() && req.variables.is_empty());
+    }
+
+    #[test]
+    fn every_invalid_field_is_named() {
+        assert_eq!(field_of(r#"{"workbook":{"name":"W"}}"#), "fileName");
+        assert_eq!(field_of(r#"{"fileName":"A-PF"}"#), "workbook");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","workbook":{}}"#), "workbook.name");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","workbook":{"name":"W","scope":3}}"#), "workbook.scope");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","workbook":{"name":"W"},"worksheets":["a",""]}"#), "worksheets[1]");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","workbook":{"name":"W"},"variables":{"x":1}}"#), "variables.x");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","workbook":{"name":"W"},"scenario":"S"}"#), "scenario");
+        assert_eq!(field_of(r#"{"fileName":7,"workbook":{"name":"W"}}"#), "fileName");
+    }
+
+    #[test]
+    fn file_names_that_could_escape_the_remote_directory_are_refused() {
+        for name in ["../etc/passwd", ".hidden-PF", "a..b-PF", "a/b-PF", "a b-PF", "", &"x".repeat(101)] {
+            assert!(validate_file_name(name).is_err(), "{name:?}");
+        }
+        assert!(validate_file_name("PlannedOrders-PF.csv").is_ok());
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_objects_are_refused_as_the_body() {
+        for body in [&b""[..], b"   ", b"[1]", b"{", b"\xff\xfe", b"null"] {
+            assert_eq!(parse(body).unwrap_err().field, "body");
+        }
+    }
+}
