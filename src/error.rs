@@ -124,6 +124,27 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What the Lambda console shows for a failed invocation: `Permanent.Deliver`, say, and
+/// the message with its causes.
+impl From<Error> for lambda_runtime::Diagnostic {
+    fn from(err: Error) -> Self {
+        let class = match err.class {
+            ErrorClass::Transient => "Transient",
+            ErrorClass::Permanent => "Permanent",
+        };
+        let step = err.step.to_string();
+        let mut step_chars = step.chars();
+        let step = step_chars
+            .next()
+            .map(|c| c.to_ascii_uppercase().to_string() + step_chars.as_str())
+            .unwrap_or_default();
+        Self {
+            error_type: format!("{class}.{step}"),
+            error_message: err.chain(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +158,12 @@ mod tests {
             "deliver failed (transient): connecting to sftp.example:22: refused"
         );
         assert!(err.is_transient());
+    }
+
+    #[test]
+    fn the_lambda_console_sees_the_class_and_step_as_the_error_type() {
+        let diagnostic: lambda_runtime::Diagnostic = Error::permanent(Step::Deliver, "host key mismatch").into();
+        assert_eq!(diagnostic.error_type, "Permanent.Deliver");
+        assert_eq!(diagnostic.error_message, "deliver failed (permanent): host key mismatch");
     }
 }

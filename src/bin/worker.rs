@@ -1,4 +1,5 @@
 //! The worker Lambda: configuration, clients, then `lambda_runtime::run` on the job handler.
+#![recursion_limit = "256"]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,1 +1,427 @@
-fn main(){}
+//! Kinaxis Maestro REST API simulator: OAuth client-credentials token, workbook POST and
+//! worksheet paging with deterministic planned-order rows full of awkward values, and
+//! fault injection. A dev tool for local runs, tests and benchmarks; never deployed.
+//!
+//! It prints `listening on http://127.0.0.1:PORT` as its first line.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+const USAGE: &str = "kinaxis-sim [--port P] [--rows N] [--first-page K] [--worksheets 'A,B'] \
+[--workbook NAME] [--client-id ID] [--client-secret S] [--token-ttl SECS] [--latency-ms MS] \
+[--fail-first K] [--expire-token-after N] [--truncate-calls 'N,M'] [--workbook-status CODE] \
+[--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens]";
+
+#[derive(Debug, Clone)]
+struct Settings {
+    port: u16,
+    rows: u64,
+    first_page: u64,
+    worksheets: Vec<String>,
+    workbook: String,
+    client_id: String,
+    client_secret: String,
+    token_ttl: u64,
+    latency: Duration,
+    /// The first K data calls (workbook and pages) answer 503.
+    fail_first: u64,
+    /// A token is refused (401) once it has served this many data calls.
+    expire_token_after: Option<u64>,
+    /// Data calls (1-based) whose JSON body is cut in half.
+    truncate_calls: HashSet<u64>,
+    workbook_status: Option<u16>,
+    page_status: Option<u16>,
+    /// TotalRowCount claims this many more rows than are served.
+    short_by: u64,
+    /// This row gets one value too many.
+    bad_width_row: Option<u64>,
+    /// Every data call answers 401, whatever the token.
+    reject_all_tokens: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            port: 0,
+            rows: 1000,
+            first_page: 500,
+            worksheets: vec!["Planned Orders".into()],
+            workbook: "PlannedOrders Export".into(),
+            client_id: "relay-client".into(),
+            client_secret: "relay-secret".into(),
+            token_ttl: 3600,
+            latency: Duration::ZERO,
+            fail_first: 0,
+            expire_token_after: None,
+            truncate_calls: HashSet::new(),
+            workbook_status: None,
+            page_status: None,
+            short_by: 0,
+            bad_width_row: None,
+            reject_all_tokens: false,
+        }
+    }
+}
+
+fn parse_args() -> Result<Settings, String> {
+    let mut s = Settings::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(USAGE.to_owned());
+        }
+        if flag == "--reject-all-tokens" {
+            s.reject_all_tokens = true;
+            continue;
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag} {v:?} is not a whole number"));
+        match flag.as_str() {
+            "--port" => s.port = num(&value)? as u16,
+            "--rows" => s.rows = num(&value)?,
+            "--first-page" => s.first_page = num(&value)?,
+            "--worksheets" => s.worksheets = value.split(',').map(|w| w.trim().to_owned()).collect(),
+            "--workbook" => s.workbook = value,
+            "--client-id" => s.client_id = value,
+            "--client-secret" => s.client_secret = value,
+            "--token-ttl" => s.token_ttl = num(&value)?,
+            "--latency-ms" => s.latency = Duration::from_millis(num(&value)?),
+            "--fail-first" => s.fail_first = num(&value)?,
+            "--expire-token-after" => s.expire_token_after = Some(num(&value)?),
+            "--truncate-calls" => {
+                s.truncate_calls = value.split(',').map(|v| num(v.trim())).collect::<Result<_, _>>()?
+            }
+            "--workbook-status" => s.workbook_status = Some(num(&value)? as u16),
+            "--page-status" => s.page_status = Some(num(&value)? as u16),
+            "--short-by" => s.short_by = num(&value)?,
+            "--bad-width-row" => s.bad_width_row = Some(num(&value)?),
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    Ok(s)
+}
+
+#[derive(Default)]
+struct Counters {
+    token_calls: AtomicU64,
+    data_calls: AtomicU64,
+    workbook_calls: AtomicU64,
+    page_calls: AtomicU64,
+    unauthorized: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+struct State {
+    settings: Settings,
+    counters: Counters,
+    /// Issued tokens and how many data calls each has served.
+    tokens: Mutex<HashMap<String, u64>>,
+}
+
+const COLUMNS: [&str; 6] = ["Order", "Part", "Site", "Quantity", "DueDate", "Description"];
+
+/// Row `i` of worksheet `w`: deterministic, and every awkward value appears in any 20 rows.
+fn row(w: usize, i: u64) -> Vec<String> {
+    let site = ["", "SITE-A", "Werk Köln", "SITE,B"][(i % 4) as usize];
+    let due = match i % 7 {
+        0..=2 => format!("2026-{:02}-{:02}", 1 + i % 12, 1 + i % 28),
+        3 => "Undefined".into(),
+        4 => "Past".into(),
+        5 => "Future".into(),
+        _ => "Today".into(),
+    };
+    let description = ["Standard order", "Contains \"quotes\"", "Line one\r\nLine two", "Grüße aus 東京 🚚", ""][(i % 5) as usize];
+    vec![
+        format!("PO-{w}-{i:08}"),
+        format!("P-{:05}", (i * 7919) % 100_000),
+        site.to_owned(),
+        format!("{}.{:03}", i % 1000, (i * 37) % 1000),
+        due,
+        description.to_owned(),
+    ]
+}
+
+fn rows_json(state: &State, w: usize, start: u64, count: u64) -> Vec<Value> {
+    let served = state.settings.rows;
+    (start..(start + count).min(served))
+        .map(|i| {
+            let mut values = row(w, i);
+            if state.settings.bad_width_row == Some(i) {
+                values.push("extra".into());
+            }
+            json!({ "Values": values })
+        })
+        .collect()
+}
+
+fn answer(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+    response
+}
+
+fn error(status: u16, message: &str) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    answer(status, json!({ "Message": message }))
+}
+
+fn query_params(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let hex = |b: &u8| (*b as char).to_digit(16).map(|d| d as u8);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => match (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            other => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks the bearer token of a data call; `None` when it is accepted.
+fn refuse_token(state: &State, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let mut tokens = state.tokens.lock().ok()?;
+    let accepted = !state.settings.reject_all_tokens
+        && token.as_ref().and_then(|t| tokens.get_mut(t)).is_some_and(|uses| {
+            *uses += 1;
+            state.settings.expire_token_after.is_none_or(|limit| *uses <= limit)
+        });
+    if accepted {
+        None
+    } else {
+        state.counters.unauthorized.fetch_add(1, Ordering::SeqCst);
+        Some(error(401, "token expired or invalid"))
+    }
+}
+
+/// The fault for this data call, if any: 503 for the first K calls.
+fn injected_unavailable(state: &State, call: u64) -> Option<Response<Full<Bytes>>> {
+    (call <= state.settings.fail_first).then(|| {
+        state.counters.unavailable.fetch_add(1, Ordering::SeqCst);
+        error(503, "service unavailable (injected)")
+    })
+}
+
+fn maybe_truncate(state: &State, call: u64, response: Response<Full<Bytes>>, body: Value) -> Response<Full<Bytes>> {
+    if !state.settings.truncate_calls.contains(&call) {
+        return response;
+    }
+    let text = body.to_string();
+    let cut = text.len() / 2;
+    let mut cut_response = Response::new(Full::new(Bytes::from(text.as_bytes()[..cut].to_vec())));
+    *cut_response.status_mut() = StatusCode::OK;
+    cut_response
+}
+
+async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if !state.settings.latency.is_zero() {
+        tokio::time::sleep(state.settings.latency).await;
+    }
+    let path = req.uri().path().to_owned();
+    let base = path.find("/oauth2/").or_else(|| path.find("/integration/V1/")).unwrap_or(0);
+    let endpoint = path[base..].to_owned();
+    let response = match (req.method().clone(), endpoint.as_str()) {
+        (Method::POST, "/oauth2/token") => token(&state, req).await,
+        (Method::POST, "/integration/V1/data/workbook") => workbook(&state, req).await,
+        (Method::GET, "/integration/V1/data/worksheet") => page(&state, req, None),
+        (Method::GET, p) if p.starts_with("/integration/V1/data/worksheet/") => {
+            let id = p.trim_start_matches("/integration/V1/data/worksheet/").to_owned();
+            page(&state, req, Some(id))
+        }
+        (Method::GET, "/_sim/stats") => answer(
+            StatusCode::OK,
+            json!({
+                "tokenCalls": state.counters.token_calls.load(Ordering::SeqCst),
+                "dataCalls": state.counters.data_calls.load(Ordering::SeqCst),
+                "workbookCalls": state.counters.workbook_calls.load(Ordering::SeqCst),
+                "pageCalls": state.counters.page_calls.load(Ordering::SeqCst),
+                "unauthorized": state.counters.unauthorized.load(Ordering::SeqCst),
+                "unavailable": state.counters.unavailable.load(Ordering::SeqCst),
+            }),
+        ),
+        (_, _) => error(404, "no such endpoint"),
+    };
+    Ok(response)
+}
+
+async fn token(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let n = state.counters.token_calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let expected = format!("{}:{}", state.settings.client_id, state.settings.client_secret);
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| STANDARD.decode(b64).ok());
+    if given.as_deref() != Some(expected.as_bytes()) {
+        return error(401, "invalid client credentials");
+    }
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if !String::from_utf8_lossy(&body).contains("grant_type=client_credentials") {
+        return error(400, "grant_type must be client_credentials");
+    }
+    let token = format!("sim-token-{n}");
+    if let Ok(mut tokens) = state.tokens.lock() {
+        tokens.insert(token.clone(), 0);
+    }
+    answer(
+        StatusCode::OK,
+        json!({"access_token": token, "token_type": "Bearer", "expires_in": state.settings.token_ttl}),
+    )
+}
+
+async fn workbook(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let call = state.counters.data_calls.fetch_add(1, Ordering::SeqCst) + 1;
+    state.counters.workbook_calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(refused) = refuse_token(state, &req) {
+        return refused;
+    }
+    if let Some(unavailable) = injected_unavailable(state, call) {
+        return unavailable;
+    }
+    if let Some(status) = state.settings.workbook_status {
+        return error(status, "workbook status (injected)");
+    }
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(400, "request body is not JSON");
+    };
+    let params = &request["WorkbookParameters"];
+    if params["Workbook"]["Name"].as_str() != Some(state.settings.workbook.as_str()) {
+        return error(404, "unknown workbook");
+    }
+    let wanted: Vec<String> = params["WorksheetNames"]
+        .as_array()
+        .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut sheets = Vec::new();
+    for (w, name) in state.settings.worksheets.iter().enumerate() {
+        if !wanted.is_empty() && !wanted.contains(name) {
+            continue;
+        }
+        sheets.push(json!({
+            "Name": name,
+            "QueryHandle": { "QueryID": format!("#q{w}") },
+            "TotalRowCount": state.settings.rows + state.settings.short_by,
+            "Columns": COLUMNS.iter().map(|c| json!({"Id": c, "IsEditable": false})).collect::<Vec<_>>(),
+            "Rows": rows_json(state, w, 0, state.settings.first_page),
+        }));
+    }
+    if let Some(missing) = wanted.iter().find(|n| !state.settings.worksheets.contains(n)) {
+        return error(404, &format!("unknown worksheet {missing}"));
+    }
+    let body = json!({ "Worksheets": sheets });
+    let response = answer(StatusCode::OK, body.clone());
+    maybe_truncate(state, call, response, body)
+}
+
+fn page(state: &State, req: Request<Incoming>, path_id: Option<String>) -> Response<Full<Bytes>> {
+    let call = state.counters.data_calls.fetch_add(1, Ordering::SeqCst) + 1;
+    state.counters.page_calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(refused) = refuse_token(state, &req) {
+        return refused;
+    }
+    if let Some(unavailable) = injected_unavailable(state, call) {
+        return unavailable;
+    }
+    if let Some(status) = state.settings.page_status {
+        return error(status, "page status (injected)");
+    }
+    let params = query_params(&req);
+    let query_id = path_id.or_else(|| params.get("queryId").cloned()).unwrap_or_default();
+    let Some(w) = query_id
+        .trim_start_matches('#')
+        .strip_prefix('q')
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|w| *w < state.settings.worksheets.len())
+    else {
+        return error(404, "unknown query");
+    };
+    let number = |key: &str| params.get(key).and_then(|v| v.parse::<u64>().ok());
+    let (Some(start), Some(count)) = (number("startRow"), number("pageSize").or_else(|| number("numRows"))) else {
+        return error(400, "startRow and pageSize are required");
+    };
+    let body = json!({ "Rows": rows_json(state, w, start, count) });
+    let response = answer(StatusCode::OK, body.clone());
+    maybe_truncate(state, call, response, body)
+}
+
+#[tokio::main]
+async fn main() {
+    let settings = match parse_args() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], settings.port));
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("kinaxis-sim: cannot listen on {address}: {err}");
+            std::process::exit(1);
+        }
+    };
+    let bound = listener.local_addr().map(|a| a.port()).unwrap_or(settings.port);
+    println!("listening on http://127.0.0.1:{bound}");
+    let state = Arc::new(State { settings, counters: Counters::default(), tokens: Mutex::new(HashMap::new()) });
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| route(state.clone(), req));
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
