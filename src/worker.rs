@@ -92,10 +92,11 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
             Error::permanent(Step::Manifest, "the SQS message is not an S3 event notification")
         })?;
         for record in records {
-            let key = record
+            let encoded = record
                 .pointer("/s3/object/key")
                 .and_then(Value::as_str)
                 .ok_or_else(|| Error::permanent(Step::Manifest, "an S3 notification record has no object key"))?;
+            let key = &decode_s3_event_key(encoded);
             if keys::job_id_of_manifest(key).is_none() {
                 tracing::warn!(key, "notification for an object that is not a job manifest; ignored");
                 continue;
@@ -355,7 +356,46 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
     }
 }
 
+/// S3 event notifications carry the key form-URL-encoded (`jobs%2F….json`, `+` for space).
+fn decode_s3_event_key(encoded: &str) -> String {
+    let hex = |b: &u8| (*b as char).to_digit(16).map(|d| d as u8);
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| Some(hex(bytes.get(i + 1)?)? << 4 | hex(bytes.get(i + 2)?)?))
+            .flatten();
+        match (bytes[i], escaped) {
+            (_, Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, None) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn capitalise(step: &str) -> String {
     let mut chars = step.chars();
     chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_event_keys_are_url_decoded() {
+        assert_eq!(decode_s3_event_key("jobs%2Fab.json"), "jobs/ab.json");
+        assert_eq!(decode_s3_event_key("a+b%zz%4"), "a b%zz%4");
+    }
 }

@@ -97,7 +97,7 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         } else if answer.is_problem() {
             tracing::warn!(status, detail = %answer.body["detail"], "webhook refused");
         } else {
-            tracing::info!(status, jobId = job_id, outcome = %answer.body["status"], "webhook accepted");
+            tracing::info!(status, jobId = job_id, outcome = answer.body["status"].as_str().unwrap_or(""), "webhook accepted");
         }
         answer
     }

@@ -1,0 +1,43 @@
+# maestro-relay — `make demo` runs the whole job on local stand-ins, `make test` the tests.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+BIN := $(CARGO_TARGET_DIR)/debug
+
+.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean
+
+build:
+	cargo build --workspace --bins
+
+bootstrap:
+	scripts/bootstrap.sh
+
+stack-up: build
+	scripts/stack.sh up
+
+stack-down:
+	scripts/stack.sh down
+
+## The main job end to end: stack up, signed webhook → webhook → S3 → SQS → worker →
+## Kinaxis simulator → CSV → S3 → SFTP (PF2), then stack down.
+demo: build bootstrap
+	@scripts/stack.sh down >/dev/null
+	@trap 'scripts/stack.sh down >/dev/null' EXIT; \
+	  scripts/stack.sh up && \
+	  .venv/bin/python scripts/demo.py $(BIN)
+
+## Unit tests and the integration tests; the tests start moto_server, sshd and the
+## simulator themselves and stop them when they end.
+test: bootstrap
+	cargo build -p kinaxis-sim
+	cargo test --workspace
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	scripts/stack.sh down
+	cargo clean

@@ -1,0 +1,107 @@
+"""A minimal AWS Lambda Runtime API for running the real function binaries locally.
+
+Serves one event to the binary (started with AWS_LAMBDA_RUNTIME_API pointing here), waits
+for its response or error, prints it as JSON on stdout and stops the binary.
+    python scripts/lambda_rie.py EVENT_JSON_FILE -- BINARY
+Exit status: 0 for a response, 1 for a function error or a failed start.
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PREFIX = "/2018-06-01/runtime"
+
+
+def run(event: bytes, command: list, timeout_s: float = 300.0) -> tuple:
+    request_id = str(uuid.uuid4())
+    done = threading.Event()
+    outcome = {}
+    served = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _reply(self, status: int, body: bytes = b"{}", headers: dict = None):
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path != f"{PREFIX}/invocation/next":
+                return self._reply(404)
+            if served.is_set():
+                # One event per run: hold the next poll until the binary is stopped.
+                done.wait(timeout_s)
+                time.sleep(3600)
+            served.set()
+            deadline_ms = int((time.time() + timeout_s) * 1000)
+            self._reply(
+                200,
+                event,
+                {
+                    "Lambda-Runtime-Aws-Request-Id": request_id,
+                    "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
+                    "Lambda-Runtime-Invoked-Function-Arn": "arn:aws:lambda:eu-central-1:123456789012:function:local",
+                    "Lambda-Runtime-Trace-Id": "Root=1-00000000-000000000000000000000000",
+                },
+            )
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if self.path == f"{PREFIX}/invocation/{request_id}/response":
+                outcome.update(kind="response", body=body)
+            elif self.path in (f"{PREFIX}/invocation/{request_id}/error", f"{PREFIX}/init/error"):
+                outcome.update(kind="error", body=body)
+            else:
+                return self._reply(404)
+            self._reply(202)
+            done.set()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}",
+               AWS_LAMBDA_FUNCTION_NAME=os.path.basename(command[0]),
+               AWS_LAMBDA_FUNCTION_MEMORY_SIZE="512", AWS_LAMBDA_FUNCTION_VERSION="$LATEST")
+    process = subprocess.Popen(command, env=env)
+    try:
+        while not done.wait(0.05):
+            if process.poll() is not None:
+                outcome.setdefault("kind", "error")
+                outcome.setdefault("body", f'{{"errorMessage": "exited with {process.returncode} before answering"}}'.encode())
+                break
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        server.shutdown()
+    return outcome.get("kind", "error"), outcome.get("body", b"")
+
+
+def main() -> None:
+    if len(sys.argv) < 4 or sys.argv[2] != "--":
+        sys.exit(__doc__)
+    with open(sys.argv[1], "rb") as handle:
+        event = handle.read()
+    kind, body = run(event, sys.argv[3:])
+    print(body.decode())
+    sys.exit(0 if kind == "response" else 1)
+
+
+if __name__ == "__main__":
+    main()
