@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Prepares and starts an unprivileged-style OpenSSH sshd on a loopback port for one folder:
+# Prepares an OpenSSH sshd for loopback in one folder:
 #   scripts/sshd.sh DIR PORT
 # DIR gets a host key, a client key, sshd_config, and sap/PF2, sap/WP2 standing for the SAP
-# inbound folders. Prints the pid. sshd logs to DIR/sshd.log.
+# inbound folders. The caller then runs: /usr/sbin/sshd -D -e -f DIR/sshd_config
 set -euo pipefail
 dir=$1 port=$2
 mkdir -p "$dir/sap/PF2" "$dir/sap/WP2"
@@ -26,5 +26,3 @@ StrictModes no
 Subsystem sftp internal-sftp
 LogLevel INFO
 CFG
-/usr/sbin/sshd -D -e -f "$dir/sshd_config" >>"$dir/sshd.log" 2>&1 &
-echo $!

@@ -35,7 +35,9 @@ up() {
 
   .venv/bin/moto_server -H 127.0.0.1 -p "$moto_port" >"$STATE/moto.log" 2>&1 &
   echo $! >"$STATE/moto.pid"
-  scripts/sshd.sh "$PWD/$STATE/sftp" "$sshd_port" >"$STATE/sshd.pid"
+  scripts/sshd.sh "$PWD/$STATE/sftp" "$sshd_port"
+  /usr/sbin/sshd -D -e -f "$PWD/$STATE/sftp/sshd_config" >"$STATE/sshd.log" 2>&1 &
+  echo $! >"$STATE/sshd.pid"
   "$SIM_BIN" --port "$sim_port" --rows "${SIM_ROWS:-2500}" --first-page 1000 >"$STATE/sim.log" 2>&1 &
   echo $! >"$STATE/sim.pid"
   wait_port "$moto_port" moto

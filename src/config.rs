@@ -185,12 +185,13 @@ impl WorkerConfig {
             single: env.get("FILE_NAME_TEMPLATE").unwrap_or_else(|| FileNameTemplate::default().single),
             several: env.get("FILE_NAME_TEMPLATE_MULTI").unwrap_or_else(|| FileNameTemplate::default().several),
         };
-        for (name, template) in [("FILE_NAME_TEMPLATE", &file_names.single), ("FILE_NAME_TEMPLATE_MULTI", &file_names.several)] {
+        for (name, template) in
+            [("FILE_NAME_TEMPLATE", &file_names.single), ("FILE_NAME_TEMPLATE_MULTI", &file_names.several)]
+        {
             let stripped = FileNameTemplate::PLACEHOLDERS.iter().fold(template.clone(), |t, p| t.replace(p, ""));
-            env.check(
-                template.contains("{fileName}") && !stripped.contains(['{', '}', '/']),
-                || format!("{name}={template:?} must contain {{fileName}}, no '/' and only known placeholders"),
-            );
+            env.check(template.contains("{fileName}") && !stripped.contains(['{', '}', '/']), || {
+                format!("{name}={template:?} must contain {{fileName}}, no '/' and only known placeholders")
+            });
         }
         let sftp = SftpOptions {
             connect_timeout: env.seconds("SFTP_CONNECT_TIMEOUT_SECS", 15),
@@ -224,7 +225,9 @@ fn csv_options(env: &mut Env<'_>) -> CsvOptions {
         Some("\\t" | "tab") => b'\t',
         Some(d) if d.len() == 1 && d != "\"" && d != "\r" && d != "\n" => d.as_bytes()[0],
         Some(other) => {
-            env.problems.push(format!("CSV_DELIMITER={other:?} must be one ASCII character other than a quote or line break, or 'tab'"));
+            env.problems.push(format!(
+                "CSV_DELIMITER={other:?} must be one ASCII character other than a quote or line break, or 'tab'"
+            ));
             defaults.delimiter
         }
     };
@@ -265,9 +268,7 @@ fn csv_options(env: &mut Env<'_>) -> CsvOptions {
         .get("CSV_DATE_COLUMNS")
         .map(|l| l.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
         .unwrap_or_default();
-    env.check(date_columns.is_empty() || date_format.is_some(), || {
-        "CSV_DATE_COLUMNS needs CSV_DATE_FORMAT".to_owned()
-    });
+    env.check(date_columns.is_empty() || date_format.is_some(), || "CSV_DATE_COLUMNS needs CSV_DATE_FORMAT".to_owned());
     CsvOptions {
         delimiter,
         quoting,

@@ -88,11 +88,7 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
+        Self { inner, hasher: Sha256::new(), bytes: 0 }
     }
 }
 
@@ -132,10 +128,7 @@ impl<W: Write> CsvSink<W> {
         };
         let mapping: Vec<ColumnMapping> = match &options.columns {
             Some(columns) => columns.clone(),
-            None => source_columns
-                .iter()
-                .map(|c| ColumnMapping { source: c.clone(), header: c.clone() })
-                .collect(),
+            None => source_columns.iter().map(|c| ColumnMapping { source: c.clone(), header: c.clone() }).collect(),
         };
         let mut plan = Vec::with_capacity(mapping.len());
         for column in &mapping {
@@ -171,9 +164,7 @@ impl<W: Write> CsvSink<W> {
             field: String::new(),
         };
         if options.header {
-            this.writer
-                .write_record(mapping.iter().map(|c| c.header.as_bytes()))
-                .map_err(csv_io)?;
+            this.writer.write_record(mapping.iter().map(|c| c.header.as_bytes())).map_err(csv_io)?;
         }
         Ok(this)
     }
@@ -181,11 +172,7 @@ impl<W: Write> CsvSink<W> {
     /// Writes one row given in the worksheet's column order.
     pub fn write_row<S: AsRef<str>>(&mut self, values: &[S]) -> Result<(), CsvError> {
         if values.len() != self.source_width {
-            return Err(CsvError::RowWidth {
-                row: self.rows,
-                found: values.len(),
-                expected: self.source_width,
-            });
+            return Err(CsvError::RowWidth { row: self.rows, found: values.len(), expected: self.source_width });
         }
         for &(index, is_date) in &self.plan {
             let value = values[index].as_ref();
@@ -212,11 +199,7 @@ impl<W: Write> CsvSink<W> {
         let sink = self.writer.into_inner().map_err(|e| CsvError::Io(e.into_error()))?;
         let HashingWriter { mut inner, hasher, bytes } = sink;
         inner.flush()?;
-        let stats = FileStats {
-            rows: self.rows,
-            bytes,
-            sha256: hex::encode(hasher.finalize()),
-        };
+        let stats = FileStats { rows: self.rows, bytes, sha256: hex::encode(hasher.finalize()) };
         Ok((inner, stats))
     }
 }

@@ -71,13 +71,7 @@ impl fmt::Display for ErrorClass {
 
 impl Error {
     pub fn new(class: ErrorClass, step: Step, message: impl Into<String>) -> Self {
-        Self {
-            class,
-            step,
-            message: message.into(),
-            retry_after: None,
-            source: None,
-        }
+        Self { class, step, message: message.into(), retry_after: None, source: None }
     }
 
     pub fn transient(step: Step, message: impl Into<String>) -> Self {
@@ -134,14 +128,9 @@ impl From<Error> for lambda_runtime::Diagnostic {
         };
         let step = err.step.to_string();
         let mut step_chars = step.chars();
-        let step = step_chars
-            .next()
-            .map(|c| c.to_ascii_uppercase().to_string() + step_chars.as_str())
-            .unwrap_or_default();
-        Self {
-            error_type: format!("{class}.{step}"),
-            error_message: err.chain(),
-        }
+        let step =
+            step_chars.next().map(|c| c.to_ascii_uppercase().to_string() + step_chars.as_str()).unwrap_or_default();
+        Self { error_type: format!("{class}.{step}"), error_message: err.chain() }
     }
 }
 
@@ -153,10 +142,7 @@ mod tests {
     fn chain_names_the_step_the_class_and_every_cause() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let err = Error::transient(Step::Deliver, "connecting to sftp.example:22").caused_by(io);
-        assert_eq!(
-            err.chain(),
-            "deliver failed (transient): connecting to sftp.example:22: refused"
-        );
+        assert_eq!(err.chain(), "deliver failed (transient): connecting to sftp.example:22: refused");
         assert!(err.is_transient());
     }
 

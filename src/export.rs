@@ -49,10 +49,7 @@ impl Exporter<'_> {
     /// Writes every worksheet of the job's workbook into `dir`.
     pub async fn export(&self, manifest: &Manifest, dir: &Path) -> Result<Vec<ExportedFile>> {
         let request = workbook_request(manifest);
-        let (answer, _) = self
-            .retry
-            .run(self.deadline, "kinaxis workbook", |_| self.client.workbook(&request))
-            .await?;
+        let (answer, _) = self.retry.run(self.deadline, "kinaxis workbook", |_| self.client.workbook(&request)).await?;
         if answer.worksheets.is_empty() {
             return Err(Error::permanent(
                 Step::Fetch,
@@ -66,15 +63,17 @@ impl Exporter<'_> {
             let path = dir.join(&file_name);
             let stats = self.write_worksheet(manifest, sheet, &path).await?;
             tracing::info!(worksheet = %sheet.name, file = %file_name, rows = stats.rows, bytes = stats.bytes, "worksheet converted");
-            files.push(ExportedFile {
-                file: StagedFile { worksheet: sheet.name.clone(), file_name, stats },
-                path,
-            });
+            files.push(ExportedFile { file: StagedFile { worksheet: sheet.name.clone(), file_name, stats }, path });
         }
         Ok(files)
     }
 
-    async fn write_worksheet(&self, manifest: &Manifest, sheet: &WorksheetAnswer, path: &Path) -> Result<crate::csv_out::FileStats> {
+    async fn write_worksheet(
+        &self,
+        manifest: &Manifest,
+        sheet: &WorksheetAnswer,
+        path: &Path,
+    ) -> Result<crate::csv_out::FileStats> {
         let named = |e: CsvError| convert_error(e, &sheet.name);
         let columns: Vec<String> = sheet.columns.iter().map(|c| c.id.clone()).collect();
         let file = File::create(path)
@@ -142,7 +141,11 @@ impl Exporter<'_> {
         } else if sink.rows() > total {
             return Err(Error::permanent(
                 Step::Fetch,
-                format!("worksheet {:?} returned {} rows, more than its TotalRowCount {total}", sheet.name, sink.rows()),
+                format!(
+                    "worksheet {:?} returned {} rows, more than its TotalRowCount {total}",
+                    sheet.name,
+                    sink.rows()
+                ),
             ));
         }
         let (_, stats) = sink.finish().map_err(named)?;
@@ -175,7 +178,9 @@ impl Exporter<'_> {
 
 fn convert_error(err: CsvError, worksheet: &str) -> Error {
     match err {
-        CsvError::Io(io) => Error::transient(Step::Convert, format!("writing the CSV of worksheet {worksheet:?}")).caused_by(io),
+        CsvError::Io(io) => {
+            Error::transient(Step::Convert, format!("writing the CSV of worksheet {worksheet:?}")).caused_by(io)
+        }
         other => Error::permanent(Step::Convert, format!("worksheet {worksheet:?}: {other}")),
     }
 }

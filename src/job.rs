@@ -142,10 +142,8 @@ pub fn csv_file_name(template: &FileNameTemplate, manifest: &Manifest, worksheet
         manifest.received_at.minute(),
         manifest.received_at.second()
     );
-    let sheet: String = worksheet
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
-        .collect();
+    let sheet: String =
+        worksheet.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
     let pattern = if several { &template.several } else { &template.single };
     pattern
         .replace("{fileName}", &manifest.file_name)

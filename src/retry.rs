@@ -160,7 +160,8 @@ mod tests {
     #[tokio::test]
     async fn no_retry_starts_when_its_pause_would_end_after_the_deadline() {
         let calls = Cell::new(0);
-        let policy = RetryPolicy { initial_delay: Duration::from_secs(30), max_delay: Duration::from_secs(300), ..fast() };
+        let policy =
+            RetryPolicy { initial_delay: Duration::from_secs(30), max_delay: Duration::from_secs(300), ..fast() };
         let _ = policy
             .run(Instant::now() + Duration::from_secs(1), "t", |_| {
                 calls.set(calls.get() + 1);

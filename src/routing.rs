@@ -53,10 +53,7 @@ impl Default for RoutingTable {
 impl RoutingTable {
     /// `suffix_rules`: `PF=PF2,WP=WP2`; `overrides`: `Allocations-PF=refuse,Special-WP=PF2`.
     pub fn parse(suffix_rules: &str, overrides: &str) -> Result<Self, String> {
-        let mut table = Self {
-            overrides: Vec::new(),
-            suffixes: Vec::new(),
-        };
+        let mut table = Self { overrides: Vec::new(), suffixes: Vec::new() };
         for (name, action) in pairs(overrides)? {
             let action = if action.eq_ignore_ascii_case("refuse") {
                 RouteAction::Refuse
@@ -101,8 +98,8 @@ impl RoutingTable {
                 RouteAction::Refuse => Err(format!("fileName {file_name:?} is excluded by a routing override")),
             };
         }
-        let suffix = suffix_of(file_name)
-            .ok_or_else(|| format!("fileName {file_name:?} has no suffix token to route by"))?;
+        let suffix =
+            suffix_of(file_name).ok_or_else(|| format!("fileName {file_name:?} has no suffix token to route by"))?;
         self.suffixes
             .iter()
             .find(|(rule, _)| rule.eq_ignore_ascii_case(suffix))
@@ -122,7 +119,7 @@ fn suffix_of(file_name: &str) -> Option<&str> {
     };
     let mut tokens = stem.split(['-', '_', '.']);
     tokens.next()?;
-    tokens.last().filter(|token| !token.is_empty())
+    tokens.next_back().filter(|token| !token.is_empty())
 }
 
 fn pairs(list: &str) -> Result<Vec<(&str, &str)>, String> {

@@ -88,11 +88,7 @@ pub struct CachedSecrets<S> {
 
 impl<S: SecretSource> CachedSecrets<S> {
     pub fn new(source: S, ttl: Duration) -> Self {
-        Self {
-            source,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { source, ttl, cache: Mutex::new(HashMap::new()) }
     }
 
     pub async fn get(&self, secret_id: &str) -> Result<SecretString> {

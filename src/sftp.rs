@@ -119,9 +119,7 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
     let mut session = Session::new().map_err(|e| ssh_error(e, "starting an SSH session"))?;
     session.set_tcp_stream(tcp);
     session.set_timeout(options.io_timeout.as_millis().min(u32::MAX as u128) as u32);
-    session
-        .handshake()
-        .map_err(|e| ssh_error(e, &format!("SSH handshake with {endpoint}")))?;
+    session.handshake().map_err(|e| ssh_error(e, &format!("SSH handshake with {endpoint}")))?;
 
     let offered = session
         .host_key_hash(HashType::Sha256)
@@ -155,7 +153,9 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
     if !session.authenticated() {
         return Err(Error::permanent(
             Step::Deliver,
-            format!("{endpoint}: no accepted credential for {user} (the secret holds neither a valid key nor password)"),
+            format!(
+                "{endpoint}: no accepted credential for {user} (the secret holds neither a valid key nor password)"
+            ),
         ));
     }
     Ok(session)
@@ -191,19 +191,15 @@ fn deliver_blocking(credentials: &SftpCredentials, options: &SftpOptions, upload
             ));
         }
         tracing::warn!(remote = %final_path, policy = ?options.existing, "removing the existing remote file to replace it");
-        sftp.unlink(final_ref)
-            .map_err(|e| ssh_error(e, &format!("removing {final_path} to overwrite it")))?;
+        sftp.unlink(final_ref).map_err(|e| ssh_error(e, &format!("removing {final_path} to overwrite it")))?;
     }
 
     // A temporary file of an earlier, cut attempt.
     let _ = sftp.unlink(Path::new(&temp_path));
     write_remote(&session, &sftp, &temp_path, upload, options)?;
 
-    let size = sftp
-        .stat(Path::new(&temp_path))
-        .map_err(|e| ssh_error(e, &format!("checking {temp_path}")))?
-        .size
-        .unwrap_or(0);
+    let size =
+        sftp.stat(Path::new(&temp_path)).map_err(|e| ssh_error(e, &format!("checking {temp_path}")))?.size.unwrap_or(0);
     if size != upload.bytes {
         let _ = sftp.unlink(Path::new(&temp_path));
         return Err(Error::transient(
@@ -239,8 +235,9 @@ fn write_remote(session: &Session, sftp: &Sftp, temp_path: &str, upload: &Upload
     let mut buffer = vec![0u8; options.write_chunk.max(32 * 1024)];
     let mut last_keepalive = Instant::now();
     loop {
-        let filled = fill(&mut local, &mut buffer)
-            .map_err(|e| Error::transient(Step::Deliver, format!("reading {}", upload.local_path.display())).caused_by(e))?;
+        let filled = fill(&mut local, &mut buffer).map_err(|e| {
+            Error::transient(Step::Deliver, format!("reading {}", upload.local_path.display())).caused_by(e)
+        })?;
         if filled == 0 {
             break;
         }
@@ -281,9 +278,7 @@ fn remote_is_identical(sftp: &Sftp, path: &Path, upload: &Upload) -> Result<bool
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
-        let n = remote
-            .read(&mut buffer)
-            .map_err(|e| Error::transient(Step::Deliver, what.clone()).caused_by(e))?;
+        let n = remote.read(&mut buffer).map_err(|e| Error::transient(Step::Deliver, what.clone()).caused_by(e))?;
         if n == 0 {
             break;
         }

@@ -4,8 +4,6 @@
 //! written by hand (a dozen lines) instead of installing a global metrics recorder: each
 //! function emits at most one or two records per invocation.
 
-use std::io::Write;
-
 use serde_json::{json, Map, Value};
 
 pub const NAMESPACE: &str = "MaestroRelay";
@@ -16,8 +14,8 @@ pub fn init_logging() {
     let level = std::env::var("RUST_LOG")
         .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL").map(|l| l.to_lowercase()))
         .unwrap_or_else(|_| "info".to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
@@ -76,10 +74,9 @@ pub fn emf_record(dimensions: &[(&str, &str)], metrics: &[(&str, Metric)], prope
     Value::Object(record)
 }
 
-/// Writes an EMF record as one line on stdout.
+/// Writes an EMF record as one line on stdout, where Lambda's log agent picks it up.
 pub fn emit(record: &Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{record}");
+    println!("{record}");
 }
 
 #[cfg(test)]

@@ -88,9 +88,10 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
             tracing::info!("S3 test event acknowledged");
             return Ok(());
         }
-        let records = notification.get("Records").and_then(Value::as_array).ok_or_else(|| {
-            Error::permanent(Step::Manifest, "the SQS message is not an S3 event notification")
-        })?;
+        let records = notification
+            .get("Records")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::permanent(Step::Manifest, "the SQS message is not an S3 event notification"))?;
         for record in records {
             let encoded = record
                 .pointer("/s3/object/key")
@@ -139,8 +140,9 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
             .map_err(|e| e.at(Step::Manifest))?;
         let manifest_bytes =
             manifest_bytes.ok_or_else(|| Error::permanent(Step::Manifest, format!("no job manifest at {job_key}")))?;
-        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-            .map_err(|e| Error::permanent(Step::Manifest, format!("{job_key} is not a valid job manifest")).caused_by(e))?;
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+            Error::permanent(Step::Manifest, format!("{job_key} is not a valid job manifest")).caused_by(e)
+        })?;
         if manifest.job_id != job_id {
             return Err(Error::permanent(Step::Manifest, format!("{job_key} holds jobId {}", manifest.job_id)));
         }
@@ -221,9 +223,7 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
     async fn staged_files(&self, job_id: &str, dir: &Path, deadline: Instant) -> Result<Option<Vec<ExportedFile>>> {
         let retry = &self.config.retry;
         let index_key = keys::staged_index(job_id);
-        let (index, _) = retry
-            .run(deadline, "read staged index", |_| self.store.get(&index_key))
-            .await?;
+        let (index, _) = retry.run(deadline, "read staged index", |_| self.store.get(&index_key)).await?;
         let Some(index) = index else { return Ok(None) };
         let staged: Vec<StagedFile> = serde_json::from_slice(&index)
             .map_err(|e| Error::permanent(Step::Stage, "the staged index is not valid").caused_by(e))?;
@@ -231,9 +231,8 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
         for file in staged {
             let path = dir.join(&file.file_name);
             let key = keys::staged_file(job_id, &file.file_name);
-            let (found, _) = retry
-                .run(deadline, "restore staged CSV", |_| self.store.download_file(&key, &path))
-                .await?;
+            let (found, _) =
+                retry.run(deadline, "restore staged CSV", |_| self.store.download_file(&key, &path)).await?;
             if !found {
                 return Err(Error::permanent(Step::Stage, format!("{key} is listed as staged but missing")));
             }
@@ -276,9 +275,17 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
         Ok(())
     }
 
-    async fn deliver(&self, manifest: &Manifest, files: &[ExportedFile], deadline: Instant) -> Result<(Vec<DeliveredFile>, u32)> {
+    async fn deliver(
+        &self,
+        manifest: &Manifest,
+        files: &[ExportedFile],
+        deadline: Instant,
+    ) -> Result<(Vec<DeliveredFile>, u32)> {
         let secret_id = self.config.sftp_secret_ids.get(&manifest.target).ok_or_else(|| {
-            Error::permanent(Step::Deliver, format!("no SFTP_SECRET_ID_{} is configured for the job's target", manifest.target))
+            Error::permanent(
+                Step::Deliver,
+                format!("no SFTP_SECRET_ID_{} is configured for the job's target", manifest.target),
+            )
         })?;
         let mut delivered = Vec::with_capacity(files.len());
         let mut most_attempts = 0;
@@ -299,7 +306,11 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
                 .await?;
             tracing::info!(remote = %delivery.remote_path, uploaded = delivery.uploaded, attempts, "file delivered");
             most_attempts = most_attempts.max(attempts);
-            delivered.push(DeliveredFile { file: file.file.clone(), remote_path: delivery.remote_path, uploaded: delivery.uploaded });
+            delivered.push(DeliveredFile {
+                file: file.file.clone(),
+                remote_path: delivery.remote_path,
+                uploaded: delivery.uploaded,
+            });
         }
         Ok((delivered, most_attempts))
     }
@@ -344,7 +355,8 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
                 };
                 match serde_json::to_vec_pretty(&record) {
                     Ok(bytes) => {
-                        if let Err(write_err) = self.store.put(&keys::failure(job_id), bytes, "application/json").await {
+                        if let Err(write_err) = self.store.put(&keys::failure(job_id), bytes, "application/json").await
+                        {
                             tracing::error!(error = %write_err.chain(), "could not write the failure record; the message still fails");
                         }
                     }
@@ -363,9 +375,8 @@ fn decode_s3_event_key(encoded: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| Some(hex(bytes.get(i + 1)?)? << 4 | hex(bytes.get(i + 2)?)?))
-            .flatten();
+        let escaped =
+            (bytes[i] == b'%').then(|| Some(hex(bytes.get(i + 1)?)? << 4 | hex(bytes.get(i + 2)?)?)).flatten();
         match (bytes[i], escaped) {
             (_, Some(byte)) => {
                 out.push(byte);

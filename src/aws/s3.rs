@@ -31,9 +31,8 @@ impl S3Store {
     /// A client from the shared SDK config; path-style addressing when an endpoint
     /// override (a local emulator) is set.
     pub fn from_sdk_config(config: &aws_config::SdkConfig, bucket: impl Into<String>) -> Self {
-        let s3_config = aws_sdk_s3::config::Builder::from(config)
-            .force_path_style(config.endpoint_url().is_some())
-            .build();
+        let s3_config =
+            aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some()).build();
         Self::new(Client::from_conf(s3_config), bucket)
     }
 
@@ -46,7 +45,9 @@ impl S3Store {
             .content_type(content_type)
             .send()
             .await
-            .map_err(|e| classify(e, Step::Stage, &format!("starting multipart upload of s3://{}/{key}", self.bucket)))?;
+            .map_err(|e| {
+                classify(e, Step::Stage, &format!("starting multipart upload of s3://{}/{key}", self.bucket))
+            })?;
         let upload_id = created
             .upload_id()
             .ok_or_else(|| Error::transient(Step::Stage, format!("S3 gave no upload id for {key}")))?
@@ -54,14 +55,8 @@ impl S3Store {
         let result = self.upload_parts(key, path, size, &upload_id).await;
         if result.is_err() {
             // Parts of an abandoned upload cost storage until a lifecycle rule removes them.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+            let _ =
+                self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).send().await;
         }
         result
     }
@@ -91,10 +86,7 @@ impl S3Store {
                 .await
                 .map_err(|e| classify(e, Step::Stage, &format!("uploading part {number} of {key}")))?;
             parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(uploaded.e_tag().map(str::to_owned))
-                    .build(),
+                CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag().map(str::to_owned)).build(),
             );
             offset += length;
             number += 1;
@@ -225,12 +217,13 @@ impl ObjectStore for S3Store {
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(false),
             Err(err) => return Err(classify(err, Step::Stage, &format!("reading s3://{}/{key}", self.bucket))),
         };
-        let local = |e: std::io::Error| Error::transient(Step::Stage, format!("writing {}", path.display())).caused_by(e);
+        let local =
+            |e: std::io::Error| Error::transient(Step::Stage, format!("writing {}", path.display())).caused_by(e);
         let mut file = tokio::fs::File::create(path).await.map_err(local)?;
         let mut body = output.body.into_async_read();
-        tokio::io::copy(&mut body, &mut file)
-            .await
-            .map_err(|e| Error::transient(Step::Stage, format!("downloading s3://{}/{key}", self.bucket)).caused_by(e))?;
+        tokio::io::copy(&mut body, &mut file).await.map_err(|e| {
+            Error::transient(Step::Stage, format!("downloading s3://{}/{key}", self.bucket)).caused_by(e)
+        })?;
         file.flush().await.map_err(local)?;
         Ok(true)
     }

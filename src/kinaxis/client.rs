@@ -105,8 +105,9 @@ impl KinaxisClient {
             .map_err(|e| transport(e, "requesting a Kinaxis token"))?;
         let response = check_status(response, "requesting a Kinaxis token").await?;
         let body = response.bytes().await.map_err(|e| transport(e, "reading the Kinaxis token"))?;
-        let answer: TokenAnswer = serde_json::from_slice(&body)
-            .map_err(|e| Error::permanent(Step::Fetch, "the Kinaxis token answer is not the expected JSON").caused_by(e))?;
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
+            Error::permanent(Step::Fetch, "the Kinaxis token answer is not the expected JSON").caused_by(e)
+        })?;
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME));
         let refresh_in = lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 2));
         let value = answer.access_token;
@@ -144,9 +145,8 @@ impl KinaxisClient {
     pub async fn workbook(&self, request: &WorkbookRequest) -> Result<WorkbookAnswer> {
         let what = format!("reading workbook {:?}", request.workbook_parameters.workbook.name);
         let url = self.url("integration/V1/data/workbook");
-        let response = self
-            .send_authorized(&what, |token| self.http.post(&url).bearer_auth(token).json(request))
-            .await?;
+        let response =
+            self.send_authorized(&what, |token| self.http.post(&url).bearer_auth(token).json(request)).await?;
         let body = response.bytes().await.map_err(|e| transport(e, &what))?;
         serde_json::from_slice(&body).map_err(|e| data_fault(e, &what))
     }
@@ -198,7 +198,9 @@ pub fn data_fault(err: serde_json::Error, what: &str) -> Error {
         Category::Eof | Category::Syntax | Category::Io => {
             Error::transient(Step::Fetch, format!("{what}: the answer is cut short or not JSON")).caused_by(err)
         }
-        Category::Data => Error::permanent(Step::Fetch, format!("{what}: the answer has an unexpected shape")).caused_by(err),
+        Category::Data => {
+            Error::permanent(Step::Fetch, format!("{what}: the answer has an unexpected shape")).caused_by(err)
+        }
     }
 }
 
@@ -217,7 +219,8 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
         .map(Duration::from_secs);
     let body = response.text().await.unwrap_or_default();
     let snippet: String = body.chars().take(200).collect();
-    let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT;
+    let transient =
+        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT;
     let message = match status {
         StatusCode::FORBIDDEN => format!("{what}: Kinaxis answered 403: the integration user has no right to it"),
         StatusCode::NOT_FOUND => format!("{what}: Kinaxis answered 404: unknown workbook, worksheet or scenario"),

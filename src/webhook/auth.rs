@@ -72,9 +72,8 @@ fn verify_hmac(
     let id = header(headers, "webhook-id").ok_or(AuthFailure("missing webhook-id header"))?;
     let timestamp = header(headers, "webhook-timestamp").ok_or(AuthFailure("missing webhook-timestamp header"))?;
     let signatures = header(headers, "webhook-signature").ok_or(AuthFailure("missing webhook-signature header"))?;
-    let sent_at: i64 = timestamp
-        .parse()
-        .map_err(|_| AuthFailure("webhook-timestamp is not a whole number of seconds"))?;
+    let sent_at: i64 =
+        timestamp.parse().map_err(|_| AuthFailure("webhook-timestamp is not a whole number of seconds"))?;
     if now_unix.abs_diff(sent_at) > tolerance.as_secs() {
         return Err(AuthFailure("webhook-timestamp is outside the accepted window"));
     }
@@ -122,9 +121,7 @@ fn verify_bearer(credentials: &WebhookCredentials, headers: &HeaderMap) -> Resul
 fn verify_basic(credentials: &WebhookCredentials, headers: &HeaderMap) -> Result<(), AuthFailure> {
     let value = header(headers, "authorization").ok_or(AuthFailure("missing Authorization header"))?;
     let encoded = strip_scheme(value, "Basic").ok_or(AuthFailure("Authorization is not HTTP Basic"))?;
-    let decoded = STANDARD
-        .decode(encoded)
-        .map_err(|_| AuthFailure("HTTP Basic credentials are not base64"))?;
+    let decoded = STANDARD.decode(encoded).map_err(|_| AuthFailure("HTTP Basic credentials are not base64"))?;
     let (user, password) = match decoded.iter().position(|&b| b == b':') {
         Some(colon) => (&decoded[..colon], &decoded[colon + 1..]),
         None => return Err(AuthFailure("HTTP Basic credentials have no ':'")),

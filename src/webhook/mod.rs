@@ -97,7 +97,12 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         } else if answer.is_problem() {
             tracing::warn!(status, detail = %answer.body["detail"], "webhook refused");
         } else {
-            tracing::info!(status, jobId = job_id, outcome = answer.body["status"].as_str().unwrap_or(""), "webhook accepted");
+            tracing::info!(
+                status,
+                jobId = job_id,
+                outcome = answer.body["status"].as_str().unwrap_or(""),
+                "webhook accepted"
+            );
         }
         answer
     }
@@ -211,10 +216,9 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             }
         };
         match existing {
-            Some(existing) if existing.content_sha256 == manifest.content_sha256 => Answer {
-                status: StatusCode::OK,
-                body: json!({"jobId": manifest.job_id, "status": "duplicate"}),
-            },
+            Some(existing) if existing.content_sha256 == manifest.content_sha256 => {
+                Answer { status: StatusCode::OK, body: json!({"jobId": manifest.job_id, "status": "duplicate"}) }
+            }
             Some(_) => Answer::problem(
                 StatusCode::CONFLICT,
                 format!("job {} exists with a different body for the same idempotency key", manifest.job_id),

@@ -42,9 +42,8 @@ pub fn parse(body: &[u8]) -> Result<WebhookRequest, FieldError> {
     if text.trim().is_empty() {
         return Err(bad("body", "is empty"));
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        bad("body", format!("is not valid JSON (line {} column {})", e.line(), e.column()))
-    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| bad("body", format!("is not valid JSON (line {} column {})", e.line(), e.column())))?;
     let Value::Object(root) = value else {
         return Err(bad("body", "must be a JSON object"));
     };
@@ -113,7 +112,9 @@ pub fn validate_file_name(name: &str) -> Result<(), FieldError> {
 fn text_value(value: &Value, field: &str) -> Result<String, FieldError> {
     match value {
         Value::String(s) if s.trim().is_empty() => Err(bad(field, "must not be blank")),
-        Value::String(s) if s.chars().count() > MAX_TEXT => Err(bad(field, format!("is longer than {MAX_TEXT} characters"))),
+        Value::String(s) if s.chars().count() > MAX_TEXT => {
+            Err(bad(field, format!("is longer than {MAX_TEXT} characters")))
+        }
         Value::String(s) if s.chars().any(char::is_control) => Err(bad(field, "must not hold control characters")),
         Value::String(s) => Ok(s.clone()),
         _ => Err(bad(field, "must be a string")),

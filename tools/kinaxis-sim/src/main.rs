@@ -146,7 +146,8 @@ fn row(w: usize, i: u64) -> Vec<String> {
         5 => "Future".into(),
         _ => "Today".into(),
     };
-    let description = ["Standard order", "Contains \"quotes\"", "Line one\r\nLine two", "Grüße aus 東京 🚚", ""][(i % 5) as usize];
+    let description =
+        ["Standard order", "Contains \"quotes\"", "Line one\r\nLine two", "Grüße aus 東京 🚚", ""][(i % 5) as usize];
     vec![
         format!("PO-{w}-{i:08}"),
         format!("P-{:05}", (i * 7919) % 100_000),

@@ -1,0 +1,417 @@
+//! Starts and stops the real parts the tests run against, and builds the functions on them.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{Credentials, Region};
+use maestro_relay::aws::{S3Store, SecretsManager};
+use maestro_relay::config::{WebhookConfig, WorkerConfig};
+use maestro_relay::secrets::CachedSecrets;
+use maestro_relay::webhook::Webhook;
+use maestro_relay::worker::Worker;
+use serde_json::{json, Value};
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on port {port} within 30 s");
+}
+
+/// A child process killed when dropped.
+pub struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------- moto_server, shared
+
+pub struct Moto {
+    pub endpoint: String,
+}
+
+/// One moto_server for the whole test binary. It is started from a thread that lives as
+/// long as the process and is killed by the kernel when that thread (the process) ends.
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let port = free_port();
+        let binary = std::env::var("MOTO_SERVER").unwrap_or_else(|_| format!("{ROOT}/.venv/bin/moto_server"));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut command = Command::new(&binary);
+            command.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
+            // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let spawned = command.spawn();
+            let ok = spawned.is_ok();
+            let _ = sender.send(spawned.map(|_| ()).map_err(|e| format!("{binary}: {e} (run scripts/bootstrap.sh)")));
+            if ok {
+                loop {
+                    std::thread::park();
+                }
+            }
+        });
+        receiver.recv().expect("moto thread").expect("starting moto_server");
+        wait_for_port(port, "moto_server");
+        Moto { endpoint: format!("http://127.0.0.1:{port}") }
+    })
+}
+
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("eu-central-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .load()
+        .await
+}
+
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+// ---------------------------------------------------------------- sshd, one per test
+
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub fingerprint: String,
+    pub client_key: String,
+    process: Option<Process>,
+}
+
+impl Sshd {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let status = Command::new(format!("{ROOT}/scripts/sshd.sh"))
+            .arg(dir.path())
+            .arg(port.to_string())
+            .status()
+            .expect("scripts/sshd.sh");
+        assert!(status.success(), "scripts/sshd.sh failed");
+        let fingerprint = Command::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f"])
+            .arg(dir.path().join("host_ed25519.pub"))
+            .output()
+            .expect("ssh-keygen");
+        let fingerprint =
+            String::from_utf8_lossy(&fingerprint.stdout).split_whitespace().nth(1).expect("a fingerprint").to_owned();
+        let client_key = std::fs::read_to_string(dir.path().join("client_ed25519")).expect("client key");
+        let mut sshd = Self { dir, port, fingerprint, client_key, process: None };
+        sshd.resume();
+        sshd
+    }
+
+    /// Starts (again) on the same port with the same keys.
+    pub fn resume(&mut self) {
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(self.dir.path().join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting /usr/sbin/sshd (run scripts/bootstrap.sh)");
+        self.process = Some(Process(child));
+        wait_for_port(self.port, "sshd");
+    }
+
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    pub fn folder(&self, target: &str) -> PathBuf {
+        self.dir.path().join("sap").join(target)
+    }
+
+    pub fn files(&self, target: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.folder(target))
+            .map(|entries| {
+                entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    pub fn secret(&self, target: &str) -> Value {
+        json!({
+            "host": "127.0.0.1",
+            "port": self.port,
+            "username": whoami(),
+            "private_key": self.client_key,
+            "host_key_sha256": self.fingerprint,
+            "remote_dir": self.folder(target),
+        })
+    }
+}
+
+pub fn whoami() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+// ---------------------------------------------------------------- Kinaxis simulator
+
+pub struct Sim {
+    pub url: String,
+    _process: Process,
+}
+
+impl Sim {
+    /// The simulator built by `cargo build -p kinaxis-sim` (make test does) with these flags.
+    pub fn start(flags: &[&str]) -> Self {
+        let binary = std::env::var("KINAXIS_SIM_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.parent().and_then(Path::parent).expect("target dir").join("kinaxis-sim")
+        });
+        assert!(binary.exists(), "{} missing: run `cargo build -p kinaxis-sim` (make test does)", binary.display());
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string()])
+            .args(flags)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting kinaxis-sim");
+        let process = Process(child);
+        wait_for_port(port, "kinaxis-sim");
+        Self { url: format!("http://127.0.0.1:{port}"), _process: process }
+    }
+
+    pub async fn stats(&self) -> Value {
+        reqwest::get(format!("{}/_sim/stats", self.url)).await.expect("stats").json().await.expect("stats JSON")
+    }
+}
+
+// ---------------------------------------------------------------- the app on the stack
+
+/// One test's world: its own bucket and secrets in the shared moto, its own sshd and
+/// simulator, and the two functions configured on them.
+pub struct TestApp {
+    pub bucket: String,
+    pub s3: aws_sdk_s3::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub sdk: aws_config::SdkConfig,
+    pub sshd: Sshd,
+    pub sim: Sim,
+    pub whsec: String,
+    pub env: HashMap<String, String>,
+}
+
+pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+impl TestApp {
+    pub async fn start(sim_flags: &[&str]) -> Self {
+        let moto = moto();
+        let sdk = sdk_config(&moto.endpoint).await;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let bucket = unique("staging");
+        s3.create_bucket()
+            .bucket(&bucket)
+            .create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuCentral1)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("create bucket");
+        let sshd = Sshd::start();
+        let sim = Sim::start(sim_flags);
+        let mut app = Self {
+            bucket: bucket.clone(),
+            s3,
+            secrets,
+            sqs,
+            sdk,
+            sshd,
+            sim,
+            whsec: WHSEC.to_owned(),
+            env: HashMap::new(),
+        };
+        let webhook_secret = app.put_secret("webhook", json!({"hmac_secrets": [WHSEC]})).await;
+        let kinaxis_secret =
+            app.put_secret("kinaxis", json!({"client_id": "relay-client", "client_secret": "relay-secret"})).await;
+        let pf2 = app.put_secret("sftp-pf2", app.sshd.secret("PF2")).await;
+        let wp2 = app.put_secret("sftp-wp2", app.sshd.secret("WP2")).await;
+        let spool = std::env::temp_dir();
+        for (key, value) in [
+            ("STAGING_BUCKET", bucket.as_str()),
+            ("WEBHOOK_SECRET_ID", webhook_secret.as_str()),
+            ("KINAXIS_SECRET_ID", kinaxis_secret.as_str()),
+            ("KINAXIS_BASE_URL", app.sim.url.as_str()),
+            ("KINAXIS_PAGE_SIZE", "300"),
+            ("SFTP_SECRET_ID_PF2", pf2.as_str()),
+            ("SFTP_SECRET_ID_WP2", wp2.as_str()),
+            ("RETRY_INITIAL_MS", "10"),
+            ("RETRY_MAX_DELAY_MS", "40"),
+            ("SFTP_CONNECT_TIMEOUT_SECS", "5"),
+            ("SFTP_IO_TIMEOUT_SECS", "20"),
+            ("SPOOL_DIR", spool.to_str().unwrap_or("/tmp")),
+        ] {
+            app.env.insert(key.to_owned(), value.to_owned());
+        }
+        app
+    }
+
+    pub async fn put_secret(&self, name: &str, value: Value) -> String {
+        let id = unique(name);
+        self.secrets.create_secret().name(&id).secret_string(value.to_string()).send().await.expect("create secret");
+        id
+    }
+
+    pub async fn set_secret(&self, id: &str, value: Value) {
+        self.secrets
+            .put_secret_value()
+            .secret_id(id)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .expect("put secret value");
+    }
+
+    fn lookup(&self) -> impl Fn(&str) -> Option<String> + '_ {
+        |name| self.env.get(name).cloned()
+    }
+
+    pub fn webhook(&self) -> Webhook<S3Store, SecretsManager> {
+        let config = WebhookConfig::from_lookup(&self.lookup()).expect("webhook config");
+        Webhook::new(
+            S3Store::from_sdk_config(&self.sdk, &config.staging_bucket),
+            CachedSecrets::new(SecretsManager::from_sdk_config(&self.sdk), config.secret_cache_ttl),
+            config.settings,
+        )
+    }
+
+    pub fn worker(&self) -> Worker<S3Store, SecretsManager> {
+        let config = WorkerConfig::from_lookup(&self.lookup()).expect("worker config");
+        Worker::new(
+            S3Store::from_sdk_config(&self.sdk, &config.staging_bucket),
+            CachedSecrets::new(SecretsManager::from_sdk_config(&self.sdk), config.secret_cache_ttl),
+            config,
+        )
+    }
+
+    pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self.s3.get_object().bucket(&self.bucket).key(key).send().await.ok()?;
+        Some(out.body.collect().await.ok()?.into_bytes().to_vec())
+    }
+
+    pub async fn json_object(&self, key: &str) -> Option<Value> {
+        self.object(key).await.and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self.s3.list_objects_v2().bucket(&self.bucket).prefix(prefix).send().await.expect("list");
+        out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+    }
+
+    /// Sends a webhook through the Lambda entry point, returning the status and body.
+    pub async fn post_webhook(&self, event: &Value) -> (u16, Value) {
+        let request = lambda_http::request::from_str(&event.to_string()).expect("an API Gateway event");
+        let response = self.webhook().handle_lambda(request).await;
+        let status = response.status().as_u16();
+        let body = serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Stages a job through the webhook and returns its id.
+    pub async fn accepted_job(&self, event_file: &str) -> String {
+        let (status, body) = self.post_webhook(&signed_event(event_file, &self.whsec)).await;
+        assert_eq!(status, 202, "{body}");
+        body["jobId"].as_str().expect("jobId").to_owned()
+    }
+
+    pub fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(120)
+    }
+}
+
+/// An event file from `events/`, signed now as Kinaxis would sign it.
+pub fn signed_event(file: &str, whsec: &str) -> Value {
+    let mut event = load_event(file);
+    let body = event_body(&event);
+    sign_event(&mut event, whsec, &body, now());
+    event
+}
+
+pub fn load_event(file: &str) -> Value {
+    let text = std::fs::read_to_string(format!("{ROOT}/events/{file}")).expect("event file");
+    serde_json::from_str(&text).expect("event JSON")
+}
+
+pub fn event_body(event: &Value) -> Vec<u8> {
+    use base64::Engine;
+    let body = event["body"].as_str().unwrap_or_default();
+    if event["isBase64Encoded"].as_bool() == Some(true) {
+        base64::engine::general_purpose::STANDARD.decode(body).expect("base64 body")
+    } else {
+        body.as_bytes().to_vec()
+    }
+}
+
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Sets the body (keeping the event's encoding) and a fresh signature over it.
+pub fn sign_event(event: &mut Value, whsec: &str, body: &[u8], timestamp: i64) {
+    use base64::Engine;
+    if event["isBase64Encoded"].as_bool() == Some(true) {
+        event["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body));
+    } else {
+        event["body"] = json!(String::from_utf8_lossy(body));
+    }
+    let headers = event["headers"].as_object_mut().expect("headers");
+    let id = headers.get("webhook-id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let signature = maestro_relay::webhook::auth::sign(whsec, &id, timestamp, body).expect("signature");
+    headers.insert("webhook-timestamp".into(), json!(timestamp.to_string()));
+    headers.insert("webhook-signature".into(), json!(signature));
+    if let Some(multi) = event.get_mut("multiValueHeaders").and_then(Value::as_object_mut) {
+        multi.insert("webhook-timestamp".into(), json!([timestamp.to_string()]));
+        multi.insert("webhook-signature".into(), json!([signature]));
+    }
+}
+
+/// An SQS event carrying S3's notification for a job manifest, as the queue delivers it.
+pub fn sqs_event_for(job_id: &str, message_id: &str) -> Value {
+    let mut event = load_event("worker-sqs-job.json");
+    let mut notification: Value =
+        serde_json::from_str(event["Records"][0]["body"].as_str().expect("body")).expect("S3 event");
+    notification["Records"][0]["s3"]["object"]["key"] = json!(format!("jobs%2F{job_id}.json"));
+    event["Records"][0]["body"] = json!(notification.to_string());
+    event["Records"][0]["messageId"] = json!(message_id);
+    event
+}

@@ -1,0 +1,5 @@
+//! Integration tests: one binary, against real parts started by `helpers` — moto_server
+//! (S3, SQS, Secrets Manager), OpenSSH sshd on loopback, and the Kinaxis simulator.
+
+mod helpers;
+mod pipeline;

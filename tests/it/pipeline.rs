@@ -1,0 +1,162 @@
+//! The whole path on real parts: webhook → S3 → SQS → worker → simulator → CSV → S3 → sshd.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{sqs_event_for, TestApp};
+
+/// Wires the app's bucket to a fresh queue, as the SAM template does, and returns its URL.
+async fn notify_queue(app: &TestApp) -> String {
+    let queue = app.sqs.create_queue().queue_name(crate::helpers::unique("jobs")).send().await.expect("create queue");
+    let url = queue.queue_url().expect("queue url").to_owned();
+    let arn = app
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
+        .expect("queue arn");
+    use aws_sdk_s3::types::*;
+    let rule = FilterRule::builder().name(FilterRuleName::Prefix).value("jobs/").build();
+    let config = QueueConfiguration::builder()
+        .queue_arn(arn)
+        .events(Event::S3ObjectCreated)
+        .filter(
+            NotificationConfigurationFilter::builder().key(S3KeyFilter::builder().filter_rules(rule).build()).build(),
+        )
+        .build()
+        .expect("queue configuration");
+    app.s3
+        .put_bucket_notification_configuration()
+        .bucket(&app.bucket)
+        .notification_configuration(NotificationConfiguration::builder().queue_configurations(config).build())
+        .send()
+        .await
+        .expect("bucket notification");
+    url
+}
+
+/// The queue's messages as the SQS event source hands them to the worker (batch of one).
+async fn next_job_message(app: &TestApp, queue_url: &str) -> Value {
+    for _ in 0..20 {
+        let received =
+            app.sqs.receive_message().queue_url(queue_url).wait_time_seconds(1).send().await.expect("receive");
+        for message in received.messages() {
+            let body = message.body().unwrap_or_default();
+            let event = json!({"Records": [{
+                "messageId": message.message_id().unwrap_or_default(),
+                "receiptHandle": message.receipt_handle().unwrap_or_default(),
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+            }]});
+            if !body.contains("s3:TestEvent") {
+                return event;
+            }
+        }
+    }
+    panic!("no job notification arrived on the queue");
+}
+
+#[tokio::test]
+async fn a_pf_file_travels_from_the_webhook_through_sqs_to_the_pf2_folder_identical_to_its_staged_csv() {
+    let app = TestApp::start(&["--rows", "1234", "--first-page", "500"]).await;
+    let queue_url = notify_queue(&app).await;
+
+    let job_id = app.accepted_job("webhook-http-api-pf.json").await;
+    let event = next_job_message(&app, &queue_url).await;
+    let answer = app.worker().handle_event(&event, app.deadline()).await.expect("worker answer");
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+
+    let delivered = app.sshd.files("PF2");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert!(delivered[0].starts_with("PlannedOrders-PF_") && delivered[0].ends_with(".csv"));
+    assert!(app.sshd.files("WP2").is_empty());
+    let remote = std::fs::read(app.sshd.folder("PF2").join(&delivered[0])).expect("delivered file");
+    let staged = app.object(&format!("staging/{job_id}/{}", delivered[0])).await.expect("staged CSV");
+    assert_eq!(remote, staged, "the delivered file differs from the staged CSV");
+
+    let receipt = app.json_object(&format!("receipts/{job_id}.json")).await.expect("receipt");
+    assert_eq!(receipt["rows"], 1234);
+    assert_eq!(receipt["bytes"], remote.len());
+    assert_eq!(receipt["target"], "PF2");
+    assert_eq!(receipt["files"][0]["sha256"], maestro_relay::job::sha256_hex(&remote));
+    assert!(app.keys("failed/").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_wp_file_ends_in_the_wp2_folder() {
+    let app = TestApp::start(&["--rows", "40", "--first-page", "40"]).await;
+    let job_id = app.accepted_job("webhook-http-api-wp.json").await;
+    let answer =
+        app.worker().handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("worker answer");
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    assert!(app.sshd.files("PF2").is_empty());
+    let delivered = app.sshd.files("WP2");
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].starts_with("PlannedOrders-WP_"));
+}
+
+#[tokio::test]
+async fn every_awkward_kinaxis_value_survives_the_round_trip_through_a_csv_reader() {
+    let app = TestApp::start(&["--rows", "20", "--first-page", "7"]).await;
+    let job_id = app.accepted_job("webhook-http-api-pf.json").await;
+    app.worker().handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("worker");
+    let name = &app.sshd.files("PF2")[0];
+    let bytes = std::fs::read(app.sshd.folder("PF2").join(name)).expect("file");
+    assert!(bytes.ends_with(b"\r\n"));
+    let mut reader = csv::Reader::from_reader(bytes.as_slice());
+    let header: Vec<String> = reader.headers().expect("header").iter().map(str::to_owned).collect();
+    assert_eq!(header, ["Order", "Part", "Site", "Quantity", "DueDate", "Description"]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
+    assert_eq!(rows.len(), 20);
+    let column = |i: usize| rows.iter().map(|r| r[i].to_owned()).collect::<Vec<_>>();
+    for expected in ["Contains \"quotes\"", "Line one\r\nLine two", "Grüße aus 東京 🚚", ""] {
+        assert!(column(5).iter().any(|v| v == expected), "{expected:?} missing");
+    }
+    for expected in ["SITE,B", "Werk Köln", ""] {
+        assert!(column(2).iter().any(|v| v == expected), "{expected:?} missing");
+    }
+    for token in ["Undefined", "Past", "Future", "Today"] {
+        assert!(column(4).iter().any(|v| v == token), "{token} missing");
+    }
+    let orders = column(0);
+    let mut sorted = orders.clone();
+    sorted.sort();
+    assert_eq!(orders, sorted, "rows must be written in Kinaxis order");
+}
+
+#[tokio::test]
+async fn a_redelivered_message_of_a_delivered_job_is_acknowledged_without_a_second_file() {
+    let app = TestApp::start(&["--rows", "10"]).await;
+    let job_id = app.accepted_job("webhook-http-api-pf.json").await;
+    let worker = app.worker();
+    let event = sqs_event_for(&job_id, "m-1");
+    worker.handle_event(&event, app.deadline()).await.expect("first");
+    let pages_after_first = app.sim.stats().await["dataCalls"].clone();
+    let again = worker.handle_event(&event, app.deadline()).await.expect("second");
+    assert_eq!(again, json!({"batchItemFailures": []}));
+    assert_eq!(app.sshd.files("PF2").len(), 1);
+    assert_eq!(app.sim.stats().await["dataCalls"], pages_after_first, "no second fetch");
+    let direct = worker
+        .handle_event(&json!({"jobKey": format!("jobs/{job_id}.json")}), app.deadline())
+        .await
+        .expect("console re-run");
+    assert_eq!(direct["status"], "already-delivered");
+}
+
+#[tokio::test]
+async fn the_s3_test_event_is_acknowledged_and_ignored() {
+    let app = TestApp::start(&[]).await;
+    let event = crate::helpers::load_event("worker-sqs-s3-test-event.json");
+    let answer = app.worker().handle_event(&event, app.deadline()).await.expect("answer");
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    assert!(app.keys("").await.is_empty());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
