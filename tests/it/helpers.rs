@@ -39,6 +39,12 @@ pub fn wait_for_port(port: u16, what: &str) {
 /// A child process killed when dropped.
 pub struct Process(Child);
 
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -145,8 +151,11 @@ impl Sshd {
         wait_for_port(self.port, "sshd");
     }
 
+    /// Kills sshd and every session process it forked: open connections are cut at once.
     pub fn stop(&mut self) {
-        self.process = None;
+        if let Some(process) = self.process.take() {
+            kill_tree(process.0.id());
+        }
     }
 
     pub fn folder(&self, target: &str) -> PathBuf {
@@ -172,6 +181,29 @@ impl Sshd {
             "host_key_sha256": self.fingerprint,
             "remote_dir": self.folder(target),
         })
+    }
+}
+
+/// SIGKILLs a process and all its descendants (sshd's session children call setsid, so a
+/// process group does not reach them), found through /proc.
+fn kill_tree(root: u32) {
+    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The fields after the parenthesised command name: state, ppid, …
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut pending = vec![root];
+    while let Some(pid) = pending.pop() {
+        // SAFETY: kill(2) on a pid of our own test's process tree; no memory is touched.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+        pending.extend(parents.get(&pid).into_iter().flatten().copied());
     }
 }
 

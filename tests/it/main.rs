@@ -3,3 +3,5 @@
 
 mod helpers;
 mod pipeline;
+mod sftp;
+mod webhook;
