@@ -56,7 +56,7 @@ async fn a_file_is_delivered_under_its_final_name_with_no_temporary_left() {
     let delivery =
         deliver(credentials(&sshd, "PF2"), options(ExistingFilePolicy::Fail), upload.clone()).await.expect("delivered");
     assert!(delivery.uploaded);
-    assert_eq!(sshd.files("PF2"), [upload.file_name.clone()]);
+    assert_eq!(sshd.files("PF2"), std::slice::from_ref(&upload.file_name));
     assert_eq!(sha256_of(&sshd.folder("PF2").join(&upload.file_name)), upload.sha256);
 }
 
