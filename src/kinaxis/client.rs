@@ -131,14 +131,15 @@ impl KinaxisClient {
         for attempt in 0..2 {
             let token = self.token().await?;
             let response = build(&token).send().await.map_err(|e| transport(e, what))?;
-            if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return check_status(response, what).await;
+            }
+            if attempt == 0 {
                 tracing::info!(what, "Kinaxis refused the token; fetching a new one");
                 self.forget_token(&token).await;
-                continue;
             }
-            return check_status(response, what).await;
         }
-        Err(Error::permanent(Step::Fetch, format!("{what}: Kinaxis refused a freshly issued token (401)")))
+        Err(Error::permanent(Step::Fetch, format!("{what}: Kinaxis refused a freshly issued token (401 twice)")))
     }
 
     /// `POST integration/V1/data/workbook`: the worksheets' columns, totals and first rows.

@@ -2,6 +2,7 @@
 //! (S3, SQS, Secrets Manager), OpenSSH sshd on loopback, and the Kinaxis simulator.
 
 mod helpers;
+mod kinaxis;
 mod pipeline;
 mod sftp;
 mod webhook;
