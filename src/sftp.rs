@@ -169,7 +169,10 @@ fn deliver_blocking(credentials: &SftpCredentials, options: &SftpOptions, upload
         create_dir_all(&sftp, dir)?;
     }
     let final_path = format!("{dir}/{}", upload.file_name);
-    let temp_path = format!("{dir}/.{}.part", upload.file_name);
+    // Unique per attempt, so two workers on the same job never write into one file; hidden
+    // and not `.csv`, so SAP's pickup never takes it.
+    let temp_prefix = format!(".{}.", upload.file_name);
+    let temp_path = format!("{dir}/{temp_prefix}{:08x}.part", fastrand::u32(..));
     let final_ref = Path::new(&final_path);
 
     if sftp.stat(final_ref).is_ok() {
@@ -194,8 +197,7 @@ fn deliver_blocking(credentials: &SftpCredentials, options: &SftpOptions, upload
         sftp.unlink(final_ref).map_err(|e| ssh_error(e, &format!("removing {final_path} to overwrite it")))?;
     }
 
-    // A temporary file of an earlier, cut attempt.
-    let _ = sftp.unlink(Path::new(&temp_path));
+    remove_stale_temporaries(&sftp, dir, &temp_prefix);
     write_remote(&session, &sftp, &temp_path, upload, options)?;
 
     let size =
@@ -285,6 +287,22 @@ fn remote_is_identical(sftp: &Sftp, path: &Path, upload: &Upload) -> Result<bool
         hasher.update(&buffer[..n]);
     }
     Ok(hex::encode(hasher.finalize()) == upload.sha256)
+}
+
+/// Temporaries of this file left by attempts whose connection was cut, once they are old
+/// enough that no attempt can still be writing them.
+fn remove_stale_temporaries(sftp: &Sftp, dir: &str, prefix: &str) {
+    const STALE_AFTER_SECS: u64 = 30 * 60;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let Ok(entries) = sftp.readdir(Path::new(dir)) else { return };
+    for (path, stat) in entries {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stale = stat.mtime.is_some_and(|mtime| now.saturating_sub(mtime) > STALE_AFTER_SECS);
+        if name.starts_with(prefix) && name.ends_with(".part") && stale {
+            tracing::info!(remote = %path.display(), "removing a stale temporary of a cut upload");
+            let _ = sftp.unlink(&path);
+        }
+    }
 }
 
 fn create_dir_all(sftp: &Sftp, dir: &str) -> Result<()> {

@@ -162,14 +162,19 @@ impl Sshd {
         self.dir.path().join("sap").join(target)
     }
 
+    /// The files SAP would pick up: every name but hidden temporaries.
     pub fn files(&self, target: &str) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.folder(target))
+        let mut names: Vec<String> = self.all_files(target).into_iter().filter(|name| !name.starts_with('.')).collect();
+        names.sort();
+        names
+    }
+
+    pub fn all_files(&self, target: &str) -> Vec<String> {
+        std::fs::read_dir(self.folder(target))
             .map(|entries| {
                 entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
             })
-            .unwrap_or_default();
-        names.sort();
-        names
+            .unwrap_or_default()
     }
 
     pub fn secret(&self, target: &str) -> Value {

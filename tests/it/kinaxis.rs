@@ -123,7 +123,8 @@ async fn several_worksheets_become_one_file_each_named_after_the_worksheet() {
 
 #[tokio::test]
 async fn an_expired_token_mid_export_is_refreshed_and_the_export_completes() {
-    let sim = Sim::start(&["--rows", "2000", "--first-page", "100", "--expire-token-after", "3"]);
+    let sim =
+        Sim::start(&["--rows", "2000", "--first-page", "100", "--latency-ms", "10", "--expire-token-after-ms", "60"]);
     let dir = tempfile::tempdir().expect("dir");
     let export = Export { in_flight: 1, ..Export::default() };
     let files = export.run(&sim, dir.path()).await.expect("export");
@@ -172,7 +173,10 @@ async fn a_workbook_answer_cut_short_every_time_is_transient() {
 #[tokio::test]
 async fn malformed_or_refused_answers_are_permanent_and_named() {
     let cases: [(&[&str], &str); 5] = [
-        (&["--rows", "500", "--first-page", "100", "--bad-width-row", "250"], "\"Planned Orders\": row 250 has 7 values"),
+        (
+            &["--rows", "500", "--first-page", "100", "--bad-width-row", "250"],
+            "\"Planned Orders\": row 250 has 7 values",
+        ),
         (&["--rows", "500", "--first-page", "100", "--short-by", "5"], "ended short of TotalRowCount 505"),
         (&["--workbook-status", "404"], "404"),
         (&["--workbook-status", "403"], "403"),

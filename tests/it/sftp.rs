@@ -119,9 +119,12 @@ async fn a_connection_cut_mid_upload_leaves_no_final_file_and_the_next_attempt_d
     let creds = credentials(&sshd, "PF2");
     let attempt = tokio::spawn(deliver(creds.clone(), options(ExistingFilePolicy::Fail), upload.clone()));
     // Cut once the temporary file is growing on the server.
-    let temp = sshd.folder("PF2").join(".Cut-PF.csv.part");
     for _ in 0..400 {
-        if std::fs::metadata(&temp).map(|m| m.len() > 0).unwrap_or(false) {
+        let growing = sshd.all_files("PF2").iter().any(|name| {
+            name.starts_with(".Cut-PF.csv.")
+                && std::fs::metadata(sshd.folder("PF2").join(name)).map(|m| m.len() > 0).unwrap_or(false)
+        });
+        if growing {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -130,6 +133,8 @@ async fn a_connection_cut_mid_upload_leaves_no_final_file_and_the_next_attempt_d
     let err = attempt.await.expect("task").unwrap_err();
     assert_eq!(err.class, ErrorClass::Transient, "{}", err.chain());
     assert!(!sshd.folder("PF2").join("Cut-PF.csv").exists(), "a partial final file");
+    let leftovers = sshd.all_files("PF2");
+    assert!(leftovers.iter().all(|n| n.starts_with(".Cut-PF.csv.") && n.ends_with(".part")), "{leftovers:?}");
 
     sshd.resume();
     let delivery = deliver(creds, options(ExistingFilePolicy::Fail), upload.clone()).await.expect("second attempt");

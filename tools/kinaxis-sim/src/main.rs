@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 const USAGE: &str = "kinaxis-sim [--port P] [--rows N] [--first-page K] [--worksheets 'A,B'] \
 [--workbook NAME] [--client-id ID] [--client-secret S] [--token-ttl SECS] [--latency-ms MS] \
-[--fail-first K] [--expire-token-after N] [--truncate-calls 'N,M'] [--workbook-status CODE] \
+[--fail-first K] [--expire-token-after-ms MS] [--truncate-calls 'N,M'] [--workbook-status CODE] \
 [--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens]";
 
 #[derive(Debug, Clone)]
@@ -41,8 +41,9 @@ struct Settings {
     latency: Duration,
     /// The first K data calls (workbook and pages) answer 503.
     fail_first: u64,
-    /// A token is refused (401) once it has served this many data calls.
-    expire_token_after: Option<u64>,
+    /// A token is refused (401) once it is this old, whatever `expires_in` promised:
+    /// a token expiring or revoked mid-export.
+    expire_token_after: Option<Duration>,
     /// Data calls (1-based) whose JSON body is cut in half.
     truncate_calls: HashSet<u64>,
     workbook_status: Option<u16>,
@@ -103,7 +104,7 @@ fn parse_args() -> Result<Settings, String> {
             "--token-ttl" => s.token_ttl = num(&value)?,
             "--latency-ms" => s.latency = Duration::from_millis(num(&value)?),
             "--fail-first" => s.fail_first = num(&value)?,
-            "--expire-token-after" => s.expire_token_after = Some(num(&value)?),
+            "--expire-token-after-ms" => s.expire_token_after = Some(Duration::from_millis(num(&value)?)),
             "--truncate-calls" => {
                 s.truncate_calls = value.split(',').map(|v| num(v.trim())).collect::<Result<_, _>>()?
             }
@@ -130,8 +131,8 @@ struct Counters {
 struct State {
     settings: Settings,
     counters: Counters,
-    /// Issued tokens and how many data calls each has served.
-    tokens: Mutex<HashMap<String, u64>>,
+    /// Issued tokens and when.
+    tokens: Mutex<HashMap<String, Instant>>,
 }
 
 const COLUMNS: [&str; 6] = ["Order", "Part", "Site", "Quantity", "DueDate", "Description"];
@@ -231,12 +232,12 @@ fn refuse_token(state: &State, req: &Request<Incoming>) -> Option<Response<Full<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let mut tokens = state.tokens.lock().ok()?;
+    let tokens = state.tokens.lock().ok()?;
     let accepted = !state.settings.reject_all_tokens
-        && token.as_ref().and_then(|t| tokens.get_mut(t)).is_some_and(|uses| {
-            *uses += 1;
-            state.settings.expire_token_after.is_none_or(|limit| *uses <= limit)
-        });
+        && token
+            .as_ref()
+            .and_then(|t| tokens.get(t))
+            .is_some_and(|issued| state.settings.expire_token_after.is_none_or(|life| issued.elapsed() < life));
     if accepted {
         None
     } else {
@@ -313,7 +314,7 @@ async fn token(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let token = format!("sim-token-{n}");
     if let Ok(mut tokens) = state.tokens.lock() {
-        tokens.insert(token.clone(), 0);
+        tokens.insert(token.clone(), Instant::now());
     }
     answer(
         StatusCode::OK,

@@ -1,0 +1,207 @@
+//! The worker under faults, on real parts: every job ends delivered exactly once, or not
+//! delivered with its reason in `failed/` and its message failed — never lost, never half-sent.
+
+use std::path::Path;
+
+use maestro_relay::aws::{S3Store, SecretsManager};
+use maestro_relay::config::WorkerConfig;
+use maestro_relay::error::{Error, Result, Step};
+use maestro_relay::ports::{CreateOutcome, ObjectStore};
+use maestro_relay::secrets::CachedSecrets;
+use maestro_relay::worker::Worker;
+use serde_json::{json, Value};
+
+use crate::helpers::{sqs_event_for, TestApp};
+
+const PF: &str = "webhook-http-api-pf.json";
+
+fn failed_items(answer: &Value) -> usize {
+    answer["batchItemFailures"].as_array().map(Vec::len).unwrap_or(usize::MAX)
+}
+
+async fn run_from_queue(app: &TestApp, job_id: &str) -> Value {
+    app.worker().handle_event(&sqs_event_for(job_id, "m-1"), app.deadline()).await.expect("an SQS answer")
+}
+
+/// Asserts the job was delivered, showing its failure record when it was not.
+async fn assert_delivered(app: &TestApp, job_id: &str, answer: &Value) {
+    let record = app.json_object(&format!("failed/{job_id}.json")).await;
+    assert_eq!(failed_items(answer), 0, "{answer}: {record:?}");
+}
+
+async fn failure(app: &TestApp, job_id: &str) -> Value {
+    app.json_object(&format!("failed/{job_id}.json")).await.expect("a failure record")
+}
+
+#[tokio::test]
+async fn kinaxis_503s_that_clear_within_the_retries_still_deliver() {
+    let app = TestApp::start(&["--rows", "700", "--first-page", "100", "--fail-first", "3"]).await;
+    let job_id = app.accepted_job(PF).await;
+    assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 0);
+    assert_eq!(app.sshd.files("PF2").len(), 1);
+    assert!(app.object(&format!("receipts/{job_id}.json")).await.is_some());
+}
+
+#[tokio::test]
+async fn kinaxis_503s_that_persist_fail_the_message_with_a_transient_record_and_no_file() {
+    let app = TestApp::start(&["--fail-first", "1000"]).await;
+    let job_id = app.accepted_job(PF).await;
+    assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 1);
+    let record = failure(&app, &job_id).await;
+    assert_eq!((record["class"].as_str(), record["step"].as_str()), (Some("transient"), Some("fetch")));
+    assert!(app.sshd.files("PF2").is_empty());
+    assert!(app.object(&format!("receipts/{job_id}.json")).await.is_none());
+}
+
+#[tokio::test]
+async fn a_token_expiring_mid_export_and_a_truncated_answer_still_deliver() {
+    let app = TestApp::start(&[
+        "--rows",
+        "1500",
+        "--first-page",
+        "100",
+        "--latency-ms",
+        "10",
+        "--expire-token-after-ms",
+        "40",
+        "--truncate-calls",
+        "3",
+    ])
+    .await;
+    let job_id = app.accepted_job(PF).await;
+    assert_delivered(&app, &job_id, &run_from_queue(&app, &job_id).await).await;
+    let receipt = app.json_object(&format!("receipts/{job_id}.json")).await.expect("receipt");
+    assert_eq!(receipt["rows"], 1500);
+}
+
+#[tokio::test]
+async fn sshd_down_fails_the_message_and_the_redelivery_resumes_at_sftp_without_fetching_again() {
+    let mut app = TestApp::start(&["--rows", "300"]).await;
+    let job_id = app.accepted_job(PF).await;
+    app.sshd.stop();
+    assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 1);
+    let record = failure(&app, &job_id).await;
+    assert_eq!((record["class"].as_str(), record["step"].as_str()), (Some("transient"), Some("deliver")));
+    assert!(app.object(&format!("staging/{job_id}/_staged.json")).await.is_some());
+    let fetched = app.sim.stats().await["dataCalls"].clone();
+
+    app.sshd.resume();
+    assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 0);
+    assert_eq!(app.sshd.files("PF2").len(), 1);
+    assert_eq!(app.sim.stats().await["dataCalls"], fetched, "the staged CSV was reused");
+    assert!(app.object(&format!("failed/{job_id}.json")).await.is_none(), "the stale failure record is gone");
+}
+
+#[tokio::test]
+async fn a_worker_killed_after_the_upload_and_before_the_receipt_records_the_delivery_on_the_next_message() {
+    let app = TestApp::start(&["--rows", "50"]).await;
+    let job_id = app.accepted_job(PF).await;
+    run_from_queue(&app, &job_id).await;
+    // What a kill between rename and receipt leaves: the file on the server, no receipt.
+    app.s3.delete_object().bucket(&app.bucket).key(format!("receipts/{job_id}.json")).send().await.expect("delete");
+
+    assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 0);
+    assert_eq!(app.sshd.files("PF2").len(), 1);
+    let receipt = app.json_object(&format!("receipts/{job_id}.json")).await.expect("receipt");
+    assert_eq!(receipt["files"][0]["uploaded"], false, "recorded, not pushed twice");
+}
+
+#[tokio::test]
+async fn the_same_message_delivered_twice_at_once_makes_one_final_file() {
+    let app = TestApp::start(&["--rows", "4000", "--first-page", "500"]).await;
+    let job_id = app.accepted_job(PF).await;
+    let (first, second) = tokio::join!(run_from_queue(&app, &job_id), run_from_queue(&app, &job_id));
+    assert_delivered(&app, &job_id, &first).await;
+    assert_delivered(&app, &job_id, &second).await;
+    assert_eq!(app.sshd.files("PF2").len(), 1, "{:?}", app.sshd.files("PF2"));
+    assert!(app.object(&format!("receipts/{job_id}.json")).await.is_some());
+}
+
+#[tokio::test]
+async fn an_invalid_manifest_is_permanent_and_recorded() {
+    let app = TestApp::start(&[]).await;
+    let job_id = maestro_relay::job::job_id("not-a-real-job");
+    app.s3
+        .put_object()
+        .bucket(&app.bucket)
+        .key(format!("jobs/{job_id}.json"))
+        .body(b"{\"jobId\": 7}".to_vec().into())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 1);
+    let record = failure(&app, &job_id).await;
+    assert_eq!((record["class"].as_str(), record["step"].as_str()), (Some("permanent"), Some("manifest")));
+}
+
+#[tokio::test]
+async fn a_wrong_host_key_is_permanent_is_not_refetched_from_the_queue_and_a_console_rerun_tries_again() {
+    let app = TestApp::start(&["--rows", "20"]).await;
+    let secret_id = app.env["SFTP_SECRET_ID_PF2"].clone();
+    let mut wrong = app.sshd.secret("PF2");
+    wrong["host_key_sha256"] = json!("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    app.set_secret(&secret_id, wrong).await;
+    let job_id = app.accepted_job(PF).await;
+
+    assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 1);
+    let record = failure(&app, &job_id).await;
+    assert_eq!((record["class"].as_str(), record["step"].as_str()), (Some("permanent"), Some("deliver")));
+    assert!(app.sshd.files("PF2").is_empty());
+
+    let fetched = app.sim.stats().await["dataCalls"].clone();
+    assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 1);
+    assert_eq!(app.sim.stats().await["dataCalls"], fetched, "no fetch for a permanently failed job");
+
+    app.set_secret(&secret_id, app.sshd.secret("PF2")).await;
+    let rerun = app
+        .worker()
+        .handle_event(&json!({"jobKey": format!("jobs/{job_id}.json")}), app.deadline())
+        .await
+        .expect("console re-run");
+    assert_eq!(rerun["status"], "delivered");
+    assert_eq!(app.sshd.files("PF2").len(), 1);
+}
+
+/// The real bucket, with staging uploads refused as an outage would refuse them.
+struct StagingOutage(S3Store);
+
+impl ObjectStore for StagingOutage {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.0.get(key).await
+    }
+    async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<()> {
+        self.0.put(key, bytes, content_type).await
+    }
+    async fn create(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<CreateOutcome> {
+        self.0.create(key, bytes, content_type).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.0.exists(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.0.delete(key).await
+    }
+    async fn upload_file(&self, key: &str, _path: &Path, _content_type: &str) -> Result<()> {
+        Err(Error::transient(Step::Stage, format!("uploading {key}: 503 Slow Down (injected)")))
+    }
+    async fn download_file(&self, key: &str, path: &Path) -> Result<bool> {
+        self.0.download_file(key, path).await
+    }
+}
+
+#[tokio::test]
+async fn s3_unavailable_at_staging_fails_the_message_and_sends_nothing() {
+    let app = TestApp::start(&["--rows", "20"]).await;
+    let job_id = app.accepted_job(PF).await;
+    let config = WorkerConfig::from_lookup(&|name| app.env.get(name).cloned()).expect("config");
+    let worker = Worker::new(
+        StagingOutage(S3Store::from_sdk_config(&app.sdk, &app.bucket)),
+        CachedSecrets::new(SecretsManager::from_sdk_config(&app.sdk), config.secret_cache_ttl),
+        config,
+    );
+    let answer = worker.handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("answer");
+    assert_eq!(failed_items(&answer), 1);
+    assert!(app.sshd.files("PF2").is_empty(), "nothing is sent before it is staged");
+    let record = failure(&app, &job_id).await;
+    assert_eq!((record["class"].as_str(), record["step"].as_str()), (Some("transient"), Some("stage")));
+}
