@@ -92,7 +92,8 @@ fn normalize_fingerprint(pinned: &str) -> String {
 
 /// Delivers one file; libssh2 is blocking, so it runs on the blocking pool.
 pub async fn deliver(credentials: SftpCredentials, options: SftpOptions, upload: Upload) -> Result<Delivery> {
-    tokio::task::spawn_blocking(move || deliver_blocking(&credentials, &options, &upload))
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| deliver_blocking(&credentials, &options, &upload)))
         .await
         .map_err(|e| Error::transient(Step::Deliver, "the SFTP task stopped").caused_by(e))?
 }
