@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 
-.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean
+.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp
 
 build:
 	cargo build --workspace --bins
@@ -30,6 +30,21 @@ demo: build bootstrap
 test: bootstrap
 	cargo build -p kinaxis-sim
 	cargo test --workspace
+
+## Benchmarks (release build; they print figures and ratios, they assert no speed).
+bench: bench-conversion bench-webhook bench-sftp
+
+bench-conversion: bootstrap
+	cargo build --release -p kinaxis-sim
+	cargo bench --bench conversion
+
+bench-webhook: bootstrap
+	cargo build --release --workspace --bins
+	cargo bench --bench webhook | grep -v '"_aws"'
+
+bench-sftp: bootstrap
+	cargo build --release -p kinaxis-sim
+	cargo bench --bench sftp
 
 lint:
 	cargo fmt --all -- --check

@@ -212,6 +212,32 @@ fn kill_tree(root: u32) {
     }
 }
 
+/// A local file of `size` pseudo-random bytes (seeded), as an SFTP upload.
+pub fn random_upload(dir: &tempfile::TempDir, name: &str, size: usize, seed: u64) -> maestro_relay::sftp::Upload {
+    use sha2::Digest;
+    use std::io::Write;
+    let path = dir.path().join(format!("{name}.local"));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("local file"));
+    let mut hasher = sha2::Sha256::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        rng.fill(&mut chunk[..n]);
+        file.write_all(&chunk[..n]).expect("write");
+        hasher.update(&chunk[..n]);
+        left -= n;
+    }
+    file.flush().expect("flush");
+    maestro_relay::sftp::Upload {
+        local_path: path,
+        file_name: name.to_owned(),
+        bytes: size as u64,
+        sha256: hex::encode(hasher.finalize()),
+    }
+}
+
 pub fn whoami() -> String {
     let out = Command::new("id").arg("-un").output().expect("id -un");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()

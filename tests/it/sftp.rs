@@ -1,16 +1,14 @@
 //! SFTP delivery against a real OpenSSH sshd on loopback.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use maestro_relay::error::ErrorClass;
 use maestro_relay::secrets::SftpCredentials;
-use maestro_relay::sftp::{deliver, Delivery, ExistingFilePolicy, SftpOptions, Upload};
+use maestro_relay::sftp::{deliver, Delivery, ExistingFilePolicy, SftpOptions};
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{free_port, Sshd};
+use crate::helpers::{free_port, random_upload, Sshd};
 
 fn credentials(sshd: &Sshd, target: &str) -> SftpCredentials {
     serde_json::from_value(sshd.secret(target)).expect("credentials")
@@ -25,25 +23,6 @@ fn options(existing: ExistingFilePolicy) -> SftpOptions {
     }
 }
 
-/// A local file of `size` pseudo-random bytes (seeded), as an upload.
-fn local_file(dir: &tempfile::TempDir, name: &str, size: usize, seed: u64) -> Upload {
-    let path: PathBuf = dir.path().join(format!("{name}.local"));
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("local file"));
-    let mut hasher = Sha256::new();
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        rng.fill(&mut chunk[..n]);
-        file.write_all(&chunk[..n]).expect("write");
-        hasher.update(&chunk[..n]);
-        left -= n;
-    }
-    file.flush().expect("flush");
-    Upload { local_path: path, file_name: name.to_owned(), bytes: size as u64, sha256: hex::encode(hasher.finalize()) }
-}
-
 fn sha256_of(path: &std::path::Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).expect("remote file")))
 }
@@ -52,7 +31,7 @@ fn sha256_of(path: &std::path::Path) -> String {
 async fn a_file_is_delivered_under_its_final_name_with_no_temporary_left() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().expect("dir");
-    let upload = local_file(&dir, "Orders-PF_20261124060000.csv", 300_000, 1);
+    let upload = random_upload(&dir, "Orders-PF_20261124060000.csv", 300_000, 1);
     let delivery =
         deliver(credentials(&sshd, "PF2"), options(ExistingFilePolicy::Fail), upload.clone()).await.expect("delivered");
     assert!(delivery.uploaded);
@@ -64,7 +43,7 @@ async fn a_file_is_delivered_under_its_final_name_with_no_temporary_left() {
 async fn a_file_of_100_mb_arrives_with_the_same_sha256() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().expect("dir");
-    let upload = local_file(&dir, "Big-PF.csv", 100 * 1024 * 1024, 2);
+    let upload = random_upload(&dir, "Big-PF.csv", 100 * 1024 * 1024, 2);
     deliver(credentials(&sshd, "PF2"), options(ExistingFilePolicy::Fail), upload.clone()).await.expect("delivered");
     assert_eq!(sha256_of(&sshd.folder("PF2").join("Big-PF.csv")), upload.sha256);
 }
@@ -75,7 +54,8 @@ async fn a_wrong_host_key_is_permanent_and_nothing_is_written() {
     let dir = tempfile::tempdir().expect("dir");
     let mut creds = credentials(&sshd, "PF2");
     creds.host_key_sha256 = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into();
-    let err = deliver(creds, options(ExistingFilePolicy::Fail), local_file(&dir, "x-PF.csv", 10, 3)).await.unwrap_err();
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "x-PF.csv", 10, 3)).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(err.message.contains("not the pinned"), "{}", err.chain());
     assert!(sshd.files("PF2").is_empty());
@@ -88,14 +68,16 @@ async fn a_refused_key_or_password_is_permanent() {
     let dir = tempfile::tempdir().expect("dir");
     let mut creds = credentials(&sshd, "PF2");
     creds.private_key = Some(SecretString::from(other.client_key.clone()));
-    let err = deliver(creds, options(ExistingFilePolicy::Fail), local_file(&dir, "x-PF.csv", 10, 4)).await.unwrap_err();
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "x-PF.csv", 10, 4)).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
     assert!(!err.chain().contains("PRIVATE KEY"), "key material in the error");
 
     let mut creds = credentials(&sshd, "PF2");
     creds.private_key = None;
     creds.password = Some(SecretString::from("not-the-password"));
-    let err = deliver(creds, options(ExistingFilePolicy::Fail), local_file(&dir, "y-PF.csv", 10, 5)).await.unwrap_err();
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "y-PF.csv", 10, 5)).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
     assert!(!err.chain().contains("not-the-password"));
     assert!(sshd.files("PF2").is_empty());
@@ -107,7 +89,8 @@ async fn a_server_that_is_down_is_transient() {
     let sshd = Sshd::start();
     let mut creds = credentials(&sshd, "PF2");
     creds.port = free_port();
-    let err = deliver(creds, options(ExistingFilePolicy::Fail), local_file(&dir, "x-PF.csv", 10, 6)).await.unwrap_err();
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "x-PF.csv", 10, 6)).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Transient, "{}", err.chain());
 }
 
@@ -115,7 +98,7 @@ async fn a_server_that_is_down_is_transient() {
 async fn a_connection_cut_mid_upload_leaves_no_final_file_and_the_next_attempt_delivers_exactly_one() {
     let mut sshd = Sshd::start();
     let dir = tempfile::tempdir().expect("dir");
-    let upload = local_file(&dir, "Cut-PF.csv", 256 * 1024 * 1024, 7);
+    let upload = random_upload(&dir, "Cut-PF.csv", 256 * 1024 * 1024, 7);
     let creds = credentials(&sshd, "PF2");
     let attempt = tokio::spawn(deliver(creds.clone(), options(ExistingFilePolicy::Fail), upload.clone()));
     // Cut once the temporary file is growing on the server.
@@ -148,8 +131,8 @@ async fn an_existing_file_is_handled_by_the_configured_policy() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().expect("dir");
     let creds = credentials(&sshd, "PF2");
-    let first = local_file(&dir, "Same-PF.csv", 5000, 8);
-    let mut different = local_file(&dir, "Other-PF.csv", 5000, 9);
+    let first = random_upload(&dir, "Same-PF.csv", 5000, 8);
+    let mut different = random_upload(&dir, "Other-PF.csv", 5000, 9);
     different.file_name = first.file_name.clone();
     let remote = sshd.folder("PF2").join(&first.file_name);
     deliver(creds.clone(), options(ExistingFilePolicy::Fail), first.clone()).await.expect("first");

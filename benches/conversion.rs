@@ -1,0 +1,208 @@
+//! Conversion benchmarks (issue 4), printed side by side with their baselines:
+//! 1. JSON pages → CSV throughput vs the bare serde_json parse of the same bytes and vs a
+//!    plain Python json + csv baseline;
+//! 2. peak RSS of a full export of 100k and 1M rows from the simulator;
+//! 3. a 1M-row export at 20 ms latency per page, 4 pages in flight vs one at a time.
+//!
+//! `make bench-conversion` (release build). Not a test: it asserts nothing about speed.
+
+#[path = "../tests/it/helpers.rs"]
+mod helpers;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use maestro_relay::csv_out::{CsvOptions, CsvSink};
+use maestro_relay::export::Exporter;
+use maestro_relay::job::FileNameTemplate;
+use maestro_relay::kinaxis::model::Page;
+use maestro_relay::kinaxis::{KinaxisClient, KinaxisOptions};
+use maestro_relay::retry::RetryPolicy;
+use maestro_relay::secrets::KinaxisCredentials;
+use secrecy::SecretString;
+use serde_json::json;
+
+const COLUMNS: [&str; 6] = ["Order", "Part", "Site", "Quantity", "DueDate", "Description"];
+
+/// Pages as Kinaxis sends them: the simulator's row shapes, 5000 rows a page.
+fn page_stream(rows: u64, page_size: u64) -> Vec<Vec<u8>> {
+    let descriptions = ["Standard order", "Contains \"quotes\"", "Line one\r\nLine two", "Grüße aus 東京 🚚", ""];
+    let sites = ["", "SITE-A", "Werk Köln", "SITE,B"];
+    (0..rows)
+        .step_by(page_size as usize)
+        .map(|start| {
+            let page: Vec<_> = (start..(start + page_size).min(rows))
+                .map(|i| {
+                    json!({"Values": [
+                        format!("PO-0-{i:08}"),
+                        format!("P-{:05}", (i * 7919) % 100_000),
+                        sites[(i % 4) as usize],
+                        format!("{}.{:03}", i % 1000, (i * 37) % 1000),
+                        if i % 7 < 3 { format!("2026-{:02}-{:02}", 1 + i % 12, 1 + i % 28) } else { "Future".into() },
+                        descriptions[(i % 5) as usize],
+                    ]})
+                })
+                .collect();
+            serde_json::to_vec(&json!({ "Rows": page })).expect("page JSON")
+        })
+        .collect()
+}
+
+fn best_of<F: FnMut() -> u64>(runs: usize, mut f: F) -> (Duration, u64) {
+    let mut best = Duration::MAX;
+    let mut out = 0;
+    for _ in 0..runs {
+        let started = Instant::now();
+        out = f();
+        best = best.min(started.elapsed());
+    }
+    (best, out)
+}
+
+fn throughput() {
+    let rows = 500_000;
+    let pages = page_stream(rows, 5000);
+    let bytes: usize = pages.iter().map(Vec::len).sum();
+    let mb = bytes as f64 / 1e6;
+    println!("\n1. conversion of {rows} rows in {} pages, {mb:.1} MB of JSON (best of 5)", pages.len());
+
+    let (bare, _) = best_of(5, || {
+        pages.iter().map(|p| serde_json::from_slice::<serde::de::IgnoredAny>(p).map(|_| 1).unwrap_or(0)).sum()
+    });
+    let (typed, _) = best_of(5, || {
+        pages.iter().map(|p| serde_json::from_slice::<Page<'_>>(p).map(|pg| pg.rows.len() as u64).unwrap_or(0)).sum()
+    });
+    let columns: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+    let (ours, csv_bytes) = best_of(5, || {
+        let mut sink = CsvSink::new(std::io::sink(), &CsvOptions::default(), &columns).expect("sink");
+        for page in &pages {
+            let page: Page<'_> = serde_json::from_slice(page).expect("page");
+            for row in &page.rows {
+                sink.write_row(&row.values).expect("row");
+            }
+        }
+        sink.finish().expect("finish").1.bytes
+    });
+
+    let dir = tempfile::tempdir().expect("dir");
+    let stream_path = dir.path().join("pages.jsonl");
+    let mut file = std::fs::File::create(&stream_path).expect("file");
+    for page in &pages {
+        file.write_all(page).and_then(|_| file.write_all(b"\n")).expect("write");
+    }
+    let python = Command::new(format!("{}/.venv/bin/python", helpers::ROOT))
+        .arg(format!("{}/benches/baseline_convert.py", helpers::ROOT))
+        .arg(&stream_path)
+        .output()
+        .expect("python baseline");
+    let python_secs: f64 = String::from_utf8_lossy(&python.stdout).trim().parse().unwrap_or(f64::NAN);
+
+    let rate = |d: Duration| (mb / d.as_secs_f64(), rows as f64 / d.as_secs_f64());
+    println!("   {:<44} {:>9} {:>10} {:>12}", "", "ms", "MB/s", "rows/s");
+    for (name, secs) in [
+        ("serde_json parse to IgnoredAny (ceiling)", bare.as_secs_f64()),
+        ("serde_json parse to typed borrowed rows", typed.as_secs_f64()),
+        ("ours: parse + CSV + SHA-256 + counts", ours.as_secs_f64()),
+        ("Python json + csv + hashlib", python_secs),
+    ] {
+        let (mbs, rps) = rate(Duration::from_secs_f64(secs));
+        println!("   {name:<44} {:>9.1} {mbs:>10.1} {rps:>12.0}", secs * 1e3);
+    }
+    println!(
+        "   ratio ours / bare parse: {:.2}   ours / typed parse: {:.2}   ours vs Python: {:.1}x   ({:.1} MB CSV)",
+        bare.as_secs_f64() / ours.as_secs_f64(),
+        typed.as_secs_f64() / ours.as_secs_f64(),
+        python_secs / ours.as_secs_f64(),
+        csv_bytes as f64 / 1e6
+    );
+}
+
+async fn export(sim: &helpers::Sim, page_size: u64, in_flight: usize) -> (Duration, u64) {
+    let dir = tempfile::tempdir().expect("dir");
+    let credentials =
+        KinaxisCredentials { client_id: "relay-client".into(), client_secret: SecretString::from("relay-secret") };
+    let options = KinaxisOptions {
+        base_url: sim.url.clone(),
+        page_size,
+        pages_in_flight: in_flight,
+        ..KinaxisOptions::default()
+    };
+    let client = KinaxisClient::new(credentials, options).expect("client");
+    let exporter = Exporter {
+        client: &client,
+        csv: &CsvOptions::default(),
+        names: &FileNameTemplate::default(),
+        retry: &RetryPolicy::default(),
+        deadline: tokio::time::Instant::now() + Duration::from_secs(600),
+    };
+    let manifest = serde_json::from_value(json!({
+        "jobId": "0123456789abcdef0123456789abcdef", "receivedAt": "2026-11-24T06:00:07Z", "target": "PF2",
+        "contentSha256": "00", "eventId": null, "fileName": "PlannedOrders-PF",
+        "workbook": {"name": "PlannedOrders Export", "scope": "Public"}, "worksheets": [],
+        "scenario": {"name": "Enterprise Data", "scope": "Public"}, "siteGroup": "All Sites",
+        "filter": null, "variables": {}
+    }))
+    .expect("manifest");
+    let started = Instant::now();
+    let files = exporter.export(&manifest, dir.path()).await.expect("export");
+    (started.elapsed(), files[0].file.stats.rows)
+}
+
+fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage fills the struct we pass; no other memory is touched.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage.ru_maxrss
+    }
+}
+
+/// Child mode: export `rows` from a fresh simulator and print this process's peak RSS.
+async fn child_export(rows: u64) {
+    let sim = helpers::Sim::start(&["--rows", &rows.to_string(), "--first-page", "5000"]);
+    let (took, exported) = export(&sim, 5000, 4).await;
+    println!("{exported} {} {}", peak_rss_kib(), took.as_millis());
+}
+
+fn memory() {
+    println!("\n2. peak RSS of a full export (separate process each, 5000-row pages, 4 in flight)");
+    let exe = std::env::current_exe().expect("exe");
+    let mut peaks = Vec::new();
+    for rows in [100_000u64, 1_000_000] {
+        let out = Command::new(&exe).args(["--child-export", &rows.to_string()]).output().expect("child");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let rss_mb = fields.get(1).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN) / 1024.0;
+        println!(
+            "   {rows:>9} rows: peak RSS {rss_mb:>6.1} MB, {} rows written in {} ms",
+            fields.first().unwrap_or(&"?"),
+            fields.get(2).unwrap_or(&"?")
+        );
+        peaks.push(rss_mb);
+    }
+    println!("   1M − 100k: {:+.1} MB (goal: within 20 MB)", peaks[1] - peaks[0]);
+}
+
+async fn in_flight() {
+    println!("\n3. 1M-row export, simulator at 20 ms per call, 5000-row pages");
+    let sim = helpers::Sim::start(&["--rows", "1000000", "--first-page", "5000", "--latency-ms", "20"]);
+    let (one, rows) = export(&sim, 5000, 1).await;
+    let (four, _) = export(&sim, 5000, 4).await;
+    println!("   one page at a time: {:>7.2} s", one.as_secs_f64());
+    println!("   4 pages in flight:  {:>7.2} s   ({rows} rows)", four.as_secs_f64());
+    println!("   speed-up: {:.2}x (goal: at least 3x)", one.as_secs_f64() / four.as_secs_f64());
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child-export") {
+        let rows = args.get(i + 1).and_then(|r| r.parse().ok()).unwrap_or(100_000);
+        child_export(rows).await;
+        return;
+    }
+    throughput();
+    memory();
+    in_flight().await;
+}

@@ -1,0 +1,88 @@
+//! SFTP upload benchmark (issue 7): a 200 MB file to the same loopback sshd, our delivery
+//! (connect, host key check, auth, upload to a temporary, fsync, size check, rename) side by
+//! side with OpenSSH's own `sftp -b` (connect, auth, put, rename), alternating, 3 rounds.
+//! `make bench-sftp`.
+
+#[path = "../tests/it/helpers.rs"]
+mod helpers;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use maestro_relay::secrets::SftpCredentials;
+use maestro_relay::sftp::{deliver, ExistingFilePolicy, SftpOptions};
+
+const SIZE: usize = 200 * 1024 * 1024;
+const ROUNDS: usize = 3;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let sshd = helpers::Sshd::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let upload = helpers::random_upload(&dir, "Bench-PF.csv", SIZE, 42);
+    let credentials: SftpCredentials = serde_json::from_value(sshd.secret("PF2")).expect("credentials");
+    let remote = sshd.folder("PF2");
+    let key_path = sshd.dir.path().join("client_ed25519");
+    let batch = dir.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}/.openssh.part\nrename {}/.openssh.part {}/openssh-Bench-PF.csv\n",
+            upload.local_path.display(),
+            remote.display(),
+            remote.display(),
+            remote.display()
+        ),
+    )
+    .expect("batch file");
+    let mb = SIZE as f64 / 1e6;
+
+    let chunks = [64 * 1024, 256 * 1024, 1024 * 1024];
+    let mut ours: Vec<Vec<f64>> = vec![Vec::new(); chunks.len()];
+    let mut openssh = Vec::new();
+    for _ in 0..ROUNDS {
+        for (i, chunk) in chunks.iter().enumerate() {
+            let _ = std::fs::remove_file(remote.join(&upload.file_name));
+            let options = SftpOptions {
+                write_chunk: *chunk,
+                existing: ExistingFilePolicy::Fail,
+                io_timeout: Duration::from_secs(60),
+                ..SftpOptions::default()
+            };
+            let started = Instant::now();
+            let delivery = deliver(credentials.clone(), options, upload.clone()).await.expect("delivery");
+            ours[i].push(mb / started.elapsed().as_secs_f64());
+            assert!(delivery.uploaded);
+        }
+        let _ = std::fs::remove_file(remote.join("openssh-Bench-PF.csv"));
+        let started = Instant::now();
+        let status = Command::new("sftp")
+            .args(["-q", "-b"])
+            .arg(&batch)
+            .arg("-i")
+            .arg(&key_path)
+            .args(["-P", &sshd.port.to_string()])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .arg(format!("{}@127.0.0.1", helpers::whoami()))
+            .stdout(Stdio::null())
+            .status()
+            .expect("sftp");
+        assert!(status.success(), "sftp -b failed");
+        openssh.push(mb / started.elapsed().as_secs_f64());
+    }
+
+    let reference = median(openssh.clone());
+    println!("\nSFTP upload of {mb:.0} MB to loopback sshd, end to end, median of {ROUNDS} (MB/s)");
+    println!("   {:<44} {:>8}  {:>6}", "", "MB/s", "ratio");
+    println!("   {:<44} {:>8.1}  {:>6}", "OpenSSH sftp -b (64 × 32 KiB requests in flight)", reference, "1.00");
+    for (chunk, rates) in chunks.iter().zip(ours) {
+        let rate = median(rates);
+        let name = format!("ours, {} KiB writes", chunk / 1024);
+        println!("   {name:<44} {rate:>8.1}  {:>6.2}", rate / reference);
+    }
+}
