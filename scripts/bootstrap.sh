@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need and a fresh machine lacks:
 # a project virtualenv with moto[server] (S3, SQS, Secrets Manager), OpenSSH's sshd,
-# ssh-keygen and the sftp client. Idempotent: does nothing when all is there.
+# ssh-keygen and the sftp client, and OpenSSL's headers for libssh2. Idempotent: does
+# nothing when all is there. `scripts/bootstrap.sh ci` also installs the template checkers
+# (in a venv of their own: their pins clash with moto's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=.venv
-if [ ! -x "$VENV/bin/moto_server" ]; then
-  echo "bootstrap: creating $VENV with moto[server]"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
-fi
+# venv DIR REQUIREMENTS: (re)creates DIR when the requirements file changed.
+venv() {
+  local dir=$1 requirements=$2 stamp
+  stamp=$(sha256sum "$requirements" | cut -d' ' -f1)
+  if [ "$(cat "$dir/.requirements.sha256" 2>/dev/null)" != "$stamp" ]; then
+    echo "bootstrap: installing $requirements into $dir"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    echo "$stamp" >"$dir/.requirements.sha256"
+  fi
+}
+
+venv .venv scripts/requirements.txt
+[ "${1:-}" != ci ] || venv .venv-ci scripts/requirements-ci.txt
 
 need_apt=()
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
-pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev pkg-config)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing ${need_apt[*]} with apt-get"

@@ -250,3 +250,105 @@ mod tests {
         assert!(!is_json_media_type("application/x-www-form-urlencoded"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::auth::{sign, verify, AuthMode};
+    use super::request::parse;
+    use crate::routing::RoutingTable;
+    use crate::secrets::WebhookCredentials;
+    use lambda_http::http::{HeaderMap, HeaderValue};
+    use proptest::prelude::*;
+    use secrecy::SecretString;
+    use std::time::Duration;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn credentials() -> WebhookCredentials {
+        WebhookCredentials { hmac_secrets: vec![SecretString::from(SECRET)], ..WebhookCredentials::default() }
+    }
+
+    fn headers(id: &str, timestamp: &str, signature: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in [("webhook-id", id), ("webhook-timestamp", timestamp), ("webhook-signature", signature)] {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                map.insert(name, value);
+            }
+        }
+        map
+    }
+
+    /// JSON-ish bodies: structured values with the fields the parser looks at.
+    fn json_body() -> impl Strategy<Value = Vec<u8>> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,40}".prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("fileName".to_owned()),
+                        Just("workbook".to_owned()),
+                        Just("name".to_owned()),
+                        Just("worksheets".to_owned()),
+                        Just("variables".to_owned()),
+                        "[a-z]{1,8}",
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        value.prop_map(|v| v.to_string().into_bytes())
+    }
+
+    proptest! {
+        #[test]
+        fn the_parser_never_panics_on_any_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&body);
+        }
+
+        #[test]
+        fn the_parser_never_panics_on_json_of_any_shape_and_every_refusal_names_a_field(body in json_body()) {
+            if let Err(err) = parse(&body) {
+                prop_assert!(!err.field.is_empty());
+            }
+        }
+
+        #[test]
+        fn an_accepted_request_has_a_routable_safe_file_name_or_a_clear_refusal(name in "[A-Za-z0-9._-]{0,110}") {
+            let body = format!(r#"{{"fileName":"{name}","workbook":{{"name":"W"}}}}"#);
+            if let Ok(request) = parse(body.as_bytes()) {
+                prop_assert!(!request.file_name.contains("..") && !request.file_name.starts_with('.'));
+                prop_assert!(request.file_name.len() <= 100);
+                let _ = RoutingTable::default().route(&request.file_name);
+            }
+        }
+
+        #[test]
+        fn the_verifier_never_panics_and_refuses_whatever_it_was_not_signed_for(
+            id in ".{0,40}", timestamp in ".{0,20}", signature in ".{0,120}",
+            body in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let verdict = verify(AuthMode::Hmac, &credentials(), &headers(&id, &timestamp, &signature), &body, 1_764_000_000, Duration::from_secs(300));
+            prop_assert!(verdict.is_err());
+        }
+
+        #[test]
+        fn a_signature_verifies_only_for_its_own_body(
+            body in prop::collection::vec(any::<u8>(), 0..256),
+            other in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let now = 1_764_000_000;
+            let signature = sign(SECRET, "msg_1", now, &body).unwrap_or_default();
+            let h = headers("msg_1", &now.to_string(), &signature);
+            prop_assert!(verify(AuthMode::Hmac, &credentials(), &h, &body, now, Duration::from_secs(300)).is_ok());
+            prop_assert_eq!(verify(AuthMode::Hmac, &credentials(), &h, &other, now, Duration::from_secs(300)).is_ok(), other == body);
+        }
+    }
+}
