@@ -60,8 +60,7 @@ async fn the_same_delivery_again_is_a_duplicate_and_another_body_under_its_id_a_
     let (again, body) = app.post_webhook(&signed_event(PF_EVENT, &app.whsec)).await;
     assert_eq!((first, again), (202, 200));
     assert_eq!(body["status"], "duplicate");
-    let other = br#"{"fileName":"Other-PF","workbook":{"name":"PlannedOrders Export"}}"#;
-    let (status, problem) = app.post_webhook(&with_body(&app, other)).await;
+    let (status, problem) = app.post_webhook(&signed_event("webhook-conflict.json", &app.whsec)).await;
     assert_eq!(status, 409, "{problem}");
     assert_eq!(app.keys("jobs/").await.len(), 1);
 }
@@ -104,8 +103,7 @@ async fn unauthenticated_deliveries_get_401_and_stage_nothing() {
     sign_event(&mut future, &app.whsec, &body, now() + 301);
     let mut wrong_key = load_event(PF_EVENT);
     sign_event(&mut wrong_key, "whsec_c2VjcmV0LW9sZC1rZXktZm9yLXJvdGF0aW9u", &body, now());
-    let mut unsigned = good.clone();
-    unsigned["headers"].as_object_mut().expect("headers").remove("webhook-signature");
+    let unsigned = load_event("webhook-unsigned.json");
     let mut no_timestamp = good.clone();
     no_timestamp["headers"].as_object_mut().expect("headers").remove("webhook-timestamp");
 
@@ -149,8 +147,7 @@ async fn a_body_over_the_limit_is_refused_with_413_before_authentication() {
 #[tokio::test]
 async fn a_non_json_content_type_gets_415_and_a_missing_one_is_read_as_json() {
     let app = TestApp::start(&[]).await;
-    let mut event = signed_event(PF_EVENT, &app.whsec);
-    event["headers"]["content-type"] = json!("text/plain");
+    let mut event = signed_event("webhook-not-json.json", &app.whsec);
     assert_eq!(app.post_webhook(&event).await.0, 415);
     assert_no_job(&app).await;
     event["headers"].as_object_mut().expect("headers").remove("content-type");
@@ -160,6 +157,8 @@ async fn a_non_json_content_type_gets_415_and_a_missing_one_is_read_as_json() {
 #[tokio::test]
 async fn malformed_empty_non_utf8_or_invalid_bodies_get_400_naming_the_field() {
     let app = TestApp::start(&[]).await;
+    let (status, problem) = app.post_webhook(&signed_event("webhook-invalid-field.json", &app.whsec)).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("fileName")), "{problem}");
     for (body, field) in [
         (&b"{\"fileName\": "[..], "body"),
         (b"", "body"),
@@ -180,6 +179,8 @@ async fn malformed_empty_non_utf8_or_invalid_bodies_get_400_naming_the_field() {
 #[tokio::test]
 async fn a_file_name_without_a_known_suffix_gets_422() {
     let app = TestApp::start(&[]).await;
+    let (status, problem) = app.post_webhook(&signed_event("webhook-unknown-suffix.json", &app.whsec)).await;
+    assert_eq!(status, 422, "{problem}");
     for name in ["PlannedOrders-XX", "Setupf", "PF"] {
         let body = format!(r#"{{"fileName":"{name}","workbook":{{"name":"W"}}}}"#);
         let (status, problem) = app.post_webhook(&with_body(&app, body.as_bytes())).await;
@@ -219,4 +220,77 @@ async fn secrets_manager_unavailable_gets_503() {
     let response = webhook.handle_lambda(lambda_http::request::from_str(&event).expect("event")).await;
     assert_eq!(response.status().as_u16(), 503);
     assert_no_job(&app).await;
+}
+
+/// Signs with the Standard Webhooks reference library (Python, from the project venv) or
+/// verifies our signature with it.
+fn reference_library(script: &str, args: &[&str], stdin: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(format!("{}/.venv/bin/python", crate::helpers::ROOT))
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python with standardwebhooks (scripts/bootstrap.sh)");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("write body");
+    let out = child.wait_with_output().expect("reference library");
+    assert!(out.status.success(), "the reference library failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn deliveries_signed_by_the_standard_webhooks_reference_library_are_accepted_and_ours_verify_there() {
+    let app = TestApp::start(&[]).await;
+    let mut event = load_event(PF_EVENT);
+    let body = event_body(&event);
+    let timestamp = now();
+    let signature = reference_library(
+        "import sys, datetime\nfrom standardwebhooks.webhooks import Webhook\n\
+         ts = datetime.datetime.fromtimestamp(int(sys.argv[3]), tz=datetime.timezone.utc)\n\
+         print(Webhook(sys.argv[1]).sign(sys.argv[2], ts, sys.stdin.read()))",
+        &[&app.whsec, "msg_planned_orders_pf_0600", &timestamp.to_string()],
+        &body,
+    );
+    event["headers"]["webhook-timestamp"] = json!(timestamp.to_string());
+    event["headers"]["webhook-signature"] = json!(signature);
+    let (status, answer) = app.post_webhook(&event).await;
+    assert_eq!(status, 202, "{answer}");
+
+    let ours = maestro_relay::webhook::auth::sign(&app.whsec, "msg_1", timestamp, &body).expect("sign");
+    let verdict = reference_library(
+        "import sys\nfrom standardwebhooks.webhooks import Webhook\n\
+         headers = {'webhook-id': 'msg_1', 'webhook-timestamp': sys.argv[2], 'webhook-signature': sys.argv[3]}\n\
+         Webhook(sys.argv[1]).verify(sys.stdin.read(), headers)\nprint('verified')",
+        &[&app.whsec, &timestamp.to_string(), &ours],
+        &body,
+    );
+    assert_eq!(verdict, "verified");
+}
+
+#[tokio::test]
+async fn bearer_and_basic_modes_accept_their_credentials_and_refuse_others() {
+    let mut app = TestApp::start(&[]).await;
+    let secret = app
+        .put_secret(
+            "webhook-tokens",
+            json!({"bearer_tokens": ["tok-1"], "basic": [{"username": "maestro", "password": "pw"}]}),
+        )
+        .await;
+    app.env.insert("WEBHOOK_SECRET_ID".into(), secret);
+    let basic_ok =
+        format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "maestro:pw"));
+    for (mode, good, bad) in
+        [("bearer", "Bearer tok-1".to_owned(), "Bearer tok-2"), ("basic", basic_ok, "Basic bWFlc3RybzpweA==")]
+    {
+        app.env.insert("WEBHOOK_AUTH_MODE".into(), mode.into());
+        let mut event = load_event("webhook-unsigned.json");
+        event["headers"]["webhook-id"] = json!(format!("msg_{mode}"));
+        event["headers"]["authorization"] = json!(bad);
+        assert_eq!(app.post_webhook(&event).await.0, 401, "{mode}");
+        event["headers"]["authorization"] = json!(good);
+        let (status, body) = app.post_webhook(&event).await;
+        assert_eq!(status, 202, "{mode}: {body}");
+    }
 }
