@@ -159,3 +159,18 @@ async fn an_existing_file_is_handled_by_the_configured_policy() {
     assert_eq!(sha256_of(&remote), first.sha256);
     assert_eq!(sshd.files("PF2").len(), 1);
 }
+
+#[tokio::test]
+async fn a_missing_remote_directory_is_permanent_unless_creation_is_configured() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    let nested = sshd.folder("PF2").join("new/inbound");
+    creds.remote_dir = nested.display().to_string();
+    let upload = random_upload(&dir, "Dir-PF.csv", 1000, 10);
+    let err = deliver(creds.clone(), options(ExistingFilePolicy::Fail), upload.clone()).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
+    let create = SftpOptions { create_dir: true, ..options(ExistingFilePolicy::Fail) };
+    deliver(creds, create, upload.clone()).await.expect("delivered into the created directory");
+    assert_eq!(sha256_of(&nested.join("Dir-PF.csv")), upload.sha256);
+}
