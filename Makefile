@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 
-.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp
+.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp package
 
 build:
 	cargo build --workspace --bins
@@ -45,6 +45,15 @@ bench-webhook: bootstrap
 bench-sftp: bootstrap
 	cargo build --release -p kinaxis-sim
 	cargo bench --bench sftp
+
+## Release zips of both functions for Lambda (provided.al2023), OpenSSL and zlib linked in
+## statically: ARCH=x86_64 (default here: these machines have no aarch64 Rust std) or arm64.
+ARCH ?= x86_64
+package:
+	scripts/bootstrap.sh package
+	PATH="$(CURDIR)/.venv-pkg/bin:$$PATH" LIBZ_SYS_STATIC=1 cargo lambda build --release --features vendored \
+	  --bin webhook --bin worker $(if $(filter arm64,$(ARCH)),--arm64,--x86-64) --output-format zip
+	@for f in $(CARGO_TARGET_DIR)/lambda/*/bootstrap.zip; do ls -l "$$f"; done
 
 lint:
 	cargo fmt --all -- --check

@@ -3,7 +3,8 @@
 # a project virtualenv with moto[server] (S3, SQS, Secrets Manager), OpenSSH's sshd,
 # ssh-keygen and the sftp client, and OpenSSL's headers for libssh2. Idempotent: does
 # nothing when all is there. `scripts/bootstrap.sh ci` also installs the template checkers
-# (in a venv of their own: their pins clash with moto's).
+# (in a venv of their own: their pins clash with moto's); `scripts/bootstrap.sh package`
+# installs cargo-lambda and zig for `make package`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ venv() {
 
 venv .venv scripts/requirements.txt
 [ "${1:-}" != ci ] || venv .venv-ci scripts/requirements-ci.txt
+[ "${1:-}" != package ] || venv .venv-pkg scripts/requirements-package.txt
 
 need_apt=()
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
