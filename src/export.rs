@@ -33,14 +33,15 @@ pub struct Exporter<'a> {
 
 pub fn workbook_request(manifest: &Manifest) -> WorkbookRequest {
     let scope = |s: &job::NamedScope| NameScope { name: s.name.clone(), scope: s.scope.clone() };
+    let request = &manifest.request;
     WorkbookRequest {
-        scenario: scope(&manifest.scenario),
+        scenario: scope(&request.scenario),
         workbook_parameters: WorkbookParameters {
-            workbook: scope(&manifest.workbook),
-            site_group: manifest.site_group.clone(),
-            filter: manifest.filter.as_ref().map(scope),
-            variable_values: manifest.variables.clone(),
-            worksheet_names: manifest.worksheets.clone(),
+            workbook: scope(&request.workbook),
+            site_group: request.site_group.clone(),
+            filter: request.filter.as_ref().map(scope),
+            variable_values: request.variables.clone(),
+            worksheet_names: request.worksheets.clone(),
         },
     }
 }
@@ -53,7 +54,7 @@ impl Exporter<'_> {
         if answer.worksheets.is_empty() {
             return Err(Error::permanent(
                 Step::Fetch,
-                format!("workbook {:?} returned no worksheets", manifest.workbook.name),
+                format!("workbook {:?} returned no worksheets", manifest.request.workbook.name),
             ));
         }
         let several = answer.worksheets.len() > 1;
@@ -92,8 +93,8 @@ impl Exporter<'_> {
                 )
             })?;
             let sheet_ref = WorksheetRef {
-                workbook_name: manifest.workbook.name.clone(),
-                workbook_scope: manifest.workbook.scope.clone(),
+                workbook_name: manifest.request.workbook.name.clone(),
+                workbook_scope: manifest.request.workbook.scope.clone(),
                 worksheet_name: sheet.name.clone(),
                 query_id,
             };

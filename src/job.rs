@@ -60,16 +60,10 @@ pub fn public_scope() -> String {
     "Public".to_owned()
 }
 
-/// The validated webhook request plus what the webhook decided. Written once.
+/// What Maestro asked for: the validated webhook body with its defaults filled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub job_id: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub received_at: OffsetDateTime,
-    pub target: Target,
-    /// SHA-256 of the webhook body: tells a duplicate from a conflicting reuse of a key.
-    pub content_sha256: String,
+pub struct JobRequest {
     pub event_id: Option<String>,
     pub file_name: String,
     pub workbook: NamedScope,
@@ -79,6 +73,20 @@ pub struct Manifest {
     pub site_group: String,
     pub filter: Option<NamedScope>,
     pub variables: BTreeMap<String, String>,
+}
+
+/// The validated request plus what the webhook decided. Written once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub job_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    pub target: Target,
+    /// SHA-256 of the webhook body: tells a duplicate from a conflicting reuse of a key.
+    pub content_sha256: String,
+    #[serde(flatten)]
+    pub request: JobRequest,
 }
 
 /// One delivered file.
@@ -146,7 +154,7 @@ pub fn csv_file_name(template: &FileNameTemplate, manifest: &Manifest, worksheet
         worksheet.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
     let pattern = if several { &template.several } else { &template.single };
     pattern
-        .replace("{fileName}", &manifest.file_name)
+        .replace("{fileName}", &manifest.request.file_name)
         .replace("{worksheet}", &sheet)
         .replace("{timestamp}", &stamp)
         .replace("{jobId}", &manifest.job_id)
@@ -181,14 +189,16 @@ mod tests {
             received_at: time::macros::datetime!(2026-11-24 06:00:07 UTC),
             target: Target::parse("PF2").unwrap(),
             content_sha256: sha256_hex(b"{}"),
-            event_id: Some("evt-1".into()),
-            file_name: "PlannedOrders-PF".into(),
-            workbook: NamedScope { name: "PlannedOrders Export".into(), scope: public_scope() },
-            worksheets: vec![],
-            scenario: NamedScope { name: "Enterprise Data".into(), scope: public_scope() },
-            site_group: "All Sites".into(),
-            filter: None,
-            variables: BTreeMap::new(),
+            request: JobRequest {
+                event_id: Some("evt-1".into()),
+                file_name: "PlannedOrders-PF".into(),
+                workbook: NamedScope { name: "PlannedOrders Export".into(), scope: public_scope() },
+                worksheets: vec![],
+                scenario: NamedScope { name: "Enterprise Data".into(), scope: public_scope() },
+                site_group: "All Sites".into(),
+                filter: None,
+                variables: BTreeMap::new(),
+            },
         }
     }
 

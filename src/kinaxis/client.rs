@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::{Response, StatusCode};
 use secrecy::ExposeSecret;
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 use tokio::time::Instant;
 
 use super::model::{TokenAnswer, WorkbookAnswer, WorkbookRequest};
@@ -90,10 +90,19 @@ impl KinaxisClient {
     }
 
     /// A valid bearer token, from the cache while it is fresh.
+    ///
+    /// No lock is held while a token is requested: page requests in flight are polled by
+    /// one stream, and a request suspended while holding a lock would block every other
+    /// (a deadlock seen with a page re-fetch during a token refresh). Two requests may
+    /// then fetch a token at the same moment; the later one is kept.
     async fn token(&self) -> Result<String> {
-        let mut cached = self.token.lock().await;
-        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
-            return Ok(token.value.clone());
+        let fresh = self
+            .token
+            .lock()
+            .ok()
+            .and_then(|cached| cached.as_ref().filter(|t| Instant::now() < t.refresh_at).map(|t| t.value.clone()));
+        if let Some(value) = fresh {
+            return Ok(value);
         }
         let response = self
             .http
@@ -111,15 +120,18 @@ impl KinaxisClient {
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME));
         let refresh_in = lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 2));
         let value = answer.access_token;
-        *cached = Some(Token { value: value.clone(), refresh_at: Instant::now() + refresh_in });
+        if let Ok(mut cached) = self.token.lock() {
+            *cached = Some(Token { value: value.clone(), refresh_at: Instant::now() + refresh_in });
+        }
         Ok(value)
     }
 
     /// Forgets `used` if it is still the cached token, so the next call fetches a new one.
-    async fn forget_token(&self, used: &str) {
-        let mut cached = self.token.lock().await;
-        if cached.as_ref().is_some_and(|t| t.value == used) {
-            *cached = None;
+    fn forget_token(&self, used: &str) {
+        if let Ok(mut cached) = self.token.lock() {
+            if cached.as_ref().is_some_and(|t| t.value == used) {
+                *cached = None;
+            }
         }
     }
 
@@ -136,7 +148,7 @@ impl KinaxisClient {
             }
             if attempt == 0 {
                 tracing::info!(what, "Kinaxis refused the token; fetching a new one");
-                self.forget_token(&token).await;
+                self.forget_token(&token);
             }
         }
         Err(Error::permanent(Step::Fetch, format!("{what}: Kinaxis refused a freshly issued token (401 twice)")))

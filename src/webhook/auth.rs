@@ -108,9 +108,15 @@ fn verify_hmac(
     Err(AuthFailure("no webhook signature matches"))
 }
 
-fn verify_bearer(credentials: &WebhookCredentials, headers: &HeaderMap) -> Result<(), AuthFailure> {
+/// The credentials of an `Authorization: {scheme} …` header.
+fn authorization<'a>(headers: &'a HeaderMap, scheme: &str, wrong: &'static str) -> Result<&'a str, AuthFailure> {
     let value = header(headers, "authorization").ok_or(AuthFailure("missing Authorization header"))?;
-    let token = strip_scheme(value, "Bearer").ok_or(AuthFailure("Authorization is not a Bearer token"))?;
+    let (given, rest) = value.split_once(' ').ok_or(AuthFailure(wrong))?;
+    given.eq_ignore_ascii_case(scheme).then(|| rest.trim()).ok_or(AuthFailure(wrong))
+}
+
+fn verify_bearer(credentials: &WebhookCredentials, headers: &HeaderMap) -> Result<(), AuthFailure> {
+    let token = authorization(headers, "Bearer", "Authorization is not a Bearer token")?;
     let matched = credentials
         .bearer_tokens
         .iter()
@@ -119,8 +125,7 @@ fn verify_bearer(credentials: &WebhookCredentials, headers: &HeaderMap) -> Resul
 }
 
 fn verify_basic(credentials: &WebhookCredentials, headers: &HeaderMap) -> Result<(), AuthFailure> {
-    let value = header(headers, "authorization").ok_or(AuthFailure("missing Authorization header"))?;
-    let encoded = strip_scheme(value, "Basic").ok_or(AuthFailure("Authorization is not HTTP Basic"))?;
+    let encoded = authorization(headers, "Basic", "Authorization is not HTTP Basic")?;
     let decoded = STANDARD.decode(encoded).map_err(|_| AuthFailure("HTTP Basic credentials are not base64"))?;
     let (user, password) = match decoded.iter().position(|&b| b == b':') {
         Some(colon) => (&decoded[..colon], &decoded[colon + 1..]),
@@ -132,11 +137,6 @@ fn verify_basic(credentials: &WebhookCredentials, headers: &HeaderMap) -> Result
         hit | bool::from(user_ok & password_ok)
     });
     matched.then_some(()).ok_or(AuthFailure("HTTP Basic credentials not accepted"))
-}
-
-fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
-    let (given, rest) = value.split_once(' ')?;
-    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 /// Signs like a Standard Webhooks sender: `v1,<base64 HMAC-SHA256 of "{id}.{ts}.{body}">`.

@@ -166,14 +166,7 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             received_at: now.replace_nanosecond(0).unwrap_or(now),
             target,
             content_sha256: job::sha256_hex(body),
-            event_id: request.event_id,
-            file_name: request.file_name,
-            workbook: request.workbook,
-            worksheets: request.worksheets,
-            scenario: request.scenario,
-            site_group: request.site_group,
-            filter: request.filter,
-            variables: request.variables,
+            request,
         };
         self.stage(manifest).await
     }

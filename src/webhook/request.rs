@@ -4,20 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::job::{public_scope, NamedScope};
-
-/// A validated webhook request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WebhookRequest {
-    pub event_id: Option<String>,
-    pub file_name: String,
-    pub workbook: NamedScope,
-    pub worksheets: Vec<String>,
-    pub scenario: NamedScope,
-    pub site_group: String,
-    pub filter: Option<NamedScope>,
-    pub variables: BTreeMap<String, String>,
-}
+use crate::job::{public_scope, JobRequest, NamedScope};
 
 /// A 400: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +24,7 @@ pub const DEFAULT_SCENARIO: &str = "Enterprise Data";
 pub const DEFAULT_SITE_GROUP: &str = "All Sites";
 
 /// Parses and validates the body (already known to be UTF-8 JSON text or not).
-pub fn parse(body: &[u8]) -> Result<WebhookRequest, FieldError> {
+pub fn parse(body: &[u8]) -> Result<JobRequest, FieldError> {
     let text = std::str::from_utf8(body).map_err(|_| bad("body", "is not UTF-8"))?;
     if text.trim().is_empty() {
         return Err(bad("body", "is empty"));
@@ -82,7 +69,7 @@ pub fn parse(body: &[u8]) -> Result<WebhookRequest, FieldError> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad("variables", "must be an object of strings")),
     };
-    Ok(WebhookRequest {
+    Ok(JobRequest {
         event_id: optional_text(&root, "eventId")?,
         file_name,
         workbook,
