@@ -12,7 +12,8 @@ use crate::csv_out::{CsvError, CsvOptions, CsvSink};
 use crate::error::{Error, Result, Step};
 use crate::job::{self, FileNameTemplate, Manifest, StagedFile};
 use crate::kinaxis::client::{data_fault, WorksheetRef};
-use crate::kinaxis::model::{NameScope, Page, WorkbookParameters, WorkbookRequest, WorksheetAnswer};
+use crate::kinaxis::model::{NameScope, WorkbookParameters, WorkbookRequest, WorksheetAnswer};
+use crate::kinaxis::page::PageBuffer;
 use crate::kinaxis::KinaxisClient;
 use crate::retry::RetryPolicy;
 
@@ -108,35 +109,30 @@ impl Exporter<'_> {
                     async move { (start, rows, self.fetch_page(sheet_ref, start, rows).await) }
                 })
                 .buffered(self.client.options().pages_in_flight.max(1));
+            let mut page = PageBuffer::default();
             while let Some((start, rows, body)) = pages.next().await {
-                let mut body = body?;
-                let parsed = match serde_json::from_slice::<Page<'_>>(&body) {
-                    Ok(page) => Ok(page),
-                    Err(err) => Err(data_fault(err, &format!("worksheet {:?} rows from {start}", sheet.name))),
-                };
-                let page = match parsed {
-                    Ok(page) => page,
-                    Err(err) if err.is_transient() => {
-                        tracing::warn!(error = %err.chain(), "page unreadable, fetching it again");
-                        body = self.fetch_parsable_page(&sheet_ref, start, rows).await?;
-                        serde_json::from_slice::<Page<'_>>(&body)
-                            .map_err(|e| data_fault(e, &format!("worksheet {:?} rows from {start}", sheet.name)))?
+                let what = format!("worksheet {:?} rows from {start}", sheet.name);
+                if let Err(err) = page.parse(&body?) {
+                    let err = data_fault(err, &what);
+                    if !err.is_transient() {
+                        return Err(err);
                     }
-                    Err(err) => return Err(err),
-                };
-                if page.rows.len() as u64 != rows {
+                    tracing::warn!(error = %err.chain(), "page unreadable, fetching it again");
+                    let body = self.fetch_parsable_page(&sheet_ref, start, rows).await?;
+                    page.parse(&body).map_err(|e| data_fault(e, &what))?;
+                }
+                if page.len() as u64 != rows {
                     return Err(Error::permanent(
                         Step::Fetch,
                         format!(
-                            "worksheet {:?}: the page from row {start} has {} rows, {rows} expected: \
-                             the export ended short of TotalRowCount {total}",
-                            sheet.name,
-                            page.rows.len()
+                            "{what}: the page has {} rows, {rows} expected: the export ended short of \
+                             TotalRowCount {total}",
+                            page.len()
                         ),
                     ));
                 }
-                for row in &page.rows {
-                    sink.write_row(&row.values).map_err(named)?;
+                for row in page.rows() {
+                    sink.write_row(row).map_err(named)?;
                 }
             }
         } else if sink.rows() > total {
@@ -168,7 +164,7 @@ impl Exporter<'_> {
                 let what = &what;
                 async move {
                     let body = self.client.page(sheet, start, rows).await?;
-                    serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| data_fault(e, what))?;
+                    PageBuffer::default().parse(&body).map_err(|e| data_fault(e, what))?;
                     Ok(body)
                 }
             })

@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod model;
+pub mod page;
 
 pub use client::{KinaxisClient, KinaxisOptions, PagingStyle};

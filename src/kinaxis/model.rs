@@ -1,7 +1,5 @@
 //! The Kinaxis workbook API's JSON, as serde types.
 
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,32 +63,6 @@ pub struct Column {
 #[serde(rename_all = "PascalCase")]
 pub struct Row {
     pub values: Vec<String>,
-}
-
-/// A worksheet page, borrowing its strings from the body where no escape forces a copy.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Page<'a> {
-    #[serde(borrow)]
-    pub rows: Vec<PageRow<'a>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PageRow<'a> {
-    #[serde(borrow)]
-    pub values: Vec<Text<'a>>,
-}
-
-/// A string value; serde borrows a `Cow` only as a direct field, hence the newtype.
-#[derive(Debug, Deserialize)]
-#[serde(transparent)]
-pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
-
-impl AsRef<str> for Text<'_> {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -159,7 +159,14 @@ fn row(w: usize, i: u64) -> Vec<String> {
     ]
 }
 
-fn rows_json(state: &State, w: usize, start: u64, count: u64) -> Vec<Value> {
+/// A row as the API writes it.
+#[derive(serde::Serialize)]
+struct RowOut {
+    #[serde(rename = "Values")]
+    values: Vec<String>,
+}
+
+fn rows_out(state: &State, w: usize, start: u64, count: u64) -> Vec<RowOut> {
     let served = state.settings.rows;
     (start..(start + count).min(served))
         .map(|i| {
@@ -167,7 +174,7 @@ fn rows_json(state: &State, w: usize, start: u64, count: u64) -> Vec<Value> {
             if state.settings.bad_width_row == Some(i) {
                 values.push("extra".into());
             }
-            json!({ "Values": values })
+            RowOut { values }
         })
         .collect()
 }
@@ -254,15 +261,15 @@ fn injected_unavailable(state: &State, call: u64) -> Option<Response<Full<Bytes>
     })
 }
 
-fn maybe_truncate(state: &State, call: u64, response: Response<Full<Bytes>>, body: Value) -> Response<Full<Bytes>> {
-    if !state.settings.truncate_calls.contains(&call) {
-        return response;
+/// The JSON answer, or its first half when this call is one to cut short.
+fn json_answer(state: &State, call: u64, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+    if state.settings.truncate_calls.contains(&call) {
+        bytes.truncate(bytes.len() / 2);
     }
-    let text = body.to_string();
-    let cut = text.len() / 2;
-    let mut cut_response = Response::new(Full::new(Bytes::from(text.as_bytes()[..cut].to_vec())));
-    *cut_response.status_mut() = StatusCode::OK;
-    cut_response
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+    response
 }
 
 async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -356,15 +363,13 @@ async fn workbook(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>
             "QueryHandle": { "QueryID": format!("#q{w}") },
             "TotalRowCount": state.settings.rows + state.settings.short_by,
             "Columns": COLUMNS.iter().map(|c| json!({"Id": c, "IsEditable": false})).collect::<Vec<_>>(),
-            "Rows": rows_json(state, w, 0, state.settings.first_page),
+            "Rows": rows_out(state, w, 0, state.settings.first_page),
         }));
     }
     if let Some(missing) = wanted.iter().find(|n| !state.settings.worksheets.contains(n)) {
         return error(404, &format!("unknown worksheet {missing}"));
     }
-    let body = json!({ "Worksheets": sheets });
-    let response = answer(StatusCode::OK, body.clone());
-    maybe_truncate(state, call, response, body)
+    json_answer(state, call, &json!({ "Worksheets": sheets }))
 }
 
 fn page(state: &State, req: Request<Incoming>, path_id: Option<String>) -> Response<Full<Bytes>> {
@@ -393,9 +398,12 @@ fn page(state: &State, req: Request<Incoming>, path_id: Option<String>) -> Respo
     let (Some(start), Some(count)) = (number("startRow"), number("pageSize").or_else(|| number("numRows"))) else {
         return error(400, "startRow and pageSize are required");
     };
-    let body = json!({ "Rows": rows_json(state, w, start, count) });
-    let response = answer(StatusCode::OK, body.clone());
-    maybe_truncate(state, call, response, body)
+    #[derive(serde::Serialize)]
+    struct PageOut {
+        #[serde(rename = "Rows")]
+        rows: Vec<RowOut>,
+    }
+    json_answer(state, call, &PageOut { rows: rows_out(state, w, start, count) })
 }
 
 #[tokio::main]
