@@ -19,7 +19,7 @@ def main() -> None:
     times = []
     for i in range(runs):
         timing = {}
-        kind, body = run(events[i % len(events)], [binary], timing=timing)
+        kind, body = run(events[i % len(events)], [binary], timing=timing, quiet=True)
         if kind != "response" or b'"statusCode":202' not in body.replace(b" ", b""):
             sys.exit(f"cold start run {i} did not answer 202: {body[:300]!r}")
         times.append(timing["answered_after_s"] * 1000)

@@ -165,7 +165,7 @@ async fn main() {
         .env("RUST_LOG", "warn");
     let out = command.output().expect("cold start script");
     let text = String::from_utf8_lossy(&out.stdout);
-    let fields: Vec<&str> = text.split_whitespace().collect();
+    let fields: Vec<&str> = text.lines().last().unwrap_or_default().split_whitespace().collect();
     if fields.len() == 3 {
         println!(
             "\ncold start of {} (release, {} MB): best {} ms, median {} ms of 10 \
