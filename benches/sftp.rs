@@ -42,7 +42,7 @@ async fn main() {
     .expect("batch file");
     let mb = SIZE as f64 / 1e6;
 
-    let chunks = [64 * 1024, 256 * 1024, 1024 * 1024];
+    let chunks = [64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024];
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); chunks.len()];
     let mut openssh = Vec::new();
     for _ in 0..ROUNDS {
