@@ -109,18 +109,26 @@ impl Exporter<'_> {
                     async move { (start, rows, self.fetch_page(sheet_ref, start, rows).await) }
                 })
                 .buffered(self.client.options().pages_in_flight.max(1));
-            let mut page = PageBuffer::default();
+            let mut buffer = PageBuffer::default();
             while let Some((start, rows, body)) = pages.next().await {
                 let what = format!("worksheet {:?} rows from {start}", sheet.name);
-                if let Err(err) = page.parse(&body?) {
-                    let err = data_fault(err, &what);
-                    if !err.is_transient() {
-                        return Err(err);
+                let body = body?;
+                // Declared out here so a page fetched again outlives the match; the rare
+                // refetch parses into a buffer of its own, as `buffer` is still lent out.
+                let refetched;
+                let mut refetched_buffer = PageBuffer::default();
+                let page = match buffer.parse(&body) {
+                    Ok(page) => page,
+                    Err(err) => {
+                        let err = data_fault(err, &what);
+                        if !err.is_transient() {
+                            return Err(err);
+                        }
+                        tracing::warn!(error = %err.chain(), "page unreadable, fetching it again");
+                        refetched = self.fetch_parsable_page(&sheet_ref, start, rows).await?;
+                        refetched_buffer.parse(&refetched).map_err(|e| data_fault(e, &what))?
                     }
-                    tracing::warn!(error = %err.chain(), "page unreadable, fetching it again");
-                    let body = self.fetch_parsable_page(&sheet_ref, start, rows).await?;
-                    page.parse(&body).map_err(|e| data_fault(e, &what))?;
-                }
+                };
                 if page.len() as u64 != rows {
                     return Err(Error::permanent(
                         Step::Fetch,
@@ -131,9 +139,7 @@ impl Exporter<'_> {
                         ),
                     ));
                 }
-                for row in page.rows() {
-                    sink.write_row(row).map_err(named)?;
-                }
+                page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
             }
         } else if sink.rows() > total {
             return Err(Error::permanent(

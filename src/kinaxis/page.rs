@@ -1,54 +1,108 @@
-//! A worksheet page parsed into reusable buffers: no allocation per row or value once the
-//! buffers have grown to a page's size, and nothing written before the whole page parsed
-//! (so a page cut short can be fetched again without duplicating rows).
+//! A worksheet page parsed in place: values are borrowed from the body, not copied (only
+//! a value with JSON escapes is decoded, into a buffer kept from page to page), and nothing
+//! is written before the whole page parsed (so a page cut short can be fetched again
+//! without duplicating rows).
 
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// The values of one page, row after row, in buffers kept from page to page.
+/// Where a value lies: in the body as sent, or decoded into the escape buffer.
+#[derive(Debug, Clone)]
+enum Span {
+    Body(Range<usize>),
+    Decoded(Range<usize>),
+}
+
+/// The buffers a page is parsed into, kept from page to page so that, once grown to a
+/// page's size, parsing allocates nothing.
 #[derive(Debug, Default)]
 pub struct PageBuffer {
-    values: Vec<String>,
-    used: usize,
+    spans: Vec<Span>,
     row_ends: Vec<usize>,
+    decoded: String,
+}
+
+/// One parsed page: its rows, each a run of values borrowed from the body or the buffer.
+#[derive(Debug)]
+pub struct Page<'a> {
+    body: &'a str,
+    buffer: &'a PageBuffer,
 }
 
 impl PageBuffer {
     /// Parses `{"Rows": [{"Values": ["…", …]}, …]}`, replacing the previous page.
-    pub fn parse(&mut self, body: &[u8]) -> Result<(), serde_json::Error> {
-        self.used = 0;
+    pub fn parse<'a>(&'a mut self, body: &'a [u8]) -> Result<Page<'a>, serde_json::Error> {
+        self.spans.clear();
         self.row_ends.clear();
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        PageSeed(self).deserialize(&mut deserializer)?;
-        deserializer.end()
+        self.decoded.clear();
+        let Ok(text) = std::str::from_utf8(body) else {
+            // serde_json's own verdict on these bytes: end of input for a body cut inside
+            // a character, a syntax error for a stray byte.
+            return Err(serde_json::from_slice::<serde_json::Value>(body)
+                .err()
+                .unwrap_or_else(|| de::Error::custom("the page is not UTF-8")));
+        };
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        PageSeed { page: self, base: text.as_ptr() as usize, body_len: text.len() }.deserialize(&mut deserializer)?;
+        deserializer.end()?;
+        Ok(Page { body: text, buffer: self })
     }
 
-    pub fn len(&self) -> usize {
-        self.row_ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.row_ends.is_empty()
-    }
-
-    pub fn rows(&self) -> impl Iterator<Item = &[String]> {
-        let starts = std::iter::once(0).chain(self.row_ends.iter().copied());
-        starts.zip(self.row_ends.iter().copied()).map(|(start, end)| &self.values[start..end])
-    }
-
-    fn push_value(&mut self, value: &str) {
-        if self.used == self.values.len() {
-            self.values.push(String::with_capacity(value.len()));
+    /// `value` lies inside the body at `base`; should serde_json ever hand over a string
+    /// from elsewhere, it is copied instead.
+    fn push_borrowed(&mut self, base: usize, body_len: usize, value: &str) {
+        match (value.as_ptr() as usize).checked_sub(base) {
+            Some(start) if start + value.len() <= body_len => self.spans.push(Span::Body(start..start + value.len())),
+            _ => self.push_decoded(value),
         }
-        let slot = &mut self.values[self.used];
-        slot.clear();
-        slot.push_str(value);
-        self.used += 1;
+    }
+
+    fn push_decoded(&mut self, value: &str) {
+        let start = self.decoded.len();
+        self.decoded.push_str(value);
+        self.spans.push(Span::Decoded(start..self.decoded.len()));
     }
 }
 
-struct PageSeed<'a>(&'a mut PageBuffer);
+impl<'a> Page<'a> {
+    pub fn len(&self) -> usize {
+        self.buffer.row_ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffer.row_ends.is_empty()
+    }
+
+    fn value(&self, span: &Span) -> &'a str {
+        let buffer: &'a PageBuffer = self.buffer;
+        match span {
+            Span::Body(range) => &self.body[range.clone()],
+            Span::Decoded(range) => &buffer.decoded[range.clone()],
+        }
+    }
+
+    /// Calls `write` with each row's values in order, stopping at its first error.
+    pub fn try_for_each_row<E>(&self, mut write: impl FnMut(&[&'a str]) -> Result<(), E>) -> Result<(), E> {
+        let mut row: Vec<&'a str> = Vec::new();
+        let mut start = 0;
+        for &end in &self.buffer.row_ends {
+            row.clear();
+            row.extend(self.buffer.spans[start..end].iter().map(|span| self.value(span)));
+            write(&row)?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+struct PageSeed<'a> {
+    page: &'a mut PageBuffer,
+    /// Where the body lies: a borrowed value's offset is its address less `base`.
+    base: usize,
+    body_len: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
     type Value = ();
@@ -66,7 +120,7 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
         let mut seen_rows = false;
         while let Some(key) = map.next_key::<Key>()? {
             if key.0 {
-                map.next_value_seed(RowsSeed(&mut *self.0))?;
+                map.next_value_seed(RowsSeed { page: &mut *self.page, base: self.base, body_len: self.body_len })?;
                 seen_rows = true;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -100,7 +154,11 @@ impl<'de> de::Deserialize<'de> for Key {
     }
 }
 
-struct RowsSeed<'a>(&'a mut PageBuffer);
+struct RowsSeed<'a> {
+    page: &'a mut PageBuffer,
+    base: usize,
+    body_len: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
     type Value = ();
@@ -115,15 +173,22 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
         f.write_str("an array of rows")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(RowSeed(&mut *self.0))?.is_some() {
-            let end = self.0.used;
-            self.0.row_ends.push(end);
+        while seq
+            .next_element_seed(RowSeed { page: &mut *self.page, base: self.base, body_len: self.body_len })?
+            .is_some()
+        {
+            let end = self.page.spans.len();
+            self.page.row_ends.push(end);
         }
         Ok(())
     }
 }
 
-struct RowSeed<'a>(&'a mut PageBuffer);
+struct RowSeed<'a> {
+    page: &'a mut PageBuffer,
+    base: usize,
+    body_len: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
     type Value = ();
@@ -141,7 +206,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         let mut seen_values = false;
         while let Some(key) = map.next_key::<Key>()? {
             if key.0 && !seen_values {
-                map.next_value_seed(ValuesSeed(&mut *self.0))?;
+                map.next_value_seed(ValuesSeed { page: &mut *self.page, base: self.base, body_len: self.body_len })?;
                 seen_values = true;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -155,7 +220,11 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     }
 }
 
-struct ValuesSeed<'a>(&'a mut PageBuffer);
+struct ValuesSeed<'a> {
+    page: &'a mut PageBuffer,
+    base: usize,
+    body_len: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for ValuesSeed<'_> {
     type Value = ();
@@ -170,12 +239,19 @@ impl<'de> Visitor<'de> for ValuesSeed<'_> {
         f.write_str("an array of string values")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(ValueSeed(&mut *self.0))?.is_some() {}
+        while seq
+            .next_element_seed(ValueSeed { page: &mut *self.page, base: self.base, body_len: self.body_len })?
+            .is_some()
+        {}
         Ok(())
     }
 }
 
-struct ValueSeed<'a>(&'a mut PageBuffer);
+struct ValueSeed<'a> {
+    page: &'a mut PageBuffer,
+    base: usize,
+    body_len: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
     type Value = ();
@@ -184,13 +260,19 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
     }
 }
 
-impl Visitor<'_> for ValueSeed<'_> {
+impl<'de> Visitor<'de> for ValueSeed<'_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a string value")
     }
+    /// A value without escapes: it stands in the body as it is.
+    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<(), E> {
+        self.page.push_borrowed(self.base, self.body_len, value);
+        Ok(())
+    }
+    /// A value with escapes, decoded by serde_json into its scratch space.
     fn visit_str<E: de::Error>(self, value: &str) -> Result<(), E> {
-        self.0.push_value(value);
+        self.page.push_decoded(value);
         Ok(())
     }
 }
@@ -199,27 +281,35 @@ impl Visitor<'_> for ValueSeed<'_> {
 mod tests {
     use super::*;
 
-    fn rows(buffer: &PageBuffer) -> Vec<Vec<String>> {
-        buffer.rows().map(|r| r.to_vec()).collect()
+    fn rows(page: &Page<'_>) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        page.try_for_each_row(|row| {
+            rows.push(row.iter().map(|v| v.to_string()).collect());
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        rows
     }
 
     #[test]
     fn a_page_is_read_row_by_row_with_escapes_and_extra_keys_ignored() {
         let mut buffer = PageBuffer::default();
-        buffer
-            .parse(br#"{"Rows":[{"Values":["a","b\"c"],"X":1},{"Values":["line\r\nbreak","\u00fc"]}],"More":true}"#)
+        let page = buffer
+            .parse(
+                r#"{"Rows":[{"Values":["a","b\"c"],"X":1},{"Values":["line\r\nbreak","\u00fc","Köln"]}],"More":true}"#
+                    .as_bytes(),
+            )
             .unwrap();
-        assert_eq!(rows(&buffer), [vec!["a", "b\"c"], vec!["line\r\nbreak", "ü"]]);
+        assert_eq!(rows(&page), [vec!["a", "b\"c"], vec!["line\r\nbreak", "ü", "Köln"]]);
     }
 
     #[test]
     fn buffers_are_reused_and_replaced_from_page_to_page() {
         let mut buffer = PageBuffer::default();
-        buffer.parse(br#"{"Rows":[{"Values":["1","2","3"]},{"Values":["4"]}]}"#).unwrap();
-        buffer.parse(br#"{"Rows":[{"Values":["x"]}]}"#).unwrap();
-        assert_eq!(rows(&buffer), [vec!["x"]]);
-        buffer.parse(br#"{"Rows":[]}"#).unwrap();
-        assert!(buffer.is_empty());
+        assert_eq!(buffer.parse(br#"{"Rows":[{"Values":["1","2\t","3"]},{"Values":["4"]}]}"#).unwrap().len(), 2);
+        let page = buffer.parse(br#"{"Rows":[{"Values":["x\n"]}]}"#).unwrap();
+        assert_eq!(rows(&page), [vec!["x\n"]]);
+        assert!(buffer.parse(br#"{"Rows":[]}"#).unwrap().is_empty());
     }
 
     #[test]
@@ -235,6 +325,34 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(wrong)
             );
+        }
+    }
+
+    #[test]
+    fn a_body_cut_inside_a_character_is_cut_short_and_a_stray_byte_is_a_syntax_error() {
+        use serde_json::error::Category;
+        let mut buffer = PageBuffer::default();
+        let cut = buffer.parse(b"{\"Rows\":[{\"Values\":[\"K\xc3").unwrap_err();
+        assert_eq!(cut.classify(), Category::Eof);
+        let stray = buffer.parse(b"{\"Rows\":[{\"Values\":[\"K\xff\"]}]}").unwrap_err();
+        assert_eq!(stray.classify(), Category::Syntax);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_page_reads_back_the_values_it_was_written_from(
+            written in proptest::collection::vec(proptest::collection::vec("\\PC{0,12}|[\"\\\\\r\n\t,é東🚚]{0,6}", 0..6), 0..20),
+            pretty in proptest::bool::ANY,
+        ) {
+            let page = serde_json::json!({
+                "Rows": written.iter().map(|values| serde_json::json!({"Values": values, "Extra": [1, {"Values": "x"}]})).collect::<Vec<_>>(),
+                "Total": written.len(),
+            });
+            let body = if pretty { serde_json::to_vec_pretty(&page) } else { serde_json::to_vec(&page) }.unwrap();
+            let mut buffer = PageBuffer::default();
+            buffer.parse(br#"{"Rows":[{"Values":["left over from the page before"]}]}"#).unwrap();
+            let parsed = buffer.parse(&body).unwrap();
+            proptest::prop_assert_eq!(rows(&parsed), written);
         }
     }
 }
