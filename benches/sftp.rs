@@ -1,7 +1,7 @@
 //! SFTP upload benchmark (issue 7): a 200 MB file to the same loopback sshd, our delivery
 //! (connect, host key check, auth, upload to a temporary, fsync, size check, rename) side by
 //! side with OpenSSH's own `sftp -b` (connect, auth, put, rename) — with and without fsync —
-//! alternating, 3 rounds.
+//! alternating, 5 rounds.
 //! `make bench-sftp`.
 
 #[path = "../tests/it/helpers.rs"]
@@ -14,7 +14,7 @@ use maestro_relay::secrets::SftpCredentials;
 use maestro_relay::sftp::{deliver, ExistingFilePolicy, SftpOptions};
 
 const SIZE: usize = 200 * 1024 * 1024;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
