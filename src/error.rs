@@ -126,10 +126,7 @@ impl From<Error> for lambda_runtime::Diagnostic {
             ErrorClass::Transient => "Transient",
             ErrorClass::Permanent => "Permanent",
         };
-        let step = err.step.to_string();
-        let mut step_chars = step.chars();
-        let step =
-            step_chars.next().map(|c| c.to_ascii_uppercase().to_string() + step_chars.as_str()).unwrap_or_default();
+        let step = crate::telemetry::capitalise(&err.step.to_string());
         Self { error_type: format!("{class}.{step}"), error_message: err.chain() }
     }
 }

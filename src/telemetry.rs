@@ -26,6 +26,12 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// `fetch` → `Fetch`: step names as they appear in metric names and error types.
+pub(crate) fn capitalise(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+}
+
 /// A metric value with its CloudWatch unit.
 #[derive(Debug, Clone, Copy)]
 pub enum Metric {

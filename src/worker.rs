@@ -319,7 +319,7 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
     async fn report(&self, job_id: &str, result: &Result<JobOutcome>, timings: &BTreeMap<String, u64>) {
         let durations: Vec<(String, Metric)> = timings
             .iter()
-            .map(|(step, ms)| (format!("{}Ms", capitalise(step)), Metric::Milliseconds(*ms as f64)))
+            .map(|(step, ms)| (format!("{}Ms", telemetry::capitalise(step)), Metric::Milliseconds(*ms as f64)))
             .collect();
         let mut metrics: Vec<(&str, Metric)> = durations.iter().map(|(n, m)| (n.as_str(), *m)).collect();
         match result {
@@ -393,11 +393,6 @@ fn decode_s3_event_key(encoded: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn capitalise(step: &str) -> String {
-    let mut chars = step.chars();
-    chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
 }
 
 #[cfg(test)]
