@@ -4,6 +4,7 @@
 mod faults;
 mod helpers;
 mod kinaxis;
+mod no_secrets;
 mod pipeline;
 mod sftp;
 mod webhook;

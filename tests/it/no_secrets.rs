@@ -1,0 +1,80 @@
+//! Secrets never reach the output ops read: the real `webhook` and `worker` binaries run
+//! through the Lambda Runtime API stand-in at debug level, on deliveries that succeed and
+//! on ones that fail because of a secret, and nothing they print holds a secret's value.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{load_event, moto, signed_event, sqs_event_for, TestApp, ROOT, WHSEC};
+
+/// Runs one event through a function binary as Lambda would; returns its answer and
+/// everything the binary and the runtime stand-in printed.
+fn invoke(app: &TestApp, binary: &str, event: &Value) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let event_path = dir.path().join("event.json");
+    std::fs::write(&event_path, event.to_string()).expect("event file");
+    let out = Command::new(format!("{ROOT}/.venv/bin/python"))
+        .arg(format!("{ROOT}/scripts/lambda_rie.py"))
+        .arg(&event_path)
+        .arg("--")
+        .arg(binary)
+        .envs(&app.env)
+        .env("AWS_ENDPOINT_URL", &moto().endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "eu-central-1")
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("scripts/lambda_rie.py (run scripts/bootstrap.sh)");
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), printed)
+}
+
+#[tokio::test]
+async fn no_secret_value_appears_in_what_the_functions_print_when_they_succeed_or_fail() {
+    let mut app = TestApp::start(&["--rows", "30"]).await;
+    let (webhook, worker) = (env!("CARGO_BIN_EXE_webhook"), env!("CARGO_BIN_EXE_worker"));
+    let mut printed = String::new();
+
+    let (_, out) = invoke(&app, webhook, &signed_event("webhook-http-api-pf.json", WHSEC));
+    printed.push_str(&out);
+    let mut forged = load_event("webhook-http-api-wp.json");
+    forged["headers"]["webhook-signature"] = json!("v1,bm90IHRoZSByaWdodCBzaWduYXR1cmU=");
+    let (_, out) = invoke(&app, webhook, &forged);
+    printed.push_str(&out);
+
+    let delivered = maestro_relay::job::job_id("msg_planned_orders_pf_0600");
+    assert!(app.object(&format!("jobs/{delivered}.json")).await.is_some(), "the webhook staged no job:\n{printed}");
+    let (answered, out) = invoke(&app, worker, &sqs_event_for(&delivered, "m-ok"));
+    assert!(answered && out.contains(r#""outcome":"delivered""#), "the delivery did not happen:\n{out}");
+    printed.push_str(&out);
+
+    // Kinaxis refuses a client secret; the SFTP target's password and passphrase are wrong.
+    let refused_secret = "refused-client-secret-7c1d";
+    let kinaxis =
+        app.put_secret("kinaxis-wrong", json!({"client_id": "relay-client", "client_secret": refused_secret})).await;
+    let mut sftp = app.sshd.secret("PF2");
+    sftp["password"] = json!("sftp-password-3f9a");
+    sftp["passphrase"] = json!("key-passphrase-51be");
+    app.set_secret(&app.env["SFTP_SECRET_ID_PF2"].clone(), sftp).await;
+    let refused_job = app.accepted_job("webhook-rest-api-pf.json").await;
+    app.env.insert("KINAXIS_SECRET_ID".into(), kinaxis);
+    let (_, out) = invoke(&app, worker, &sqs_event_for(&refused_job, "m-refused"));
+    assert!(out.contains("401"), "the refused token is not reported:\n{out}");
+    printed.push_str(&out);
+
+    let whsec_key = WHSEC.trim_start_matches("whsec_");
+    let private_key_line = app.sshd.client_key.lines().nth(2).expect("a line of the client key");
+    for (which, value) in [
+        ("the webhook HMAC key", whsec_key),
+        ("the Kinaxis client secret", "relay-secret"),
+        ("the refused Kinaxis client secret", refused_secret),
+        ("the SFTP password", "sftp-password-3f9a"),
+        ("the SFTP key passphrase", "key-passphrase-51be"),
+        ("the SFTP private key", private_key_line),
+    ] {
+        // Named, not quoted: the test's own output must not carry the value either.
+        assert!(!printed.contains(value), "{which} was printed by a function");
+    }
+}
