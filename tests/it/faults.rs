@@ -5,13 +5,13 @@ use std::path::Path;
 
 use maestro_relay::aws::{S3Store, SecretsManager};
 use maestro_relay::config::WorkerConfig;
-use maestro_relay::error::{Error, Result, Step};
+use maestro_relay::error::{Error, ErrorClass, Result, Step};
 use maestro_relay::ports::{CreateOutcome, ObjectStore};
 use maestro_relay::secrets::CachedSecrets;
-use maestro_relay::worker::Worker;
+use maestro_relay::worker::{Trigger, Worker};
 use serde_json::{json, Value};
 
-use crate::helpers::{sqs_event_for, TestApp};
+use crate::helpers::{sqs_event_for, OwnMoto, TestApp};
 
 const PF: &str = "webhook-http-api-pf.json";
 
@@ -204,4 +204,27 @@ async fn s3_unavailable_at_staging_fails_the_message_and_sends_nothing() {
     assert!(app.sshd.files("PF2").is_empty(), "nothing is sent before it is staged");
     let record = failure(&app, &job_id).await;
     assert_eq!((record["class"].as_str(), record["step"].as_str()), (Some("transient"), Some("stage")));
+}
+
+#[tokio::test]
+async fn s3_going_down_during_the_fetch_fails_the_message_at_staging_and_sends_nothing() {
+    let mut moto = OwnMoto::start();
+    // Slow pages keep the worker fetching for over a second after its last S3 read.
+    let app =
+        TestApp::start_on(&moto.endpoint, &["--rows", "3000", "--first-page", "100", "--latency-ms", "300"]).await;
+    let job_id = app.accepted_job(PF).await;
+    let worker = app.worker();
+    let job_key = format!("jobs/{job_id}.json");
+    let run = worker.run_job(&job_key, app.deadline(), Trigger::Queue);
+    let outage = async {
+        while app.sim.stats().await["dataCalls"].as_u64().unwrap_or(0) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        moto.stop();
+    };
+    let (outcome, ()) = tokio::join!(run, outage);
+    let err = outcome.expect_err("the job cannot be staged");
+    assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Stage), "{}", err.chain());
+    assert!(app.sshd.files("PF2").is_empty(), "nothing is sent before it is staged");
+    assert!(app.sshd.all_files("PF2").is_empty(), "not even a temporary");
 }

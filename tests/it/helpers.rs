@@ -91,6 +91,33 @@ pub fn moto() -> &'static Moto {
     })
 }
 
+/// A moto_server of one test's own, for a test that stops it; killed when dropped.
+pub struct OwnMoto {
+    pub endpoint: String,
+    process: Option<Process>,
+}
+
+impl OwnMoto {
+    pub fn start() -> Self {
+        let port = free_port();
+        let binary = std::env::var("MOTO_SERVER").unwrap_or_else(|_| format!("{ROOT}/.venv/bin/moto_server"));
+        let child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto_server (run scripts/bootstrap.sh)");
+        let process = Process(child);
+        wait_for_port(port, "moto_server");
+        Self { endpoint: format!("http://127.0.0.1:{port}"), process: Some(process) }
+    }
+
+    /// An outage: the port stops answering, connections are refused.
+    pub fn stop(&mut self) {
+        self.process.take();
+    }
+}
+
 pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -280,6 +307,8 @@ impl Sim {
 /// One test's world: its own bucket and secrets in the shared moto, its own sshd and
 /// simulator, and the two functions configured on them.
 pub struct TestApp {
+    /// The moto_server this app's bucket, secrets and queues live in.
+    pub endpoint: String,
     pub bucket: String,
     pub s3: aws_sdk_s3::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
@@ -295,8 +324,12 @@ pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 impl TestApp {
     pub async fn start(sim_flags: &[&str]) -> Self {
-        let moto = moto();
-        let sdk = sdk_config(&moto.endpoint).await;
+        Self::start_on(&moto().endpoint, sim_flags).await
+    }
+
+    /// As `start`, on the moto_server at `endpoint` (a test that stops its own).
+    pub async fn start_on(endpoint: &str, sim_flags: &[&str]) -> Self {
+        let sdk = sdk_config(endpoint).await;
         let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
         let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
@@ -314,6 +347,7 @@ impl TestApp {
         let sshd = Sshd::start();
         let sim = Sim::start(sim_flags);
         let mut app = Self {
+            endpoint: endpoint.to_owned(),
             bucket: bucket.clone(),
             s3,
             secrets,

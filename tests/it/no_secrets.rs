@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{load_event, moto, signed_event, sqs_event_for, TestApp, ROOT, WHSEC};
+use crate::helpers::{load_event, signed_event, sqs_event_for, TestApp, ROOT, WHSEC};
 
 /// Runs one event through a function binary as Lambda would; returns its answer and
 /// everything the binary and the runtime stand-in printed.
@@ -20,7 +20,7 @@ fn invoke(app: &TestApp, binary: &str, event: &Value) -> (bool, String) {
         .arg("--")
         .arg(binary)
         .envs(&app.env)
-        .env("AWS_ENDPOINT_URL", &moto().endpoint)
+        .env("AWS_ENDPOINT_URL", &app.endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "eu-central-1")
