@@ -22,6 +22,9 @@ pub struct PageBuffer {
     spans: Vec<Span>,
     row_ends: Vec<usize>,
     decoded: String,
+    /// The addresses of the body being parsed: a borrowed value's offset is its address
+    /// less the start.
+    body_at: Range<usize>,
 }
 
 /// One parsed page: its rows, each a run of values borrowed from the body or the buffer.
@@ -44,18 +47,23 @@ impl PageBuffer {
                 .err()
                 .unwrap_or_else(|| de::Error::custom("the page is not UTF-8")));
         };
+        let start = text.as_ptr() as usize;
+        self.body_at = start..start + text.len();
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        PageSeed { page: self, base: text.as_ptr() as usize, body_len: text.len() }.deserialize(&mut deserializer)?;
+        PageSeed(self).deserialize(&mut deserializer)?;
         deserializer.end()?;
         Ok(Page { body: text, buffer: self })
     }
 
-    /// `value` lies inside the body at `base`; should serde_json ever hand over a string
-    /// from elsewhere, it is copied instead.
-    fn push_borrowed(&mut self, base: usize, body_len: usize, value: &str) {
-        match (value.as_ptr() as usize).checked_sub(base) {
-            Some(start) if start + value.len() <= body_len => self.spans.push(Span::Body(start..start + value.len())),
-            _ => self.push_decoded(value),
+    /// `value` lies inside the body; should serde_json ever hand over a string from
+    /// elsewhere, it is copied instead.
+    fn push_borrowed(&mut self, value: &str) {
+        let at = value.as_ptr() as usize;
+        if self.body_at.start <= at && at + value.len() <= self.body_at.end {
+            let start = at - self.body_at.start;
+            self.spans.push(Span::Body(start..start + value.len()));
+        } else {
+            self.push_decoded(value);
         }
     }
 
@@ -76,10 +84,9 @@ impl<'a> Page<'a> {
     }
 
     fn value(&self, span: &Span) -> &'a str {
-        let buffer: &'a PageBuffer = self.buffer;
         match span {
             Span::Body(range) => &self.body[range.clone()],
-            Span::Decoded(range) => &buffer.decoded[range.clone()],
+            Span::Decoded(range) => &self.buffer.decoded[range.clone()],
         }
     }
 
@@ -97,12 +104,7 @@ impl<'a> Page<'a> {
     }
 }
 
-struct PageSeed<'a> {
-    page: &'a mut PageBuffer,
-    /// Where the body lies: a borrowed value's offset is its address less `base`.
-    base: usize,
-    body_len: usize,
-}
+struct PageSeed<'a>(&'a mut PageBuffer);
 
 impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
     type Value = ();
@@ -120,7 +122,7 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
         let mut seen_rows = false;
         while let Some(key) = map.next_key::<Key>()? {
             if key.0 {
-                map.next_value_seed(RowsSeed { page: &mut *self.page, base: self.base, body_len: self.body_len })?;
+                map.next_value_seed(RowsSeed(&mut *self.0))?;
                 seen_rows = true;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -154,11 +156,7 @@ impl<'de> de::Deserialize<'de> for Key {
     }
 }
 
-struct RowsSeed<'a> {
-    page: &'a mut PageBuffer,
-    base: usize,
-    body_len: usize,
-}
+struct RowsSeed<'a>(&'a mut PageBuffer);
 
 impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
     type Value = ();
@@ -173,22 +171,15 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
         f.write_str("an array of rows")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq
-            .next_element_seed(RowSeed { page: &mut *self.page, base: self.base, body_len: self.body_len })?
-            .is_some()
-        {
-            let end = self.page.spans.len();
-            self.page.row_ends.push(end);
+        while seq.next_element_seed(RowSeed(&mut *self.0))?.is_some() {
+            let end = self.0.spans.len();
+            self.0.row_ends.push(end);
         }
         Ok(())
     }
 }
 
-struct RowSeed<'a> {
-    page: &'a mut PageBuffer,
-    base: usize,
-    body_len: usize,
-}
+struct RowSeed<'a>(&'a mut PageBuffer);
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
     type Value = ();
@@ -206,7 +197,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         let mut seen_values = false;
         while let Some(key) = map.next_key::<Key>()? {
             if key.0 && !seen_values {
-                map.next_value_seed(ValuesSeed { page: &mut *self.page, base: self.base, body_len: self.body_len })?;
+                map.next_value_seed(ValuesSeed(&mut *self.0))?;
                 seen_values = true;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -220,11 +211,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     }
 }
 
-struct ValuesSeed<'a> {
-    page: &'a mut PageBuffer,
-    base: usize,
-    body_len: usize,
-}
+struct ValuesSeed<'a>(&'a mut PageBuffer);
 
 impl<'de> DeserializeSeed<'de> for ValuesSeed<'_> {
     type Value = ();
@@ -239,19 +226,12 @@ impl<'de> Visitor<'de> for ValuesSeed<'_> {
         f.write_str("an array of string values")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq
-            .next_element_seed(ValueSeed { page: &mut *self.page, base: self.base, body_len: self.body_len })?
-            .is_some()
-        {}
+        while seq.next_element_seed(ValueSeed(&mut *self.0))?.is_some() {}
         Ok(())
     }
 }
 
-struct ValueSeed<'a> {
-    page: &'a mut PageBuffer,
-    base: usize,
-    body_len: usize,
-}
+struct ValueSeed<'a>(&'a mut PageBuffer);
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
     type Value = ();
@@ -267,12 +247,12 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
     /// A value without escapes: it stands in the body as it is.
     fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<(), E> {
-        self.page.push_borrowed(self.base, self.body_len, value);
+        self.0.push_borrowed(value);
         Ok(())
     }
     /// A value with escapes, decoded by serde_json into its scratch space.
     fn visit_str<E: de::Error>(self, value: &str) -> Result<(), E> {
-        self.page.push_decoded(value);
+        self.0.push_decoded(value);
         Ok(())
     }
 }

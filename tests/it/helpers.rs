@@ -58,17 +58,23 @@ pub struct Moto {
     pub endpoint: String,
 }
 
+/// moto_server on a loopback port: the project venv's, or `MOTO_SERVER`.
+fn moto_command(port: u16) -> Command {
+    let binary = std::env::var("MOTO_SERVER").unwrap_or_else(|_| format!("{ROOT}/.venv/bin/moto_server"));
+    let mut command = Command::new(binary);
+    command.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
+    command
+}
+
 /// One moto_server for the whole test binary. It is started from a thread that lives as
 /// long as the process and is killed by the kernel when that thread (the process) ends.
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
         let port = free_port();
-        let binary = std::env::var("MOTO_SERVER").unwrap_or_else(|_| format!("{ROOT}/.venv/bin/moto_server"));
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut command = Command::new(&binary);
-            command.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
+            let mut command = moto_command(port);
             // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
             unsafe {
                 command.pre_exec(|| {
@@ -78,7 +84,8 @@ pub fn moto() -> &'static Moto {
             }
             let spawned = command.spawn();
             let ok = spawned.is_ok();
-            let _ = sender.send(spawned.map(|_| ()).map_err(|e| format!("{binary}: {e} (run scripts/bootstrap.sh)")));
+            let _ =
+                sender.send(spawned.map(|_| ()).map_err(|e| format!("moto_server: {e} (run scripts/bootstrap.sh)")));
             if ok {
                 loop {
                     std::thread::park();
@@ -100,13 +107,7 @@ pub struct OwnMoto {
 impl OwnMoto {
     pub fn start() -> Self {
         let port = free_port();
-        let binary = std::env::var("MOTO_SERVER").unwrap_or_else(|_| format!("{ROOT}/.venv/bin/moto_server"));
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto_server (run scripts/bootstrap.sh)");
+        let child = moto_command(port).spawn().expect("starting moto_server (run scripts/bootstrap.sh)");
         let process = Process(child);
         wait_for_port(port, "moto_server");
         Self { endpoint: format!("http://127.0.0.1:{port}"), process: Some(process) }
