@@ -75,6 +75,11 @@ impl<'a> Env<'a> {
     }
 }
 
+/// `STACK_NAME`, set by the template to the stack's name; `local` elsewhere.
+fn stack_name(env: &Env<'_>) -> String {
+    env.get("STACK_NAME").unwrap_or_else(|| "local".to_owned())
+}
+
 fn routes(env: &mut Env<'_>) -> RoutingTable {
     let suffixes = env.get("ROUTES").unwrap_or_else(|| "PF=PF2,WP=WP2".to_owned());
     let overrides = env.get("ROUTE_OVERRIDES").unwrap_or_default();
@@ -93,6 +98,9 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// Variables without a default: the template must set each on the webhook function.
+    pub const REQUIRED_VARS: &'static [&'static str] = &["STAGING_BUCKET", "WEBHOOK_SECRET_ID"];
+
     pub fn from_env() -> Result<Self, Error> {
         Self::from_lookup(&|name| std::env::var(name).ok())
     }
@@ -106,10 +114,11 @@ impl WebhookConfig {
         let timestamp_tolerance = env.seconds("WEBHOOK_TIMESTAMP_TOLERANCE_SECS", 300);
         let secret_cache_ttl = env.seconds("SECRET_CACHE_TTL_SECS", 300);
         let routes = routes(&mut env);
+        let stack_name = stack_name(&env);
         env.finish(Self {
             staging_bucket,
             secret_cache_ttl,
-            settings: WebhookSettings { secret_id, auth_mode, max_body_bytes, timestamp_tolerance, routes },
+            settings: WebhookSettings { secret_id, auth_mode, max_body_bytes, timestamp_tolerance, routes, stack_name },
         })
     }
 }
@@ -117,6 +126,8 @@ impl WebhookConfig {
 /// The worker function's configuration.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// The CloudFormation stack: a dimension of every metric.
+    pub stack_name: String,
     pub staging_bucket: String,
     pub kinaxis_secret_id: String,
     pub sftp_secret_ids: BTreeMap<Target, String>,
@@ -133,6 +144,10 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Variables without a default: the template must set each on the worker function,
+    /// and `SFTP_SECRET_ID_<TARGET>` for every target of `ROUTES` and `ROUTE_OVERRIDES`.
+    pub const REQUIRED_VARS: &'static [&'static str] = &["STAGING_BUCKET", "KINAXIS_SECRET_ID", "KINAXIS_BASE_URL"];
+
     pub fn from_env() -> Result<Self, Error> {
         Self::from_lookup(&|name| std::env::var(name).ok())
     }
@@ -202,6 +217,7 @@ impl WorkerConfig {
             create_dir: env.parsed("SFTP_CREATE_DIR", false),
         };
         let config = Self {
+            stack_name: stack_name(&env),
             staging_bucket,
             kinaxis_secret_id,
             sftp_secret_ids,

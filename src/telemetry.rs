@@ -40,9 +40,45 @@ pub enum Metric {
     Bytes(f64),
 }
 
-/// Builds an EMF record: `dimensions` become CloudWatch dimensions (one set), `properties`
-/// ride along as searchable fields.
-pub fn emf_record(dimensions: &[(&str, &str)], metrics: &[(&str, Metric)], properties: &[(&str, Value)]) -> Value {
+/// Every metric the worker emits. The template's alarms may watch only these (a test reads
+/// `template.yaml` against this list).
+pub const WORKER_METRICS: &[&str] = &[
+    "JobsDelivered",
+    "JobsFailed",
+    "JobsFailedFinal",
+    "JobsSkipped",
+    "JobsBusy",
+    "Rows",
+    "Bytes",
+    "TotalMs",
+    "FetchMs",
+    "StageMs",
+    "RestoreMs",
+    "DeliverMs",
+];
+
+/// Every metric the webhook emits.
+pub const WEBHOOK_METRICS: &[&str] = &["JobsAccepted"];
+
+/// The dimension sets of every record: the stack and function always, and the SAP target
+/// where the record concerns one (so a missing WP2 batch is not hidden by PF2 deliveries).
+pub const DIMENSION_SETS: [&[&str]; 2] = [&["Stack", "Function"], &["Stack", "Function", "Target"]];
+
+/// Where a metric record belongs. The stack is a dimension so that a dev stack in the same
+/// account never keeps prod's alarms green.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricScope<'a> {
+    pub stack: &'a str,
+    pub function: &'a str,
+    pub target: Option<&'a str>,
+}
+
+/// Builds an EMF record in `scope`; `properties` ride along as searchable fields.
+///
+/// The record carries `"level": "WARN"`: Lambda's log-level filter reads that key and drops
+/// a line without it as INFO once `ApplicationLogLevel` is raised to WARN, which would
+/// silently stop every metric (and so every alarm on one).
+pub fn emf_record(scope: MetricScope<'_>, metrics: &[(&str, Metric)], properties: &[(&str, Value)]) -> Value {
     let mut record = Map::new();
     let definitions: Vec<Value> = metrics
         .iter()
@@ -55,20 +91,24 @@ pub fn emf_record(dimensions: &[(&str, &str)], metrics: &[(&str, Metric)], prope
             json!({"Name": name, "Unit": unit})
         })
         .collect();
+    let dimension_sets: &[&[&str]] = if scope.target.is_some() { &DIMENSION_SETS } else { &DIMENSION_SETS[..1] };
     let timestamp_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    record.insert("level".into(), json!("WARN"));
     record.insert(
         "_aws".into(),
         json!({
             "Timestamp": timestamp_ms,
             "CloudWatchMetrics": [{
                 "Namespace": NAMESPACE,
-                "Dimensions": [dimensions.iter().map(|(k, _)| *k).collect::<Vec<_>>()],
+                "Dimensions": dimension_sets,
                 "Metrics": definitions,
             }],
         }),
     );
-    for (key, value) in dimensions {
-        record.insert((*key).into(), json!(value));
+    record.insert("Stack".into(), json!(scope.stack));
+    record.insert("Function".into(), json!(scope.function));
+    if let Some(target) = scope.target {
+        record.insert("Target".into(), json!(target));
     }
     for (name, metric) in metrics {
         let (Metric::Count(v) | Metric::Milliseconds(v) | Metric::Bytes(v)) = metric;
@@ -90,18 +130,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_emf_record_declares_every_metric_with_its_unit_and_dimension() {
+    fn an_emf_record_declares_every_metric_with_its_unit_and_the_stack_function_and_target_dimensions() {
+        let scope = MetricScope { stack: "relay-prod", function: "worker", target: Some("PF2") };
         let record = emf_record(
-            &[("Function", "worker")],
+            scope,
             &[("JobsDelivered", Metric::Count(1.0)), ("Bytes", Metric::Bytes(42.0))],
             &[("jobId", json!("abc"))],
         );
         let cw = &record["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(cw["Namespace"], "MaestroRelay");
-        assert_eq!(cw["Dimensions"], json!([["Function"]]));
+        assert_eq!(cw["Dimensions"], json!([["Stack", "Function"], ["Stack", "Function", "Target"]]));
         assert_eq!(cw["Metrics"][1], json!({"Name": "Bytes", "Unit": "Bytes"}));
         assert_eq!(record["JobsDelivered"], 1.0);
-        assert_eq!(record["Function"], "worker");
+        assert_eq!((record["Stack"].as_str(), record["Function"].as_str()), (Some("relay-prod"), Some("worker")));
+        assert_eq!(record["Target"], "PF2");
         assert_eq!(record["jobId"], "abc");
+        assert_eq!(record["level"], "WARN", "survives ApplicationLogLevel WARN");
+    }
+
+    #[test]
+    fn a_record_without_a_target_has_only_the_stack_and_function_dimensions() {
+        let record = emf_record(
+            MetricScope { stack: "s", function: "worker", target: None },
+            &[("JobsFailed", Metric::Count(1.0))],
+            &[],
+        );
+        assert_eq!(record["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Stack", "Function"]]));
+        assert!(record.get("Target").is_none());
     }
 }

@@ -19,7 +19,7 @@ use crate::kinaxis::KinaxisClient;
 use crate::ports::{ObjectStore, SecretSource};
 use crate::secrets::{CachedSecrets, KinaxisCredentials, SftpCredentials};
 use crate::sftp::{self, Upload};
-use crate::telemetry::{self, Metric};
+use crate::telemetry::{self, Metric, MetricScope};
 
 /// How a job was started: a redelivered SQS message of a job that already failed
 /// permanently fails again at once; a console re-run always tries again.
@@ -364,7 +364,12 @@ impl<S: ObjectStore, K: SecretSource> Worker<S, K> {
                 }
             }
         }
-        telemetry::emit(&telemetry::emf_record(&[("Function", "worker")], &metrics, &[("jobId", json!(job_id))]));
+        let target = match result {
+            Ok(JobOutcome::Delivered(receipt)) => Some(receipt.target.as_str()),
+            _ => None,
+        };
+        let scope = MetricScope { stack: &self.config.stack_name, function: "worker", target };
+        telemetry::emit(&telemetry::emf_record(scope, &metrics, &[("jobId", json!(job_id))]));
     }
 }
 

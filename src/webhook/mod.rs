@@ -16,7 +16,7 @@ use crate::job::{self, keys, Manifest};
 use crate::ports::{CreateOutcome, ObjectStore, SecretSource};
 use crate::routing::RoutingTable;
 use crate::secrets::{CachedSecrets, WebhookCredentials};
-use crate::telemetry::{self, Metric};
+use crate::telemetry::{self, Metric, MetricScope};
 use auth::AuthMode;
 
 /// What the webhook needs from configuration.
@@ -27,6 +27,8 @@ pub struct WebhookSettings {
     pub max_body_bytes: usize,
     pub timestamp_tolerance: Duration,
     pub routes: RoutingTable,
+    /// The CloudFormation stack: a dimension of every metric.
+    pub stack_name: String,
 }
 
 /// An HTTP answer before it is dressed for API Gateway.
@@ -179,8 +181,13 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         };
         match self.store.create(&key, bytes, "application/json").await {
             Ok(CreateOutcome::Created) => {
+                let scope = MetricScope {
+                    stack: &self.settings.stack_name,
+                    function: "webhook",
+                    target: Some(manifest.target.as_str()),
+                };
                 telemetry::emit(&telemetry::emf_record(
-                    &[("Function", "webhook")],
+                    scope,
                     &[("JobsAccepted", Metric::Count(1.0))],
                     &[("jobId", json!(manifest.job_id)), ("target", json!(manifest.target))],
                 ));
