@@ -134,8 +134,17 @@ pub struct WorkerConfig {
     pub secret_cache_ttl: Duration,
     pub kinaxis: KinaxisOptions,
     pub retry: RetryPolicy,
-    /// Retries stop when less than this is left before the function's timeout.
+    /// Kept free before the function's timeout to record the outcome: every step stops
+    /// this long before it (`RETRY_DEADLINE_MARGIN_SECS`).
     pub deadline_margin: Duration,
+    /// How the jobs queue is told about failures.
+    pub queue: QueueSettings,
+    /// A job older than the latest delivered batch of its file name and target.
+    pub stale_batch: StaleBatch,
+    /// A worksheet with fewer rows is not delivered (`MIN_ROWS`).
+    pub min_rows: u64,
+    /// How long past the function's deadline a lease still holds (`LEASE_GRACE_SECS`).
+    pub lease_grace: Duration,
     pub csv: CsvOptions,
     pub file_names: FileNameTemplate,
     pub sftp: SftpOptions,
@@ -146,7 +155,8 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Variables without a default: the template must set each on the worker function,
     /// and `SFTP_SECRET_ID_<TARGET>` for every target of `ROUTES` and `ROUTE_OVERRIDES`.
-    pub const REQUIRED_VARS: &'static [&'static str] = &["STAGING_BUCKET", "KINAXIS_SECRET_ID", "KINAXIS_BASE_URL"];
+    pub const REQUIRED_VARS: &'static [&'static str] =
+        &["STAGING_BUCKET", "KINAXIS_SECRET_ID", "KINAXIS_BASE_URL", "JOBS_QUEUE_URL", "DEAD_LETTER_QUEUE_URL"];
 
     pub fn from_env() -> Result<Self, Error> {
         Self::from_lookup(&|name| std::env::var(name).ok())
@@ -216,6 +226,27 @@ impl WorkerConfig {
             existing: env.parsed("SFTP_EXISTING_FILE", ExistingFilePolicy::Fail),
             create_dir: env.parsed("SFTP_CREATE_DIR", false),
         };
+        let deadline_margin = env.seconds("RETRY_DEADLINE_MARGIN_SECS", 90);
+        // Async steps are cut at the deadline; a blocking SFTP call is not, and may run one
+        // whole SFTP_IO_TIMEOUT_SECS past it. The margin must cover that and the writes of
+        // the failure record and metric after it.
+        let longest_uncut = sftp.io_timeout + RECORD_OUTCOME_BUDGET;
+        env.check(deadline_margin >= longest_uncut, || {
+            format!(
+                "RETRY_DEADLINE_MARGIN_SECS={} is shorter than SFTP_IO_TIMEOUT_SECS={} plus {} s to record the \
+                 outcome: a job cut by the deadline could die without its failure record",
+                deadline_margin.as_secs(),
+                sftp.io_timeout.as_secs(),
+                RECORD_OUTCOME_BUDGET.as_secs()
+            )
+        });
+        let queue = QueueSettings {
+            jobs_queue_url: env.required("JOBS_QUEUE_URL"),
+            dead_letter_queue_url: env.required("DEAD_LETTER_QUEUE_URL"),
+            max_receive_count: env.parsed("MAX_RECEIVE_COUNT", 5),
+            visibility_delays: visibility_delays(&mut env),
+        };
+        env.check(queue.max_receive_count >= 1, || "MAX_RECEIVE_COUNT must be at least 1".to_owned());
         let config = Self {
             stack_name: stack_name(&env),
             staging_bucket,
@@ -224,13 +255,81 @@ impl WorkerConfig {
             secret_cache_ttl: env.seconds("SECRET_CACHE_TTL_SECS", 300),
             kinaxis,
             retry,
-            deadline_margin: env.seconds("RETRY_DEADLINE_MARGIN_SECS", 30),
+            deadline_margin,
+            queue,
+            stale_batch: env.parsed("STALE_BATCH", StaleBatch::Fail),
+            min_rows: env.parsed("MIN_ROWS", 1),
+            lease_grace: env.seconds("LEASE_GRACE_SECS", 60),
             csv,
             file_names,
             sftp,
             spool_dir: env.get("SPOOL_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
         };
         env.finish(config)
+    }
+}
+
+/// Time kept after the last step to write `failed/` and emit the metric.
+pub const RECORD_OUTCOME_BUDGET: Duration = Duration::from_secs(2);
+
+/// How failures reach the jobs queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    pub jobs_queue_url: String,
+    pub dead_letter_queue_url: String,
+    /// The queue's `maxReceiveCount`: a transient failure on this receive is the last.
+    pub max_receive_count: u32,
+    /// How long a message waits before its next receive, by the receive that failed
+    /// (the last entry repeats): `RETRY_VISIBILITY_SECS`.
+    pub visibility_delays: Vec<Duration>,
+}
+
+impl QueueSettings {
+    /// The wait before the receive after `receive_count` (1-based).
+    pub fn delay_after(&self, receive_count: u32) -> Duration {
+        let index = (receive_count.max(1) as usize - 1).min(self.visibility_delays.len().saturating_sub(1));
+        self.visibility_delays.get(index).copied().unwrap_or(Duration::from_secs(300))
+    }
+}
+
+fn visibility_delays(env: &mut Env<'_>) -> Vec<Duration> {
+    let raw = env.get("RETRY_VISIBILITY_SECS").unwrap_or_else(|| "300,1200,3600".to_owned());
+    let parsed: Result<Vec<Duration>, _> =
+        raw.split(',').map(|s| s.trim().parse::<u64>().map(Duration::from_secs)).collect();
+    match parsed {
+        // SQS caps visibility at 12 hours.
+        Ok(delays) if !delays.is_empty() && delays.iter().all(|d| d.as_secs() <= 43_200) => delays,
+        _ => {
+            env.problems.push(format!(
+                "RETRY_VISIBILITY_SECS={raw:?} must be a comma-separated list of seconds, each at most 43200"
+            ));
+            vec![Duration::from_secs(300)]
+        }
+    }
+}
+
+/// What to do with a job older than the latest batch already delivered for its file name
+/// and target: SAP MRP replaces planned orders with the newest file it reads, so an older
+/// batch delivered after a newer one rolls the plan back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleBatch {
+    /// Not delivered: a permanent failure naming both jobs.
+    Fail,
+    /// Not delivered: the job ends with a receipt that says why.
+    Skip,
+    /// Delivered anyway.
+    Deliver,
+}
+
+impl FromStr for StaleBatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fail" => Ok(Self::Fail),
+            "skip" => Ok(Self::Skip),
+            "deliver" => Ok(Self::Deliver),
+            other => Err(format!("{other:?} is not one of fail, skip, deliver")),
+        }
     }
 }
 
@@ -313,6 +412,8 @@ mod tests {
         ("KINAXIS_BASE_URL", "https://na1.kinaxis.net/ACME"),
         ("SFTP_SECRET_ID_PF2", "pf2"),
         ("SFTP_SECRET_ID_WP2", "wp2"),
+        ("JOBS_QUEUE_URL", "https://sqs/jobs"),
+        ("DEAD_LETTER_QUEUE_URL", "https://sqs/dlq"),
     ];
 
     #[test]
@@ -322,6 +423,33 @@ mod tests {
         assert_eq!(config.sftp_secret_ids.len(), 2);
         assert_eq!(config.kinaxis.pages_in_flight, 4);
         assert_eq!(config.sftp.existing, ExistingFilePolicy::Fail);
+        assert_eq!(config.stale_batch, StaleBatch::Fail);
+        assert_eq!(config.min_rows, 1);
+        assert_eq!(config.queue.max_receive_count, 5);
+        let minutes: Vec<u64> = (1..=4).map(|n| config.queue.delay_after(n).as_secs() / 60).collect();
+        assert_eq!(minutes, [5, 20, 60, 60]);
+    }
+
+    #[test]
+    fn a_deadline_margin_shorter_than_an_uncuttable_sftp_call_is_refused_naming_both_variables() {
+        let mut vars = WORKER.to_vec();
+        vars.extend([("RETRY_DEADLINE_MARGIN_SECS", "30"), ("SFTP_IO_TIMEOUT_SECS", "60")]);
+        let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+        assert!(err.message.contains("RETRY_DEADLINE_MARGIN_SECS=30"), "{}", err.message);
+        assert!(err.message.contains("SFTP_IO_TIMEOUT_SECS=60"), "{}", err.message);
+        // Later entries win in `lookup`: 30 s covers a 20 s SFTP call and the 2 s to record.
+        vars.push(("SFTP_IO_TIMEOUT_SECS", "20"));
+        assert!(WorkerConfig::from_lookup(&lookup(&vars)).is_ok());
+    }
+
+    #[test]
+    fn queue_and_batch_settings_are_validated_by_name() {
+        let mut vars = WORKER.to_vec();
+        vars.extend([("STALE_BATCH", "newest"), ("RETRY_VISIBILITY_SECS", "300,forever"), ("MIN_ROWS", "-1")]);
+        let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+        for name in ["STALE_BATCH", "RETRY_VISIBILITY_SECS", "MIN_ROWS"] {
+            assert!(err.message.contains(name), "{name} missing from {}", err.message);
+        }
     }
 
     #[test]
@@ -342,6 +470,8 @@ mod tests {
             "RETRY_MAX",
             "CSV_DELIMITER",
             "SFTP_EXISTING_FILE",
+            "JOBS_QUEUE_URL",
+            "DEAD_LETTER_QUEUE_URL",
         ] {
             assert!(err.message.contains(name), "{name} missing from {}", err.message);
         }

@@ -26,6 +26,10 @@ pub enum Step {
     Stage,
     Deliver,
     Receipt,
+    /// Taking or releasing the job's lease.
+    Lease,
+    /// Telling the jobs queue (later retry, dead-letter queue).
+    Queue,
 }
 
 impl fmt::Display for Step {
@@ -40,6 +44,8 @@ impl fmt::Display for Step {
             Step::Stage => "stage",
             Step::Deliver => "deliver",
             Step::Receipt => "receipt",
+            Step::Lease => "lease",
+            Step::Queue => "queue",
         };
         f.write_str(name)
     }

@@ -1,5 +1,6 @@
 //! Fetch → CSV: the workbook's worksheets written as CSV files on local disk, page by page
-//! in order, a bounded number of pages in flight, memory independent of the row count.
+//! in order, a bounded number of pages in flight, memory independent of the row count; and
+//! `KinaxisExport`, the Kinaxis adapter of the `WorkbookSource` port.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -14,8 +15,10 @@ use crate::job::{self, FileNameTemplate, Manifest, StagedFile};
 use crate::kinaxis::client::{data_fault, WorksheetRef};
 use crate::kinaxis::model::{NameScope, WorkbookParameters, WorkbookRequest, WorksheetAnswer};
 use crate::kinaxis::page::PageBuffer;
-use crate::kinaxis::KinaxisClient;
+use crate::kinaxis::{KinaxisClient, KinaxisOptions};
+use crate::ports::WorkbookSource;
 use crate::retry::RetryPolicy;
+use crate::secrets::KinaxisCredentials;
 
 /// A CSV written to local disk, ready to stage.
 #[derive(Debug, Clone)]
@@ -30,6 +33,30 @@ pub struct Exporter<'a> {
     pub names: &'a FileNameTemplate,
     pub retry: &'a RetryPolicy,
     pub deadline: Instant,
+}
+
+/// The Kinaxis REST API as a `WorkbookSource`: a client per export (its token lives as long
+/// as the job), pages converted to CSV as they arrive.
+#[derive(Debug, Clone)]
+pub struct KinaxisExport {
+    pub kinaxis: KinaxisOptions,
+    pub csv: CsvOptions,
+    pub names: FileNameTemplate,
+    pub retry: RetryPolicy,
+}
+
+impl WorkbookSource for KinaxisExport {
+    async fn export(
+        &self,
+        manifest: &Manifest,
+        credentials: KinaxisCredentials,
+        dir: &Path,
+        deadline: Instant,
+    ) -> Result<Vec<ExportedFile>> {
+        let client = KinaxisClient::new(credentials, self.kinaxis.clone())?;
+        let exporter = Exporter { client: &client, csv: &self.csv, names: &self.names, retry: &self.retry, deadline };
+        exporter.export(manifest, dir).await
+    }
 }
 
 pub fn workbook_request(manifest: &Manifest) -> WorkbookRequest {
@@ -51,7 +78,8 @@ impl Exporter<'_> {
     /// Writes every worksheet of the job's workbook into `dir`.
     pub async fn export(&self, manifest: &Manifest, dir: &Path) -> Result<Vec<ExportedFile>> {
         let request = workbook_request(manifest);
-        let (answer, _) = self.retry.run(self.deadline, "kinaxis workbook", |_| self.client.workbook(&request)).await?;
+        let (answer, _) =
+            self.retry.run(self.deadline, Step::Fetch, "kinaxis workbook", |_| self.client.workbook(&request)).await?;
         if answer.worksheets.is_empty() {
             return Err(Error::permanent(
                 Step::Fetch,
@@ -157,7 +185,8 @@ impl Exporter<'_> {
 
     async fn fetch_page(&self, sheet: &WorksheetRef, start: u64, rows: u64) -> Result<bytes::Bytes> {
         let what = format!("kinaxis page {start}");
-        let (body, _) = self.retry.run(self.deadline, &what, |_| self.client.page(sheet, start, rows)).await?;
+        let (body, _) =
+            self.retry.run(self.deadline, Step::Fetch, &what, |_| self.client.page(sheet, start, rows)).await?;
         Ok(body)
     }
 
@@ -166,7 +195,7 @@ impl Exporter<'_> {
         let what = format!("kinaxis page {start}");
         let (body, _) = self
             .retry
-            .run(self.deadline, &what, |_| {
+            .run(self.deadline, Step::Fetch, &what, |_| {
                 let what = &what;
                 async move {
                     let body = self.client.page(sheet, start, rows).await?;

@@ -1,4 +1,5 @@
-//! The job: its id, its manifest, the S3 key layout, and the receipt and failure records.
+//! The job: its id, its manifest, the S3 key layout, and the records kept of it (per-file
+//! deliveries, the lease, the latest delivered batch, the receipt, the failure).
 
 use std::collections::BTreeMap;
 
@@ -40,6 +41,19 @@ pub mod keys {
     }
     pub fn failure(job_id: &str) -> String {
         format!("failed/{job_id}.json")
+    }
+    /// What was sent of one file: the intent before the rename, the mark after it.
+    pub fn delivery(job_id: &str, file_name: &str) -> String {
+        format!("deliveries/{job_id}/{file_name}.json")
+    }
+    /// Keeps a job to one runner at a time.
+    pub fn lease(job_id: &str) -> String {
+        format!("locks/{job_id}")
+    }
+    /// The newest batch delivered for a file name to a target, so an older one retried
+    /// later cannot roll SAP's plan back.
+    pub fn latest(target: &str, file_name: &str) -> String {
+        format!("latest/{target}/{file_name}.json")
     }
 
     /// The job id in a manifest key, `jobs/{jobId}.json`.
@@ -99,30 +113,79 @@ pub struct StagedFile {
     pub stats: FileStats,
 }
 
-/// `receipts/{jobId}.json`: the job is done.
+/// `receipts/{jobId}.json`: the job is done, delivered or deliberately not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Receipt {
     pub job_id: String,
     pub target: Target,
-    pub files: Vec<DeliveredFile>,
+    /// Built from the per-file delivery records.
+    pub files: Vec<DeliveryRecord>,
     pub rows: u64,
     pub bytes: u64,
-    /// Attempts of the delivery step (1 when the first try went through).
+    /// Attempts of the delivery step in the run that finished the job.
     pub attempts: u32,
     pub timings_ms: BTreeMap<String, u64>,
     #[serde(with = "time::serde::rfc3339")]
     pub delivered_at: OffsetDateTime,
+    /// Set when the job was not delivered on purpose (`STALE_BATCH=skip`), with why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
+/// Where a file's delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryState {
+    /// The complete temporary is on the server and about to be renamed. With the temporary
+    /// and the final file both gone, it was renamed and SAP has taken it.
+    Intent,
+    /// The final file is (or was) on the server.
+    Delivered,
+    /// The temporary was removed on purpose: nothing of this attempt reached SAP.
+    Abandoned,
+}
+
+/// `deliveries/{jobId}/{file}.json`: one file's delivery, written before and after the rename.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeliveredFile {
+pub struct DeliveryRecord {
+    pub state: DeliveryState,
     #[serde(flatten)]
     pub file: StagedFile,
     pub remote_path: String,
-    /// `false` when the identical file was already there (a redelivery).
+    /// The hidden name the file was written under before the rename.
+    pub temp_name: String,
+    /// The run (1, 2, …) that wrote this record.
+    pub attempt: u32,
+    /// `false` when the identical file was found already there.
     pub uploaded: bool,
+    /// `true` when the delivery was concluded from the intent alone: temporary and final
+    /// file both gone, so the rename happened and SAP took the file.
+    #[serde(default)]
+    pub taken_by_sap: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// `locks/{jobId}`: who runs the job, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseRecord {
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub acquired_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `latest/{target}/{fileName}.json`: the newest batch delivered for that name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LatestDelivery {
+    pub job_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
 }
 
 /// `failed/{jobId}.json`: why the job did not deliver.

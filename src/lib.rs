@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod job;
 pub mod kinaxis;
+pub mod memory;
 pub mod ports;
 pub mod retry;
 pub mod routing;

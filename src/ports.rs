@@ -1,12 +1,19 @@
-//! The seams to the outside world (object store, secrets): the domain talks to these traits,
-//! adapters in `aws/` implement them on the SDK clients.
+//! The seams to the outside world: the staging bucket, secrets, Kinaxis, the SAP folder and
+//! the jobs queue. The domain talks to these traits; adapters implement them on the SDK
+//! clients (`aws/`), reqwest (`export`) and libssh2 (`sftp`), and `memory` implements them
+//! in memory for tests that stop a job at any point.
 
 use std::future::Future;
 use std::path::Path;
+use std::time::Duration;
 
 use secrecy::SecretString;
+use tokio::time::Instant;
 
 use crate::error::Result;
+use crate::export::ExportedFile;
+use crate::job::Manifest;
+use crate::secrets::{KinaxisCredentials, SftpCredentials};
 
 /// Outcome of a conditional create (`If-None-Match: *`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,10 +22,28 @@ pub enum CreateOutcome {
     AlreadyExists,
 }
 
-/// The staging bucket: job manifests, staged CSVs, receipts and failure records.
+/// Outcome of a write guarded by a precondition (an ETag, an absent target name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    Written,
+    /// The precondition no longer held: somebody else changed the object first.
+    Refused,
+}
+
+/// An object with the ETag that a later conditional write names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    pub bytes: Vec<u8>,
+    pub etag: String,
+}
+
+/// The staging bucket: job manifests, staged CSVs, delivery records, leases, receipts and
+/// failure records.
 pub trait ObjectStore: Send + Sync {
     /// The object's bytes, or `None` when there is no such key.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    /// The object with its ETag, or `None` when there is no such key.
+    fn get_tagged(&self, key: &str) -> impl Future<Output = Result<Option<Tagged>>> + Send;
     fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> impl Future<Output = Result<()>> + Send;
     /// Writes only when the key does not exist yet; the store decides atomically.
     fn create(
@@ -27,6 +52,14 @@ pub trait ObjectStore: Send + Sync {
         bytes: Vec<u8>,
         content_type: &str,
     ) -> impl Future<Output = Result<CreateOutcome>> + Send;
+    /// Writes only while the object still has `etag` (`If-Match`); the store decides atomically.
+    fn replace(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        etag: &str,
+    ) -> impl Future<Output = Result<Guarded>> + Send;
     fn exists(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<()>> + Send;
     /// Uploads a local file (multipart when large) without reading it into memory.
@@ -38,4 +71,57 @@ pub trait ObjectStore: Send + Sync {
 /// Secrets Manager: a secret's string by its id.
 pub trait SecretSource: Send + Sync {
     fn secret_string(&self, secret_id: &str) -> impl Future<Output = Result<SecretString>> + Send;
+}
+
+/// Kinaxis: the job's worksheets, fetched and written as CSV files into `dir`, each with its
+/// row count, byte count and SHA-256.
+pub trait WorkbookSource: Send + Sync {
+    fn export(
+        &self,
+        manifest: &Manifest,
+        credentials: KinaxisCredentials,
+        dir: &Path,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<ExportedFile>>> + Send;
+}
+
+/// An SAP system's inbound folder (SFTP). `open` connects and checks the server is the
+/// pinned one; the folder then answers by file name within its directory.
+pub trait FileDrop: Send + Sync {
+    type Folder: RemoteFolder;
+    fn open(&self, credentials: SftpCredentials) -> impl Future<Output = Result<Self::Folder>> + Send;
+}
+
+/// An entry of the remote folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    pub name: String,
+    /// Seconds since the epoch, when the server tells.
+    pub modified: Option<u64>,
+}
+
+/// One open connection to an SAP inbound folder.
+pub trait RemoteFolder: Send {
+    /// The full remote path of `name`, for receipts and logs.
+    fn path_of(&self, name: &str) -> String;
+    /// The size of `name`, `None` when there is no such file.
+    fn size(&mut self, name: &str) -> impl Future<Output = Result<Option<u64>>> + Send;
+    /// The SHA-256 (hex) of `name` read back, `None` when there is no such file.
+    fn sha256(&mut self, name: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Writes the local file to `name`. Stops at `deadline` (checked between chunks) and on
+    /// any failure, removing what it wrote.
+    fn upload(&mut self, local: &Path, name: &str, deadline: Instant) -> impl Future<Output = Result<()>> + Send;
+    /// Renames `from` to `to`; `Refused` when `to` exists (OpenSSH never overwrites on rename).
+    fn rename(&mut self, from: &str, to: &str) -> impl Future<Output = Result<Guarded>> + Send;
+    /// Removes `name`; no error when it is already gone.
+    fn remove(&mut self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn list(&mut self) -> impl Future<Output = Result<Vec<RemoteEntry>>> + Send;
+}
+
+/// The jobs queue and its dead-letter queue, for failures the queue should understand.
+pub trait JobQueue: Send + Sync {
+    /// Keeps the received message invisible for `delay`: its next receive comes then.
+    fn retry_later(&self, receipt_handle: &str, delay: Duration) -> impl Future<Output = Result<()>> + Send;
+    /// Puts the message on the dead-letter queue now, with `reason` as an attribute.
+    fn dead_letter(&self, body: &str, reason: &str) -> impl Future<Output = Result<()>> + Send;
 }

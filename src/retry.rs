@@ -1,5 +1,6 @@
 //! The one retry policy every step uses: transient errors only, exponential backoff with
-//! jitter, `Retry-After` honoured, and never past the caller's deadline.
+//! jitter, `Retry-After` honoured, and every attempt, not only every pause, bounded by the
+//! caller's deadline.
 //!
 //! Hand-written rather than `backon`: the deadline comes from the Lambda context at run
 //! time and a server's `Retry-After` travels inside our error type; both are a few lines here.
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Step};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
@@ -43,19 +44,26 @@ impl RetryPolicy {
         Duration::from_secs_f64((base * scale).min(self.max_delay.as_secs_f64()).max(0.0))
     }
 
-    /// Runs `attempt` until it succeeds, fails permanently, runs out of retries, or the next
-    /// pause would end after `deadline`. Returns the value and the number of attempts made.
-    pub async fn run<T, F, Fut>(&self, deadline: Instant, what: &str, mut attempt: F) -> Result<(T, u32)>
+    /// Runs `attempt` until it succeeds, fails permanently, runs out of retries, or the
+    /// deadline comes: no attempt starts after it, one in flight is cut at it (a transient
+    /// error of `step`), and no pause that would end after it begins. Returns the value and
+    /// the number of attempts made.
+    pub async fn run<T, F, Fut>(&self, deadline: Instant, step: Step, what: &str, mut attempt: F) -> Result<(T, u32)>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let mut made = 0;
         loop {
+            if Instant::now() >= deadline {
+                return Err(deadline_reached(step, what));
+            }
             made += 1;
-            let err: Error = match attempt(made).await {
-                Ok(value) => return Ok((value, made)),
-                Err(err) => err,
+            let outcome = tokio::time::timeout_at(deadline, attempt(made)).await;
+            let err: Error = match outcome {
+                Ok(Ok(value)) => return Ok((value, made)),
+                Ok(Err(err)) => err,
+                Err(_) => return Err(deadline_reached(step, what)),
             };
             if !err.is_transient() || made > self.retries {
                 return Err(err);
@@ -71,10 +79,20 @@ impl RetryPolicy {
     }
 }
 
+/// What a step cut by the deadline reports: transient, since a later run with a whole
+/// invocation ahead of it can finish.
+pub fn deadline_reached(step: Step, what: &str) -> Error {
+    Error::transient(
+        step,
+        format!(
+            "{what}: the invocation's deadline (its timeout less the margin kept to record the outcome) was reached"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Step;
     use std::cell::Cell;
 
     fn fast() -> RetryPolicy {
@@ -113,7 +131,7 @@ mod tests {
     async fn a_transient_failure_that_clears_is_retried_until_it_succeeds() {
         let calls = Cell::new(0);
         let (value, attempts) = fast()
-            .run(far(), "t", |_| {
+            .run(far(), Step::Fetch, "t", |_| {
                 calls.set(calls.get() + 1);
                 let n = calls.get();
                 async move {
@@ -133,7 +151,7 @@ mod tests {
     async fn a_transient_failure_that_persists_gives_up_after_the_configured_retries() {
         let calls = Cell::new(0);
         let err = fast()
-            .run(far(), "t", |_| {
+            .run(far(), Step::Fetch, "t", |_| {
                 calls.set(calls.get() + 1);
                 async { Err::<(), _>(Error::transient(Step::Fetch, "503")) }
             })
@@ -147,7 +165,7 @@ mod tests {
     async fn a_permanent_failure_is_not_retried() {
         let calls = Cell::new(0);
         let err = fast()
-            .run(far(), "t", |_| {
+            .run(far(), Step::Fetch, "t", |_| {
                 calls.set(calls.get() + 1);
                 async { Err::<(), _>(Error::permanent(Step::Fetch, "403")) }
             })
@@ -163,7 +181,7 @@ mod tests {
         let policy =
             RetryPolicy { initial_delay: Duration::from_secs(30), max_delay: Duration::from_secs(300), ..fast() };
         let _ = policy
-            .run(Instant::now() + Duration::from_secs(1), "t", |_| {
+            .run(Instant::now() + Duration::from_secs(1), Step::Fetch, "t", |_| {
                 calls.set(calls.get() + 1);
                 async { Err::<(), _>(Error::transient(Step::Fetch, "503")) }
             })
@@ -176,7 +194,7 @@ mod tests {
         let started = Instant::now();
         let calls = Cell::new(0);
         let _ = fast()
-            .run(far(), "t", |_| {
+            .run(far(), Step::Fetch, "t", |_| {
                 calls.set(calls.get() + 1);
                 let n = calls.get();
                 async move {
@@ -189,5 +207,34 @@ mod tests {
             })
             .await;
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_still_running_at_the_deadline_is_cut_and_named_transient_in_its_step() {
+        let started = Instant::now();
+        let err = fast()
+            .run(Instant::now() + Duration::from_millis(50), Step::Deliver, "sftp upload", |_| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok::<(), Error>(())
+            })
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!((err.class, err.step), (crate::error::ErrorClass::Transient, Step::Deliver));
+        assert!(err.message.contains("sftp upload") && err.message.contains("deadline"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn no_first_attempt_starts_after_the_deadline() {
+        let calls = Cell::new(0);
+        let err = fast()
+            .run(Instant::now() - Duration::from_millis(1), Step::Receipt, "write receipt", |_| {
+                calls.set(calls.get() + 1);
+                async { Ok::<(), Error>(()) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls.get(), 0);
+        assert_eq!(err.step, Step::Receipt);
     }
 }

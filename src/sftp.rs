@@ -1,9 +1,10 @@
-//! SFTP delivery to an SAP system: pinned host key, upload to a temporary name, size check,
-//! fsync, rename; the existing-file policy; libssh2 kept off the async executor.
+//! The SFTP adapter of the `FileDrop` port: pinned host key, authentication, and the folder
+//! operations delivery decides from (size, read-back hash, upload with fsync, rename,
+//! remove, list); libssh2 is blocking and runs on the blocking pool, never on the executor.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -13,6 +14,7 @@ use sha2::{Digest, Sha256};
 use ssh2::{ErrorCode, HashType, OpenFlags, OpenType, Session, Sftp};
 
 use crate::error::{Error, ErrorClass, Result, Step};
+use crate::ports::{FileDrop, Guarded, RemoteEntry, RemoteFolder};
 use crate::secrets::SftpCredentials;
 
 /// What to do when the final file is already on the server.
@@ -64,22 +66,6 @@ impl Default for SftpOptions {
     }
 }
 
-/// The local file to deliver and what it must look like on arrival.
-#[derive(Debug, Clone)]
-pub struct Upload {
-    pub local_path: PathBuf,
-    pub file_name: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub remote_path: String,
-    /// `false`: the identical file was already there.
-    pub uploaded: bool,
-}
-
 /// OpenSSH's fingerprint form: `SHA256:` and the unpadded base64 of the key's SHA-256.
 pub fn fingerprint(key_hash: &[u8]) -> String {
     format!("SHA256:{}", STANDARD_NO_PAD.encode(key_hash))
@@ -88,14 +74,6 @@ pub fn fingerprint(key_hash: &[u8]) -> String {
 fn normalize_fingerprint(pinned: &str) -> String {
     let bare = pinned.trim().trim_start_matches("SHA256:").trim_end_matches('=');
     format!("SHA256:{bare}")
-}
-
-/// Delivers one file; libssh2 is blocking, so it runs on the blocking pool.
-pub async fn deliver(credentials: SftpCredentials, options: SftpOptions, upload: Upload) -> Result<Delivery> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(|| deliver_blocking(&credentials, &options, &upload)))
-        .await
-        .map_err(|e| Error::transient(Step::Deliver, "the SFTP task stopped").caused_by(e))?
 }
 
 fn ssh_error(err: ssh2::Error, what: &str) -> Error {
@@ -162,72 +140,157 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
     Ok(session)
 }
 
-fn deliver_blocking(credentials: &SftpCredentials, options: &SftpOptions, upload: &Upload) -> Result<Delivery> {
-    let session = connect(credentials, options)?;
-    let sftp = session.sftp().map_err(|e| ssh_error(e, "opening the SFTP channel"))?;
-    let dir = credentials.remote_dir.trim_end_matches('/');
-    if options.create_dir {
-        create_dir_all(&sftp, dir)?;
-    }
-    let final_path = format!("{dir}/{}", upload.file_name);
-    // Unique per attempt, so two workers on the same job never write into one file; hidden
-    // and not `.csv`, so SAP's pickup never takes it.
-    let temp_prefix = format!(".{}.", upload.file_name);
-    let temp_path = format!("{dir}/{temp_prefix}{:08x}.part", fastrand::u32(..));
-    let final_ref = Path::new(&final_path);
-
-    if sftp.stat(final_ref).is_ok() {
-        let replace = match options.existing {
-            ExistingFilePolicy::Overwrite => true,
-            ExistingFilePolicy::Fail | ExistingFilePolicy::SkipIfIdentical => {
-                if remote_is_identical(&sftp, final_ref, upload)? {
-                    tracing::info!(remote = %final_path, "the identical file is already delivered");
-                    let _ = session.disconnect(None, "done", None);
-                    return Ok(Delivery { remote_path: final_path, uploaded: false });
-                }
-                options.existing == ExistingFilePolicy::SkipIfIdentical
-            }
-        };
-        if !replace {
-            return Err(Error::permanent(
-                Step::Deliver,
-                format!("{final_path} exists with other content; policy 'fail' leaves it untouched"),
-            ));
-        }
-        tracing::warn!(remote = %final_path, policy = ?options.existing, "removing the existing remote file to replace it");
-        sftp.unlink(final_ref).map_err(|e| ssh_error(e, &format!("removing {final_path} to overwrite it")))?;
-    }
-
-    remove_stale_temporaries(&sftp, dir, &temp_prefix);
-    write_remote(&session, &sftp, &temp_path, upload, options)?;
-
-    let size =
-        sftp.stat(Path::new(&temp_path)).map_err(|e| ssh_error(e, &format!("checking {temp_path}")))?.size.unwrap_or(0);
-    if size != upload.bytes {
-        let _ = sftp.unlink(Path::new(&temp_path));
-        return Err(Error::transient(
-            Step::Deliver,
-            format!("{temp_path} holds {size} bytes after upload, {} sent", upload.bytes),
-        ));
-    }
-    if let Err(err) = sftp.rename(Path::new(&temp_path), final_ref, None) {
-        // OpenSSH (SFTP v3) refuses to rename onto an existing file: someone else delivered.
-        let raced = sftp.stat(final_ref).is_ok();
-        let _ = sftp.unlink(Path::new(&temp_path));
-        if raced && remote_is_identical(&sftp, final_ref, upload)? {
-            return Ok(Delivery { remote_path: final_path, uploaded: false });
-        }
-        return Err(ssh_error(err, &format!("renaming {temp_path} to {final_path}")));
-    }
-    let _ = session.disconnect(None, "delivered", None);
-    Ok(Delivery { remote_path: final_path, uploaded: true })
+/// Connects to SAP folders over SFTP.
+#[derive(Debug, Clone)]
+pub struct SftpDrop {
+    pub options: SftpOptions,
 }
 
-fn write_remote(session: &Session, sftp: &Sftp, temp_path: &str, upload: &Upload, options: &SftpOptions) -> Result<()> {
-    let mut local = std::fs::File::open(&upload.local_path).map_err(|e| {
-        Error::transient(Step::Deliver, format!("opening {}", upload.local_path.display())).caused_by(e)
-    })?;
-    let mut remote = sftp
+impl FileDrop for SftpDrop {
+    type Folder = SftpFolder;
+
+    async fn open(&self, credentials: SftpCredentials) -> Result<SftpFolder> {
+        let options = self.options.clone();
+        let dir = credentials.remote_dir.trim_end_matches('/').to_owned();
+        let span = tracing::Span::current();
+        let connection = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| {
+                let session = connect(&credentials, &options)?;
+                let sftp = session.sftp().map_err(|e| ssh_error(e, "opening the SFTP channel"))?;
+                if options.create_dir {
+                    create_dir_all(&sftp, credentials.remote_dir.trim_end_matches('/'))?;
+                }
+                Ok(Connection { session, sftp, options })
+            })
+        })
+        .await
+        .map_err(|e| Error::transient(Step::Deliver, "the SFTP task stopped").caused_by(e))??;
+        Ok(SftpFolder { dir, connection: Some(connection) })
+    }
+}
+
+struct Connection {
+    session: Session,
+    sftp: Sftp,
+    options: SftpOptions,
+}
+
+/// An open SFTP session on one remote directory. Each operation moves the connection onto
+/// the blocking pool and back; an operation cut short (the deadline) loses the connection,
+/// and later operations say so.
+pub struct SftpFolder {
+    dir: String,
+    connection: Option<Connection>,
+}
+
+impl SftpFolder {
+    async fn blocking<T, F>(&mut self, operation: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let connection = self.connection.take().ok_or_else(|| {
+            Error::transient(Step::Deliver, "the SFTP connection was lost when an earlier operation was cut short")
+        })?;
+        let span = tracing::Span::current();
+        let (connection, result) = tokio::task::spawn_blocking(move || {
+            let result = span.in_scope(|| operation(&connection));
+            (connection, result)
+        })
+        .await
+        .map_err(|e| Error::transient(Step::Deliver, "the SFTP task stopped").caused_by(e))?;
+        self.connection = Some(connection);
+        result
+    }
+}
+
+impl Drop for SftpFolder {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.session.disconnect(None, "done", None);
+        }
+    }
+}
+
+impl RemoteFolder for SftpFolder {
+    fn path_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.dir)
+    }
+
+    async fn size(&mut self, name: &str) -> Result<Option<u64>> {
+        let path = self.path_of(name);
+        self.blocking(move |c| match c.sftp.stat(Path::new(&path)) {
+            Ok(stat) => Ok(Some(stat.size.unwrap_or(0))),
+            Err(err) if err.code() == ErrorCode::SFTP(NO_SUCH_FILE) => Ok(None),
+            Err(err) => Err(ssh_error(err, &format!("checking {path}"))),
+        })
+        .await
+    }
+
+    async fn sha256(&mut self, name: &str) -> Result<Option<String>> {
+        let path = self.path_of(name);
+        self.blocking(move |c| remote_sha256(&c.sftp, &path)).await
+    }
+
+    async fn upload(&mut self, local: &Path, name: &str, deadline: tokio::time::Instant) -> Result<()> {
+        let (local, path) = (local.to_owned(), self.path_of(name));
+        let deadline = deadline.into_std();
+        self.blocking(move |c| {
+            let written = write_remote(c, &local, &path, deadline);
+            if written.is_err() {
+                // Nothing half-written stays behind under a name an attempt could mistake.
+                let _ = c.sftp.unlink(Path::new(&path));
+            }
+            written
+        })
+        .await
+    }
+
+    async fn rename(&mut self, from: &str, to: &str) -> Result<Guarded> {
+        let (from, to) = (self.path_of(from), self.path_of(to));
+        self.blocking(move |c| match c.sftp.rename(Path::new(&from), Path::new(&to), None) {
+            Ok(()) => Ok(Guarded::Written),
+            // OpenSSH (SFTP v3) refuses to rename onto an existing file.
+            Err(_) if c.sftp.stat(Path::new(&to)).is_ok() => Ok(Guarded::Refused),
+            Err(err) => Err(ssh_error(err, &format!("renaming {from} to {to}"))),
+        })
+        .await
+    }
+
+    async fn remove(&mut self, name: &str) -> Result<()> {
+        let path = self.path_of(name);
+        self.blocking(move |c| match c.sftp.unlink(Path::new(&path)) {
+            Ok(()) => Ok(()),
+            Err(err) if err.code() == ErrorCode::SFTP(NO_SUCH_FILE) => Ok(()),
+            Err(err) => Err(ssh_error(err, &format!("removing {path}"))),
+        })
+        .await
+    }
+
+    async fn list(&mut self) -> Result<Vec<RemoteEntry>> {
+        let dir = self.dir.clone();
+        self.blocking(move |c| {
+            let entries = c.sftp.readdir(Path::new(&dir)).map_err(|e| ssh_error(e, &format!("listing {dir}")))?;
+            Ok(entries
+                .into_iter()
+                .filter_map(|(path, stat)| {
+                    let name = path.file_name()?.to_string_lossy().into_owned();
+                    Some(RemoteEntry { name, modified: stat.mtime })
+                })
+                .collect())
+        })
+        .await
+    }
+}
+
+/// SFTP status code of a missing file (SSH_FX_NO_SUCH_FILE).
+const NO_SUCH_FILE: i32 = 2;
+
+fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: Instant) -> Result<()> {
+    let mut local = std::fs::File::open(local_path)
+        .map_err(|e| Error::transient(Step::Deliver, format!("opening {}", local_path.display())).caused_by(e))?;
+    let mut remote = c
+        .sftp
         .open_mode(
             Path::new(temp_path),
             OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
@@ -235,12 +298,18 @@ fn write_remote(session: &Session, sftp: &Sftp, temp_path: &str, upload: &Upload
             OpenType::File,
         )
         .map_err(|e| ssh_error(e, &format!("creating {temp_path}")))?;
-    let mut buffer = vec![0u8; options.write_chunk.max(32 * 1024)];
+    let mut buffer = vec![0u8; c.options.write_chunk.max(32 * 1024)];
     let mut last_keepalive = Instant::now();
+    let mut sent = 0u64;
     loop {
-        let filled = fill(&mut local, &mut buffer).map_err(|e| {
-            Error::transient(Step::Deliver, format!("reading {}", upload.local_path.display())).caused_by(e)
-        })?;
+        if Instant::now() >= deadline {
+            return Err(Error::transient(
+                Step::Deliver,
+                format!("the deadline was reached after {sent} bytes of {temp_path}; the upload stopped"),
+            ));
+        }
+        let filled = fill(&mut local, &mut buffer)
+            .map_err(|e| Error::transient(Step::Deliver, format!("reading {}", local_path.display())).caused_by(e))?;
         if filled == 0 {
             break;
         }
@@ -249,8 +318,9 @@ fn write_remote(session: &Session, sftp: &Sftp, temp_path: &str, upload: &Upload
         remote
             .write_all(&buffer[..filled])
             .map_err(|e| Error::transient(Step::Deliver, format!("writing {temp_path}")).caused_by(e))?;
-        if last_keepalive.elapsed() >= options.keepalive_interval {
-            let _ = session.keepalive_send();
+        sent += filled as u64;
+        if last_keepalive.elapsed() >= c.options.keepalive_interval {
+            let _ = c.session.keepalive_send();
             last_keepalive = Instant::now();
         }
     }
@@ -271,13 +341,13 @@ fn fill(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-fn remote_is_identical(sftp: &Sftp, path: &Path, upload: &Upload) -> Result<bool> {
-    let what = format!("reading back {}", path.display());
-    let size = sftp.stat(path).map_err(|e| ssh_error(e, &what))?.size.unwrap_or(0);
-    if size != upload.bytes {
-        return Ok(false);
-    }
-    let mut remote = sftp.open(path).map_err(|e| ssh_error(e, &what))?;
+fn remote_sha256(sftp: &Sftp, path: &str) -> Result<Option<String>> {
+    let what = format!("reading back {path}");
+    let mut remote = match sftp.open(Path::new(path)) {
+        Ok(remote) => remote,
+        Err(err) if err.code() == ErrorCode::SFTP(NO_SUCH_FILE) => return Ok(None),
+        Err(err) => return Err(ssh_error(err, &what)),
+    };
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
@@ -287,23 +357,7 @@ fn remote_is_identical(sftp: &Sftp, path: &Path, upload: &Upload) -> Result<bool
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(hex::encode(hasher.finalize()) == upload.sha256)
-}
-
-/// Temporaries of this file left by attempts whose connection was cut, once they are old
-/// enough that no attempt can still be writing them.
-fn remove_stale_temporaries(sftp: &Sftp, dir: &str, prefix: &str) {
-    const STALE_AFTER_SECS: u64 = 30 * 60;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let Ok(entries) = sftp.readdir(Path::new(dir)) else { return };
-    for (path, stat) in entries {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let stale = stat.mtime.is_some_and(|mtime| now.saturating_sub(mtime) > STALE_AFTER_SECS);
-        if name.starts_with(prefix) && name.ends_with(".part") && stale {
-            tracing::info!(remote = %path.display(), "removing a stale temporary of a cut upload");
-            let _ = sftp.unlink(&path);
-        }
-    }
+    Ok(Some(hex::encode(hasher.finalize())))
 }
 
 fn create_dir_all(sftp: &Sftp, dir: &str) -> Result<()> {

@@ -1,8 +1,9 @@
-//! Adapters on the AWS SDK: the staging bucket (S3) and Secrets Manager. No SDK type
+//! Adapters on the AWS SDK: the staging bucket (S3), Secrets Manager and the jobs queue (SQS). No SDK type
 //! crosses into the domain; SDK errors become our classed errors here.
 
 pub mod s3;
 pub mod secrets;
+pub mod sqs;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -11,6 +12,7 @@ use crate::error::{Error, ErrorClass, Step};
 
 pub use s3::S3Store;
 pub use secrets::SecretsManager;
+pub use sqs::SqsQueue;
 
 /// The shared SDK configuration: region and credentials from the environment, and
 /// `AWS_ENDPOINT_URL` (the SDK's own variable) pointing every client at a local emulator.

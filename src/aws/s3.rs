@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::classify;
 use crate::error::{Error, Result, Step};
-use crate::ports::{CreateOutcome, ObjectStore};
+use crate::ports::{CreateOutcome, Guarded, ObjectStore, Tagged};
 
 /// Files above this size go up in parts of this size: S3 needs parts of 5 MiB or more,
 /// and one PUT of a large file would be retried whole.
@@ -106,17 +106,45 @@ impl S3Store {
 
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_tagged(key).await?.map(|tagged| tagged.bytes))
+    }
+
+    async fn get_tagged(&self, key: &str) -> Result<Option<Tagged>> {
         let output = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(output) => output,
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(err) => return Err(classify(err, Step::Stage, &format!("reading s3://{}/{key}", self.bucket))),
         };
+        let etag = output.e_tag().unwrap_or_default().to_owned();
         let bytes = output
             .body
             .collect()
             .await
             .map_err(|e| Error::transient(Step::Stage, format!("reading the body of {key}")).caused_by(e))?;
-        Ok(Some(bytes.into_bytes().to_vec()))
+        Ok(Some(Tagged { bytes: bytes.into_bytes().to_vec(), etag }))
+    }
+
+    async fn replace(&self, key: &str, bytes: Vec<u8>, content_type: &str, etag: &str) -> Result<Guarded> {
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .if_match(etag)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(Guarded::Written),
+            // 412: the ETag changed; 409: another conditional write was in flight and won.
+            Err(err) if matches!(precondition_status(&err), Some(412 | 409)) => Ok(Guarded::Refused),
+            // The object was deleted meanwhile: the condition no longer holds either.
+            Err(err) if err.as_service_error().is_some_and(|e| e.meta().code() == Some("NoSuchKey")) => {
+                Ok(Guarded::Refused)
+            }
+            Err(err) => Err(classify(err, Step::Stage, &format!("replacing s3://{}/{key}", self.bucket))),
+        }
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<()> {
@@ -150,19 +178,13 @@ impl ObjectStore for S3Store {
                 Ok(_) => return Ok(CreateOutcome::Created),
                 Err(err) => err,
             };
-            let (status, code) = match &err {
-                SdkErrorRef::ServiceError(service) => (
-                    service.raw().status().as_u16(),
-                    aws_sdk_s3::error::ProvideErrorMetadata::code(service.err()).unwrap_or("").to_owned(),
-                ),
-                _ => (0, String::new()),
-            };
-            if status == 412 || code == "PreconditionFailed" {
-                return Ok(CreateOutcome::AlreadyExists);
-            }
-            if (status == 409 || code == "ConditionalRequestConflict") && pause_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                continue;
+            match precondition_status(&err) {
+                Some(412) => return Ok(CreateOutcome::AlreadyExists),
+                Some(409) if pause_ms > 0 => {
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                    continue;
+                }
+                _ => {}
             }
             return Err(classify(err, Step::Stage, &format!("creating s3://{}/{key}", self.bucket)));
         }
@@ -229,4 +251,20 @@ impl ObjectStore for S3Store {
     }
 }
 
-use aws_sdk_s3::error::SdkError as SdkErrorRef;
+/// The HTTP status of a refused conditional write (412 PreconditionFailed, 409
+/// ConditionalRequestConflict), which the SDK reports as an unmodelled service error.
+fn precondition_status<E: aws_sdk_s3::error::ProvideErrorMetadata>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Option<u16> {
+    let service = match err {
+        aws_sdk_s3::error::SdkError::ServiceError(service) => service,
+        _ => return None,
+    };
+    let status = service.raw().status().as_u16();
+    let code = service.err().code().unwrap_or("");
+    match (status, code) {
+        (412, _) | (_, "PreconditionFailed") => Some(412),
+        (409, _) | (_, "ConditionalRequestConflict") => Some(409),
+        _ => None,
+    }
+}

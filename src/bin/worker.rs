@@ -4,9 +4,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use maestro_relay::aws::{sdk_config, S3Store, SecretsManager};
+use maestro_relay::aws::{sdk_config, S3Store, SecretsManager, SqsQueue};
 use maestro_relay::config::WorkerConfig;
+use maestro_relay::export::KinaxisExport;
 use maestro_relay::secrets::CachedSecrets;
+use maestro_relay::sftp::SftpDrop;
 use maestro_relay::telemetry;
 use maestro_relay::worker::Worker;
 use serde_json::Value;
@@ -17,12 +19,21 @@ async fn main() -> Result<(), Error> {
     let config = WorkerConfig::from_env().inspect_err(|e| tracing::error!(error = %e.chain(), "cannot start"))?;
     let aws = sdk_config().await;
     let secrets = CachedSecrets::new(SecretsManager::from_sdk_config(&aws), config.secret_cache_ttl);
-    let worker = Worker::new(S3Store::from_sdk_config(&aws, &config.staging_bucket), secrets, config);
+    let source = KinaxisExport {
+        kinaxis: config.kinaxis.clone(),
+        csv: config.csv.clone(),
+        names: config.file_names.clone(),
+        retry: config.retry.clone(),
+    };
+    let drop = SftpDrop { options: config.sftp.clone() };
+    let queue = SqsQueue::from_sdk_config(&aws, &config.queue.jobs_queue_url, &config.queue.dead_letter_queue_url);
+    let store = S3Store::from_sdk_config(&aws, &config.staging_bucket);
+    let worker = Worker::new(store, secrets, source, drop, queue, config);
     let worker = &worker;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let remaining = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
-        worker.handle_event(&event.payload, worker.retry_deadline(remaining)).await
+        worker.handle_event(&event.payload, tokio::time::Instant::now() + remaining).await
     }))
     .await
 }

@@ -1,0 +1,70 @@
+//! The jobs queue on SQS: a later retry by message visibility, and the dead-letter queue
+//! written at once for a job that will not be tried again.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+use aws_sdk_sqs::Client;
+
+use super::classify;
+use crate::error::{Error, Result, Step};
+use crate::ports::JobQueue;
+
+/// SQS caps a message's visibility at 12 hours.
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// SQS caps a message attribute value, and ops need only the head of the reason.
+const MAX_REASON_CHARS: usize = 1000;
+
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: Client,
+    jobs_queue_url: String,
+    dead_letter_queue_url: String,
+}
+
+impl SqsQueue {
+    pub fn from_sdk_config(
+        config: &aws_config::SdkConfig,
+        jobs_queue_url: impl Into<String>,
+        dead_letter_queue_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            client: Client::new(config),
+            jobs_queue_url: jobs_queue_url.into(),
+            dead_letter_queue_url: dead_letter_queue_url.into(),
+        }
+    }
+}
+
+impl JobQueue for SqsQueue {
+    async fn retry_later(&self, receipt_handle: &str, delay: Duration) -> Result<()> {
+        let seconds = delay.min(MAX_VISIBILITY).as_secs() as i32;
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.jobs_queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Queue, "delaying the message's next receive"))?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, body: &str, reason: &str) -> Result<()> {
+        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        let attribute = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(reason)
+            .build()
+            .map_err(|e| Error::permanent(Step::Queue, "building the dead-letter reason").caused_by(e))?;
+        self.client
+            .send_message()
+            .queue_url(&self.dead_letter_queue_url)
+            .message_body(body)
+            .message_attributes("FailureReason", attribute)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Queue, "sending the message to the dead-letter queue"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! Exactly-once delivery of one file into an SAP folder that SAP empties on its own.
+//!
+//! The remote folder cannot tell whether a file was delivered (SAP's pickup moves it within
+//! minutes), so what was sent is recorded in S3: the intent (temporary name, final name,
+//! size, SHA-256) after the temporary is complete and before the rename, the delivered mark
+//! after it. A later attempt decides from the record and the folder:
+//! - delivered mark → nothing to do;
+//! - intent, final file there and identical → delivered;
+//! - intent, temporary there and complete → finish the rename;
+//! - intent, temporary and final both gone → it was renamed and SAP took it: delivered, not
+//!   sent again (an abandoned temporary is recorded as such before it is removed, so its
+//!   absence is never read as a rename);
+//! - no record (or abandoned) → the existing-file policy, then upload, intent, rename, mark.
+
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result, Step};
+use crate::export::ExportedFile;
+use crate::job::{keys, DeliveryRecord, DeliveryState};
+use crate::ports::{Guarded, ObjectStore, RemoteFolder};
+use crate::sftp::ExistingFilePolicy;
+
+/// Temporaries of cut uploads older than this are removed: no attempt still writes them.
+const STALE_TEMPORARY_SECS: u64 = 30 * 60;
+
+/// The record of one file, `None` when no attempt got as far as the intent.
+pub async fn record(store: &impl ObjectStore, job_id: &str, file_name: &str) -> Result<Option<DeliveryRecord>> {
+    let key = keys::delivery(job_id, file_name);
+    let Some(bytes) = store.get(&key).await.map_err(|e| e.at(Step::Deliver))? else { return Ok(None) };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::permanent(Step::Deliver, format!("{key} is not a valid delivery record")).caused_by(e))
+}
+
+async fn write(store: &impl ObjectStore, job_id: &str, record: &DeliveryRecord) -> Result<()> {
+    let key = keys::delivery(job_id, &record.file.file_name);
+    let bytes = serde_json::to_vec_pretty(record)
+        .map_err(|e| Error::permanent(Step::Deliver, "serialising a delivery record").caused_by(e))?;
+    store.put(&key, bytes, "application/json").await.map_err(|e| e.at(Step::Deliver))
+}
+
+/// What one delivery works with.
+pub struct FileDelivery<'a, S> {
+    pub store: &'a S,
+    pub job_id: &'a str,
+    pub file: &'a ExportedFile,
+    pub policy: ExistingFilePolicy,
+    /// This run's number among the file's attempts.
+    pub attempt: u32,
+    pub deadline: Instant,
+}
+
+impl<S: ObjectStore> FileDelivery<'_, S> {
+    /// Delivers the file once, whatever earlier attempts left behind; returns the
+    /// delivered record.
+    pub async fn run(&self, folder: &mut impl RemoteFolder, earlier: Option<DeliveryRecord>) -> Result<DeliveryRecord> {
+        match earlier {
+            Some(record) if record.state == DeliveryState::Delivered => Ok(record),
+            Some(record) if record.state == DeliveryState::Intent => self.resume(folder, record).await,
+            Some(record) => {
+                // Abandoned: its temporary may still be there if the removal was cut.
+                folder.remove(&record.temp_name).await?;
+                self.fresh(folder).await
+            }
+            None => self.fresh(folder).await,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.file.file.file_name
+    }
+
+    fn new_record(&self, folder: &impl RemoteFolder, state: DeliveryState, temp_name: &str) -> DeliveryRecord {
+        DeliveryRecord {
+            state,
+            file: self.file.file.clone(),
+            remote_path: folder.path_of(self.name()),
+            temp_name: temp_name.to_owned(),
+            attempt: self.attempt,
+            uploaded: true,
+            taken_by_sap: false,
+            updated_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    async fn delivered(&self, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
+        record.state = DeliveryState::Delivered;
+        record.updated_at = OffsetDateTime::now_utc();
+        write(self.store, self.job_id, &record).await?;
+        Ok(record)
+    }
+
+    async fn identical(&self, folder: &mut impl RemoteFolder, name: &str) -> Result<bool> {
+        let stats = &self.file.file.stats;
+        if folder.size(name).await? != Some(stats.bytes) {
+            return Ok(false);
+        }
+        Ok(folder.sha256(name).await?.as_deref() == Some(stats.sha256.as_str()))
+    }
+
+    async fn resume(&self, folder: &mut impl RemoteFolder, record: DeliveryRecord) -> Result<DeliveryRecord> {
+        let name = self.name().to_owned();
+        let temp = record.temp_name.clone();
+        let final_present = folder.size(&name).await?.is_some();
+        if final_present {
+            if self.identical(folder, &name).await? {
+                tracing::info!(remote = %record.remote_path, "the rename of an earlier attempt went through");
+                folder.remove(&temp).await?;
+                return self.delivered(record).await;
+            }
+            if self.policy == ExistingFilePolicy::Fail {
+                return Err(Error::permanent(
+                    Step::Deliver,
+                    format!("{} exists with other content; policy 'fail' leaves it untouched", record.remote_path),
+                ));
+            }
+        }
+        match folder.size(&temp).await? {
+            Some(size) if size == self.file.file.stats.bytes => {
+                tracing::info!(remote = %record.remote_path, "finishing the rename an earlier attempt began");
+                if final_present {
+                    tracing::warn!(remote = %record.remote_path, policy = ?self.policy, "removing the existing remote file to replace it");
+                    folder.remove(&name).await?;
+                }
+                self.rename(folder, record).await
+            }
+            Some(size) => {
+                tracing::warn!(temp, size, "the earlier attempt's temporary is incomplete; sending again");
+                self.abandon(folder, record).await?;
+                self.fresh(folder).await
+            }
+            None if final_present => {
+                // Another file stands under the name and ours is not there to rename: the
+                // earlier rename cannot have happened. Send again under the policy.
+                self.abandon(folder, record).await?;
+                self.fresh(folder).await
+            }
+            None => {
+                tracing::warn!(
+                    remote = %record.remote_path,
+                    attempt = record.attempt,
+                    "the intent was recorded and neither the temporary nor the file is there: the rename went \
+                     through and SAP has taken the file; not sent again"
+                );
+                let mut record = record;
+                record.taken_by_sap = true;
+                self.delivered(record).await
+            }
+        }
+    }
+
+    /// Records the temporary as abandoned, then removes it: never the other way round, or
+    /// its absence could be read as a rename.
+    async fn abandon(&self, folder: &mut impl RemoteFolder, mut record: DeliveryRecord) -> Result<()> {
+        record.state = DeliveryState::Abandoned;
+        record.updated_at = OffsetDateTime::now_utc();
+        write(self.store, self.job_id, &record).await?;
+        folder.remove(&record.temp_name).await
+    }
+
+    async fn fresh(&self, folder: &mut impl RemoteFolder) -> Result<DeliveryRecord> {
+        let name = self.name().to_owned();
+        let mut replace = false;
+        if folder.size(&name).await?.is_some() {
+            match self.policy {
+                ExistingFilePolicy::Overwrite => replace = true,
+                ExistingFilePolicy::Fail | ExistingFilePolicy::SkipIfIdentical => {
+                    if self.identical(folder, &name).await? {
+                        tracing::info!(remote = %folder.path_of(&name), "the identical file is already there");
+                        let mut record = self.new_record(folder, DeliveryState::Delivered, "");
+                        record.uploaded = false;
+                        return self.delivered(record).await;
+                    }
+                    if self.policy == ExistingFilePolicy::Fail {
+                        return Err(Error::permanent(
+                            Step::Deliver,
+                            format!(
+                                "{} exists with other content; policy 'fail' leaves it untouched",
+                                folder.path_of(&name)
+                            ),
+                        ));
+                    }
+                    replace = true;
+                }
+            }
+        }
+        self.remove_stale_temporaries(folder).await;
+
+        // Hidden and not `.csv`, so SAP's pickup never takes it; unique per attempt.
+        let temp = format!(".{name}.{}-{:08x}.part", self.attempt, fastrand::u32(..));
+        folder.upload(&self.file.path, &temp, self.deadline).await?;
+        let size = folder.size(&temp).await?;
+        if size != Some(self.file.file.stats.bytes) {
+            folder.remove(&temp).await?;
+            return Err(Error::transient(
+                Step::Deliver,
+                format!("{temp} holds {size:?} bytes after upload, {} sent", self.file.file.stats.bytes),
+            ));
+        }
+        let record = self.new_record(folder, DeliveryState::Intent, &temp);
+        if let Err(err) = write(self.store, self.job_id, &record).await {
+            // Without the intent the rename must not happen; nothing reached SAP.
+            let _ = folder.remove(&temp).await;
+            return Err(err);
+        }
+        if replace {
+            tracing::warn!(remote = %record.remote_path, policy = ?self.policy, "removing the existing remote file to replace it");
+            folder.remove(&name).await?;
+        }
+        self.rename(folder, record).await
+    }
+
+    async fn rename(&self, folder: &mut impl RemoteFolder, record: DeliveryRecord) -> Result<DeliveryRecord> {
+        let name = self.name().to_owned();
+        match folder.rename(&record.temp_name, &name).await? {
+            Guarded::Written => self.delivered(record).await,
+            Guarded::Refused if self.identical(folder, &name).await? => {
+                folder.remove(&record.temp_name).await?;
+                let mut record = record;
+                record.uploaded = false;
+                self.delivered(record).await
+            }
+            Guarded::Refused => {
+                let path = record.remote_path.clone();
+                self.abandon(folder, record).await?;
+                Err(Error::permanent(
+                    Step::Deliver,
+                    format!("{path} appeared with other content while delivering; left untouched"),
+                ))
+            }
+        }
+    }
+
+    /// Temporaries of this file left by attempts whose connection was cut, once no attempt
+    /// can still be writing them. Best effort: a failure here delays nothing.
+    async fn remove_stale_temporaries(&self, folder: &mut impl RemoteFolder) {
+        let prefix = format!(".{}.", self.name());
+        let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+        let Ok(entries) = folder.list().await else { return };
+        for entry in entries {
+            let stale = entry.modified.is_some_and(|m| now.saturating_sub(m) > STALE_TEMPORARY_SECS);
+            if entry.name.starts_with(&prefix) && entry.name.ends_with(".part") && stale {
+                tracing::info!(remote = %folder.path_of(&entry.name), "removing a stale temporary of a cut upload");
+                let _ = folder.remove(&entry.name).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! What invokes the worker: an SQS batch of S3 notifications for `jobs/…`, or a console
+//! re-run `{"jobKey": "jobs/<jobId>.json"}`; decoded into typed events.
+
+use aws_lambda_events::s3::S3Entity;
+use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result, Step};
+use crate::job::keys;
+
+/// The worker's invocation.
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    Queue(SqsEvent),
+    /// An operator's re-run from the Lambda console's Test tab.
+    Console {
+        job_key: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct ConsoleRerun {
+    #[serde(rename = "jobKey")]
+    job_key: String,
+}
+
+impl WorkerEvent {
+    pub fn decode(event: Value) -> Result<Self> {
+        if event.get("Records").is_some() {
+            let batch: SqsEvent = serde_json::from_value(event)
+                .map_err(|e| Error::permanent(Step::Manifest, "the event is not an SQS batch").caused_by(e))?;
+            return Ok(Self::Queue(batch));
+        }
+        if event.get("jobKey").is_some() {
+            let rerun: ConsoleRerun = serde_json::from_value(event).map_err(|e| {
+                Error::permanent(Step::Manifest, "jobKey must be a string such as \"jobs/<jobId>.json\"").caused_by(e)
+            })?;
+            return Ok(Self::Console { job_key: rerun.job_key });
+        }
+        Err(Error::permanent(
+            Step::Manifest,
+            "the event is neither an SQS batch nor {\"jobKey\": \"jobs/<jobId>.json\"}",
+        ))
+    }
+}
+
+/// An S3 event notification as the queue carries it. Only `s3` of each record is read, as
+/// `aws_lambda_events`' `S3Entity`: its `S3EventRecord` also requires `userIdentity` and
+/// `requestParameters`, which the worker never reads and the local stand-in (moto) omits.
+#[derive(Deserialize)]
+struct Notification {
+    #[serde(rename = "Event", default)]
+    event: Option<String>,
+    #[serde(rename = "Records", default)]
+    records: Vec<NotificationRecord>,
+}
+
+#[derive(Deserialize)]
+struct NotificationRecord {
+    s3: S3Entity,
+}
+
+/// How many times SQS has handed this message out, this time included.
+pub fn receive_count(message: &SqsMessage) -> u32 {
+    message.attributes.get("ApproximateReceiveCount").and_then(|n| n.parse().ok()).unwrap_or(1).max(1)
+}
+
+/// The job manifests a queue message names: none for S3's `s3:TestEvent`; keys of other
+/// objects are skipped with a warning.
+pub fn job_keys(body: &str) -> Result<Vec<String>> {
+    let notification: Notification = serde_json::from_str(body).map_err(|e| {
+        Error::permanent(Step::Manifest, "the SQS message is not an S3 event notification").caused_by(e)
+    })?;
+    if notification.event.as_deref() == Some("s3:TestEvent") {
+        tracing::info!("S3 test event acknowledged");
+        return Ok(Vec::new());
+    }
+    if notification.records.is_empty() {
+        return Err(Error::permanent(Step::Manifest, "the S3 event notification has no records"));
+    }
+    let mut job_keys = Vec::new();
+    for record in notification.records {
+        let encoded = record
+            .s3
+            .object
+            .key
+            .ok_or_else(|| Error::permanent(Step::Manifest, "an S3 notification record has no object key"))?;
+        let key = decode_s3_key(&encoded);
+        if keys::job_id_of_manifest(&key).is_none() {
+            tracing::warn!(key, "notification for an object that is not a job manifest; ignored");
+            continue;
+        }
+        job_keys.push(key);
+    }
+    Ok(job_keys)
+}
+
+/// S3 notifications carry the key form-URL-encoded (`jobs%2F….json`, `+` for a space).
+fn decode_s3_key(encoded: &str) -> String {
+    // `+` first: an encoded plus (`%2B`) must survive as `+`.
+    let spaced = encoded.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_queue_fixture_decodes_to_one_job_key_with_its_receive_count() {
+        let WorkerEvent::Queue(batch) = WorkerEvent::decode(fixture("worker-sqs-job.json")).unwrap() else {
+            panic!("not a queue event")
+        };
+        let message = &batch.records[0];
+        assert_eq!(receive_count(message), 1);
+        let keys = job_keys(message.body.as_deref().unwrap()).unwrap();
+        assert_eq!(keys, ["jobs/0123456789abcdef0123456789abcdef.json"]);
+    }
+
+    #[test]
+    fn s3s_test_event_names_no_job_and_the_console_rerun_names_its_key() {
+        let WorkerEvent::Queue(batch) = WorkerEvent::decode(fixture("worker-sqs-s3-test-event.json")).unwrap() else {
+            panic!("not a queue event")
+        };
+        assert!(job_keys(batch.records[0].body.as_deref().unwrap()).unwrap().is_empty());
+        let WorkerEvent::Console { job_key } = WorkerEvent::decode(fixture("worker-direct-rerun.json")).unwrap() else {
+            panic!("not a console event")
+        };
+        assert!(job_key.starts_with("jobs/"));
+    }
+
+    #[test]
+    fn keys_are_form_url_decoded_and_other_objects_are_skipped() {
+        assert_eq!(decode_s3_key("jobs%2Fab.json"), "jobs/ab.json");
+        assert_eq!(decode_s3_key("a+b%2Bc"), "a b+c");
+        let body = r#"{"Records":[{"s3":{"bucket":{"name":"b"},"object":{"key":"staging%2Fx.csv"}}}]}"#;
+        assert!(job_keys(body).unwrap().is_empty());
+    }
+
+    #[test]
+    fn anything_else_is_a_permanent_manifest_error() {
+        for event in [serde_json::json!({"hello": 1}), serde_json::json!({"jobKey": 7})] {
+            let err = WorkerEvent::decode(event).unwrap_err();
+            assert_eq!((err.class, err.step), (crate::error::ErrorClass::Permanent, Step::Manifest));
+        }
+        assert!(job_keys("not json").is_err());
+        assert!(job_keys(r#"{"Records": []}"#).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! One runner per job: a lease object `locks/{jobId}` taken with a conditional create before
+//! any work, held until the run's deadline (plus a grace), taken over with `If-Match` only
+//! once it has expired, and removed by its holder when the run ends.
+
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result, Step};
+use crate::job::{keys, LeaseRecord};
+use crate::ports::{CreateOutcome, Guarded, ObjectStore};
+
+/// What trying to take the lease gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    Held,
+    /// Another run holds it until then.
+    Busy {
+        owner: String,
+        until: OffsetDateTime,
+    },
+}
+
+pub async fn acquire(store: &impl ObjectStore, job_id: &str, record: &LeaseRecord) -> Result<Lease> {
+    let key = keys::lease(job_id);
+    let bytes =
+        serde_json::to_vec(record).map_err(|e| Error::permanent(Step::Lease, "serialising the lease").caused_by(e))?;
+    // Twice: a lease released between our create and our read is simply free again.
+    for _ in 0..2 {
+        let created = store.create(&key, bytes.clone(), "application/json").await.map_err(|e| e.at(Step::Lease))?;
+        if created == CreateOutcome::Created {
+            return Ok(Lease::Held);
+        }
+        let Some(current) = store.get_tagged(&key).await.map_err(|e| e.at(Step::Lease))? else { continue };
+        match serde_json::from_slice::<LeaseRecord>(&current.bytes) {
+            Ok(held) if held.expires_at > record.acquired_at => {
+                return Ok(Lease::Busy { owner: held.owner, until: held.expires_at });
+            }
+            Ok(held) => tracing::warn!(owner = %held.owner, expired = %held.expires_at, "taking over an expired lease"),
+            Err(err) => tracing::warn!(error = %err, "taking over an unreadable lease"),
+        }
+        return match store
+            .replace(&key, bytes, "application/json", &current.etag)
+            .await
+            .map_err(|e| e.at(Step::Lease))?
+        {
+            Guarded::Written => Ok(Lease::Held),
+            // Somebody else took it over first.
+            Guarded::Refused => match store.get(&key).await.map_err(|e| e.at(Step::Lease))? {
+                Some(bytes) => {
+                    let held: LeaseRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                        Error::transient(Step::Lease, "the lease changed hands and cannot be read").caused_by(e)
+                    })?;
+                    Ok(Lease::Busy { owner: held.owner, until: held.expires_at })
+                }
+                None => Err(Error::transient(Step::Lease, "the lease changed hands twice while being taken")),
+            },
+        };
+    }
+    Err(Error::transient(Step::Lease, "the lease kept appearing and disappearing while being taken"))
+}
+
+/// Removes the lease if this run still holds it.
+pub async fn release(store: &impl ObjectStore, job_id: &str, owner: &str) {
+    let key = keys::lease(job_id);
+    let held_by_us = match store.get(&key).await {
+        Ok(Some(bytes)) => serde_json::from_slice::<LeaseRecord>(&bytes).is_ok_and(|l| l.owner == owner),
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(error = %err.chain(), "could not read the lease to release it; it expires by itself");
+            false
+        }
+    };
+    if held_by_us {
+        if let Err(err) = store.delete(&key).await {
+            tracing::warn!(error = %err.chain(), "could not release the lease; it expires by itself");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryStore;
+    use time::Duration;
+
+    fn lease(owner: &str, now: OffsetDateTime, seconds: i64) -> LeaseRecord {
+        LeaseRecord { owner: owner.into(), acquired_at: now, expires_at: now + Duration::seconds(seconds) }
+    }
+
+    #[tokio::test]
+    async fn a_held_lease_keeps_a_second_runner_out_until_it_expires_or_is_released() {
+        let store = MemoryStore::new();
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(acquire(&store, "j", &lease("a", now, 900)).await.unwrap(), Lease::Held);
+        let busy = acquire(&store, "j", &lease("b", now, 900)).await.unwrap();
+        assert!(matches!(busy, Lease::Busy { ref owner, .. } if owner == "a"), "{busy:?}");
+
+        // b's release does not remove a's lease; a's does.
+        release(&store, "j", "b").await;
+        assert!(matches!(acquire(&store, "j", &lease("b", now, 900)).await.unwrap(), Lease::Busy { .. }));
+        release(&store, "j", "a").await;
+        assert_eq!(acquire(&store, "j", &lease("b", now, 900)).await.unwrap(), Lease::Held);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_by_exactly_one_of_two_runners() {
+        let store = MemoryStore::new();
+        let then = OffsetDateTime::now_utc() - Duration::hours(2);
+        assert_eq!(acquire(&store, "j", &lease("dead", then, 900)).await.unwrap(), Lease::Held);
+        let now = OffsetDateTime::now_utc();
+        let (b_lease, c_lease) = (lease("b", now, 900), lease("c", now, 900));
+        let (b, c) = tokio::join!(acquire(&store, "j", &b_lease), acquire(&store, "j", &c_lease));
+        let held = [b.unwrap(), c.unwrap()].iter().filter(|l| **l == Lease::Held).count();
+        assert_eq!(held, 1);
+    }
+}

@@ -1,0 +1,620 @@
+//! The worker's job lifecycle: receipt? → lease → fetch → CSV → stage → deliver each file
+//! once → receipt, every step bounded by the invocation's deadline, every end reported; and
+//! what the jobs queue is told (retry later, or the dead-letter queue now).
+
+pub mod delivery;
+pub mod event;
+pub mod lease;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsMessage;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::config::{StaleBatch, WorkerConfig};
+use crate::error::{Error, ErrorClass, Result, Step};
+use crate::export::ExportedFile;
+use crate::job::{
+    keys, DeliveryRecord, DeliveryState, FailureRecord, LatestDelivery, LeaseRecord, Manifest, Receipt, StagedFile,
+};
+use crate::ports::{CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, SecretSource, WorkbookSource};
+use crate::retry::deadline_reached;
+use crate::secrets::{CachedSecrets, KinaxisCredentials, SftpCredentials};
+use crate::telemetry::{self, Metric, MetricScope};
+use delivery::FileDelivery;
+use event::WorkerEvent;
+use lease::Lease;
+use report::JobEnd;
+
+/// How a job was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The queue's message, handed out for the `receive_count`-th time. A job that already
+    /// failed permanently fails again at once.
+    Queue { receive_count: u32 },
+    /// An operator's re-run from the console: always tries again.
+    Console,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Delivered(Receipt),
+    AlreadyDelivered,
+    /// Not delivered on purpose (`STALE_BATCH=skip`); the receipt says why.
+    Skipped(Receipt),
+    /// Another run holds the job's lease: nothing was done, nothing recorded.
+    Busy {
+        owner: String,
+        until: OffsetDateTime,
+    },
+}
+
+pub struct Worker<S, K, W, D, Q> {
+    store: S,
+    secrets: CachedSecrets<K>,
+    source: W,
+    drop: D,
+    queue: Q,
+    config: WorkerConfig,
+}
+
+/// What one run of a job knows while it runs; kept outside the steps so that a run cut by
+/// the deadline can still report where it was.
+struct Run {
+    job_id: String,
+    /// This run's name on the lease.
+    owner: String,
+    trigger: Trigger,
+    /// Every step ends by then: the function's deadline less the margin.
+    work_deadline: Instant,
+    /// The function's own deadline, on the wall clock (for the lease).
+    function_deadline_utc: OffsetDateTime,
+    step: Mutex<Step>,
+    target: Mutex<Option<String>>,
+    timings: Mutex<BTreeMap<String, u64>>,
+    lease_held: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Run {
+    fn at(&self, step: Step) {
+        *lock(&self.step) = step;
+    }
+    fn time(&self, step: &str, since: Instant) {
+        lock(&self.timings).insert(step.to_owned(), since.elapsed().as_millis() as u64);
+    }
+}
+
+impl<S, K, W, D, Q> Worker<S, K, W, D, Q>
+where
+    S: ObjectStore,
+    K: SecretSource,
+    W: WorkbookSource,
+    D: FileDrop,
+    Q: JobQueue,
+{
+    pub fn new(store: S, secrets: CachedSecrets<K>, source: W, drop: D, queue: Q, config: WorkerConfig) -> Self {
+        Self { store, secrets, source, drop, queue, config }
+    }
+
+    /// The Lambda entry; `deadline` is the invocation's own. An SQS batch answers its
+    /// failed items (`ReportBatchItemFailures`); a console re-run answers the outcome or
+    /// fails the invocation.
+    pub async fn handle_event(&self, event: &Value, deadline: Instant) -> Result<Value> {
+        match WorkerEvent::decode(event.clone())? {
+            WorkerEvent::Queue(batch) => {
+                let mut failures = Vec::new();
+                for message in &batch.records {
+                    if !self.handle_message(message, deadline).await {
+                        failures.push(json!({"itemIdentifier": message.message_id.as_deref().unwrap_or_default()}));
+                    }
+                }
+                Ok(json!({"batchItemFailures": failures}))
+            }
+            WorkerEvent::Console { job_key } => match self.run_job(&job_key, deadline, Trigger::Console).await? {
+                JobOutcome::Delivered(receipt) => Ok(json!({"status": "delivered", "receipt": receipt})),
+                JobOutcome::AlreadyDelivered => Ok(json!({"status": "already-delivered"})),
+                JobOutcome::Skipped(receipt) => Ok(json!({"status": "skipped", "receipt": receipt})),
+                JobOutcome::Busy { owner, until } => Err(Error::transient(
+                    Step::Lease,
+                    format!("another run ({owner}) holds the job's lease until {until}; try again after it"),
+                )),
+            },
+        }
+    }
+
+    /// One queue message; `true` when it is done with (acknowledged), `false` when SQS must
+    /// hand it out again.
+    async fn handle_message(&self, message: &SqsMessage, deadline: Instant) -> bool {
+        let receive_count = event::receive_count(message);
+        let body = message.body.as_deref().unwrap_or_default();
+        let job_keys = match event::job_keys(body) {
+            Ok(keys) => keys,
+            Err(err) => {
+                tracing::error!(error = %err.chain(), "a message that names no job; sent to the dead-letter queue");
+                let scope = MetricScope { stack: &self.config.stack_name, function: "worker", target: None };
+                let metrics = [("JobsFailed", Metric::Count(1.0)), ("JobsFailedFinal", Metric::Count(1.0))];
+                telemetry::emit(&telemetry::emf_record(scope, &metrics, &[]));
+                return self.dead_letter(body, &err).await;
+            }
+        };
+        for job_key in job_keys {
+            let trigger = Trigger::Queue { receive_count };
+            match self.run_job(&job_key, deadline, trigger).await {
+                Ok(JobOutcome::Busy { .. }) => return self.retry_later(message, receive_count).await,
+                Ok(_) => {}
+                Err(err) if self.is_final(&err, trigger) => return self.dead_letter(body, &err).await,
+                Err(_) => return self.retry_later(message, receive_count).await,
+            }
+        }
+        true
+    }
+
+    /// A failure no automatic retry will follow: permanent, a console run, or the queue's
+    /// last receive.
+    fn is_final(&self, err: &Error, trigger: Trigger) -> bool {
+        match trigger {
+            _ if !err.is_transient() => true,
+            Trigger::Console => true,
+            Trigger::Queue { receive_count } => receive_count >= self.config.queue.max_receive_count,
+        }
+    }
+
+    /// Sends the message to the dead-letter queue now, so its alarm fires now rather than
+    /// after every redelivery, and acknowledges it; if that fails, the queue's own redrive
+    /// still moves it there in the end.
+    async fn dead_letter(&self, body: &str, err: &Error) -> bool {
+        match self.queue.dead_letter(body, &err.chain()).await {
+            Ok(()) => true,
+            Err(queue_err) => {
+                tracing::error!(error = %queue_err.chain(), "could not send the message to the dead-letter queue; failing it instead");
+                false
+            }
+        }
+    }
+
+    /// Fails the message and keeps it invisible for the configured wait.
+    async fn retry_later(&self, message: &SqsMessage, receive_count: u32) -> bool {
+        let delay = self.config.queue.delay_after(receive_count);
+        if let Some(handle) = message.receipt_handle.as_deref() {
+            match self.queue.retry_later(handle, delay).await {
+                Ok(()) => tracing::info!(receive_count, retry_in_s = delay.as_secs(), "the job is tried again later"),
+                Err(err) => {
+                    tracing::warn!(error = %err.chain(), "could not delay the message; the queue's visibility timeout applies")
+                }
+            }
+        }
+        false
+    }
+
+    /// Runs one job to its end state: delivered with a receipt, deliberately skipped, or
+    /// failed with a record; or not at all while another run holds it.
+    pub async fn run_job(&self, job_key: &str, deadline: Instant, trigger: Trigger) -> Result<JobOutcome> {
+        let job_id = keys::job_id_of_manifest(job_key)
+            .ok_or_else(|| Error::permanent(Step::Manifest, format!("{job_key:?} is not jobs/<32 hex digits>.json")))?
+            .to_owned();
+        let span = tracing::info_span!("job", jobId = %job_id);
+        async {
+            let started = Instant::now();
+            let margin = self.config.deadline_margin;
+            let remaining = deadline.saturating_duration_since(started);
+            let run = Run {
+                owner: format!("{job_id}-{:016x}", fastrand::u64(..)),
+                job_id,
+                trigger,
+                work_deadline: deadline.checked_sub(margin).unwrap_or(started),
+                function_deadline_utc: OffsetDateTime::now_utc()
+                    + time::Duration::try_from(remaining).unwrap_or(time::Duration::ZERO),
+                step: Mutex::new(Step::Manifest),
+                target: Mutex::new(None),
+                timings: Mutex::new(BTreeMap::new()),
+                lease_held: AtomicBool::new(false),
+            };
+            // Steps stop by themselves at the work deadline; this cuts anything that did not,
+            // halfway into the margin, and still leaves half of it to record the outcome.
+            let backstop = run.work_deadline + margin / 2;
+            let result = match tokio::time::timeout_at(backstop, self.run_steps(&run, job_key)).await {
+                Ok(result) => result,
+                Err(_) => Err(deadline_reached(*lock(&run.step), "the job")),
+            };
+            run.time("total", started);
+            let timings = lock(&run.timings).clone();
+            let target = lock(&run.target).clone();
+            let end = JobEnd {
+                stack: &self.config.stack_name,
+                job_id: &run.job_id,
+                target: target.as_deref(),
+                timings: &timings,
+                final_failure: result.as_ref().err().is_some_and(|e| self.is_final(e, trigger)),
+            };
+            let report_by = deadline.checked_sub(Duration::from_millis(500)).unwrap_or(deadline);
+            if tokio::time::timeout_at(report_by, end.report(&self.store, &result)).await.is_err() {
+                tracing::error!("the outcome could not be recorded before the deadline");
+            }
+            if run.lease_held.load(Ordering::SeqCst) {
+                let _ = tokio::time::timeout_at(report_by, lease::release(&self.store, &run.job_id, &run.owner)).await;
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_steps(&self, run: &Run, job_key: &str) -> Result<JobOutcome> {
+        let retry = &self.config.retry;
+        let job_id = run.job_id.as_str();
+        run.at(Step::Manifest);
+        let (manifest_bytes, _) = retry
+            .run(run.work_deadline, Step::Manifest, "read manifest", |_| self.store.get(job_key))
+            .await
+            .map_err(|e| e.at(Step::Manifest))?;
+        let manifest_bytes =
+            manifest_bytes.ok_or_else(|| Error::permanent(Step::Manifest, format!("no job manifest at {job_key}")))?;
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+            Error::permanent(Step::Manifest, format!("{job_key} is not a valid job manifest")).caused_by(e)
+        })?;
+        if manifest.job_id != job_id {
+            return Err(Error::permanent(Step::Manifest, format!("{job_key} holds jobId {}", manifest.job_id)));
+        }
+        *lock(&run.target) = Some(manifest.target.to_string());
+
+        if self.has_receipt(run).await? {
+            tracing::info!("already delivered; acknowledging");
+            return Ok(JobOutcome::AlreadyDelivered);
+        }
+        if let Trigger::Queue { .. } = run.trigger {
+            if let Some(earlier) = self.permanent_failure(job_id).await {
+                return Err(Error::permanent(
+                    earlier.step,
+                    format!("failed permanently before and not retried from the queue: {}", earlier.message),
+                ));
+            }
+        }
+
+        run.at(Step::Lease);
+        let grace = time::Duration::try_from(self.config.lease_grace).unwrap_or(time::Duration::MINUTE);
+        let now = OffsetDateTime::now_utc();
+        let record =
+            LeaseRecord { owner: run.owner.clone(), acquired_at: now, expires_at: run.function_deadline_utc + grace };
+        let (taken, _) = retry
+            .run(run.work_deadline, Step::Lease, "take the job's lease", |_| {
+                lease::acquire(&self.store, job_id, &record)
+            })
+            .await?;
+        if let Lease::Busy { owner, until } = taken {
+            if self.has_receipt(run).await? {
+                tracing::info!("delivered by the run that holds the lease; acknowledging");
+                return Ok(JobOutcome::AlreadyDelivered);
+            }
+            return Ok(JobOutcome::Busy { owner, until });
+        }
+        run.lease_held.store(true, Ordering::SeqCst);
+        // The run that held the lease before may have finished the job meanwhile.
+        if self.has_receipt(run).await? {
+            tracing::info!("delivered by an earlier run; acknowledging");
+            return Ok(JobOutcome::AlreadyDelivered);
+        }
+        self.steps(run, &manifest).await
+    }
+
+    async fn steps(&self, run: &Run, manifest: &Manifest) -> Result<JobOutcome> {
+        let job_id = run.job_id.as_str();
+        if let Some(skipped) = self.stale_batch(run, manifest).await? {
+            return Ok(skipped);
+        }
+        let spool = tempfile::TempDir::new_in(&self.config.spool_dir).map_err(|e| {
+            Error::transient(Step::Convert, format!("creating a spool folder in {}", self.config.spool_dir.display()))
+                .caused_by(e)
+        })?;
+        let step_started = Instant::now();
+        run.at(Step::Stage);
+        let files = match self.staged_files(run, spool.path()).await? {
+            Some(files) => {
+                tracing::info!(files = files.len(), "CSV already staged; resuming at delivery");
+                run.time("restore", step_started);
+                files
+            }
+            None => {
+                run.at(Step::Fetch);
+                let credentials: KinaxisCredentials = self.secrets.get_json(&self.config.kinaxis_secret_id).await?;
+                let files = self.source.export(manifest, credentials, spool.path(), run.work_deadline).await?;
+                self.check_row_counts(&files)?;
+                run.time("fetch", step_started);
+                let stage_started = Instant::now();
+                run.at(Step::Stage);
+                self.stage(run, &files).await?;
+                run.time("stage", stage_started);
+                files
+            }
+        };
+        if let Some(skipped) = self.stale_batch(run, manifest).await? {
+            return Ok(skipped);
+        }
+
+        let deliver_started = Instant::now();
+        run.at(Step::Deliver);
+        let (records, attempts) = self.deliver(run, manifest, &files).await?;
+        run.time("deliver", deliver_started);
+
+        run.at(Step::Receipt);
+        self.record_latest(run, manifest).await?;
+        let receipt = Receipt {
+            job_id: job_id.to_owned(),
+            target: manifest.target.clone(),
+            rows: records.iter().map(|r| r.file.stats.rows).sum(),
+            bytes: records.iter().map(|r| r.file.stats.bytes).sum(),
+            files: records,
+            attempts,
+            timings_ms: lock(&run.timings).clone(),
+            delivered_at: OffsetDateTime::now_utc(),
+            skipped: None,
+        };
+        self.write_receipt(run, &receipt).await?;
+        Ok(JobOutcome::Delivered(receipt))
+    }
+
+    async fn has_receipt(&self, run: &Run) -> Result<bool> {
+        let key = keys::receipt(&run.job_id);
+        let (found, _) = self
+            .config
+            .retry
+            .run(run.work_deadline, Step::Receipt, "check receipt", |_| self.store.exists(&key))
+            .await
+            .map_err(|e| e.at(Step::Receipt))?;
+        Ok(found)
+    }
+
+    async fn write_receipt(&self, run: &Run, receipt: &Receipt) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(receipt)
+            .map_err(|e| Error::permanent(Step::Receipt, "serialising the receipt").caused_by(e))?;
+        let key = keys::receipt(&run.job_id);
+        self.config
+            .retry
+            .run(run.work_deadline, Step::Receipt, "write receipt", |_| {
+                self.store.put(&key, bytes.clone(), "application/json")
+            })
+            .await
+            .map_err(|e| e.at(Step::Receipt))?;
+        // A failure record of an earlier attempt no longer describes the job.
+        if let Err(err) = self.store.delete(&keys::failure(&run.job_id)).await {
+            tracing::warn!(error = %err.chain(), "could not remove the earlier failure record");
+        }
+        Ok(())
+    }
+
+    async fn permanent_failure(&self, job_id: &str) -> Option<FailureRecord> {
+        let bytes = self.store.get(&keys::failure(job_id)).await.ok()??;
+        let record: FailureRecord = serde_json::from_slice(&bytes).ok()?;
+        (record.class == ErrorClass::Permanent).then_some(record)
+    }
+
+    /// SAP MRP replaces its planned orders with the newest file it reads, so a file with
+    /// no rows, or fewer than `MIN_ROWS`, would wipe the plan.
+    fn check_row_counts(&self, files: &[ExportedFile]) -> Result<()> {
+        for file in files {
+            if file.file.stats.rows < self.config.min_rows {
+                return Err(Error::permanent(
+                    Step::Fetch,
+                    format!(
+                        "worksheet {:?} has {} rows, fewer than MIN_ROWS={}: not delivered, as SAP would replace \
+                         its planned orders with it",
+                        file.file.worksheet, file.file.stats.rows, self.config.min_rows
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A job older than the latest batch delivered for its file name and target, per
+    /// `STALE_BATCH`: `Some` when it ends here (skipped), an error when it fails.
+    async fn stale_batch(&self, run: &Run, manifest: &Manifest) -> Result<Option<JobOutcome>> {
+        if self.config.stale_batch == StaleBatch::Deliver {
+            return Ok(None);
+        }
+        let key = keys::latest(manifest.target.as_str(), &manifest.request.file_name);
+        let (latest, _) = self
+            .config
+            .retry
+            .run(run.work_deadline, Step::Deliver, "read the latest delivery", |_| self.store.get(&key))
+            .await?;
+        let Some(latest) = latest.and_then(|bytes| serde_json::from_slice::<LatestDelivery>(&bytes).ok()) else {
+            return Ok(None);
+        };
+        if latest.job_id == manifest.job_id || latest.received_at <= manifest.received_at {
+            return Ok(None);
+        }
+        let why = format!(
+            "job {} (received {}) is older than job {} (received {}), already delivered to {} as {}; not delivered, \
+             as SAP would roll its plan back to it (STALE_BATCH={})",
+            manifest.job_id,
+            manifest.received_at,
+            latest.job_id,
+            latest.received_at,
+            manifest.target,
+            manifest.request.file_name,
+            if self.config.stale_batch == StaleBatch::Skip { "skip" } else { "fail" },
+        );
+        if self.config.stale_batch == StaleBatch::Fail {
+            return Err(Error::permanent(Step::Deliver, why));
+        }
+        let receipt = Receipt {
+            job_id: manifest.job_id.clone(),
+            target: manifest.target.clone(),
+            files: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            attempts: 0,
+            timings_ms: lock(&run.timings).clone(),
+            delivered_at: OffsetDateTime::now_utc(),
+            skipped: Some(why),
+        };
+        self.write_receipt(run, &receipt).await?;
+        Ok(Some(JobOutcome::Skipped(receipt)))
+    }
+
+    /// Moves `latest/…` forward to this job unless a newer one is there already.
+    async fn record_latest(&self, run: &Run, manifest: &Manifest) -> Result<()> {
+        let key = keys::latest(manifest.target.as_str(), &manifest.request.file_name);
+        let mine = LatestDelivery { job_id: manifest.job_id.clone(), received_at: manifest.received_at };
+        let bytes = serde_json::to_vec(&mine)
+            .map_err(|e| Error::permanent(Step::Receipt, "serialising the latest delivery").caused_by(e))?;
+        let retry = &self.config.retry;
+        let deadline = run.work_deadline;
+        for _ in 0..5 {
+            let (current, _) =
+                retry.run(deadline, Step::Receipt, "read the latest delivery", |_| self.store.get_tagged(&key)).await?;
+            let written = match current {
+                None => {
+                    let (created, _) = retry
+                        .run(deadline, Step::Receipt, "record the latest delivery", |_| {
+                            self.store.create(&key, bytes.clone(), "application/json")
+                        })
+                        .await?;
+                    created == CreateOutcome::Created
+                }
+                Some(current) => {
+                    let newer = serde_json::from_slice::<LatestDelivery>(&current.bytes)
+                        .is_ok_and(|l| l.received_at >= mine.received_at);
+                    if newer {
+                        return Ok(());
+                    }
+                    let (replaced, _) = retry
+                        .run(deadline, Step::Receipt, "record the latest delivery", |_| {
+                            self.store.replace(&key, bytes.clone(), "application/json", &current.etag)
+                        })
+                        .await?;
+                    replaced == Guarded::Written
+                }
+            };
+            if written {
+                return Ok(());
+            }
+        }
+        Err(Error::transient(Step::Receipt, format!("{key} kept changing while recording this delivery")))
+    }
+
+    /// The CSVs of an earlier attempt, when staging completed; downloaded into `dir`.
+    async fn staged_files(&self, run: &Run, dir: &Path) -> Result<Option<Vec<ExportedFile>>> {
+        let retry = &self.config.retry;
+        let index_key = keys::staged_index(&run.job_id);
+        let (index, _) =
+            retry.run(run.work_deadline, Step::Stage, "read staged index", |_| self.store.get(&index_key)).await?;
+        let Some(index) = index else { return Ok(None) };
+        let staged: Vec<StagedFile> = serde_json::from_slice(&index)
+            .map_err(|e| Error::permanent(Step::Stage, "the staged index is not valid").caused_by(e))?;
+        let mut files = Vec::with_capacity(staged.len());
+        for file in staged {
+            let path = dir.join(&file.file_name);
+            let key = keys::staged_file(&run.job_id, &file.file_name);
+            let (found, _) = retry
+                .run(run.work_deadline, Step::Stage, "restore staged CSV", |_| self.store.download_file(&key, &path))
+                .await?;
+            if !found {
+                return Err(Error::permanent(Step::Stage, format!("{key} is listed as staged but missing")));
+            }
+            files.push(ExportedFile { file, path });
+        }
+        Ok(Some(files))
+    }
+
+    /// Uploads every CSV, then the index that marks staging complete.
+    async fn stage(&self, run: &Run, files: &[ExportedFile]) -> Result<()> {
+        let retry = &self.config.retry;
+        for file in files {
+            let key = keys::staged_file(&run.job_id, &file.file.file_name);
+            retry
+                .run(run.work_deadline, Step::Stage, "stage CSV", |_| {
+                    self.store.upload_file(&key, &file.path, "text/csv")
+                })
+                .await?;
+        }
+        let index: Vec<&StagedFile> = files.iter().map(|f| &f.file).collect();
+        let bytes = serde_json::to_vec_pretty(&index)
+            .map_err(|e| Error::permanent(Step::Stage, "serialising the staged index").caused_by(e))?;
+        let index_key = keys::staged_index(&run.job_id);
+        retry
+            .run(run.work_deadline, Step::Stage, "stage index", |_| {
+                self.store.put(&index_key, bytes.clone(), "application/json")
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Delivers every file not yet delivered (per its record); the records make the receipt.
+    async fn deliver(
+        &self,
+        run: &Run,
+        manifest: &Manifest,
+        files: &[ExportedFile],
+    ) -> Result<(Vec<DeliveryRecord>, u32)> {
+        let job_id = run.job_id.as_str();
+        let read_records = || async {
+            let mut records = Vec::with_capacity(files.len());
+            for file in files {
+                records.push(delivery::record(&self.store, job_id, &file.file.file_name).await?);
+            }
+            Ok::<_, Error>(records)
+        };
+        let (records, _) = self
+            .config
+            .retry
+            .run(run.work_deadline, Step::Deliver, "read delivery records", |_| read_records())
+            .await?;
+        if let Some(done) = records
+            .iter()
+            .map(|r| r.clone().filter(|r| r.state == DeliveryState::Delivered))
+            .collect::<Option<Vec<_>>>()
+        {
+            tracing::info!(files = done.len(), "every file was delivered by an earlier attempt");
+            return Ok((done, 0));
+        }
+        let secret_id = self.config.sftp_secret_ids.get(&manifest.target).ok_or_else(|| {
+            Error::permanent(
+                Step::Deliver,
+                format!("no SFTP_SECRET_ID_{} is configured for the job's target", manifest.target),
+            )
+        })?;
+        let deliver_all = || async {
+            let credentials: SftpCredentials = self.secrets.get_json(secret_id).await?;
+            let mut folder = self.drop.open(credentials).await?;
+            // Read again: an earlier try of this run may have moved a record forward.
+            let records = read_records().await?;
+            let mut delivered = Vec::with_capacity(files.len());
+            for (file, earlier) in files.iter().zip(records) {
+                let attempt = earlier.as_ref().map_or(1, |r| r.attempt + 1);
+                let one = FileDelivery {
+                    store: &self.store,
+                    job_id,
+                    file,
+                    policy: self.config.sftp.existing,
+                    attempt,
+                    deadline: run.work_deadline,
+                };
+                let record = one.run(&mut folder, earlier).await?;
+                tracing::info!(remote = %record.remote_path, uploaded = record.uploaded, taken_by_sap = record.taken_by_sap, "file delivered");
+                delivered.push(record);
+            }
+            Ok::<_, Error>(delivered)
+        };
+        // The upload stops itself at the work deadline and removes its temporary; cutting the
+        // attempt at that same instant would drop it before it can. So the attempt is cut a
+        // little later, still well inside the margin.
+        let cut_at = run.work_deadline + self.config.deadline_margin / 4;
+        self.config.retry.run(cut_at, Step::Deliver, "sftp deliver", |_| deliver_all()).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! How a job's end reaches people: one summary line, the EMF metrics (`JobsFailedFinal` is
+//! the one that pages), and `failed/{jobId}.json` for a job that did not deliver.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::JobOutcome;
+use crate::error::{Error, Result};
+use crate::job::{keys, FailureRecord};
+use crate::ports::ObjectStore;
+use crate::telemetry::{self, capitalise, Metric, MetricScope};
+
+/// What is known of a job when it ends.
+pub(super) struct JobEnd<'a> {
+    pub stack: &'a str,
+    pub job_id: &'a str,
+    /// Known once the manifest was read.
+    pub target: Option<&'a str>,
+    pub timings: &'a BTreeMap<String, u64>,
+    /// A failure that no automatic retry will follow.
+    pub final_failure: bool,
+}
+
+impl JobEnd<'_> {
+    pub async fn report(&self, store: &impl ObjectStore, result: &Result<JobOutcome>) {
+        let timing = |step: &str| self.timings.get(step).copied();
+        let durations: Vec<(String, Metric)> = self
+            .timings
+            .iter()
+            .map(|(step, ms)| (format!("{}Ms", capitalise(step)), Metric::Milliseconds(*ms as f64)))
+            .collect();
+        let mut metrics: Vec<(&str, Metric)> = durations.iter().map(|(n, m)| (n.as_str(), *m)).collect();
+        match result {
+            Ok(JobOutcome::Delivered(receipt)) => {
+                tracing::info!(
+                    outcome = "delivered",
+                    target = %receipt.target,
+                    rows = receipt.rows,
+                    bytes = receipt.bytes,
+                    files = receipt.files.len(),
+                    attempts = receipt.attempts,
+                    total_ms = timing("total"),
+                    fetch_ms = timing("fetch"),
+                    stage_ms = timing("stage"),
+                    restore_ms = timing("restore"),
+                    deliver_ms = timing("deliver"),
+                    "job summary"
+                );
+                metrics.extend([
+                    ("JobsDelivered", Metric::Count(1.0)),
+                    ("Rows", Metric::Count(receipt.rows as f64)),
+                    ("Bytes", Metric::Bytes(receipt.bytes as f64)),
+                ]);
+            }
+            Ok(JobOutcome::Skipped(receipt)) => {
+                tracing::warn!(outcome = "skipped", reason = receipt.skipped.as_deref().unwrap_or(""), "job summary");
+                metrics = vec![("JobsSkipped", Metric::Count(1.0))];
+            }
+            Ok(JobOutcome::AlreadyDelivered) => {
+                tracing::info!(outcome = "already-delivered", "job summary");
+                return;
+            }
+            Ok(JobOutcome::Busy { owner, until }) => {
+                tracing::info!(outcome = "busy", lease_owner = %owner, lease_until = %until, "job summary: another run holds the job's lease; not run now");
+                metrics = vec![("JobsBusy", Metric::Count(1.0))];
+            }
+            Err(err) => {
+                tracing::error!(
+                    outcome = "failed",
+                    class = %err.class,
+                    step = %err.step,
+                    final_failure = self.final_failure,
+                    error = %err.chain(),
+                    total_ms = timing("total"),
+                    "job summary"
+                );
+                metrics.push(("JobsFailed", Metric::Count(1.0)));
+                if self.final_failure {
+                    metrics.push(("JobsFailedFinal", Metric::Count(1.0)));
+                }
+                self.record_failure(store, err).await;
+            }
+        }
+        let target = match result {
+            Ok(JobOutcome::Delivered(receipt)) => Some(receipt.target.as_str()),
+            _ => self.target,
+        };
+        let scope = MetricScope { stack: self.stack, function: "worker", target };
+        telemetry::emit(&telemetry::emf_record(scope, &metrics, &[("jobId", json!(self.job_id))]));
+    }
+
+    async fn record_failure(&self, store: &impl ObjectStore, err: &Error) {
+        let record = FailureRecord {
+            job_id: self.job_id.to_owned(),
+            class: err.class,
+            step: err.step,
+            message: err.chain(),
+            failed_at: OffsetDateTime::now_utc(),
+        };
+        match serde_json::to_vec_pretty(&record) {
+            Ok(bytes) => {
+                if let Err(write_err) = store.put(&keys::failure(self.job_id), bytes, "application/json").await {
+                    tracing::error!(error = %write_err.chain(), "could not write the failure record; the message still fails");
+                }
+            }
+            Err(ser_err) => tracing::error!(error = %ser_err, "could not serialise the failure record"),
+        }
+    }
+}

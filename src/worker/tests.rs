@@ -1,0 +1,417 @@
+//! The lifecycle against in-memory ports: a crash (the run's future dropped where it stands,
+//! as under SIGKILL) at every point that matters, SAP taking files between attempts, a
+//! second runner, and the deadline; every case counts files ever delivered, receipts and
+//! failure records.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use super::*;
+use crate::config::WorkerConfig;
+use crate::job::{JobRequest, NamedScope};
+use crate::memory::{MemoryDrop, MemoryQueue, MemorySecrets, MemorySource, MemoryStore, QueueCall};
+use crate::routing::Target;
+
+type TestWorker = Worker<Arc<MemoryStore>, MemorySecrets, Arc<MemorySource>, Arc<MemoryDrop>, Arc<MemoryQueue>>;
+
+struct World {
+    store: Arc<MemoryStore>,
+    source: Arc<MemorySource>,
+    drop: Arc<MemoryDrop>,
+    queue: Arc<MemoryQueue>,
+    env: Vec<(&'static str, String)>,
+}
+
+const JOB_EVENT: &str = "planned-orders-0600";
+
+fn manifest(event_id: &str, received_at: OffsetDateTime) -> Manifest {
+    Manifest {
+        job_id: crate::job::job_id(event_id),
+        received_at,
+        target: Target::parse("PF2").unwrap(),
+        content_sha256: crate::job::sha256_hex(event_id.as_bytes()),
+        request: JobRequest {
+            event_id: Some(event_id.into()),
+            file_name: "PlannedOrders-PF".into(),
+            workbook: NamedScope { name: "PlannedOrders Export".into(), scope: "Public".into() },
+            worksheets: vec!["Planned Orders".into()],
+            scenario: NamedScope { name: "Enterprise Data".into(), scope: "Public".into() },
+            site_group: "All Sites".into(),
+            filter: None,
+            variables: BTreeMap::new(),
+        },
+    }
+}
+
+impl World {
+    fn new(source: Arc<MemorySource>, drop: Arc<MemoryDrop>) -> Self {
+        let world = Self { store: MemoryStore::new(), source, drop, queue: MemoryQueue::new(), env: Vec::new() };
+        world.add_job(JOB_EVENT, OffsetDateTime::now_utc());
+        world
+    }
+
+    fn add_job(&self, event_id: &str, received_at: OffsetDateTime) -> String {
+        let manifest = manifest(event_id, received_at);
+        self.store.insert(&keys::manifest(&manifest.job_id), serde_json::to_vec(&manifest).unwrap());
+        keys::manifest(&manifest.job_id)
+    }
+
+    fn set(mut self, name: &'static str, value: &str) -> Self {
+        self.env.push((name, value.to_owned()));
+        self
+    }
+
+    fn worker(&self) -> TestWorker {
+        let mut vars: HashMap<&str, String> = [
+            ("STAGING_BUCKET", "b"),
+            ("KINAXIS_SECRET_ID", "kinaxis"),
+            ("KINAXIS_BASE_URL", "http://kinaxis.invalid"),
+            ("SFTP_SECRET_ID_PF2", "pf2"),
+            ("SFTP_SECRET_ID_WP2", "wp2"),
+            ("JOBS_QUEUE_URL", "jobs"),
+            ("DEAD_LETTER_QUEUE_URL", "dlq"),
+            ("RETRY_INITIAL_MS", "1"),
+            ("RETRY_MAX_DELAY_MS", "5"),
+            ("SFTP_IO_TIMEOUT_SECS", "0"),
+            ("RETRY_DEADLINE_MARGIN_SECS", "5"),
+            ("LEASE_GRACE_SECS", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
+        vars.extend(self.env.iter().cloned());
+        let config = WorkerConfig::from_lookup(&|name| vars.get(name).cloned()).unwrap();
+        let sftp = json!({"host": "sap", "username": "relay", "password": "x", "host_key_sha256": "SHA256:x", "remote_dir": "/in"});
+        let secrets = MemorySecrets(HashMap::from([
+            ("kinaxis".to_owned(), json!({"client_id": "c", "client_secret": "s"}).to_string()),
+            ("pf2".to_owned(), sftp.to_string()),
+        ]));
+        Worker::new(
+            Arc::clone(&self.store),
+            CachedSecrets::new(secrets, Duration::from_secs(60)),
+            Arc::clone(&self.source),
+            Arc::clone(&self.drop),
+            Arc::clone(&self.queue),
+            config,
+        )
+    }
+
+    fn job_key(&self) -> String {
+        keys::manifest(&crate::job::job_id(JOB_EVENT))
+    }
+
+    fn job_id(&self) -> String {
+        crate::job::job_id(JOB_EVENT)
+    }
+
+    fn receipt(&self) -> Option<Value> {
+        self.store.json(&keys::receipt(&self.job_id()))
+    }
+
+    fn failure(&self) -> Option<Value> {
+        self.store.json(&keys::failure(&self.job_id()))
+    }
+
+    /// Time passes: the crashed run's lease runs out.
+    fn expire_lease(&self) {
+        let key = keys::lease(&self.job_id());
+        if let Some(mut lease) = self.store.json(&key) {
+            lease["expiresAt"] = json!("2000-01-01T00:00:00Z");
+            self.store.insert(&key, serde_json::to_vec(&lease).unwrap());
+        }
+    }
+
+    /// Runs the job until the armed crash strikes, then drops the run where it stands.
+    async fn crash_run(&self, crash: &crate::memory::Crash) {
+        let worker = self.worker();
+        let job_key = self.job_key();
+        let run = worker.run_job(&job_key, far(), Trigger::Queue { receive_count: 1 });
+        tokio::select! {
+            outcome = run => panic!("the run ended instead of crashing: {outcome:?}"),
+            () = crash.struck() => {}
+        }
+    }
+
+    async fn run(&self, trigger: Trigger) -> Result<JobOutcome> {
+        self.worker().run_job(&self.job_key(), far(), trigger).await
+    }
+
+    /// Every promise at once: one file ever appeared, it is the job's, one receipt, no
+    /// failure record beside it, no temporary left.
+    fn assert_delivered_exactly_once(&self) {
+        let appeared = self.drop.appeared();
+        assert_eq!(appeared.len(), 1, "files that appeared: {appeared:?}; operations: {:?}", self.drop.operations());
+        let receipt = self.receipt().expect("a receipt");
+        assert_eq!(receipt["files"][0]["fileName"], json!(appeared[0]));
+        assert!(self.failure().is_none(), "a failure record beside the receipt: {:?}", self.failure());
+        assert!(self.drop.all_files().iter().all(|n| !n.ends_with(".part")), "{:?}", self.drop.all_files());
+    }
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+fn queue(n: u32) -> Trigger {
+    Trigger::Queue { receive_count: n }
+}
+
+#[tokio::test]
+async fn a_job_runs_through_and_a_second_run_finds_it_delivered() {
+    let world = World::new(MemorySource::new(10), MemoryDrop::new());
+    assert!(matches!(world.run(queue(1)).await.unwrap(), JobOutcome::Delivered(_)));
+    assert_eq!(world.run(queue(2)).await.unwrap(), JobOutcome::AlreadyDelivered);
+    world.assert_delivered_exactly_once();
+    assert!(world.store.keys("locks/").is_empty(), "the lease is released");
+    let record = world.store.json(&keys::delivery(&world.job_id(), &world.drop.appeared()[0])).unwrap();
+    assert_eq!(record["state"], "delivered");
+}
+
+/// Where the crash strikes: in the bucket or the SAP folder, which operation on which
+/// name, before or after it takes effect, and how many matching operations go through first.
+#[tokio::test]
+async fn a_crash_at_any_point_then_a_rerun_delivers_exactly_once_even_when_sap_took_the_file() {
+    let cases: &[(&str, bool, &'static str, &str, bool, u32)] = &[
+        ("after export, before staging", false, "upload_file", "staging/", false, 0),
+        ("after staging", false, "put", "_staged.json", true, 0),
+        ("after the intent, before the rename", false, "put", "deliveries/", true, 0),
+        ("after the rename", true, "rename", ".csv", true, 0),
+        ("after the delivered mark", false, "put", "deliveries/", true, 1),
+        ("before the receipt", false, "put", "receipts/", false, 0),
+    ];
+    for &(point, in_folder, operation, name, after, skip) in cases {
+        for sap_takes_the_file in [false, true] {
+            for console in [false, true] {
+                let world = World::new(MemorySource::new(25), MemoryDrop::new());
+                let crash = if in_folder { &world.drop.crash } else { &world.store.crash };
+                crash.arm_nth(operation, name, after, skip);
+                world.crash_run(crash).await;
+                let taken = if sap_takes_the_file { world.drop.take_all() } else { Vec::new() };
+                world.expire_lease();
+                let trigger = if console { Trigger::Console } else { queue(2) };
+                let outcome = world.run(trigger).await;
+                let case = format!("crash {point}, SAP took {taken:?}, console {console}");
+                assert!(
+                    matches!(outcome, Ok(JobOutcome::Delivered(_)) | Ok(JobOutcome::AlreadyDelivered)),
+                    "{case}: {outcome:?}"
+                );
+                let appeared = world.drop.appeared();
+                assert_eq!(appeared.len(), 1, "{case}: appeared {appeared:?}, ops {:?}", world.drop.operations());
+                assert!(world.receipt().is_some(), "{case}: no receipt");
+                assert!(world.failure().is_none(), "{case}: a failure record beside the receipt");
+                let left: Vec<String> = world.drop.all_files().into_iter().filter(|n| n.ends_with(".part")).collect();
+                assert!(left.is_empty(), "{case}: temporaries left {left:?}");
+                assert_eq!(world.store.keys("receipts/").len(), 1, "{case}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn after_a_crash_past_the_rename_with_the_file_gone_the_log_and_record_say_sap_took_it() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    world.drop.crash.arm("rename", ".csv", true);
+    world.crash_run(&world.drop.crash).await;
+    assert_eq!(world.drop.take_all().len(), 1);
+    world.expire_lease();
+    let JobOutcome::Delivered(receipt) = world.run(queue(2)).await.unwrap() else { panic!("not delivered") };
+    assert!(receipt.files[0].taken_by_sap);
+    assert_eq!(world.source.exports(), 1, "resumed from the staged CSV, not exported again");
+    world.assert_delivered_exactly_once();
+}
+
+#[tokio::test]
+async fn a_multi_file_job_whose_second_file_fails_resumes_with_only_that_file() {
+    let source = MemorySource::with_worksheets(&[("Planned Orders", 4), ("Stock", 3)]);
+    let world = World::new(source, MemoryDrop::new());
+    // Four failures: the first try and its three retries in this run.
+    world.drop.fail("upload", "_Stock_", 4, true);
+    let err = world.run(queue(1)).await.unwrap_err();
+    assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Deliver), "{}", err.chain());
+    assert_eq!(world.drop.appeared().len(), 1);
+    let first = world.drop.take_all();
+
+    let JobOutcome::Delivered(receipt) = world.run(queue(2)).await.unwrap() else { panic!("not delivered") };
+    let appeared = world.drop.appeared();
+    assert_eq!(appeared.len(), 2, "{appeared:?}");
+    assert_eq!(appeared[0], first[0], "the first file was not sent again");
+    assert_eq!(receipt.files.len(), 2);
+    assert!(world.failure().is_none());
+}
+
+#[tokio::test]
+async fn an_abandoned_incomplete_temporary_is_recorded_before_it_is_removed_and_never_read_as_a_rename() {
+    let world = World::new(MemorySource::new(50), MemoryDrop::new());
+    world.store.crash.arm("put", "deliveries/", false);
+    world.crash_run(&world.store.crash).await;
+    // A temporary that is not complete, named by a hand-made intent (a cut upload).
+    let name = world.drop.all_files().into_iter().find(|n| n.ends_with(".part")).expect("the temporary");
+    world.drop.put_file(&name, b"half");
+    let staged: Vec<StagedFile> =
+        serde_json::from_slice(&world.store.object(&keys::staged_index(&world.job_id())).unwrap()).unwrap();
+    let record = DeliveryRecord {
+        state: DeliveryState::Intent,
+        file: staged[0].clone(),
+        remote_path: format!("/in/{}", staged[0].file_name),
+        temp_name: name.clone(),
+        attempt: 1,
+        uploaded: true,
+        taken_by_sap: false,
+        updated_at: OffsetDateTime::now_utc(),
+    };
+    world.store.insert(&keys::delivery(&world.job_id(), &staged[0].file_name), serde_json::to_vec(&record).unwrap());
+    world.expire_lease();
+    world.run(queue(2)).await.unwrap();
+    let operations = world.drop.operations();
+    let removed = operations.iter().position(|o| o == &format!("remove {name}")).expect("the temporary removed");
+    let uploaded_again = operations.iter().rposition(|o| o.starts_with("upload ")).expect("uploaded again");
+    assert!(removed < uploaded_again, "{operations:?}");
+    world.assert_delivered_exactly_once();
+}
+
+#[tokio::test]
+async fn a_run_that_finds_the_lease_held_neither_exports_nor_records_a_failure_and_is_retried_later() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    world.store.crash.arm("put", "_staged.json", true);
+    world.crash_run(&world.store.crash).await;
+    let exports = world.source.exports();
+
+    let answer = world.worker().handle_event(&sqs_event(&world.job_key(), 1), far()).await.unwrap();
+    assert_eq!(answer["batchItemFailures"].as_array().map(Vec::len), Some(1));
+    assert_eq!(world.source.exports(), exports, "no export while another run holds the lease");
+    assert!(world.failure().is_none());
+    assert_eq!(
+        world.queue.calls(),
+        [QueueCall::RetryLater { receipt_handle: "rh-1".into(), delay: Duration::from_secs(300) }]
+    );
+    // A console re-run honours the lease too, and says until when.
+    let err = world.worker().handle_event(&json!({"jobKey": world.job_key()}), far()).await.unwrap_err();
+    assert_eq!(err.step, Step::Lease, "{}", err.chain());
+}
+
+#[tokio::test]
+async fn two_runs_started_together_deliver_one_file_and_one_receipt() {
+    for _ in 0..20 {
+        let world = World::new(MemorySource::new(30).with_latency(Duration::from_millis(2)), MemoryDrop::new());
+        let (a, b, job_key) = (world.worker(), world.worker(), world.job_key());
+        let (first, second) = tokio::join!(a.run_job(&job_key, far(), queue(1)), b.run_job(&job_key, far(), queue(1)));
+        let outcomes = [first.unwrap(), second.unwrap()];
+        assert_eq!(outcomes.iter().filter(|o| matches!(o, JobOutcome::Delivered(_))).count(), 1, "{outcomes:?}");
+        world.assert_delivered_exactly_once();
+        assert_eq!(world.source.exports(), 1);
+    }
+}
+
+fn sqs_event(job_key: &str, receive_count: u32) -> Value {
+    let body = json!({"Records": [{"s3": {"bucket": {"name": "b"}, "object": {"key": job_key.replace('/', "%2F")}}}]});
+    json!({"Records": [{
+        "messageId": "m-1",
+        "receiptHandle": format!("rh-{receive_count}"),
+        "body": body.to_string(),
+        "attributes": {"ApproximateReceiveCount": receive_count.to_string()},
+        "messageAttributes": {},
+    }]})
+}
+
+#[tokio::test]
+async fn a_permanent_failure_goes_to_the_dead_letter_queue_at_once_and_is_acknowledged() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    world.source.fail(1, false);
+    let answer = world.worker().handle_event(&sqs_event(&world.job_key(), 1), far()).await.unwrap();
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    let calls = world.queue.calls();
+    assert!(matches!(&calls[..], [QueueCall::DeadLetter { reason, .. }] if reason.contains("permanent")), "{calls:?}");
+    assert_eq!(world.failure().unwrap()["class"], "permanent");
+}
+
+#[tokio::test]
+async fn a_transient_failure_waits_longer_each_receive_and_the_last_receive_goes_to_the_dead_letter_queue() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    world.source.fail(100, true);
+    for receive in 1..=5 {
+        let answer = world.worker().handle_event(&sqs_event(&world.job_key(), receive), far()).await.unwrap();
+        let failed = answer["batchItemFailures"].as_array().map(Vec::len);
+        assert_eq!(failed, Some(if receive < 5 { 1 } else { 0 }), "receive {receive}");
+    }
+    let delays: Vec<u64> = world
+        .queue
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            QueueCall::RetryLater { delay, .. } => Some(delay.as_secs() / 60),
+            QueueCall::DeadLetter { .. } => None,
+        })
+        .collect();
+    assert_eq!(delays, [5, 20, 60, 60]);
+    assert!(matches!(world.queue.calls().last(), Some(QueueCall::DeadLetter { .. })));
+}
+
+#[tokio::test]
+async fn when_the_dead_letter_queue_cannot_be_reached_the_message_fails_so_the_redrive_still_takes_it() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    world.source.fail(1, false);
+    world.queue.fail("dead_letter", 1);
+    let answer = world.worker().handle_event(&sqs_event(&world.job_key(), 1), far()).await.unwrap();
+    assert_eq!(answer["batchItemFailures"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn the_deadline_mid_fetch_ends_the_job_as_a_transient_fetch_failure_recorded_before_the_deadline() {
+    let world = World::new(MemorySource::new(5).with_latency(Duration::from_secs(30)), MemoryDrop::new())
+        .set("RETRY_DEADLINE_MARGIN_SECS", "2");
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    let err = world.worker().run_job(&world.job_key(), deadline, queue(1)).await.unwrap_err();
+    assert!(Instant::now() < deadline, "ended after the deadline");
+    assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Fetch), "{}", err.chain());
+    let failure = world.failure().expect("the failure record");
+    assert_eq!((failure["class"].as_str(), failure["step"].as_str()), (Some("transient"), Some("fetch")));
+    assert!(world.drop.all_files().is_empty());
+}
+
+#[tokio::test]
+async fn the_deadline_mid_upload_stops_the_upload_removes_its_temporary_and_records_a_deliver_failure() {
+    let world = World::new(MemorySource::new(50_000), MemoryDrop::slow(1024, Duration::from_millis(5)))
+        .set("RETRY_DEADLINE_MARGIN_SECS", "2");
+    let deadline = Instant::now() + Duration::from_millis(2300);
+    let err = world.worker().run_job(&world.job_key(), deadline, queue(1)).await.unwrap_err();
+    assert!(Instant::now() < deadline, "ended after the deadline");
+    assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Deliver), "{}", err.chain());
+    assert!(world.drop.operations().iter().any(|o| o.starts_with("upload ")), "the upload had begun");
+    assert!(world.drop.all_files().is_empty(), "left behind: {:?}", world.drop.all_files());
+    assert_eq!(world.failure().unwrap()["step"], "deliver");
+}
+
+#[tokio::test]
+async fn an_older_batch_after_a_newer_one_is_refused_naming_both_jobs_or_skipped_with_a_receipt() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    let older = world.add_job("planned-orders-0000", OffsetDateTime::now_utc() - time::Duration::hours(6));
+    world.run(queue(1)).await.unwrap();
+    let err = world.worker().run_job(&older, far(), queue(1)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(err.message.contains(&world.job_id()) && err.message.contains(&crate::job::job_id("planned-orders-0000")));
+    assert_eq!(world.drop.appeared().len(), 1);
+
+    let world = World::new(MemorySource::new(5), MemoryDrop::new()).set("STALE_BATCH", "skip");
+    let older = world.add_job("planned-orders-0000", OffsetDateTime::now_utc() - time::Duration::hours(6));
+    world.run(queue(1)).await.unwrap();
+    let JobOutcome::Skipped(receipt) = world.worker().run_job(&older, far(), queue(1)).await.unwrap() else {
+        panic!("not skipped")
+    };
+    assert!(receipt.skipped.unwrap().contains("older than"));
+    assert_eq!(world.drop.appeared().len(), 1);
+}
+
+#[tokio::test]
+async fn an_export_with_fewer_rows_than_min_rows_is_a_permanent_failure_naming_the_worksheet() {
+    let world = World::new(MemorySource::new(0), MemoryDrop::new());
+    let err = world.run(queue(1)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(err.message.contains("\"Planned Orders\"") && err.message.contains("MIN_ROWS=1"), "{}", err.message);
+    assert!(world.drop.appeared().is_empty());
+    assert!(world.store.keys("staging/").is_empty(), "nothing staged");
+}
