@@ -6,61 +6,18 @@
 #[path = "../tests/it/helpers.rs"]
 mod helpers;
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lambda_http::http::{HeaderMap, HeaderValue};
 use maestro_relay::aws::SecretsManager;
 use maestro_relay::config::WebhookConfig;
-use maestro_relay::error::Result;
-use maestro_relay::ports::{CreateOutcome, ObjectStore};
+use maestro_relay::memory::MemoryStore;
+use maestro_relay::ports::ObjectStore;
 use maestro_relay::secrets::CachedSecrets;
 use maestro_relay::webhook::Webhook;
 
 const REQUESTS: usize = 1000;
 
-/// Our code without the network: the same port, a map behind a lock.
-#[derive(Default)]
-struct MemoryStore(Mutex<HashMap<String, Vec<u8>>>);
-
-impl ObjectStore for MemoryStore {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.lock().ok().and_then(|m| m.get(key).cloned()))
-    }
-    async fn put(&self, key: &str, bytes: Vec<u8>, _: &str) -> Result<()> {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(key.to_owned(), bytes);
-        }
-        Ok(())
-    }
-    async fn create(&self, key: &str, bytes: Vec<u8>, _: &str) -> Result<CreateOutcome> {
-        let mut m = self.0.lock().map_err(|_| maestro_relay::Error::transient(maestro_relay::Step::Stage, "lock"))?;
-        if m.contains_key(key) {
-            return Ok(CreateOutcome::AlreadyExists);
-        }
-        m.insert(key.to_owned(), bytes);
-        Ok(CreateOutcome::Created)
-    }
-    async fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.0.lock().map(|m| m.contains_key(key)).unwrap_or(false))
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(key);
-        }
-        Ok(())
-    }
-    async fn upload_file(&self, _: &str, _: &Path, _: &str) -> Result<()> {
-        Ok(())
-    }
-    async fn download_file(&self, _: &str, _: &Path) -> Result<bool> {
-        Ok(false)
-    }
-}
-
-/// Distinct signed deliveries (one job each), as headers and body.
 fn requests(whsec: &str) -> Vec<(HeaderMap, Vec<u8>)> {
     let now = helpers::now();
     (0..REQUESTS)
@@ -107,7 +64,7 @@ async fn main() {
     let warm = requests(&app.whsec);
     let against_moto = app.webhook();
     let _ = against_moto.handle(&warm[0].0, &warm[0].1).await;
-    let in_memory = Webhook::new(MemoryStore::default(), secrets(), config.settings.clone());
+    let in_memory = Webhook::new(MemoryStore::new(), secrets(), config.settings.clone());
     let _ = in_memory.handle(&warm[0].0, &warm[0].1).await;
 
     let batch = requests(&app.whsec);

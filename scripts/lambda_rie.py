@@ -3,6 +3,8 @@
 Serves one event to the binary (started with AWS_LAMBDA_RUNTIME_API pointing here), waits
 for its response or error, prints it as JSON on stdout and stops the binary.
     python scripts/lambda_rie.py EVENT_JSON_FILE -- BINARY
+The invocation's deadline is LAMBDA_RIE_TIMEOUT_S seconds away (default 300), as a
+function's timeout sets it.
 Exit status: 0 for a response, 1 for a function error or a failed start.
 """
 import json
@@ -111,7 +113,7 @@ def main() -> None:
         sys.exit(__doc__)
     with open(sys.argv[1], "rb") as handle:
         event = handle.read()
-    kind, body = run(event, sys.argv[3:])
+    kind, body = run(event, sys.argv[3:], timeout_s=float(os.environ.get("LAMBDA_RIE_TIMEOUT_S", "300")))
     print(body.decode())
     sys.exit(0 if kind == "response" else 1)
 

@@ -40,7 +40,7 @@ def main() -> None:
         QueueName="maestro-relay-jobs",
         Attributes={
             "VisibilityTimeout": "30",
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
         },
     )["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -98,7 +98,7 @@ def main() -> None:
         "AWS_REGION": REGION,
         "STAGING_BUCKET": BUCKET,
         "JOBS_QUEUE_URL": queue_url,
-        "DLQ_URL": dlq_url,
+        "DEAD_LETTER_QUEUE_URL": dlq_url,
         "KINAXIS_BASE_URL": args.kinaxis_url,
         "KINAXIS_PAGE_SIZE": "500",
         "RETRY_INITIAL_MS": "200",

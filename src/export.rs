@@ -45,6 +45,17 @@ pub struct KinaxisExport {
     pub retry: RetryPolicy,
 }
 
+impl KinaxisExport {
+    pub fn new(config: &crate::config::WorkerConfig) -> Self {
+        Self {
+            kinaxis: config.kinaxis.clone(),
+            csv: config.csv.clone(),
+            names: config.file_names.clone(),
+            retry: config.retry.clone(),
+        }
+    }
+}
+
 impl WorkbookSource for KinaxisExport {
     async fn export(
         &self,

@@ -19,12 +19,7 @@ async fn main() -> Result<(), Error> {
     let config = WorkerConfig::from_env().inspect_err(|e| tracing::error!(error = %e.chain(), "cannot start"))?;
     let aws = sdk_config().await;
     let secrets = CachedSecrets::new(SecretsManager::from_sdk_config(&aws), config.secret_cache_ttl);
-    let source = KinaxisExport {
-        kinaxis: config.kinaxis.clone(),
-        csv: config.csv.clone(),
-        names: config.file_names.clone(),
-        retry: config.retry.clone(),
-    };
+    let source = KinaxisExport::new(&config);
     let drop = SftpDrop { options: config.sftp.clone() };
     let queue = SqsQueue::from_sdk_config(&aws, &config.queue.jobs_queue_url, &config.queue.dead_letter_queue_url);
     let store = S3Store::from_sdk_config(&aws, &config.staging_bucket);

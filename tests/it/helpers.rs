@@ -12,9 +12,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{Credentials, Region};
-use maestro_relay::aws::{S3Store, SecretsManager};
+use maestro_relay::aws::{S3Store, SecretsManager, SqsQueue};
 use maestro_relay::config::{WebhookConfig, WorkerConfig};
+use maestro_relay::export::KinaxisExport;
+use maestro_relay::ports::ObjectStore;
 use maestro_relay::secrets::CachedSecrets;
+use maestro_relay::sftp::SftpDrop;
 use maestro_relay::webhook::Webhook;
 use maestro_relay::worker::Worker;
 use serde_json::{json, Value};
@@ -240,8 +243,31 @@ fn kill_tree(root: u32) {
     }
 }
 
+/// A local file to deliver and what it must look like on arrival.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub local_path: PathBuf,
+    pub file_name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl Upload {
+    pub fn exported(&self) -> maestro_relay::export::ExportedFile {
+        use maestro_relay::csv_out::FileStats;
+        maestro_relay::export::ExportedFile {
+            file: maestro_relay::job::StagedFile {
+                worksheet: "Planned Orders".into(),
+                file_name: self.file_name.clone(),
+                stats: FileStats { rows: 1, bytes: self.bytes, sha256: self.sha256.clone() },
+            },
+            path: self.local_path.clone(),
+        }
+    }
+}
+
 /// A local file of `size` pseudo-random bytes (seeded), as an SFTP upload.
-pub fn random_upload(dir: &tempfile::TempDir, name: &str, size: usize, seed: u64) -> maestro_relay::sftp::Upload {
+pub fn random_upload(dir: &tempfile::TempDir, name: &str, size: usize, seed: u64) -> Upload {
     use sha2::Digest;
     use std::io::Write;
     let path = dir.path().join(format!("{name}.local"));
@@ -258,12 +284,7 @@ pub fn random_upload(dir: &tempfile::TempDir, name: &str, size: usize, seed: u64
         left -= n;
     }
     file.flush().expect("flush");
-    maestro_relay::sftp::Upload {
-        local_path: path,
-        file_name: name.to_owned(),
-        bytes: size as u64,
-        sha256: hex::encode(hasher.finalize()),
-    }
+    Upload { local_path: path, file_name: name.to_owned(), bytes: size as u64, sha256: hex::encode(hasher.finalize()) }
 }
 
 pub fn whoami() -> String {
@@ -321,6 +342,8 @@ pub struct TestApp {
     pub env: HashMap<String, String>,
 }
 
+pub type AppWorker<S> = Worker<S, SecretsManager, KinaxisExport, SftpDrop, SqsQueue>;
+
 pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 impl TestApp {
@@ -365,7 +388,12 @@ impl TestApp {
         let pf2 = app.put_secret("sftp-pf2", app.sshd.secret("PF2")).await;
         let wp2 = app.put_secret("sftp-wp2", app.sshd.secret("WP2")).await;
         let spool = std::env::temp_dir();
+        let jobs_queue = app.queue("jobs").await;
+        let dead_letter_queue = app.queue("dlq").await;
         for (key, value) in [
+            ("JOBS_QUEUE_URL", jobs_queue.as_str()),
+            ("DEAD_LETTER_QUEUE_URL", dead_letter_queue.as_str()),
+            ("RETRY_DEADLINE_MARGIN_SECS", "25"),
             ("STAGING_BUCKET", bucket.as_str()),
             ("WEBHOOK_SECRET_ID", webhook_secret.as_str()),
             ("KINAXIS_SECRET_ID", kinaxis_secret.as_str()),
@@ -382,6 +410,11 @@ impl TestApp {
             app.env.insert(key.to_owned(), value.to_owned());
         }
         app
+    }
+
+    pub async fn queue(&self, name: &str) -> String {
+        let created = self.sqs.create_queue().queue_name(unique(name)).send().await.expect("create queue");
+        created.queue_url().expect("queue url").to_owned()
     }
 
     pub async fn put_secret(&self, name: &str, value: Value) -> String {
@@ -413,13 +446,48 @@ impl TestApp {
         )
     }
 
-    pub fn worker(&self) -> Worker<S3Store, SecretsManager> {
+    pub fn worker(&self) -> AppWorker<S3Store> {
+        self.worker_on(S3Store::from_sdk_config(&self.sdk, &self.bucket))
+    }
+
+    /// The worker as the binary wires it, on `store` in place of the app's bucket.
+    pub fn worker_on<S: ObjectStore>(&self, store: S) -> AppWorker<S> {
         let config = WorkerConfig::from_lookup(&self.lookup()).expect("worker config");
+        let queue =
+            SqsQueue::from_sdk_config(&self.sdk, &config.queue.jobs_queue_url, &config.queue.dead_letter_queue_url);
         Worker::new(
-            S3Store::from_sdk_config(&self.sdk, &config.staging_bucket),
+            store,
             CachedSecrets::new(SecretsManager::from_sdk_config(&self.sdk), config.secret_cache_ttl),
+            KinaxisExport::new(&config),
+            SftpDrop { options: config.sftp.clone() },
+            queue,
             config,
         )
+    }
+
+    /// The messages on the app's dead-letter queue, with their failure reasons.
+    pub async fn dead_letters(&self) -> Vec<(String, String)> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.env["DEAD_LETTER_QUEUE_URL"])
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive from the DLQ");
+        out.messages()
+            .iter()
+            .map(|m| {
+                let reason = m
+                    .message_attributes()
+                    .and_then(|a| a.get("FailureReason"))
+                    .and_then(|v| v.string_value())
+                    .unwrap_or_default()
+                    .to_owned();
+                (m.body().unwrap_or_default().to_owned(), reason)
+            })
+            .collect()
     }
 
     pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
@@ -452,8 +520,9 @@ impl TestApp {
         body["jobId"].as_str().expect("jobId").to_owned()
     }
 
+    /// The invocation's deadline: its steps stop RETRY_DEADLINE_MARGIN_SECS (25 s) before.
     pub fn deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + Duration::from_secs(120)
+        tokio::time::Instant::now() + Duration::from_secs(150)
     }
 }
 

@@ -163,20 +163,10 @@ async fn the_s3_test_event_is_acknowledged_and_ignored() {
 
 #[tokio::test]
 async fn a_csv_larger_than_one_multipart_part_is_staged_in_parts_and_delivered_identical() {
-    let app = TestApp::start(&["--rows", "300000", "--first-page", "5000"]).await;
+    let mut app = TestApp::start(&["--rows", "300000", "--first-page", "5000"]).await;
     let job_id = app.accepted_job("webhook-http-api-pf.json").await;
-    let mut worker_env = app.env.clone();
-    worker_env.insert("KINAXIS_PAGE_SIZE".into(), "5000".into());
-    let config =
-        maestro_relay::config::WorkerConfig::from_lookup(&|name| worker_env.get(name).cloned()).expect("config");
-    let worker = maestro_relay::worker::Worker::new(
-        maestro_relay::aws::S3Store::from_sdk_config(&app.sdk, &app.bucket),
-        maestro_relay::secrets::CachedSecrets::new(
-            maestro_relay::aws::SecretsManager::from_sdk_config(&app.sdk),
-            Duration::from_secs(60),
-        ),
-        config,
-    );
+    app.env.insert("KINAXIS_PAGE_SIZE".into(), "5000".into());
+    let worker = app.worker();
     let answer = worker.handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("answer");
     let failure = app.json_object(&format!("failed/{job_id}.json")).await;
     assert_eq!(answer, json!({"batchItemFailures": []}), "{failure:?}");

@@ -2,13 +2,42 @@
 
 use std::time::Duration;
 
-use maestro_relay::error::ErrorClass;
+use maestro_relay::error::{ErrorClass, Result};
+use maestro_relay::memory::MemoryStore;
+use maestro_relay::ports::FileDrop;
 use maestro_relay::secrets::SftpCredentials;
-use maestro_relay::sftp::{deliver, Delivery, ExistingFilePolicy, SftpOptions};
+use maestro_relay::sftp::{ExistingFilePolicy, SftpDrop, SftpOptions};
+use maestro_relay::worker::delivery::FileDelivery;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{free_port, random_upload, Sshd};
+use crate::helpers::{free_port, random_upload, Sshd, Upload};
+
+#[derive(Debug, PartialEq, Eq)]
+struct Delivery {
+    remote_path: String,
+    uploaded: bool,
+}
+
+/// One file's first delivery through the SFTP adapter (no earlier record), until `deadline`.
+async fn deliver_until(
+    credentials: SftpCredentials,
+    options: SftpOptions,
+    upload: Upload,
+    deadline: tokio::time::Instant,
+) -> Result<Delivery> {
+    let policy = options.existing;
+    let mut folder = SftpDrop { options }.open(credentials).await?;
+    let store = MemoryStore::new();
+    let file = upload.exported();
+    let one = FileDelivery { store: &store, job_id: "job", file: &file, policy, attempt: 1, deadline };
+    let record = one.run(&mut folder, None).await?;
+    Ok(Delivery { remote_path: record.remote_path, uploaded: record.uploaded })
+}
+
+async fn deliver(credentials: SftpCredentials, options: SftpOptions, upload: Upload) -> Result<Delivery> {
+    deliver_until(credentials, options, upload, tokio::time::Instant::now() + Duration::from_secs(120)).await
+}
 
 fn credentials(sshd: &Sshd, target: &str) -> SftpCredentials {
     serde_json::from_value(sshd.secret(target)).expect("credentials")
@@ -173,4 +202,18 @@ async fn a_missing_remote_directory_is_permanent_unless_creation_is_configured()
     let create = SftpOptions { create_dir: true, ..options(ExistingFilePolicy::Fail) };
     deliver(creds, create, upload.clone()).await.expect("delivered into the created directory");
     assert_eq!(sha256_of(&nested.join("Dir-PF.csv")), upload.sha256);
+}
+
+#[tokio::test]
+async fn the_deadline_mid_upload_stops_it_and_removes_the_temporary_from_the_server() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let upload = random_upload(&dir, "Late-PF.csv", 512 * 1024 * 1024, 11);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(400);
+    let err = deliver_until(credentials(&sshd, "PF2"), options(ExistingFilePolicy::Fail), upload, deadline)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient, "{}", err.chain());
+    assert!(err.message.contains("deadline"), "{}", err.chain());
+    assert!(sshd.all_files("PF2").is_empty(), "left on the server: {:?}", sshd.all_files("PF2"));
 }

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 const USAGE: &str = "kinaxis-sim [--port P] [--rows N] [--first-page K] [--worksheets 'A,B'] \
 [--workbook NAME] [--client-id ID] [--client-secret S] [--token-ttl SECS] [--latency-ms MS] \
 [--fail-first K] [--expire-token-after-ms MS] [--truncate-calls 'N,M'] [--workbook-status CODE] \
-[--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens]";
+[--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens] [--vary-per-workbook-call]";
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -54,6 +54,9 @@ struct Settings {
     bad_width_row: Option<u64>,
     /// Every data call answers 401, whatever the token.
     reject_all_tokens: bool,
+    /// The rows of the workbook answer carry the workbook call's number as Quantity: two
+    /// exports of one job differ, as two reads of a plan being edited do.
+    vary_per_workbook_call: bool,
 }
 
 impl Default for Settings {
@@ -76,6 +79,7 @@ impl Default for Settings {
             short_by: 0,
             bad_width_row: None,
             reject_all_tokens: false,
+            vary_per_workbook_call: false,
         }
     }
 }
@@ -89,6 +93,10 @@ fn parse_args() -> Result<Settings, String> {
         }
         if flag == "--reject-all-tokens" {
             s.reject_all_tokens = true;
+            continue;
+        }
+        if flag == "--vary-per-workbook-call" {
+            s.vary_per_workbook_call = true;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -166,11 +174,14 @@ struct RowOut {
     values: Vec<String>,
 }
 
-fn rows_out(state: &State, w: usize, start: u64, count: u64) -> Vec<RowOut> {
+fn rows_out(state: &State, w: usize, start: u64, count: u64, version: Option<u64>) -> Vec<RowOut> {
     let served = state.settings.rows;
     (start..(start + count).min(served))
         .map(|i| {
             let mut values = row(w, i);
+            if let Some(version) = version {
+                values[3] = version.to_string();
+            }
             if state.settings.bad_width_row == Some(i) {
                 values.push("extra".into());
             }
@@ -331,7 +342,8 @@ async fn token(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 async fn workbook(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let call = state.counters.data_calls.fetch_add(1, Ordering::SeqCst) + 1;
-    state.counters.workbook_calls.fetch_add(1, Ordering::SeqCst);
+    let workbook_call = state.counters.workbook_calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let version = state.settings.vary_per_workbook_call.then_some(workbook_call);
     if let Some(refused) = refuse_token(state, &req) {
         return refused;
     }
@@ -363,7 +375,7 @@ async fn workbook(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>
             "QueryHandle": { "QueryID": format!("#q{w}") },
             "TotalRowCount": state.settings.rows + state.settings.short_by,
             "Columns": COLUMNS.iter().map(|c| json!({"Id": c, "IsEditable": false})).collect::<Vec<_>>(),
-            "Rows": rows_out(state, w, 0, state.settings.first_page),
+            "Rows": rows_out(state, w, 0, state.settings.first_page, version),
         }));
     }
     if let Some(missing) = wanted.iter().find(|n| !state.settings.worksheets.contains(n)) {
@@ -403,7 +415,7 @@ fn page(state: &State, req: Request<Incoming>, path_id: Option<String>) -> Respo
         #[serde(rename = "Rows")]
         rows: Vec<RowOut>,
     }
-    json_answer(state, call, &PageOut { rows: rows_out(state, w, start, count) })
+    json_answer(state, call, &PageOut { rows: rows_out(state, w, start, count, None) })
 }
 
 #[tokio::main]

@@ -1,0 +1,209 @@
+//! Exactly once and nothing lost, with the real `worker` binary run as Lambda runs it
+//! (scripts/lambda_rie.py) on moto_server, sshd and the simulator: killed right after the
+//! file appears and SAP then taking it, two runs of one job at once, and the deadline.
+
+use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{event_body, load_event, now, sign_event, sqs_event_for, TestApp, ROOT};
+
+/// The real worker binary on one event, with the invocation's timeout; its own process
+/// group, so that a kill takes the runtime stand-in and the function together.
+fn spawn_worker(app: &TestApp, event: &Value, timeout_s: u64, dir: &tempfile::TempDir, name: &str) -> Child {
+    let event_path = dir.path().join(format!("{name}.json"));
+    std::fs::write(&event_path, event.to_string()).expect("event file");
+    Command::new(format!("{ROOT}/.venv/bin/python"))
+        .arg(format!("{ROOT}/scripts/lambda_rie.py"))
+        .arg(&event_path)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_worker"))
+        .envs(&app.env)
+        .env("AWS_ENDPOINT_URL", &app.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "eu-central-1")
+        .env("LAMBDA_RIE_TIMEOUT_S", timeout_s.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("scripts/lambda_rie.py (run scripts/bootstrap.sh)")
+}
+
+/// Waits for the invocation; its answer (the last line the stand-in prints) and all output.
+fn answer_of(child: Child) -> (Value, String) {
+    let out = child.wait_with_output().expect("worker output");
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned();
+    (serde_json::from_str(&last).unwrap_or(Value::Null), printed)
+}
+
+/// A deliberately short-lived invocation: margins scaled down with it.
+fn short_invocations(app: &mut TestApp, margin_s: &str) {
+    app.env.insert("SFTP_IO_TIMEOUT_SECS".into(), "1".into());
+    app.env.insert("RETRY_DEADLINE_MARGIN_SECS".into(), margin_s.into());
+    app.env.insert("LEASE_GRACE_SECS".into(), "0".into());
+}
+
+/// Every name that ever appears in a folder (polled every millisecond), and on a signal
+/// (the first appearance) a kill of the given process group.
+struct Watcher {
+    seen: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn start(folder: std::path::PathBuf, kill_group_on_first: Option<u32>) -> Self {
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen_in, stop_in) = (Arc::clone(&seen), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut kill = kill_group_on_first;
+            while !stop_in.load(Ordering::SeqCst) {
+                for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') {
+                        continue;
+                    }
+                    if let Some(group) = kill.take() {
+                        // SAFETY: kill(2) of the test's own child process group.
+                        unsafe {
+                            libc::kill(-(group as i32), libc::SIGKILL);
+                        }
+                    }
+                    seen_in.lock().map(|mut s| s.insert(name)).ok();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Self { seen, stop, thread: Some(thread) }
+    }
+
+    fn seen(&self) -> BTreeSet<String> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_as_its_file_appears_then_sap_taking_the_file_leaves_one_file_ever_and_one_receipt() {
+    let mut app = TestApp::start(&["--rows", "3000", "--first-page", "500"]).await;
+    short_invocations(&mut app, "5");
+    let job_id = app.accepted_job("webhook-http-api-pf.json").await;
+    let dir = tempfile::tempdir().expect("dir");
+
+    let worker = spawn_worker(&app, &sqs_event_for(&job_id, "m-1"), 15, &dir, "killed");
+    let watcher = Watcher::start(app.sshd.folder("PF2"), Some(worker.id()));
+    let (_, printed) = answer_of(worker);
+    let seen = watcher.seen();
+    assert_eq!(seen.len(), 1, "the file never appeared before the kill:\n{printed}");
+
+    // SAP's inbound job takes the file; time passes until the dead run's lease runs out.
+    for name in app.sshd.files("PF2") {
+        std::fs::remove_file(app.sshd.folder("PF2").join(name)).expect("SAP takes the file");
+    }
+    if let Some(lease) = app.json_object(&format!("locks/{job_id}")).await {
+        let until = time::OffsetDateTime::parse(
+            lease["expiresAt"].as_str().unwrap_or_default(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("lease expiry");
+        let wait = (until - time::OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64 + 200;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+
+    let (from_queue, printed) = answer_of(spawn_worker(&app, &sqs_event_for(&job_id, "m-1"), 15, &dir, "queue"));
+    assert_eq!(from_queue, json!({"batchItemFailures": []}), "{printed}");
+    let (from_console, printed) =
+        answer_of(spawn_worker(&app, &json!({"jobKey": format!("jobs/{job_id}.json")}), 15, &dir, "console"));
+    assert_eq!(from_console["status"], "already-delivered", "{printed}");
+
+    assert_eq!(watcher.seen(), seen, "a file was delivered again");
+    assert!(app.sshd.all_files("PF2").is_empty(), "sent again or a temporary left: {:?}", app.sshd.all_files("PF2"));
+    assert_eq!(app.keys("receipts/").await, [format!("receipts/{job_id}.json")]);
+    assert!(app.keys("failed/").await.is_empty());
+}
+
+/// The PF event with its own delivery id, signed now.
+fn distinct_event(n: usize, whsec: &str) -> Value {
+    let mut event = load_event("webhook-http-api-pf.json");
+    let mut body: Value = serde_json::from_slice(&event_body(&event)).expect("body");
+    body["eventId"] = json!(format!("overlap-{n}"));
+    event["headers"]["webhook-id"] = json!(format!("msg_overlap_{n}"));
+    let body = serde_json::to_vec(&body).expect("body");
+    sign_event(&mut event, whsec, &body, now());
+    event
+}
+
+#[tokio::test]
+async fn two_workers_started_together_on_one_job_20_times_deliver_one_file_and_one_receipt_each_time() {
+    let mut app =
+        TestApp::start(&["--rows", "200", "--first-page", "200", "--vary-per-workbook-call", "--latency-ms", "30"])
+            .await;
+    app.env.insert("FILE_NAME_TEMPLATE".into(), "{fileName}_{jobId}.csv".into());
+    app.env.insert("STALE_BATCH".into(), "deliver".into());
+    let dir = tempfile::tempdir().expect("dir");
+    for n in 0..20 {
+        let (status, body) = app.post_webhook(&distinct_event(n, &app.whsec)).await;
+        assert_eq!(status, 202, "{body}");
+        let job_id = body["jobId"].as_str().expect("jobId").to_owned();
+        let event = sqs_event_for(&job_id, "m-1");
+        let (a, b) = (spawn_worker(&app, &event, 60, &dir, "a"), spawn_worker(&app, &event, 60, &dir, "b"));
+        let ((answer_a, out_a), (answer_b, out_b)) = (answer_of(a), answer_of(b));
+        let failed = |a: &Value| a["batchItemFailures"].as_array().map(Vec::len);
+        let failures = [failed(&answer_a), failed(&answer_b)];
+        assert!(failures.contains(&Some(0)), "run {n}: neither delivered:\n{out_a}\n{out_b}");
+
+        let files: Vec<String> = app.sshd.files("PF2").into_iter().filter(|f| f.contains(&job_id)).collect();
+        assert_eq!(files.len(), 1, "run {n}: {files:?}");
+        assert!(app.object(&format!("receipts/{job_id}.json")).await.is_some(), "run {n}: no receipt");
+        assert!(app.object(&format!("failed/{job_id}.json")).await.is_none(), "run {n}: failure beside the receipt");
+        let delivered = std::fs::read(app.sshd.folder("PF2").join(&files[0])).expect("file");
+        let staged = app.object(&format!("staging/{job_id}/{}", files[0])).await.expect("staged");
+        assert_eq!(delivered, staged, "run {n}: the delivered file is not the staged export");
+    }
+    assert_eq!(app.sshd.all_files("PF2").len(), 20, "{:?}", app.sshd.all_files("PF2"));
+    let exports = app.sim.stats().await["workbookCalls"].as_u64().unwrap_or(0);
+    assert!(exports >= 20, "{exports}");
+}
+
+#[tokio::test]
+async fn a_job_with_a_5_s_deadline_against_2_s_pages_records_its_failure_before_the_deadline_and_leaves_nothing() {
+    let mut app = TestApp::start(&["--rows", "3000", "--first-page", "100", "--latency-ms", "2000"]).await;
+    short_invocations(&mut app, "3");
+    let job_id = app.accepted_job("webhook-http-api-pf.json").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let started = Instant::now();
+    let deadline_utc = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    let (answer, printed) = answer_of(spawn_worker(&app, &sqs_event_for(&job_id, "m-1"), 5, &dir, "deadline"));
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after the deadline:\n{printed}");
+    assert_eq!(answer, json!({"batchItemFailures": [{"itemIdentifier": "m-1"}]}), "{printed}");
+
+    let failure = app.json_object(&format!("failed/{job_id}.json")).await.expect("a failure record");
+    assert_eq!((failure["class"].as_str(), failure["step"].as_str()), (Some("transient"), Some("fetch")), "{failure}");
+    let failed_at = time::OffsetDateTime::parse(
+        failure["failedAt"].as_str().unwrap_or_default(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("failedAt");
+    assert!(failed_at < deadline_utc, "recorded at {failed_at}, deadline {deadline_utc}");
+    assert!(printed.contains("JobsFailed"), "no metric:\n{printed}");
+    assert!(app.sshd.all_files("PF2").is_empty(), "{:?}", app.sshd.all_files("PF2"));
+    assert!(app.object(&format!("receipts/{job_id}.json")).await.is_none());
+}
