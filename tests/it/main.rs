@@ -8,4 +8,5 @@ mod kinaxis;
 mod no_secrets;
 mod pipeline;
 mod sftp;
+mod template;
 mod webhook;

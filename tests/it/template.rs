@@ -1,0 +1,397 @@
+//! The contract between `template.yaml` and the code, read from both sides: the alarms
+//! watch only metrics and dimension sets the code emits, every alarm can reach a person and
+//! tell them when it is over, and every variable the code requires is set on its function.
+//! `cfn-lint` and `sam validate` check CloudFormation's rules; these are ours.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use maestro_relay::config::{WebhookConfig, WorkerConfig};
+use maestro_relay::routing::RoutingTable;
+use maestro_relay::telemetry::{DIMENSION_SETS, NAMESPACE, WEBHOOK_METRICS, WORKER_METRICS};
+use serde_norway::Value;
+
+use crate::helpers::ROOT;
+
+fn template() -> Value {
+    let text = std::fs::read_to_string(format!("{ROOT}/template.yaml")).expect("template.yaml");
+    serde_norway::from_str(&text).expect("template.yaml is YAML")
+}
+
+fn resources(template: &Value) -> Vec<(String, &Value)> {
+    template["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .map(|(name, resource)| (name.as_str().expect("resource name").to_owned(), resource))
+        .collect()
+}
+
+fn of_type<'a>(template: &'a Value, kind: &str) -> Vec<(String, &'a Value)> {
+    resources(template).into_iter().filter(|(_, r)| r["Type"].as_str() == Some(kind)).collect()
+}
+
+/// `name` of `!Ref name` or `{Ref: name}`.
+fn ref_name(value: &Value) -> Option<&str> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
+        Value::Mapping(map) if map.len() == 1 => map.get("Ref").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// The text of a plain string or of `!Sub "text"` (placeholders left as they are).
+fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(s) => Some(s),
+        Value::Tagged(tagged) if tagged.tag == "Sub" => tagged.value.as_str(),
+        _ => None,
+    }
+}
+
+/// Resolves `!FindInMap [map, key, field]` against the template's Mappings; a scalar as is.
+fn scalar(template: &Value, value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Tagged(tagged) if tagged.tag == "FindInMap" => {
+            let path: Vec<&str> = tagged.value.as_sequence()?.iter().filter_map(Value::as_str).collect();
+            let [map, key, field] = path[..] else { return None };
+            scalar(template, &template["Mappings"][map][key][field])
+        }
+        _ => None,
+    }
+}
+
+/// One metric an alarm watches (a plain alarm has one, a metric-math alarm several).
+struct Watched<'a> {
+    alarm: String,
+    namespace: &'a Value,
+    name: &'a str,
+    dimensions: BTreeMap<String, &'a Value>,
+}
+
+fn dimensions(list: &Value) -> BTreeMap<String, &Value> {
+    list.as_sequence()
+        .map(|dims| {
+            dims.iter()
+                .map(|d| (d["Name"].as_str().expect("dimension Name").to_owned(), &d["Value"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn watched_metrics(template: &Value) -> Vec<Watched<'_>> {
+    let mut all = Vec::new();
+    for (alarm, resource) in of_type(template, "AWS::CloudWatch::Alarm") {
+        let props = &resource["Properties"];
+        if let Some(name) = props["MetricName"].as_str() {
+            all.push(Watched {
+                alarm: alarm.clone(),
+                namespace: &props["Namespace"],
+                name,
+                dimensions: dimensions(&props["Dimensions"]),
+            });
+        }
+        for query in props["Metrics"].as_sequence().into_iter().flatten() {
+            let metric = &query["MetricStat"]["Metric"];
+            if let Some(name) = metric["MetricName"].as_str() {
+                all.push(Watched {
+                    alarm: alarm.clone(),
+                    namespace: &metric["Namespace"],
+                    name,
+                    dimensions: dimensions(&metric["Dimensions"]),
+                });
+            }
+        }
+    }
+    all
+}
+
+fn assert_none(problems: Vec<String>) {
+    assert!(problems.is_empty(), "template.yaml breaks the contract:\n  {}", problems.join("\n  "));
+}
+
+/// The targets the template's default routes lead to.
+fn default_targets(template: &Value) -> Vec<String> {
+    let routes = template["Parameters"]["Routes"]["Default"].as_str().unwrap_or_default();
+    let overrides = template["Parameters"]["RouteOverrides"]["Default"].as_str().unwrap_or_default();
+    let table = RoutingTable::parse(routes, overrides).expect("the Routes/RouteOverrides defaults parse");
+    table.targets().iter().map(|t| t.as_str().to_owned()).collect()
+}
+
+#[test]
+fn every_alarm_notifies_on_alarm_and_on_ok_through_a_topic_of_the_stack() {
+    let template = template();
+    let topics: BTreeSet<String> = of_type(&template, "AWS::SNS::Topic").into_iter().map(|(n, _)| n).collect();
+    let alarms = of_type(&template, "AWS::CloudWatch::Alarm");
+    assert!(alarms.len() >= 10, "the template lost its alarms: {}", alarms.len());
+    let mut problems = Vec::new();
+    for (alarm, resource) in alarms {
+        for key in ["AlarmActions", "OKActions"] {
+            let actions = resource["Properties"][key].as_sequence().map(Vec::as_slice).unwrap_or_default();
+            if actions.is_empty() {
+                problems.push(format!("{alarm}: no {key}"));
+            }
+            for action in actions {
+                if !ref_name(action).is_some_and(|t| topics.contains(t)) {
+                    problems.push(format!("{alarm}: {key} entry {action:?} is not a !Ref to an SNS topic of the stack"));
+                }
+            }
+        }
+    }
+    assert_none(problems);
+}
+
+#[test]
+fn alarm_topics_are_not_under_an_aws_managed_key_and_their_key_admits_cloudwatch() {
+    let template = template();
+    let mut problems = Vec::new();
+    for (topic, resource) in of_type(&template, "AWS::SNS::Topic") {
+        let key = &resource["Properties"]["KmsMasterKeyId"];
+        if key.is_null() {
+            continue; // unencrypted: CloudWatch can publish (a choice the docs must explain)
+        }
+        if let Some(id) = key.as_str() {
+            if id.starts_with("alias/aws/") {
+                problems.push(format!("{topic}: KmsMasterKeyId {id} is AWS-managed; CloudWatch cannot publish to it"));
+            }
+            continue;
+        }
+        let key_name = match key {
+            Value::Tagged(t) if t.tag == "GetAtt" => t.value.as_str().and_then(|s| s.strip_suffix(".Arn")),
+            other => ref_name(other),
+        };
+        let Some(policy) = key_name.map(|k| &template["Resources"][k]["Properties"]["KeyPolicy"]) else {
+            problems.push(format!("{topic}: KmsMasterKeyId {key:?} is neither a key of the stack nor a literal"));
+            continue;
+        };
+        let admits_cloudwatch = policy["Statement"].as_sequence().into_iter().flatten().any(|s| {
+            let actions: Vec<&str> = match &s["Action"] {
+                Value::Sequence(list) => list.iter().filter_map(Value::as_str).collect(),
+                one => one.as_str().into_iter().collect(),
+            };
+            s["Effect"].as_str() == Some("Allow")
+                && s["Principal"]["Service"].as_str() == Some("cloudwatch.amazonaws.com")
+                && actions.contains(&"kms:Decrypt")
+                && actions.iter().any(|a| a.starts_with("kms:GenerateDataKey"))
+        });
+        if !admits_cloudwatch {
+            problems.push(format!(
+                "{topic}: the policy of its key does not allow cloudwatch.amazonaws.com kms:Decrypt and kms:GenerateDataKey*"
+            ));
+        }
+        let rotated = key_name.map(|k| &template["Resources"][k]["Properties"]["EnableKeyRotation"]);
+        if rotated.and_then(Value::as_bool) != Some(true) {
+            problems.push(format!("{topic}: its key has no EnableKeyRotation: true"));
+        }
+    }
+    assert_none(problems);
+}
+
+#[test]
+fn alarms_watch_only_metrics_and_dimension_sets_the_code_emits() {
+    let template = template();
+    let targets = default_targets(&template);
+    // Metrics made from log lines by the template's own metric filters.
+    let mut filtered = BTreeSet::new();
+    for (_, filter) in of_type(&template, "AWS::Logs::MetricFilter") {
+        for t in filter["Properties"]["MetricTransformations"].as_sequence().into_iter().flatten() {
+            let namespace = text(&t["MetricNamespace"]).expect("MetricNamespace").to_owned();
+            filtered.insert((namespace, t["MetricName"].as_str().expect("MetricName").to_owned()));
+        }
+    }
+    let sets: Vec<BTreeSet<&str>> = DIMENSION_SETS.iter().map(|set| set.iter().copied().collect()).collect();
+    let mut problems = Vec::new();
+    let mut ours = 0;
+    for w in watched_metrics(&template) {
+        let alarm = &w.alarm;
+        let Some(namespace) = text(w.namespace) else {
+            problems.push(format!("{alarm}: namespace {:?} is not a literal or !Sub", w.namespace));
+            continue;
+        };
+        if namespace.starts_with("AWS/") {
+            continue;
+        }
+        if namespace != NAMESPACE {
+            if !filtered.contains(&(namespace.to_owned(), w.name.to_owned())) {
+                problems.push(format!("{alarm}: {namespace}/{} comes from no metric filter of the template", w.name));
+            }
+            continue;
+        }
+        ours += 1;
+        let names: BTreeSet<&str> = w.dimensions.keys().map(String::as_str).collect();
+        if !sets.contains(&names) {
+            problems.push(format!("{alarm}: dimensions {names:?} are not a set the code emits ({DIMENSION_SETS:?})"));
+        }
+        if w.dimensions.get("Stack").and_then(|v| ref_name(v)) != Some("AWS::StackName") {
+            problems.push(format!("{alarm}: the Stack dimension is not !Ref AWS::StackName (another stack's metrics would count)"));
+        }
+        let function = w.dimensions.get("Function").and_then(|v| v.as_str());
+        let emitted: &[&str] = match function {
+            Some("worker") => WORKER_METRICS,
+            Some("webhook") => WEBHOOK_METRICS,
+            other => {
+                problems.push(format!("{alarm}: Function dimension {other:?} is neither worker nor webhook"));
+                continue;
+            }
+        };
+        if !emitted.contains(&w.name) {
+            problems.push(format!("{alarm}: the {} never emits {}", function.unwrap_or_default(), w.name));
+        }
+        if let Some(target) = w.dimensions.get("Target") {
+            if !target.as_str().is_some_and(|t| targets.iter().any(|known| known == t)) {
+                problems.push(format!("{alarm}: Target {target:?} is not a target of the default routes {targets:?}"));
+            }
+        }
+    }
+    assert!(ours > 0, "no alarm watches a {NAMESPACE} metric: the test would prove nothing");
+    assert_none(problems);
+}
+
+/// Globals' variables merged under the function's own, as SAM does.
+fn function_env<'a>(template: &'a Value, function: &str) -> BTreeMap<String, &'a Value> {
+    let mut env = BTreeMap::new();
+    for vars in [
+        &template["Globals"]["Function"]["Environment"]["Variables"],
+        &template["Resources"][function]["Properties"]["Environment"]["Variables"],
+    ] {
+        for (name, value) in vars.as_mapping().into_iter().flatten() {
+            env.insert(name.as_str().expect("variable name").to_owned(), value);
+        }
+    }
+    env
+}
+
+#[test]
+fn every_variable_the_code_requires_is_set_on_its_function() {
+    let template = template();
+    let sftp: Vec<String> = default_targets(&template).iter().map(|t| format!("SFTP_SECRET_ID_{t}")).collect();
+    let mut problems = Vec::new();
+    for (function, required) in [
+        ("WebhookFunction", WebhookConfig::REQUIRED_VARS.iter().map(|v| v.to_string()).collect::<Vec<_>>()),
+        ("WorkerFunction", WorkerConfig::REQUIRED_VARS.iter().map(|v| v.to_string()).chain(sftp.clone()).collect()),
+    ] {
+        let env = function_env(&template, function);
+        for var in &required {
+            if !env.contains_key(var) {
+                problems.push(format!("{function}: {var} is required by the code and not set"));
+            }
+        }
+        if env.get("STACK_NAME").and_then(|v| ref_name(v)) != Some("AWS::StackName") {
+            problems.push(format!("{function}: STACK_NAME is not !Ref AWS::StackName (metrics would say 'local')"));
+        }
+    }
+    // Settings both functions read come from one place, not two copies that can drift.
+    for var in ["ROUTES", "ROUTE_OVERRIDES"] {
+        if template["Globals"]["Function"]["Environment"]["Variables"][var].is_null() {
+            problems.push(format!("{var} is not set once in Globals for both functions"));
+        }
+        for function in ["WebhookFunction", "WorkerFunction"] {
+            if !template["Resources"][function]["Properties"]["Environment"]["Variables"][var].is_null() {
+                problems.push(format!("{function} sets {var} itself: it can drift from the other function"));
+            }
+        }
+    }
+    assert_none(problems);
+}
+
+#[test]
+fn the_worker_knows_the_queues_max_receive_count() {
+    let template = template();
+    let worker = function_env(&template, "WorkerFunction");
+    let in_env = worker.get("MAX_RECEIVE_COUNT").and_then(|v| scalar(&template, v));
+    let queue = scalar(&template, &template["Resources"]["JobsQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]);
+    assert!(in_env.is_some(), "MAX_RECEIVE_COUNT is not set on the worker");
+    assert_eq!(in_env, queue, "MAX_RECEIVE_COUNT and the jobs queue's maxReceiveCount differ");
+}
+
+#[test]
+fn the_duration_alarm_fires_at_80_percent_of_the_worker_timeout() {
+    let template = template();
+    let timeout = template["Resources"]["WorkerFunction"]["Properties"]["Timeout"].as_f64().expect("worker Timeout");
+    let durations: Vec<f64> = of_type(&template, "AWS::CloudWatch::Alarm")
+        .into_iter()
+        .map(|(_, a)| &a["Properties"])
+        .filter(|p| p["MetricName"].as_str() == Some("Duration"))
+        .filter(|p| dimensions(&p["Dimensions"]).get("FunctionName").and_then(|v| ref_name(v)) == Some("WorkerFunction"))
+        .map(|p| p["Threshold"].as_f64().expect("a numeric threshold"))
+        .collect();
+    assert_eq!(durations, vec![timeout * 1000.0 * 0.8], "one worker Duration alarm at 80 % of {timeout} s");
+}
+
+/// GitHub's anchor of a Markdown heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alarm_links_to_a_section_of_the_runbook_and_the_readme_lists_it() {
+    let template = template();
+    let runbook = std::fs::read_to_string(format!("{ROOT}/docs/runbook.md")).expect("docs/runbook.md");
+    let anchors: BTreeSet<String> =
+        runbook.lines().filter_map(|l| l.strip_prefix('#')).map(|l| anchor(l.trim_start_matches('#'))).collect();
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).expect("README.md");
+    let alarms_section = readme.split("\n## Alarms").nth(1).and_then(|s| s.split("\n## ").next()).unwrap_or_default();
+    let mut problems = Vec::new();
+    for (alarm, resource) in of_type(&template, "AWS::CloudWatch::Alarm") {
+        let description = text(&resource["Properties"]["AlarmDescription"]).unwrap_or_default();
+        match description.split_once("${RunbookUrl}#") {
+            Some((_, section)) if anchors.contains(section.trim()) => {
+                if !alarms_section.contains(&format!("runbook.md#{}", section.trim())) {
+                    problems.push(format!("{alarm}: README's Alarms table does not link runbook.md#{}", section.trim()));
+                }
+            }
+            Some((_, section)) => problems.push(format!("{alarm}: docs/runbook.md has no section #{section}")),
+            None => problems.push(format!("{alarm}: the description has no ${{RunbookUrl}}#section link")),
+        }
+    }
+    assert_none(problems);
+}
+
+#[test]
+fn every_suppressed_security_finding_says_why() {
+    let template = template();
+    let mut problems = Vec::new();
+    let mut skips = 0;
+    for (name, resource) in resources(&template) {
+        for skip in resource["Metadata"]["checkov"]["skip"].as_sequence().into_iter().flatten() {
+            skips += 1;
+            let why = skip["comment"].as_str().unwrap_or_default();
+            if why.split_whitespace().count() < 8 {
+                problems.push(format!("{name}: checkov skip {:?} has no real reason: {why:?}", skip["id"]));
+            }
+        }
+    }
+    assert!(skips > 0, "no suppressions found: has the Metadata layout changed?");
+    assert_none(problems);
+}
+
+#[test]
+fn the_shareable_rerun_event_is_the_one_in_events() {
+    let template = template();
+    let schema = of_type(&template, "AWS::EventSchemas::Schema")
+        .into_iter()
+        .find(|(_, s)| text(&s["Properties"]["SchemaName"]).is_some_and(|n| n.contains("${WorkerFunction}")))
+        .expect("a shareable test event schema of the worker");
+    // Lambda's console looks only in this registry, under this name.
+    assert_eq!(text(&schema.1["Properties"]["SchemaName"]), Some("_${WorkerFunction}-schema"));
+    let registry = match &schema.1["Properties"]["RegistryName"] {
+        Value::Tagged(t) if t.tag == "If" => t.value[2].as_str(),
+        other => other.as_str(),
+    };
+    assert_eq!(registry, Some("lambda-testevent-schemas"));
+    let content: serde_json::Value =
+        serde_json::from_str(schema.1["Properties"]["Content"].as_str().expect("Content")).expect("Content is JSON");
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/events/worker-direct-rerun.json")).expect("events/worker-direct-rerun.json"),
+    )
+    .expect("the event is JSON");
+    let examples = content["components"]["examples"].as_object().expect("examples");
+    assert!(examples.values().any(|e| e["value"] == file), "no example equals events/worker-direct-rerun.json");
+}
