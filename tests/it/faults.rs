@@ -100,7 +100,7 @@ async fn a_lost_receipt_is_rebuilt_from_the_delivery_records_without_touching_th
     app.s3.delete_object().bucket(&app.bucket).key(format!("receipts/{job_id}.json")).send().await.expect("delete");
 
     assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 0);
-    assert_eq!(app.sshd.files("PF2"), [name.clone()]);
+    assert_eq!(app.sshd.files("PF2"), std::slice::from_ref(&name));
     let again = std::fs::metadata(app.sshd.folder("PF2").join(&name)).and_then(|m| m.modified()).expect("mtime");
     assert_eq!(again, modified, "not pushed twice");
     let receipt = app.json_object(&format!("receipts/{job_id}.json")).await.expect("receipt");
