@@ -73,9 +73,7 @@ struct Watched<'a> {
 fn dimensions(list: &Value) -> BTreeMap<String, &Value> {
     list.as_sequence()
         .map(|dims| {
-            dims.iter()
-                .map(|d| (d["Name"].as_str().expect("dimension Name").to_owned(), &d["Value"]))
-                .collect()
+            dims.iter().map(|d| (d["Name"].as_str().expect("dimension Name").to_owned(), &d["Value"])).collect()
         })
         .unwrap_or_default()
 }
@@ -134,7 +132,8 @@ fn every_alarm_notifies_on_alarm_and_on_ok_through_a_topic_of_the_stack() {
             }
             for action in actions {
                 if !ref_name(action).is_some_and(|t| topics.contains(t)) {
-                    problems.push(format!("{alarm}: {key} entry {action:?} is not a !Ref to an SNS topic of the stack"));
+                    problems
+                        .push(format!("{alarm}: {key} entry {action:?} is not a !Ref to an SNS topic of the stack"));
                 }
             }
         }
@@ -224,7 +223,9 @@ fn alarms_watch_only_metrics_and_dimension_sets_the_code_emits() {
             problems.push(format!("{alarm}: dimensions {names:?} are not a set the code emits ({DIMENSION_SETS:?})"));
         }
         if w.dimensions.get("Stack").and_then(|v| ref_name(v)) != Some("AWS::StackName") {
-            problems.push(format!("{alarm}: the Stack dimension is not !Ref AWS::StackName (another stack's metrics would count)"));
+            problems.push(format!(
+                "{alarm}: the Stack dimension is not !Ref AWS::StackName (another stack's metrics would count)"
+            ));
         }
         let function = w.dimensions.get("Function").and_then(|v| v.as_str());
         let emitted: &[&str] = match function {
@@ -300,7 +301,8 @@ fn the_worker_knows_the_queues_max_receive_count() {
     let template = template();
     let worker = function_env(&template, "WorkerFunction");
     let in_env = worker.get("MAX_RECEIVE_COUNT").and_then(|v| scalar(&template, v));
-    let queue = scalar(&template, &template["Resources"]["JobsQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]);
+    let queue =
+        scalar(&template, &template["Resources"]["JobsQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]);
     assert!(in_env.is_some(), "MAX_RECEIVE_COUNT is not set on the worker");
     assert_eq!(in_env, queue, "MAX_RECEIVE_COUNT and the jobs queue's maxReceiveCount differ");
 }
@@ -313,7 +315,9 @@ fn the_duration_alarm_fires_at_80_percent_of_the_worker_timeout() {
         .into_iter()
         .map(|(_, a)| &a["Properties"])
         .filter(|p| p["MetricName"].as_str() == Some("Duration"))
-        .filter(|p| dimensions(&p["Dimensions"]).get("FunctionName").and_then(|v| ref_name(v)) == Some("WorkerFunction"))
+        .filter(|p| {
+            dimensions(&p["Dimensions"]).get("FunctionName").and_then(|v| ref_name(v)) == Some("WorkerFunction")
+        })
         .map(|p| p["Threshold"].as_f64().expect("a numeric threshold"))
         .collect();
     assert_eq!(durations, vec![timeout * 1000.0 * 0.8], "one worker Duration alarm at 80 % of {timeout} s");
@@ -344,7 +348,8 @@ fn every_alarm_links_to_a_section_of_the_runbook_and_the_readme_lists_it() {
         match description.split_once("${RunbookUrl}#") {
             Some((_, section)) if anchors.contains(section.trim()) => {
                 if !alarms_section.contains(&format!("runbook.md#{}", section.trim())) {
-                    problems.push(format!("{alarm}: README's Alarms table does not link runbook.md#{}", section.trim()));
+                    problems
+                        .push(format!("{alarm}: README's Alarms table does not link runbook.md#{}", section.trim()));
                 }
             }
             Some((_, section)) => problems.push(format!("{alarm}: docs/runbook.md has no section #{section}")),
@@ -389,7 +394,8 @@ fn the_shareable_rerun_event_is_the_one_in_events() {
     let content: serde_json::Value =
         serde_json::from_str(schema.1["Properties"]["Content"].as_str().expect("Content")).expect("Content is JSON");
     let file: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{ROOT}/events/worker-direct-rerun.json")).expect("events/worker-direct-rerun.json"),
+        &std::fs::read_to_string(format!("{ROOT}/events/worker-direct-rerun.json"))
+            .expect("events/worker-direct-rerun.json"),
     )
     .expect("the event is JSON");
     let examples = content["components"]["examples"].as_object().expect("examples");
