@@ -2,9 +2,10 @@
 # Installs what the local stack and the tests need and a fresh machine lacks:
 # a project virtualenv with moto[server] (S3, SQS, Secrets Manager), OpenSSH's sshd,
 # ssh-keygen and the sftp client, and OpenSSL's headers for libssh2. Idempotent: does
-# nothing when all is there. `scripts/bootstrap.sh ci` also installs the template checkers
-# (in a venv of their own: their pins clash with moto's); `scripts/bootstrap.sh package`
-# installs cargo-lambda and zig for `make package`.
+# nothing when all is there. Extra kinds, several at once (`scripts/bootstrap.sh ci package`):
+# `ci` the template checkers and the SAM CLI (a venv of their own: their pins clash with
+# moto's), `package` cargo-lambda and zig for `make package` and `sam build`, `security`
+# checkov (its own venv again: its pins clash with the SAM CLI's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,9 +22,13 @@ venv() {
   fi
 }
 
+wants() { local kind; for kind in "${kinds[@]}"; do [ "$kind" != "$1" ] || return 0; done; return 1; }
+kinds=("$@")
+
 venv .venv scripts/requirements.txt
-[ "${1:-}" != ci ] || venv .venv-ci scripts/requirements-ci.txt
-[ "${1:-}" != package ] || venv .venv-pkg scripts/requirements-package.txt
+! wants ci || venv .venv-ci scripts/requirements-ci.txt
+! wants package || venv .venv-pkg scripts/requirements-package.txt
+! wants security || venv .venv-sec scripts/requirements-security.txt
 
 need_apt=()
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
