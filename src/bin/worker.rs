@@ -10,7 +10,7 @@ use maestro_relay::export::KinaxisExport;
 use maestro_relay::secrets::CachedSecrets;
 use maestro_relay::sftp::SftpDrop;
 use maestro_relay::telemetry;
-use maestro_relay::worker::Worker;
+use maestro_relay::worker::{Worker, REQUEST_ID};
 use serde_json::Value;
 
 #[tokio::main]
@@ -28,7 +28,8 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let remaining = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
-        worker.handle_event(&event.payload, tokio::time::Instant::now() + remaining).await
+        let deadline = tokio::time::Instant::now() + remaining;
+        REQUEST_ID.scope(event.context.request_id.clone(), worker.handle_event(&event.payload, deadline)).await
     }))
     .await
 }

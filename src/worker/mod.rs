@@ -34,6 +34,12 @@ use event::WorkerEvent;
 use lease::Lease;
 use report::JobEnd;
 
+tokio::task_local! {
+    /// The Lambda request id of the invocation being served: set by the binary around each
+    /// invocation, put on every line of the job so one query finds both functions' lines.
+    pub static REQUEST_ID: String;
+}
+
 /// How a job was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -72,6 +78,7 @@ struct Run {
     job_id: String,
     /// This run's name on the lease.
     owner: String,
+    started: Instant,
     trigger: Trigger,
     /// Every step ends by then: the function's deadline less the margin.
     work_deadline: Instant,
@@ -204,13 +211,17 @@ where
         let job_id = keys::job_id_of_manifest(job_key)
             .ok_or_else(|| Error::permanent(Step::Manifest, format!("{job_key:?} is not jobs/<32 hex digits>.json")))?
             .to_owned();
-        let span = tracing::info_span!("job", jobId = %job_id);
+        let span = tracing::info_span!("job", jobId = %job_id, requestId = tracing::field::Empty);
+        if let Ok(request_id) = REQUEST_ID.try_with(Clone::clone) {
+            span.record("requestId", request_id.as_str());
+        }
         async {
             let started = Instant::now();
             let margin = self.config.deadline_margin;
             let remaining = deadline.saturating_duration_since(started);
             let run = Run {
                 owner: format!("{job_id}-{:016x}", fastrand::u64(..)),
+                started,
                 job_id,
                 trigger,
                 work_deadline: deadline.checked_sub(margin).unwrap_or(started),
@@ -349,6 +360,7 @@ where
 
         run.at(Step::Receipt);
         self.record_latest(run, manifest).await?;
+        run.time("total", run.started);
         let receipt = Receipt {
             job_id: job_id.to_owned(),
             target: manifest.target.clone(),

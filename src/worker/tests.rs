@@ -170,6 +170,7 @@ async fn a_job_runs_through_and_a_second_run_finds_it_delivered() {
     assert!(world.store.keys("locks/").is_empty(), "the lease is released");
     let record = world.store.json(&keys::delivery(&world.job_id(), &world.drop.appeared()[0])).unwrap();
     assert_eq!(record["state"], "delivered");
+    assert!(world.receipt().unwrap()["timingsMs"]["total"].is_u64(), "the receipt's timings include the total");
 }
 
 /// Where the crash strikes: in the bucket or the SAP folder, which operation on which

@@ -204,6 +204,8 @@ async fn a_job_with_a_5_s_deadline_against_2_s_pages_records_its_failure_before_
     .expect("failedAt");
     assert!(failed_at < deadline_utc, "recorded at {failed_at}, deadline {deadline_utc}");
     assert!(printed.contains("JobsFailed"), "no metric:\n{printed}");
+    let summary = printed.lines().find(|l| l.contains("\"job summary\"")).unwrap_or_default();
+    assert!(summary.contains("\"requestId\":\""), "the job summary lacks the Lambda request id: {summary}");
     assert!(app.sshd.all_files("PF2").is_empty(), "{:?}", app.sshd.all_files("PF2"));
     assert!(app.object(&format!("receipts/{job_id}.json")).await.is_none());
 }
