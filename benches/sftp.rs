@@ -20,10 +20,10 @@ use maestro_relay::worker::delivery::FileDelivery;
 /// records go to memory here: the figure is the SFTP side's).
 async fn deliver(credentials: SftpCredentials, options: SftpOptions, upload: &helpers::Upload) -> bool {
     let policy = options.existing;
-    let mut folder = SftpDrop { options }.open(credentials).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut folder = SftpDrop { options }.open(credentials, deadline).await.expect("connect");
     let store = MemoryStore::new();
     let file = upload.exported();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     let one = FileDelivery { store: &store, job_id: "bench", file: &file, policy, attempt: 1, deadline };
     one.run(&mut folder, None).await.expect("delivery").uploaded
 }

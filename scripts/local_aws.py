@@ -101,6 +101,7 @@ def main() -> None:
         "DEAD_LETTER_QUEUE_URL": dlq_url,
         "KINAXIS_BASE_URL": args.kinaxis_url,
         "KINAXIS_PAGE_SIZE": "500",
+        "WORKSHEETS": "Planned Orders",
         "RETRY_INITIAL_MS": "200",
         "RETRY_MAX_DELAY_MS": "2000",
         "SFTP_DIR_PF2": os.path.join(sftp_dir, "sap", "PF2"),

@@ -115,10 +115,22 @@ impl WebhookConfig {
         let secret_cache_ttl = env.seconds("SECRET_CACHE_TTL_SECS", 300);
         let routes = routes(&mut env);
         let stack_name = stack_name(&env);
+        let default_worksheets = env
+            .get("WORKSHEETS")
+            .map(|list| list.split(',').map(|w| w.trim().to_owned()).filter(|w| !w.is_empty()).collect())
+            .unwrap_or_default();
         env.finish(Self {
             staging_bucket,
             secret_cache_ttl,
-            settings: WebhookSettings { secret_id, auth_mode, max_body_bytes, timestamp_tolerance, routes, stack_name },
+            settings: WebhookSettings {
+                secret_id,
+                auth_mode,
+                max_body_bytes,
+                timestamp_tolerance,
+                routes,
+                stack_name,
+                default_worksheets,
+            },
         })
     }
 }

@@ -149,6 +149,7 @@ impl Exporter<'_> {
                 })
                 .buffered(self.client.options().pages_in_flight.max(1));
             let mut buffer = PageBuffer::default();
+            let mut cap_reported = false;
             while let Some((start, rows, body)) = pages.next().await {
                 let what = format!("worksheet {:?} rows from {start}", sheet.name);
                 let body = body?;
@@ -168,17 +169,30 @@ impl Exporter<'_> {
                         refetched_buffer.parse(&refetched).map_err(|e| data_fault(e, &what))?
                     }
                 };
-                if page.len() as u64 != rows {
-                    return Err(Error::permanent(
-                        Step::Fetch,
-                        format!(
-                            "{what}: the page has {} rows, {rows} expected: the export ended short of \
-                             TotalRowCount {total}",
-                            page.len()
-                        ),
-                    ));
-                }
+                let got = page_rows(page.len(), rows, &what, total)?;
                 page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
+                // A server may serve fewer rows than asked (a page cap): the rest of this
+                // page's range is read from where the rows ended, before the next page.
+                let mut next = start + got;
+                if next < start + rows && !cap_reported {
+                    cap_reported = true;
+                    tracing::warn!(
+                        worksheet = %sheet.name,
+                        asked = rows,
+                        served = got,
+                        "Kinaxis serves fewer rows per page than asked; reading on from where each page ends \
+                         (set KINAXIS_PAGE_SIZE to the server's cap to keep pages in flight)"
+                    );
+                }
+                let mut rest_buffer = PageBuffer::default();
+                while next < start + rows {
+                    let what = format!("worksheet {:?} rows from {next}", sheet.name);
+                    let body = self.fetch_parsable_page(&sheet_ref, next, start + rows - next).await?;
+                    let rest = rest_buffer.parse(&body).map_err(|e| data_fault(e, &what))?;
+                    let got = page_rows(rest.len(), start + rows - next, &what, total)?;
+                    rest.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
+                    next += got;
+                }
             }
         } else if sink.rows() > total {
             return Err(Error::permanent(
@@ -217,6 +231,26 @@ impl Exporter<'_> {
             .await?;
         Ok(body)
     }
+}
+
+/// The rows a page brought, when they are a usable answer to asking for `asked`: none at
+/// all before `TotalRowCount` means the export ended short, more than asked is not an
+/// answer to the request; both permanent.
+fn page_rows(len: usize, asked: u64, what: &str, total: u64) -> Result<u64> {
+    let got = len as u64;
+    if got == 0 {
+        return Err(Error::permanent(
+            Step::Fetch,
+            format!("{what}: the page has no rows: the export ended short of TotalRowCount {total}"),
+        ));
+    }
+    if got > asked {
+        return Err(Error::permanent(
+            Step::Fetch,
+            format!("{what}: the page has {got} rows, more than the {asked} asked"),
+        ));
+    }
+    Ok(got)
 }
 
 fn convert_error(err: CsvError, worksheet: &str) -> Error {

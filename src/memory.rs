@@ -23,7 +23,7 @@ use crate::ports::{
 };
 use crate::secrets::{KinaxisCredentials, SftpCredentials};
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A test that panicked while holding the lock has already failed; keep its state readable.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -133,6 +133,7 @@ pub struct MemoryStore {
     versions: AtomicU64,
     pub crash: Crash,
     faults: Faults,
+    landed_faults: Faults,
 }
 
 impl MemoryStore {
@@ -144,6 +145,12 @@ impl MemoryStore {
     /// `upload_file`, …) on keys containing `key_contains` fail, transient or permanent.
     pub fn fail(&self, operation: &'static str, key_contains: &str, times: u32, transient: bool) {
         self.faults.add(operation, key_contains, times, transient);
+    }
+
+    /// As `fail`, but the write lands first: S3 took it, the answer was lost (a timeout
+    /// after the PUT, a reset connection).
+    pub fn fail_after_landing(&self, operation: &'static str, key_contains: &str, times: u32) {
+        self.landed_faults.add(operation, key_contains, times, true);
     }
 
     pub fn object(&self, key: &str) -> Option<Vec<u8>> {
@@ -168,12 +175,15 @@ impl MemoryStore {
     }
 
     async fn enter(&self, operation: &str, key: &str) -> Result<()> {
+        // Every call gives way once, as a network call would: concurrent runs interleave.
+        tokio::task::yield_now().await;
         self.crash.point(operation, key, false).await;
         self.faults.take(operation, key, Step::Stage)
     }
 
-    async fn leave(&self, operation: &str, key: &str) {
+    async fn leave(&self, operation: &str, key: &str) -> Result<()> {
         self.crash.point(operation, key, true).await;
+        self.landed_faults.take(operation, key, Step::Stage)
     }
 }
 
@@ -192,8 +202,7 @@ impl ObjectStore for Arc<MemoryStore> {
     async fn put(&self, key: &str, bytes: Vec<u8>, _content_type: &str) -> Result<()> {
         self.enter("put", key).await?;
         self.insert(key, bytes);
-        self.leave("put", key).await;
-        Ok(())
+        self.leave("put", key).await
     }
 
     async fn create(&self, key: &str, bytes: Vec<u8>, _content_type: &str) -> Result<CreateOutcome> {
@@ -208,7 +217,7 @@ impl ObjectStore for Arc<MemoryStore> {
                 CreateOutcome::Created
             }
         };
-        self.leave("create", key).await;
+        self.leave("create", key).await?;
         Ok(outcome)
     }
 
@@ -225,7 +234,7 @@ impl ObjectStore for Arc<MemoryStore> {
                 _ => Guarded::Refused,
             }
         };
-        self.leave("replace", key).await;
+        self.leave("replace", key).await?;
         Ok(outcome)
     }
 
@@ -237,8 +246,7 @@ impl ObjectStore for Arc<MemoryStore> {
     async fn delete(&self, key: &str) -> Result<()> {
         self.enter("delete", key).await?;
         self.remove(key);
-        self.leave("delete", key).await;
-        Ok(())
+        self.leave("delete", key).await
     }
 
     async fn upload_file(&self, key: &str, path: &Path, _content_type: &str) -> Result<()> {
@@ -246,8 +254,7 @@ impl ObjectStore for Arc<MemoryStore> {
         let bytes = std::fs::read(path)
             .map_err(|e| Error::transient(Step::Stage, format!("reading {}", path.display())).caused_by(e))?;
         self.insert(key, bytes);
-        self.leave("upload_file", key).await;
-        Ok(())
+        self.leave("upload_file", key).await
     }
 
     async fn download_file(&self, key: &str, path: &Path) -> Result<bool> {
@@ -356,6 +363,8 @@ impl WorkbookSource for Arc<MemorySource> {
 #[derive(Debug, Default)]
 struct FolderState {
     files: BTreeMap<String, Vec<u8>>,
+    /// When each file was last written (seconds since the epoch).
+    modified: BTreeMap<String, u64>,
     /// Every name a rename has ever made appear (what SAP could have picked up).
     appeared: Vec<String>,
     /// Every operation, in order: `upload .x.part`, `rename x.csv`, …
@@ -418,7 +427,17 @@ impl MemoryDrop {
     }
 
     pub fn put_file(&self, name: &str, bytes: &[u8]) {
-        lock(&self.state).files.insert(name.to_owned(), bytes.to_vec());
+        let mut state = lock(&self.state);
+        state.files.insert(name.to_owned(), bytes.to_vec());
+        state.modified.insert(name.to_owned(), now_secs());
+    }
+
+    /// Backdates a file, as if it had been written `seconds` ago.
+    pub fn age(&self, name: &str, seconds: u64) {
+        let mut state = lock(&self.state);
+        if let Some(modified) = state.modified.get_mut(name) {
+            *modified = modified.saturating_sub(seconds);
+        }
     }
 
     pub fn operations(&self) -> Vec<String> {
@@ -436,7 +455,7 @@ impl MemoryDrop {
 impl FileDrop for Arc<MemoryDrop> {
     type Folder = MemoryFolder;
 
-    async fn open(&self, credentials: SftpCredentials) -> Result<MemoryFolder> {
+    async fn open(&self, credentials: SftpCredentials, _deadline: Instant) -> Result<MemoryFolder> {
         self.enter("open", &credentials.host).await?;
         Ok(MemoryFolder { drop: Arc::clone(self), dir: credentials.remote_dir.trim_end_matches('/').to_owned() })
     }
@@ -466,7 +485,11 @@ impl RemoteFolder for MemoryFolder {
         self.drop.enter("upload", name).await?;
         let bytes = std::fs::read(local)
             .map_err(|e| Error::transient(Step::Deliver, format!("reading {}", local.display())).caused_by(e))?;
-        lock(&self.drop.state).files.insert(name.to_owned(), Vec::new());
+        {
+            let mut state = lock(&self.drop.state);
+            state.files.insert(name.to_owned(), Vec::new());
+            state.modified.insert(name.to_owned(), now_secs());
+        }
         for chunk in bytes.chunks(self.drop.upload_chunk.max(1)) {
             if Instant::now() >= deadline {
                 lock(&self.drop.state).files.remove(name);
@@ -490,7 +513,9 @@ impl RemoteFolder for MemoryFolder {
             if state.files.contains_key(to) {
                 Guarded::Refused
             } else if let Some(bytes) = state.files.remove(from) {
+                let modified = state.modified.remove(from).unwrap_or_else(now_secs);
                 state.files.insert(to.to_owned(), bytes);
+                state.modified.insert(to.to_owned(), modified);
                 state.appeared.push(to.to_owned());
                 Guarded::Written
             } else {
@@ -509,10 +534,17 @@ impl RemoteFolder for MemoryFolder {
 
     async fn list(&mut self) -> Result<Vec<RemoteEntry>> {
         self.drop.enter("list", &self.dir).await?;
-        let names: Vec<String> = lock(&self.drop.state).files.keys().cloned().collect();
-        // In memory every file is old: stale temporaries are removed on sight.
-        Ok(names.into_iter().map(|name| RemoteEntry { name, modified: Some(0) }).collect())
+        let state = lock(&self.drop.state);
+        Ok(state
+            .files
+            .keys()
+            .map(|name| RemoteEntry { name: name.clone(), modified: state.modified.get(name).copied() })
+            .collect())
     }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 // ------------------------------------------------------------------------ queue

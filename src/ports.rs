@@ -86,10 +86,15 @@ pub trait WorkbookSource: Send + Sync {
 }
 
 /// An SAP system's inbound folder (SFTP). `open` connects and checks the server is the
-/// pinned one; the folder then answers by file name within its directory.
+/// pinned one; the folder then answers by file name within its directory, and no call on it
+/// outlasts `deadline` by more than a moment (a blocking call cannot be cut from outside).
 pub trait FileDrop: Send + Sync {
     type Folder: RemoteFolder;
-    fn open(&self, credentials: SftpCredentials) -> impl Future<Output = Result<Self::Folder>> + Send;
+    fn open(
+        &self,
+        credentials: SftpCredentials,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Self::Folder>> + Send;
 }
 
 /// An entry of the remote folder.

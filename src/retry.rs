@@ -41,7 +41,17 @@ impl RetryPolicy {
         let base = self.initial_delay.as_secs_f64() * self.factor.powi(retry as i32);
         let spread = self.jitter.clamp(0.0, 1.0);
         let scale = 1.0 - spread + 2.0 * spread * fastrand::f64();
-        Duration::from_secs_f64((base * scale).min(self.max_delay.as_secs_f64()).max(0.0))
+        // The cap again on the Duration: f64 rounding of a large cap can land a hair above it.
+        Duration::try_from_secs_f64((base * scale).min(self.max_delay.as_secs_f64()).max(0.0))
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
+
+    /// The pause before retry number `retry`: the backoff, or a server's `Retry-After` when
+    /// longer, never beyond the longest pause configured (a header of years, or of
+    /// u64::MAX seconds, neither overflows nor stalls the job).
+    pub fn pause(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        retry_after.unwrap_or_default().min(self.max_delay).max(self.delay(retry))
     }
 
     /// Runs `attempt` until it succeeds, fails permanently, runs out of retries, or the
@@ -68,8 +78,8 @@ impl RetryPolicy {
             if !err.is_transient() || made > self.retries {
                 return Err(err);
             }
-            let pause = err.retry_after.unwrap_or_default().max(self.delay(made - 1));
-            if Instant::now() + pause >= deadline {
+            let pause = self.pause(made - 1, err.retry_after);
+            if Instant::now().checked_add(pause).is_none_or(|resumes| resumes >= deadline) {
                 tracing::warn!(what, attempt = made, error = %err.chain(), "no time left for another retry");
                 return Err(err);
             }
@@ -193,7 +203,7 @@ mod tests {
     async fn a_retry_after_longer_than_the_backoff_is_honoured() {
         let started = Instant::now();
         let calls = Cell::new(0);
-        let _ = fast()
+        let _ = RetryPolicy { max_delay: Duration::from_millis(200), ..fast() }
             .run(far(), Step::Fetch, "t", |_| {
                 calls.set(calls.get() + 1);
                 let n = calls.get();
@@ -236,5 +246,44 @@ mod tests {
             .unwrap_err();
         assert_eq!(calls.get(), 0);
         assert_eq!(err.step, Step::Receipt);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_retry_after_and_no_configured_delay_can_overflow_or_exceed_the_longest_pause(
+            header in proptest::prelude::any::<u64>(),
+            text in "\\PC{0,40}",
+            max_delay_ms in proptest::prelude::any::<u64>(),
+            initial_ms in proptest::prelude::any::<u64>(),
+            retry in 0u32..1000,
+        ) {
+            let policy = RetryPolicy {
+                initial_delay: Duration::from_millis(initial_ms),
+                max_delay: Duration::from_millis(max_delay_ms),
+                factor: 2.0,
+                ..RetryPolicy::default()
+            };
+            let now = std::time::SystemTime::now();
+            for value in [header.to_string(), text.clone(), "Sun, 06 Nov 1994 08:49:37 GMT".to_owned(), "Fri, 31 Dec 9999 23:59:59 GMT".to_owned()] {
+                let after = crate::kinaxis::client::retry_after(&value, now);
+                let pause = policy.pause(retry, after);
+                proptest::prop_assert!(pause <= policy.max_delay);
+                // What `run` does with it: a pause past what an Instant holds is "too late".
+                let _ = Instant::now().checked_add(pause);
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        use crate::kinaxis::client::retry_after;
+        let now = httpdate::parse_http_date("Fri, 27 Nov 2026 12:00:00 GMT").unwrap();
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after("Fri, 27 Nov 2026 12:00:30 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after("Fri, 27 Nov 2026 11:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(retry_after("18446744073709551615", now), Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(retry_after("soon", now), None);
+        let policy = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
+        assert_eq!(policy.pause(0, retry_after("18446744073709551615", now)), Duration::from_secs(300));
     }
 }

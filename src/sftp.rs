@@ -149,8 +149,9 @@ pub struct SftpDrop {
 impl FileDrop for SftpDrop {
     type Folder = SftpFolder;
 
-    async fn open(&self, credentials: SftpCredentials) -> Result<SftpFolder> {
+    async fn open(&self, credentials: SftpCredentials, deadline: tokio::time::Instant) -> Result<SftpFolder> {
         let options = self.options.clone();
+        let deadline = deadline.into_std();
         let dir = credentials.remote_dir.trim_end_matches('/').to_owned();
         let span = tracing::Span::current();
         let connection = tokio::task::spawn_blocking(move || {
@@ -165,8 +166,17 @@ impl FileDrop for SftpDrop {
         })
         .await
         .map_err(|e| Error::transient(Step::Deliver, "the SFTP task stopped").caused_by(e))??;
-        Ok(SftpFolder { dir, connection: Some(connection) })
+        Ok(SftpFolder { dir, connection: Some(connection), deadline })
     }
+}
+
+/// libssh2's timeout for the next call: the I/O timeout, but never much past the deadline,
+/// since a blocking call cannot be cut from outside and what it leaves (a temporary) is
+/// only cleaned up if it returns. The floor leaves a cleanup call its moment.
+fn call_timeout(io_timeout: Duration, deadline: Instant) -> u32 {
+    const FLOOR: Duration = Duration::from_millis(500);
+    let remaining = deadline.saturating_duration_since(Instant::now()).max(FLOOR);
+    io_timeout.min(remaining).as_millis().min(u32::MAX as u128) as u32
 }
 
 struct Connection {
@@ -181,6 +191,7 @@ struct Connection {
 pub struct SftpFolder {
     dir: String,
     connection: Option<Connection>,
+    deadline: Instant,
 }
 
 impl SftpFolder {
@@ -193,7 +204,9 @@ impl SftpFolder {
             Error::transient(Step::Deliver, "the SFTP connection was lost when an earlier operation was cut short")
         })?;
         let span = tracing::Span::current();
+        let deadline = self.deadline;
         let (connection, result) = tokio::task::spawn_blocking(move || {
+            connection.session.set_timeout(call_timeout(connection.options.io_timeout, deadline));
             let result = span.in_scope(|| operation(&connection));
             (connection, result)
         })
@@ -205,9 +218,16 @@ impl SftpFolder {
 }
 
 impl Drop for SftpFolder {
+    /// Says goodbye on the blocking pool: a disconnect is blocking I/O.
     fn drop(&mut self) {
         if let Some(connection) = self.connection.take() {
-            let _ = connection.session.disconnect(None, "done", None);
+            let goodbye = move || {
+                let _ = connection.session.disconnect(None, "done", None);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(goodbye)),
+                Err(_) => goodbye(),
+            }
         }
     }
 }

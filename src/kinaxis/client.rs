@@ -1,12 +1,14 @@
-//! HTTP client of the Kinaxis API: a cached token refreshed once on a 401, the workbook
-//! POST and worksheet pages; every failure classed and naming what it was fetching.
+//! HTTP client of the Kinaxis API: a cached token fetched by one request at a time however
+//! many calls are in flight, refreshed once per call on a 401; the workbook POST and
+//! worksheet pages; every failure classed and naming what it was fetching.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use reqwest::{Response, StatusCode};
 use secrecy::ExposeSecret;
-use std::sync::Mutex;
 use tokio::time::Instant;
 
 use super::model::{TokenAnswer, WorkbookAnswer, WorkbookRequest};
@@ -55,20 +57,35 @@ pub struct WorksheetRef {
     pub query_id: String,
 }
 
+#[derive(Clone)]
 struct Token {
     value: String,
     refresh_at: Instant,
 }
 
+/// A token request in flight, awaited by every call that needs a token meanwhile. Whoever
+/// awaits it drives it, so a caller outside the stream of pages in flight cannot wait on a
+/// request that nobody polls.
+type TokenRequest = Shared<BoxFuture<'static, Result<Token, Arc<Error>>>>;
+
+#[derive(Default)]
+struct TokenState {
+    current: Option<Token>,
+    in_flight: Option<TokenRequest>,
+}
+
 /// Tokens are refreshed this long before Kinaxis says they expire.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 const DEFAULT_TOKEN_LIFETIME: u64 = 3600;
+/// A longer `expires_in` is read as this: the token is asked for again at least daily, and
+/// no arithmetic on the server's number can overflow.
+const MAX_TOKEN_LIFETIME: u64 = 86_400;
 
 pub struct KinaxisClient {
     http: reqwest::Client,
     credentials: KinaxisCredentials,
     options: KinaxisOptions,
-    token: Mutex<Option<Token>>,
+    token: Mutex<TokenState>,
 }
 
 impl KinaxisClient {
@@ -78,7 +95,7 @@ impl KinaxisClient {
             .timeout(options.request_timeout)
             .build()
             .map_err(|e| Error::permanent(Step::Config, "building the Kinaxis HTTP client").caused_by(e))?;
-        Ok(Self { http, credentials, options, token: Mutex::new(None) })
+        Ok(Self { http, credentials, options, token: Mutex::new(TokenState::default()) })
     }
 
     pub fn options(&self) -> &KinaxisOptions {
@@ -89,49 +106,48 @@ impl KinaxisClient {
         format!("{}/{path}", self.options.base_url.trim_end_matches('/'))
     }
 
-    /// A valid bearer token, from the cache while it is fresh.
-    ///
-    /// No lock is held while a token is requested: page requests in flight are polled by
-    /// one stream, and a request suspended while holding a lock would block every other
-    /// (a deadlock seen with a page re-fetch during a token refresh). Two requests may
-    /// then fetch a token at the same moment; the later one is kept.
-    async fn token(&self) -> Result<String> {
-        let fresh = self
-            .token
-            .lock()
-            .ok()
-            .and_then(|cached| cached.as_ref().filter(|t| Instant::now() < t.refresh_at).map(|t| t.value.clone()));
-        if let Some(value) = fresh {
-            return Ok(value);
-        }
-        let response = self
-            .http
-            .post(self.url("oauth2/token"))
-            .basic_auth(&self.credentials.client_id, Some(self.credentials.client_secret.expose_secret()))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .map_err(|e| transport(e, "requesting a Kinaxis token"))?;
-        let response = check_status(response, "requesting a Kinaxis token").await?;
-        let body = response.bytes().await.map_err(|e| transport(e, "reading the Kinaxis token"))?;
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
-            Error::permanent(Step::Fetch, "the Kinaxis token answer is not the expected JSON").caused_by(e)
-        })?;
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME));
-        let refresh_in = lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 2));
-        let value = answer.access_token;
-        if let Ok(mut cached) = self.token.lock() {
-            *cached = Some(Token { value: value.clone(), refresh_at: Instant::now() + refresh_in });
-        }
-        Ok(value)
+    fn token_state(&self) -> std::sync::MutexGuard<'_, TokenState> {
+        self.token.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Forgets `used` if it is still the cached token, so the next call fetches a new one.
-    fn forget_token(&self, used: &str) {
-        if let Ok(mut cached) = self.token.lock() {
-            if cached.as_ref().is_some_and(|t| t.value == used) {
-                *cached = None;
+    /// A valid bearer token: from the cache while it is fresh, else from the one token
+    /// request in flight (started here if there is none). A server that revokes older tokens
+    /// when it issues one would otherwise refuse the calls holding a token fetched a moment
+    /// earlier by a parallel refresh.
+    async fn token(&self) -> Result<String> {
+        let request = {
+            let mut state = self.token_state();
+            if let Some(token) = state.current.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+                return Ok(token.value.clone());
             }
+            match &state.in_flight {
+                Some(request) => request.clone(),
+                None => {
+                    let request = request_token(self.http.clone(), self.url("oauth2/token"), self.credentials.clone())
+                        .boxed()
+                        .shared();
+                    state.in_flight = Some(request.clone());
+                    request
+                }
+            }
+        };
+        let outcome = request.clone().await;
+        let mut state = self.token_state();
+        if state.in_flight.as_ref().is_some_and(|r| r.ptr_eq(&request)) {
+            state.in_flight = None;
+            if let Ok(token) = &outcome {
+                state.current = Some(token.clone());
+            }
+        }
+        outcome.map(|t| t.value).map_err(|e| unshared(&e))
+    }
+
+    /// Forgets `used` if it is still the cached token, so the next call fetches a new one;
+    /// calls refused with it after a new one arrived simply take the new one.
+    fn forget_token(&self, used: &str) {
+        let mut state = self.token_state();
+        if state.current.as_ref().is_some_and(|t| t.value == used) {
+            state.current = None;
         }
     }
 
@@ -167,28 +183,84 @@ impl KinaxisClient {
     /// One page of a worksheet as the raw body; parsed by the caller without copying.
     pub async fn page(&self, sheet: &WorksheetRef, start_row: u64, rows: u64) -> Result<Bytes> {
         let what = format!("reading worksheet {:?} rows from {start_row}", sheet.worksheet_name);
-        let query_id = sheet.query_id.trim_start_matches('#');
-        let response = self
-            .send_authorized(&what, |token| {
-                let request = match self.options.paging {
-                    PagingStyle::Query => self.http.get(self.url("integration/V1/data/worksheet")).query(&[
-                        ("queryId", query_id),
-                        ("workbookName", sheet.workbook_name.as_str()),
-                        ("Scope", sheet.workbook_scope.as_str()),
-                        ("worksheetName", sheet.worksheet_name.as_str()),
-                        ("startRow", start_row.to_string().as_str()),
-                        ("pageSize", rows.to_string().as_str()),
-                    ]),
-                    PagingStyle::Path => self
-                        .http
-                        .get(self.url(&format!("integration/V1/data/worksheet/{query_id}")))
-                        .query(&[("startRow", start_row), ("numRows", rows)]),
-                };
-                request.bearer_auth(token)
-            })
-            .await?;
+        let response =
+            self.send_authorized(&what, |token| self.page_request(sheet, start_row, rows).bearer_auth(token)).await?;
         response.bytes().await.map_err(|e| transport(e, &what))
     }
+
+    /// The page request in the configured paging style, without its token. The handle
+    /// goes without its leading `#` (as kinaxis-api.md's query form has it), encoded.
+    fn page_request(&self, sheet: &WorksheetRef, start_row: u64, rows: u64) -> reqwest::RequestBuilder {
+        let query_id = sheet.query_id.trim_start_matches('#');
+        match self.options.paging {
+            PagingStyle::Query => self.http.get(self.url("integration/V1/data/worksheet")).query(&[
+                ("queryId", query_id),
+                ("workbookName", sheet.workbook_name.as_str()),
+                ("Scope", sheet.workbook_scope.as_str()),
+                ("worksheetName", sheet.worksheet_name.as_str()),
+                ("startRow", start_row.to_string().as_str()),
+                ("pageSize", rows.to_string().as_str()),
+            ]),
+            PagingStyle::Path => self
+                .http
+                .get(self.url(&format!("integration/V1/data/worksheet/{}", path_segment(query_id))))
+                .query(&[("startRow", start_row), ("numRows", rows)]),
+        }
+    }
+}
+
+async fn request_token(
+    http: reqwest::Client,
+    url: String,
+    credentials: KinaxisCredentials,
+) -> Result<Token, Arc<Error>> {
+    let what = "requesting a Kinaxis token";
+    let response = http
+        .post(url)
+        .basic_auth(&credentials.client_id, Some(credentials.client_secret.expose_secret()))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .map_err(|e| Arc::new(transport(e, what)))?;
+    let response = check_status(response, what).await.map_err(Arc::new)?;
+    let body = response.bytes().await.map_err(|e| Arc::new(transport(e, "reading the Kinaxis token")))?;
+    let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
+        Arc::new(Error::permanent(Step::Fetch, "the Kinaxis token answer is not the expected JSON").caused_by(e))
+    })?;
+    let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).min(MAX_TOKEN_LIFETIME));
+    let refresh_in = lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 2));
+    Ok(Token { value: answer.access_token, refresh_at: Instant::now() + refresh_in })
+}
+
+/// A handle as one URL path segment: a `#` (or `/`, `?`, a space) left raw would end the
+/// path, and the server would never see the rest.
+fn path_segment(handle: &str) -> String {
+    percent_encoding::utf8_percent_encode(handle, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The error a shared token request ended with, for each of its waiters: the same class,
+/// step and text, the causes folded into the message.
+fn unshared(err: &Error) -> Error {
+    let mut message = err.message.clone();
+    let mut cause = std::error::Error::source(err);
+    while let Some(inner) = cause {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    Error::new(err.class, err.step, message).with_retry_after(err.retry_after)
+}
+
+/// `Retry-After` as delay-seconds or as an HTTP date (RFC 9110), relative to `now`; a date
+/// in the past is no wait. Extreme values are the retry policy's to clamp; nothing here
+/// can overflow.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// A network-level failure: always worth another try.
@@ -228,8 +300,7 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| retry_after(v, SystemTime::now()));
     let body = response.text().await.unwrap_or_default();
     let snippet: String = body.chars().take(200).collect();
     let transient =
@@ -251,6 +322,25 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_never_reach_a_url_with_a_raw_hash() {
+        assert_eq!(path_segment("a1#b/c d"), "a1%23b%2Fc%20d");
+        for paging in [PagingStyle::Query, PagingStyle::Path] {
+            let options = KinaxisOptions { base_url: "https://k.example/ACME".into(), paging, ..Default::default() };
+            let credentials = KinaxisCredentials { client_id: "c".into(), client_secret: "s".to_owned().into() };
+            let client = KinaxisClient::new(credentials, options).unwrap();
+            let sheet = WorksheetRef {
+                workbook_name: "W #1".into(),
+                workbook_scope: "Public".into(),
+                worksheet_name: "S#2".into(),
+                query_id: "#q#0".into(),
+            };
+            let url = client.page_request(&sheet, 5, 10).bearer_auth("t").build().unwrap().url().to_string();
+            assert!(!url.contains('#'), "{url}");
+            assert!(url.contains("q%230"), "{url}");
+        }
+    }
 
     #[test]
     fn a_body_cut_short_is_transient_and_a_wrong_shape_is_permanent() {

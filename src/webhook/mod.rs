@@ -29,6 +29,8 @@ pub struct WebhookSettings {
     pub routes: RoutingTable,
     /// The CloudFormation stack: a dimension of every metric.
     pub stack_name: String,
+    /// Worksheets of a request that names none (`WORKSHEETS`); empty: such a request is a 400.
+    pub default_worksheets: Vec<String>,
 }
 
 /// An HTTP answer before it is dressed for API Gateway.
@@ -142,7 +144,7 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             }
         }
 
-        let request = match request::parse(body) {
+        let mut request = match request::parse(body) {
             Ok(request) => request,
             Err(err) => {
                 let mut answer = Answer::problem(StatusCode::BAD_REQUEST, err.to_string());
@@ -150,6 +152,20 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
                 return answer;
             }
         };
+
+        // Kinaxis needs WorksheetNames: a job without them could only fail later, so it is
+        // not accepted unless configuration names the worksheets to take.
+        if request.worksheets.is_empty() {
+            if self.settings.default_worksheets.is_empty() {
+                let mut answer = Answer::problem(
+                    StatusCode::BAD_REQUEST,
+                    "worksheets: is required (no WORKSHEETS default is configured, and Kinaxis needs the names)",
+                );
+                answer.body["field"] = json!("worksheets");
+                return answer;
+            }
+            request.worksheets = self.settings.default_worksheets.clone();
+        }
 
         let target = match self.settings.routes.route(&request.file_name) {
             Ok(target) => target,

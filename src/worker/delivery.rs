@@ -40,6 +40,13 @@ async fn write(store: &impl ObjectStore, job_id: &str, record: &DeliveryRecord) 
     store.put(&key, bytes, "application/json").await.map_err(|e| e.at(Step::Deliver))
 }
 
+fn exists_with_other_content(remote_path: &str) -> Error {
+    Error::permanent(
+        Step::Deliver,
+        format!("{remote_path} exists with other content; policy 'fail' leaves it untouched"),
+    )
+}
+
 /// What one delivery works with.
 pub struct FileDelivery<'a, S> {
     pub store: &'a S,
@@ -110,10 +117,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 return self.delivered(record).await;
             }
             if self.policy == ExistingFilePolicy::Fail {
-                return Err(Error::permanent(
-                    Step::Deliver,
-                    format!("{} exists with other content; policy 'fail' leaves it untouched", record.remote_path),
-                ));
+                return Err(exists_with_other_content(&record.remote_path));
             }
         }
         match folder.size(&temp).await? {
@@ -173,13 +177,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                         return self.delivered(record).await;
                     }
                     if self.policy == ExistingFilePolicy::Fail {
-                        return Err(Error::permanent(
-                            Step::Deliver,
-                            format!(
-                                "{} exists with other content; policy 'fail' leaves it untouched",
-                                folder.path_of(&name)
-                            ),
-                        ));
+                        return Err(exists_with_other_content(&folder.path_of(&name)));
                     }
                     replace = true;
                 }
@@ -200,8 +198,14 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         }
         let record = self.new_record(folder, DeliveryState::Intent, &temp);
         if let Err(err) = write(self.store, self.job_id, &record).await {
-            // Without the intent the rename must not happen; nothing reached SAP.
-            let _ = folder.remove(&temp).await;
+            // The write may have landed although it reported an error: removing the
+            // temporary now would make a recorded intent with nothing behind it read as
+            // "renamed and taken by SAP". Mark it abandoned first; if that cannot be
+            // written either, leave the temporary: a later attempt renames it (intent
+            // landed) or sweeps it as stale (it did not).
+            if self.abandon(folder, record).await.is_err() {
+                tracing::warn!(temp, "the intent could not be confirmed; the temporary stays for the next attempt");
+            }
             return Err(err);
         }
         if replace {

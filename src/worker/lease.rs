@@ -31,6 +31,8 @@ pub async fn acquire(store: &impl ObjectStore, job_id: &str, record: &LeaseRecor
         }
         let Some(current) = store.get_tagged(&key).await.map_err(|e| e.at(Step::Lease))? else { continue };
         match serde_json::from_slice::<LeaseRecord>(&current.bytes) {
+            // Our own create landed although it reported an error, and a retry came back.
+            Ok(held) if held.owner == record.owner => return Ok(Lease::Held),
             Ok(held) if held.expires_at > record.acquired_at => {
                 return Ok(Lease::Busy { owner: held.owner, until: held.expires_at });
             }

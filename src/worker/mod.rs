@@ -82,6 +82,9 @@ struct Run {
     trigger: Trigger,
     /// Every step ends by then: the function's deadline less the margin.
     work_deadline: Instant,
+    /// The receipt's small writes after a delivery that ran to its cut may use until then:
+    /// halfway into the margin, where the backstop cuts the job.
+    finish_deadline: Instant,
     /// The function's own deadline, on the wall clock (for the lease).
     function_deadline_utc: OffsetDateTime,
     step: Mutex<Step>,
@@ -153,16 +156,22 @@ where
                 let scope = MetricScope { stack: &self.config.stack_name, function: "worker", target: None };
                 let metrics = [("JobsFailed", Metric::Count(1.0)), ("JobsFailedFinal", Metric::Count(1.0))];
                 telemetry::emit(&telemetry::emf_record(scope, &metrics, &[]));
-                return self.dead_letter(body, &err).await;
+                return self.dead_letter(body, &err, deadline).await;
             }
         };
         for job_key in job_keys {
             let trigger = Trigger::Queue { receive_count };
             match self.run_job(&job_key, deadline, trigger).await {
-                Ok(JobOutcome::Busy { .. }) => return self.retry_later(message, receive_count).await,
+                // On the last receive a failed message would reach the DLQ by the queue's
+                // redrive and raise its alarm although the lease holder is at work: it is
+                // acknowledged instead, and the holder's own outcome reaches people.
+                Ok(JobOutcome::Busy { owner, .. }) if receive_count >= self.config.queue.max_receive_count => {
+                    tracing::warn!(lease_owner = %owner, receive_count, "the last receive found the job held by another run; acknowledged, that run owns the outcome");
+                }
+                Ok(JobOutcome::Busy { .. }) => return self.retry_later(message, receive_count, deadline).await,
                 Ok(_) => {}
-                Err(err) if self.is_final(&err, trigger) => return self.dead_letter(body, &err).await,
-                Err(_) => return self.retry_later(message, receive_count).await,
+                Err(err) if self.is_final(&err, trigger) => return self.dead_letter(body, &err, deadline).await,
+                Err(_) => return self.retry_later(message, receive_count, deadline).await,
             }
         }
         true
@@ -179,27 +188,34 @@ where
     }
 
     /// Sends the message to the dead-letter queue now, so its alarm fires now rather than
-    /// after every redelivery, and acknowledges it; if that fails, the queue's own redrive
-    /// still moves it there in the end.
-    async fn dead_letter(&self, body: &str, err: &Error) -> bool {
-        match self.queue.dead_letter(body, &err.chain()).await {
-            Ok(()) => true,
-            Err(queue_err) => {
+    /// after every redelivery, and acknowledges it; if that fails (or cannot finish before
+    /// the deadline), the queue's own redrive still moves it there in the end.
+    async fn dead_letter(&self, body: &str, err: &Error, deadline: Instant) -> bool {
+        match tokio::time::timeout_at(deadline, self.queue.dead_letter(body, &err.chain())).await {
+            Ok(Ok(())) => true,
+            Ok(Err(queue_err)) => {
                 tracing::error!(error = %queue_err.chain(), "could not send the message to the dead-letter queue; failing it instead");
+                false
+            }
+            Err(_) => {
+                tracing::error!("no time left to send the message to the dead-letter queue; failing it instead");
                 false
             }
         }
     }
 
     /// Fails the message and keeps it invisible for the configured wait.
-    async fn retry_later(&self, message: &SqsMessage, receive_count: u32) -> bool {
+    async fn retry_later(&self, message: &SqsMessage, receive_count: u32, deadline: Instant) -> bool {
         let delay = self.config.queue.delay_after(receive_count);
         if let Some(handle) = message.receipt_handle.as_deref() {
-            match self.queue.retry_later(handle, delay).await {
-                Ok(()) => tracing::info!(receive_count, retry_in_s = delay.as_secs(), "the job is tried again later"),
-                Err(err) => {
+            match tokio::time::timeout_at(deadline, self.queue.retry_later(handle, delay)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(receive_count, retry_in_s = delay.as_secs(), "the job is tried again later")
+                }
+                Ok(Err(err)) => {
                     tracing::warn!(error = %err.chain(), "could not delay the message; the queue's visibility timeout applies")
                 }
+                Err(_) => tracing::warn!("no time left to delay the message; the queue's visibility timeout applies"),
             }
         }
         false
@@ -219,12 +235,14 @@ where
             let started = Instant::now();
             let margin = self.config.deadline_margin;
             let remaining = deadline.saturating_duration_since(started);
+            let work_deadline = deadline.checked_sub(margin).unwrap_or(started);
             let run = Run {
                 owner: format!("{job_id}-{:016x}", fastrand::u64(..)),
                 started,
                 job_id,
                 trigger,
-                work_deadline: deadline.checked_sub(margin).unwrap_or(started),
+                work_deadline,
+                finish_deadline: work_deadline + margin / 2,
                 function_deadline_utc: OffsetDateTime::now_utc()
                     + time::Duration::try_from(remaining).unwrap_or(time::Duration::ZERO),
                 step: Mutex::new(Step::Manifest),
@@ -234,7 +252,7 @@ where
             };
             // Steps stop by themselves at the work deadline; this cuts anything that did not,
             // halfway into the margin, and still leaves half of it to record the outcome.
-            let backstop = run.work_deadline + margin / 2;
+            let backstop = run.finish_deadline;
             let result = match tokio::time::timeout_at(backstop, self.run_steps(&run, job_key)).await {
                 Ok(result) => result,
                 Err(_) => Err(deadline_reached(*lock(&run.step), "the job")),
@@ -248,8 +266,14 @@ where
                 target: target.as_deref(),
                 timings: &timings,
                 final_failure: result.as_ref().err().is_some_and(|e| self.is_final(e, trigger)),
+                // Only the lease holder (or a failure no run can undo) writes `failed/`: a run
+                // refused before the lease must not leave one beside the holder's receipt.
+                record_failure: run.lease_held.load(Ordering::SeqCst)
+                    || result.as_ref().err().is_some_and(|e| !e.is_transient()),
             };
-            let report_by = deadline.checked_sub(Duration::from_millis(500)).unwrap_or(deadline);
+            // What comes after the report (releasing the lease, telling the queue) gets the
+            // last second.
+            let report_by = deadline.checked_sub(Duration::from_millis(1500)).unwrap_or(deadline);
             if tokio::time::timeout_at(report_by, end.report(&self.store, &result)).await.is_err() {
                 tracing::error!("the outcome could not be recorded before the deadline");
             }
@@ -321,9 +345,6 @@ where
 
     async fn steps(&self, run: &Run, manifest: &Manifest) -> Result<JobOutcome> {
         let job_id = run.job_id.as_str();
-        if let Some(skipped) = self.stale_batch(run, manifest).await? {
-            return Ok(skipped);
-        }
         let spool = tempfile::TempDir::new_in(&self.config.spool_dir).map_err(|e| {
             Error::transient(Step::Convert, format!("creating a spool folder in {}", self.config.spool_dir.display()))
                 .caused_by(e)
@@ -337,6 +358,10 @@ where
                 files
             }
             None => {
+                // Nothing staged, so nothing sent: an older batch stops here, before the export.
+                if let Some(skipped) = self.stale_batch(run, manifest).await? {
+                    return Ok(skipped);
+                }
                 run.at(Step::Fetch);
                 let credentials: KinaxisCredentials = self.secrets.get_json(&self.config.kinaxis_secret_id).await?;
                 let files = self.source.export(manifest, credentials, spool.path(), run.work_deadline).await?;
@@ -349,13 +374,20 @@ where
                 files
             }
         };
-        if let Some(skipped) = self.stale_batch(run, manifest).await? {
-            return Ok(skipped);
-        }
 
         let deliver_started = Instant::now();
         run.at(Step::Deliver);
-        let (records, attempts) = self.deliver(run, manifest, &files).await?;
+        let records = self.delivery_records(run, &files).await?;
+        // A newer batch may have been delivered meanwhile; but once a file of this job has
+        // reached the rename, it is on its way to SAP and the job is finished, not refused.
+        let started_sending =
+            records.iter().flatten().any(|r| matches!(r.state, DeliveryState::Intent | DeliveryState::Delivered));
+        if !started_sending {
+            if let Some(skipped) = self.stale_batch(run, manifest).await? {
+                return Ok(skipped);
+            }
+        }
+        let (records, attempts) = self.deliver(run, manifest, &files, records).await?;
         run.time("deliver", deliver_started);
 
         run.at(Step::Receipt);
@@ -393,14 +425,19 @@ where
         let key = keys::receipt(&run.job_id);
         self.config
             .retry
-            .run(run.work_deadline, Step::Receipt, "write receipt", |_| {
+            .run(run.finish_deadline, Step::Receipt, "write receipt", |_| {
                 self.store.put(&key, bytes.clone(), "application/json")
             })
             .await
             .map_err(|e| e.at(Step::Receipt))?;
         // A failure record of an earlier attempt no longer describes the job.
-        if let Err(err) = self.store.delete(&keys::failure(&run.job_id)).await {
-            tracing::warn!(error = %err.chain(), "could not remove the earlier failure record");
+        let failure_key = keys::failure(&run.job_id);
+        let removed = self
+            .config
+            .retry
+            .run(run.finish_deadline, Step::Receipt, "remove the failure record", |_| self.store.delete(&failure_key));
+        if let Err(err) = removed.await {
+            tracing::error!(error = %err.chain(), "could not remove the earlier failure record; it stands beside the receipt");
         }
         Ok(())
     }
@@ -483,7 +520,8 @@ where
         let bytes = serde_json::to_vec(&mine)
             .map_err(|e| Error::permanent(Step::Receipt, "serialising the latest delivery").caused_by(e))?;
         let retry = &self.config.retry;
-        let deadline = run.work_deadline;
+        let deadline = run.finish_deadline;
+        let at_receipt = |e: Error| e.at(Step::Receipt);
         for _ in 0..5 {
             let (current, _) =
                 retry.run(deadline, Step::Receipt, "read the latest delivery", |_| self.store.get_tagged(&key)).await?;
@@ -493,20 +531,33 @@ where
                         .run(deadline, Step::Receipt, "record the latest delivery", |_| {
                             self.store.create(&key, bytes.clone(), "application/json")
                         })
-                        .await?;
+                        .await
+                        .map_err(at_receipt)?;
                     created == CreateOutcome::Created
                 }
                 Some(current) => {
                     let newer = serde_json::from_slice::<LatestDelivery>(&current.bytes)
-                        .is_ok_and(|l| l.received_at >= mine.received_at);
-                    if newer {
+                        .ok()
+                        .filter(|l| l.received_at >= mine.received_at);
+                    if let Some(newer) = newer {
+                        if newer.job_id != mine.job_id {
+                            // Two batches of one name ran at once: this older one reached SAP
+                            // after the newer one, and SAP may now plan from it.
+                            tracing::error!(
+                                newer_job = %newer.job_id,
+                                newer_received = %newer.received_at,
+                                "a newer batch of this file name was delivered before this one finished: SAP may now \
+                                 hold the older plan; check which file SAP read last"
+                            );
+                        }
                         return Ok(());
                     }
                     let (replaced, _) = retry
                         .run(deadline, Step::Receipt, "record the latest delivery", |_| {
                             self.store.replace(&key, bytes.clone(), "application/json", &current.etag)
                         })
-                        .await?;
+                        .await
+                        .map_err(at_receipt)?;
                     replaced == Guarded::Written
                 }
             };
@@ -564,26 +615,29 @@ where
         Ok(())
     }
 
+    /// Every file's delivery record, `None` where no attempt reached the intent.
+    async fn delivery_records(&self, run: &Run, files: &[ExportedFile]) -> Result<Vec<Option<DeliveryRecord>>> {
+        let read = || async {
+            let mut records = Vec::with_capacity(files.len());
+            for file in files {
+                records.push(delivery::record(&self.store, &run.job_id, &file.file.file_name).await?);
+            }
+            Ok::<_, Error>(records)
+        };
+        let (records, _) =
+            self.config.retry.run(run.work_deadline, Step::Deliver, "read delivery records", |_| read()).await?;
+        Ok(records)
+    }
+
     /// Delivers every file not yet delivered (per its record); the records make the receipt.
     async fn deliver(
         &self,
         run: &Run,
         manifest: &Manifest,
         files: &[ExportedFile],
+        records: Vec<Option<DeliveryRecord>>,
     ) -> Result<(Vec<DeliveryRecord>, u32)> {
         let job_id = run.job_id.as_str();
-        let read_records = || async {
-            let mut records = Vec::with_capacity(files.len());
-            for file in files {
-                records.push(delivery::record(&self.store, job_id, &file.file.file_name).await?);
-            }
-            Ok::<_, Error>(records)
-        };
-        let (records, _) = self
-            .config
-            .retry
-            .run(run.work_deadline, Step::Deliver, "read delivery records", |_| read_records())
-            .await?;
         if let Some(done) = records
             .iter()
             .map(|r| r.clone().filter(|r| r.state == DeliveryState::Delivered))
@@ -598,11 +652,15 @@ where
                 format!("no SFTP_SECRET_ID_{} is configured for the job's target", manifest.target),
             )
         })?;
+        // The upload stops itself at the work deadline and removes its temporary; cutting the
+        // attempt at that same instant would drop it before it can. So the attempt is cut a
+        // little later, still well inside the margin, and no blocking SFTP call outlasts that.
+        let cut_at = run.work_deadline + self.config.deadline_margin / 4;
         let deliver_all = || async {
             let credentials: SftpCredentials = self.secrets.get_json(secret_id).await?;
-            let mut folder = self.drop.open(credentials).await?;
+            let mut folder = self.drop.open(credentials, cut_at).await?;
             // Read again: an earlier try of this run may have moved a record forward.
-            let records = read_records().await?;
+            let records = self.delivery_records(run, files).await?;
             let mut delivered = Vec::with_capacity(files.len());
             for (file, earlier) in files.iter().zip(records) {
                 let attempt = earlier.as_ref().map_or(1, |r| r.attempt + 1);
@@ -620,10 +678,6 @@ where
             }
             Ok::<_, Error>(delivered)
         };
-        // The upload stops itself at the work deadline and removes its temporary; cutting the
-        // attempt at that same instant would drop it before it can. So the attempt is cut a
-        // little later, still well inside the margin.
-        let cut_at = run.work_deadline + self.config.deadline_margin / 4;
         self.config.retry.run(cut_at, Step::Deliver, "sftp deliver", |_| deliver_all()).await
     }
 }

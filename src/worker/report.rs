@@ -21,6 +21,8 @@ pub(super) struct JobEnd<'a> {
     pub timings: &'a BTreeMap<String, u64>,
     /// A failure that no automatic retry will follow.
     pub final_failure: bool,
+    /// Whether this run may write `failed/` (it held the lease, or the failure is permanent).
+    pub record_failure: bool,
 }
 
 impl JobEnd<'_> {
@@ -80,15 +82,21 @@ impl JobEnd<'_> {
                 if self.final_failure {
                     metrics.push(("JobsFailedFinal", Metric::Count(1.0)));
                 }
-                self.record_failure(store, err).await;
             }
         }
         let target = match result {
             Ok(JobOutcome::Delivered(receipt)) => Some(receipt.target.as_str()),
             _ => self.target,
         };
+        // The metric first: it is a line on stdout, while the record below is an S3 write
+        // that a slow S3 could keep past the deadline, and the metric is what pages.
         let scope = MetricScope { stack: self.stack, function: "worker", target };
         telemetry::emit(&telemetry::emf_record(scope, &metrics, &[("jobId", json!(self.job_id))]));
+        if let Err(err) = result {
+            if self.record_failure {
+                self.record_failure(store, err).await;
+            }
+        }
     }
 
     async fn record_failure(&self, store: &impl ObjectStore, err: &Error) {

@@ -416,3 +416,53 @@ async fn an_export_with_fewer_rows_than_min_rows_is_a_permanent_failure_naming_t
     assert!(world.drop.appeared().is_empty());
     assert!(world.store.keys("staging/").is_empty(), "nothing staged");
 }
+
+#[tokio::test]
+async fn an_intent_whose_write_landed_but_reported_an_error_is_never_read_as_taken_by_sap() {
+    let world = World::new(MemorySource::new(8), MemoryDrop::new());
+    world.store.fail_after_landing("put", "deliveries/", 1);
+    let JobOutcome::Delivered(receipt) = world.run(queue(1)).await.unwrap() else { panic!("not delivered") };
+    assert!(!receipt.files[0].taken_by_sap, "{receipt:?}");
+    world.assert_delivered_exactly_once();
+    assert!(world.drop.operations().iter().filter(|o| o.starts_with("upload ")).count() >= 2, "sent again, for real");
+}
+
+#[tokio::test]
+async fn a_job_whose_file_reached_sap_is_finished_even_after_a_newer_batch_was_delivered() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    world.drop.crash.arm("rename", ".csv", true);
+    world.crash_run(&world.drop.crash).await;
+    let newer = world.add_job("planned-orders-1200", OffsetDateTime::now_utc() + time::Duration::hours(6));
+    assert!(matches!(world.worker().run_job(&newer, far(), queue(1)).await.unwrap(), JobOutcome::Delivered(_)));
+    world.expire_lease();
+    let outcome = world.run(queue(2)).await;
+    assert!(matches!(outcome, Ok(JobOutcome::Delivered(_))), "{outcome:?}");
+    assert!(world.failure().is_none());
+    assert_eq!(world.drop.appeared().len(), 2, "{:?}", world.drop.appeared());
+}
+
+#[tokio::test]
+async fn stale_temporaries_of_a_file_are_swept_and_young_ones_of_a_running_attempt_are_not() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    let name = |suffix: &str| {
+        let stamp = world.store.json(&world.job_key()).unwrap()["receivedAt"].as_str().unwrap().to_owned();
+        let t = time::OffsetDateTime::parse(&stamp, &time::format_description::well_known::Rfc3339).unwrap();
+        format!(
+            ".PlannedOrders-PF_{:04}{:02}{:02}{:02}{:02}{:02}.csv.{suffix}.part",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    };
+    let (old, young) = (name("1-dead"), name("1-live"));
+    world.drop.put_file(&old, b"cut");
+    world.drop.put_file(&young, b"being written");
+    world.drop.age(&old, 3600);
+    world.run(queue(1)).await.unwrap();
+    let left = world.drop.all_files();
+    assert!(!left.contains(&old), "{left:?}");
+    assert!(left.contains(&young), "{left:?}");
+}

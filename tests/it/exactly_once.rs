@@ -52,43 +52,49 @@ fn short_invocations(app: &mut TestApp, margin_s: &str) {
     app.env.insert("LEASE_GRACE_SECS".into(), "0".into());
 }
 
-/// Every name that ever appears in a folder (polled every millisecond), and on a signal
-/// (the first appearance) a kill of the given process group.
+/// Every appearance of a visible file in a folder (polled every millisecond: a file taken
+/// away and delivered again counts twice), and on the first one a kill of the given
+/// process group.
 struct Watcher {
-    seen: Arc<Mutex<BTreeSet<String>>>,
+    appearances: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watcher {
     fn start(folder: std::path::PathBuf, kill_group_on_first: Option<u32>) -> Self {
-        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let appearances = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (seen_in, stop_in) = (Arc::clone(&seen), Arc::clone(&stop));
+        let (appearances_in, stop_in) = (Arc::clone(&appearances), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
             let mut kill = kill_group_on_first;
+            let mut present = BTreeSet::new();
             while !stop_in.load(Ordering::SeqCst) {
-                for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if name.starts_with('.') {
-                        continue;
-                    }
+                let now: BTreeSet<String> = std::fs::read_dir(&folder)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| !name.starts_with('.'))
+                    .collect();
+                for name in now.difference(&present) {
                     if let Some(group) = kill.take() {
                         // SAFETY: kill(2) of the test's own child process group.
                         unsafe {
                             libc::kill(-(group as i32), libc::SIGKILL);
                         }
                     }
-                    seen_in.lock().map(|mut s| s.insert(name)).ok();
+                    appearances_in.lock().map(|mut a| a.push(name.clone())).ok();
                 }
+                present = now;
                 std::thread::sleep(Duration::from_millis(1));
             }
         });
-        Self { seen, stop, thread: Some(thread) }
+        Self { appearances, stop, thread: Some(thread) }
     }
 
-    fn seen(&self) -> BTreeSet<String> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    fn appearances(&self) -> Vec<String> {
+        self.appearances.lock().map(|a| a.clone()).unwrap_or_default()
     }
 }
 
@@ -111,8 +117,12 @@ async fn a_worker_killed_as_its_file_appears_then_sap_taking_the_file_leaves_one
     let worker = spawn_worker(&app, &sqs_event_for(&job_id, "m-1"), 15, &dir, "killed");
     let watcher = Watcher::start(app.sshd.folder("PF2"), Some(worker.id()));
     let (_, printed) = answer_of(worker);
-    let seen = watcher.seen();
+    let seen = watcher.appearances();
     assert_eq!(seen.len(), 1, "the file never appeared before the kill:\n{printed}");
+    // The kill fell between the rename and the delivered mark: the window this is about.
+    assert!(app.object(&format!("receipts/{job_id}.json")).await.is_none(), "killed too late:\n{printed}");
+    let record = app.json_object(&format!("deliveries/{job_id}/{}.json", seen[0])).await.expect("the intent");
+    assert_eq!(record["state"], "intent", "killed too late: {record}");
 
     // SAP's inbound job takes the file; time passes until the dead run's lease runs out.
     for name in app.sshd.files("PF2") {
@@ -134,7 +144,9 @@ async fn a_worker_killed_as_its_file_appears_then_sap_taking_the_file_leaves_one
         answer_of(spawn_worker(&app, &json!({"jobKey": format!("jobs/{job_id}.json")}), 15, &dir, "console"));
     assert_eq!(from_console["status"], "already-delivered", "{printed}");
 
-    assert_eq!(watcher.seen(), seen, "a file was delivered again");
+    assert_eq!(watcher.appearances(), seen, "a file was delivered again");
+    let record = app.json_object(&format!("deliveries/{job_id}/{}.json", seen[0])).await.expect("the record");
+    assert_eq!((record["state"].as_str(), record["takenBySap"].as_bool()), (Some("delivered"), Some(true)), "{record}");
     assert!(app.sshd.all_files("PF2").is_empty(), "sent again or a temporary left: {:?}", app.sshd.all_files("PF2"));
     assert_eq!(app.keys("receipts/").await, [format!("receipts/{job_id}.json")]);
     assert!(app.keys("failed/").await.is_empty());
@@ -180,7 +192,7 @@ async fn two_workers_started_together_on_one_job_20_times_deliver_one_file_and_o
     }
     assert_eq!(app.sshd.all_files("PF2").len(), 20, "{:?}", app.sshd.all_files("PF2"));
     let exports = app.sim.stats().await["workbookCalls"].as_u64().unwrap_or(0);
-    assert!(exports >= 20, "{exports}");
+    assert_eq!(exports, 20, "a losing run exported");
 }
 
 #[tokio::test]
@@ -208,4 +220,5 @@ async fn a_job_with_a_5_s_deadline_against_2_s_pages_records_its_failure_before_
     assert!(summary.contains("\"requestId\":\""), "the job summary lacks the Lambda request id: {summary}");
     assert!(app.sshd.all_files("PF2").is_empty(), "{:?}", app.sshd.all_files("PF2"));
     assert!(app.object(&format!("receipts/{job_id}.json")).await.is_none());
+    assert!(app.keys("locks/").await.is_empty(), "the lease was not released");
 }

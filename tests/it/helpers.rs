@@ -394,6 +394,7 @@ impl TestApp {
             ("JOBS_QUEUE_URL", jobs_queue.as_str()),
             ("DEAD_LETTER_QUEUE_URL", dead_letter_queue.as_str()),
             ("RETRY_DEADLINE_MARGIN_SECS", "25"),
+            ("WORKSHEETS", "Planned Orders"),
             ("STAGING_BUCKET", bucket.as_str()),
             ("WEBHOOK_SECRET_ID", webhook_secret.as_str()),
             ("KINAXIS_SECRET_ID", kinaxis_secret.as_str()),

@@ -47,11 +47,12 @@ struct Export {
     in_flight: usize,
     paging: PagingStyle,
     worksheets: Vec<&'static str>,
+    retry: RetryPolicy,
 }
 
 impl Default for Export {
     fn default() -> Self {
-        Self { page_size: 300, in_flight: 4, paging: PagingStyle::Query, worksheets: vec![] }
+        Self { page_size: 300, in_flight: 4, paging: PagingStyle::Query, worksheets: vec![], retry: fast_retry() }
     }
 }
 
@@ -71,7 +72,7 @@ impl Export {
             client: &client,
             csv: &CsvOptions::default(),
             names: &FileNameTemplate::default(),
-            retry: &fast_retry(),
+            retry: &self.retry,
             deadline: tokio::time::Instant::now() + Duration::from_secs(60),
         };
         exporter.export(&manifest(&self.worksheets), dir).await
@@ -199,4 +200,89 @@ async fn an_unknown_worksheet_is_a_permanent_404() {
     let err = export.run(&sim, dir.path()).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(err.chain().contains("404"), "{}", err.chain());
+}
+
+#[tokio::test]
+async fn a_server_that_caps_page_sizes_is_read_on_from_where_each_page_ends() {
+    for (paging, in_flight) in [(PagingStyle::Query, 4), (PagingStyle::Path, 1)] {
+        let sim = Sim::start(&["--rows", "1000", "--first-page", "50", "--page-cap", "70"]);
+        let dir = tempfile::tempdir().expect("dir");
+        let export = Export { paging, in_flight, page_size: 300, ..Export::default() };
+        let files = export.run(&sim, dir.path()).await.expect("export");
+        assert_eq!(files[0].file.stats.rows, 1000, "{paging:?}");
+        assert_eq!(std::fs::read(&files[0].path).expect("file"), reference_csv(1000).await, "{paging:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_revokes_older_tokens_on_issue_is_read_to_the_end_with_pages_in_flight() {
+    let sim = Sim::start(&[
+        "--rows",
+        "6000",
+        "--first-page",
+        "100",
+        "--latency-ms",
+        "20",
+        "--expire-token-after-ms",
+        "70",
+        "--revoke-on-issue",
+    ]);
+    let dir = tempfile::tempdir().expect("dir");
+    let export = Export { in_flight: 4, page_size: 200, ..Export::default() };
+    let files = export.run(&sim, dir.path()).await.expect("every page read despite revocations");
+    assert_eq!(std::fs::read(&files[0].path).expect("file"), reference_csv(6000).await);
+    let stats = sim.stats().await;
+    assert!(stats["unauthorized"].as_u64() >= Some(1), "no token expired during the export: {stats}");
+}
+
+/// A retry policy whose longest pause is long enough to honour a Retry-After of seconds.
+fn patient_retry() -> RetryPolicy {
+    RetryPolicy { max_delay: Duration::from_secs(5), ..fast_retry() }
+}
+
+#[tokio::test]
+async fn throttled_answers_are_retried_after_their_retry_after_in_seconds_or_as_a_date() {
+    for (status, after) in [("429", "1"), ("408", "1"), ("429", "date")] {
+        // A date two seconds ahead of this case's start: at least a second's wait.
+        let after = match after {
+            "date" => httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2)),
+            seconds => seconds.to_owned(),
+        };
+        let sim = Sim::start(&[
+            "--rows",
+            "600",
+            "--first-page",
+            "100",
+            "--throttle-calls",
+            "2",
+            "--throttle-status",
+            status,
+            "--retry-after",
+            &after,
+        ]);
+        let dir = tempfile::tempdir().expect("dir");
+        let started = std::time::Instant::now();
+        let export = Export { in_flight: 1, retry: patient_retry(), ..Export::default() };
+        let files = export.run(&sim, dir.path()).await.expect("export");
+        assert_eq!(files[0].file.stats.rows, 600);
+        assert_eq!(sim.stats().await["unavailable"], 1, "{status} {after}");
+        assert!(started.elapsed() >= Duration::from_millis(900), "{status} {after}: {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_of_u64_max_seconds_is_clamped_to_the_longest_pause_not_a_panic() {
+    let sim = Sim::start(&[
+        "--rows",
+        "300",
+        "--first-page",
+        "100",
+        "--throttle-calls",
+        "2",
+        "--retry-after",
+        "18446744073709551615",
+    ]);
+    let dir = tempfile::tempdir().expect("dir");
+    let files = Export::default().run(&sim, dir.path()).await.expect("export");
+    assert_eq!(files[0].file.stats.rows, 300);
 }

@@ -27,7 +27,7 @@ async fn deliver_until(
     deadline: tokio::time::Instant,
 ) -> Result<Delivery> {
     let policy = options.existing;
-    let mut folder = SftpDrop { options }.open(credentials).await?;
+    let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
     let store = MemoryStore::new();
     let file = upload.exported();
     let one = FileDelivery { store: &store, job_id: "job", file: &file, policy, attempt: 1, deadline };

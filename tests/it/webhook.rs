@@ -8,7 +8,7 @@ use maestro_relay::secrets::CachedSecrets;
 use maestro_relay::webhook::Webhook;
 use serde_json::{json, Value};
 
-use crate::helpers::{event_body, free_port, load_event, now, sdk_config, sign_event, signed_event, TestApp};
+use crate::helpers::{event_body, free_port, load_event, now, sdk_config, sign_event, signed_event, TestApp, WHSEC};
 
 const PF_EVENT: &str = "webhook-http-api-pf.json";
 
@@ -293,4 +293,26 @@ async fn bearer_and_basic_modes_accept_their_credentials_and_refuse_others() {
         let (status, body) = app.post_webhook(&event).await;
         assert_eq!(status, 202, "{mode}: {body}");
     }
+}
+
+#[tokio::test]
+async fn a_request_without_worksheets_takes_the_configured_default_or_is_refused_naming_the_field() {
+    let mut app = TestApp::start(&[]).await;
+    let mut event = load_event("webhook-http-api-pf.json");
+    let mut body: Value = serde_json::from_slice(&event_body(&event)).expect("body");
+    body.as_object_mut().expect("object").remove("worksheets");
+    let body = serde_json::to_vec(&body).expect("body");
+    sign_event(&mut event, WHSEC, &body, now());
+
+    app.env.remove("WORKSHEETS");
+    let (status, answer) = app.post_webhook(&event).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["field"], "worksheets");
+    assert!(app.keys("jobs/").await.is_empty(), "nothing staged");
+
+    app.env.insert("WORKSHEETS".into(), "Planned Orders, Firm Orders".into());
+    let (status, answer) = app.post_webhook(&event).await;
+    assert_eq!(status, 202, "{answer}");
+    let manifest = app.json_object(&format!("jobs/{}.json", answer["jobId"].as_str().unwrap_or_default())).await;
+    assert_eq!(manifest.expect("manifest")["worksheets"], serde_json::json!(["Planned Orders", "Firm Orders"]));
 }

@@ -26,7 +26,8 @@ use tokio::net::TcpListener;
 const USAGE: &str = "kinaxis-sim [--port P] [--rows N] [--first-page K] [--worksheets 'A,B'] \
 [--workbook NAME] [--client-id ID] [--client-secret S] [--token-ttl SECS] [--latency-ms MS] \
 [--fail-first K] [--expire-token-after-ms MS] [--truncate-calls 'N,M'] [--workbook-status CODE] \
-[--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens] [--vary-per-workbook-call]";
+[--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens] [--vary-per-workbook-call] [--page-cap N] [--revoke-on-issue] \
+[--throttle-calls 'N,M'] [--throttle-status 429|408] [--retry-after SECONDS|HTTP-DATE]";
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -57,6 +58,15 @@ struct Settings {
     /// The rows of the workbook answer carry the workbook call's number as Quantity: two
     /// exports of one job differ, as two reads of a plan being edited do.
     vary_per_workbook_call: bool,
+    /// A page request is served at most this many rows, whatever pageSize asks (servers cap
+    /// page sizes; kinaxis-api.md: "advance by the rows received").
+    page_cap: Option<u64>,
+    /// Issuing a token revokes every token issued before it.
+    revoke_on_issue: bool,
+    /// Data calls (1-based) answered `throttle_status` with `Retry-After: retry_after`.
+    throttle_calls: HashSet<u64>,
+    throttle_status: u16,
+    retry_after: Option<String>,
 }
 
 impl Default for Settings {
@@ -80,6 +90,11 @@ impl Default for Settings {
             bad_width_row: None,
             reject_all_tokens: false,
             vary_per_workbook_call: false,
+            page_cap: None,
+            revoke_on_issue: false,
+            throttle_calls: HashSet::new(),
+            throttle_status: 429,
+            retry_after: None,
         }
     }
 }
@@ -97,6 +112,10 @@ fn parse_args() -> Result<Settings, String> {
         }
         if flag == "--vary-per-workbook-call" {
             s.vary_per_workbook_call = true;
+            continue;
+        }
+        if flag == "--revoke-on-issue" {
+            s.revoke_on_issue = true;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -120,6 +139,12 @@ fn parse_args() -> Result<Settings, String> {
             "--page-status" => s.page_status = Some(num(&value)? as u16),
             "--short-by" => s.short_by = num(&value)?,
             "--bad-width-row" => s.bad_width_row = Some(num(&value)?),
+            "--page-cap" => s.page_cap = Some(num(&value)?),
+            "--throttle-calls" => {
+                s.throttle_calls = value.split(',').map(|v| num(v.trim())).collect::<Result<_, _>>()?
+            }
+            "--throttle-status" => s.throttle_status = num(&value)? as u16,
+            "--retry-after" => s.retry_after = Some(value),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -264,8 +289,17 @@ fn refuse_token(state: &State, req: &Request<Incoming>) -> Option<Response<Full<
     }
 }
 
-/// The fault for this data call, if any: 503 for the first K calls.
+/// The fault for this data call, if any: 503 for the first K calls; the throttled calls'
+/// status with their Retry-After.
 fn injected_unavailable(state: &State, call: u64) -> Option<Response<Full<Bytes>>> {
+    if state.settings.throttle_calls.contains(&call) {
+        state.counters.unavailable.fetch_add(1, Ordering::SeqCst);
+        let mut response = error(state.settings.throttle_status, "throttled (injected)");
+        if let Some(after) = state.settings.retry_after.as_deref().and_then(|a| a.parse().ok()) {
+            response.headers_mut().insert("retry-after", after);
+        }
+        return Some(response);
+    }
     (call <= state.settings.fail_first).then(|| {
         state.counters.unavailable.fetch_add(1, Ordering::SeqCst);
         error(503, "service unavailable (injected)")
@@ -332,6 +366,9 @@ async fn token(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let token = format!("sim-token-{n}");
     if let Ok(mut tokens) = state.tokens.lock() {
+        if state.settings.revoke_on_issue {
+            tokens.clear();
+        }
         tokens.insert(token.clone(), Instant::now());
     }
     answer(
@@ -415,6 +452,7 @@ fn page(state: &State, req: Request<Incoming>, path_id: Option<String>) -> Respo
         #[serde(rename = "Rows")]
         rows: Vec<RowOut>,
     }
+    let count = state.settings.page_cap.map_or(count, |cap| count.min(cap));
     json_answer(state, call, &PageOut { rows: rows_out(state, w, start, count, None) })
 }
 
