@@ -288,8 +288,8 @@ impl SecretSource for MemorySecrets {
 #[derive(Debug)]
 pub struct MemorySource {
     pub worksheets: Vec<(String, u64)>,
-    /// How long one export takes (sleeping; a deadline can cut it).
-    pub latency: Duration,
+    /// How long one export takes, in milliseconds (sleeping; a deadline can cut it).
+    latency_ms: AtomicU64,
     exports: AtomicU64,
     faults: Faults,
 }
@@ -303,16 +303,14 @@ impl MemorySource {
     pub fn with_worksheets(worksheets: &[(&str, u64)]) -> Arc<Self> {
         Arc::new(Self {
             worksheets: worksheets.iter().map(|(n, r)| (n.to_string(), *r)).collect(),
-            latency: Duration::ZERO,
+            latency_ms: AtomicU64::new(0),
             exports: AtomicU64::new(0),
             faults: Faults::default(),
         })
     }
 
-    pub fn with_latency(mut self: Arc<Self>, latency: Duration) -> Arc<Self> {
-        if let Some(source) = Arc::get_mut(&mut self) {
-            source.latency = latency;
-        }
+    pub fn with_latency(self: Arc<Self>, latency: Duration) -> Arc<Self> {
+        self.latency_ms.store(latency.as_millis() as u64, Ordering::SeqCst);
         self
     }
 
@@ -337,7 +335,13 @@ impl WorkbookSource for Arc<MemorySource> {
     ) -> Result<Vec<ExportedFile>> {
         let number = self.exports.fetch_add(1, Ordering::SeqCst) + 1;
         self.faults.take("export", "", Step::Fetch)?;
-        if tokio::time::timeout_at(deadline, tokio::time::sleep(self.latency)).await.is_err() {
+        if tokio::time::timeout_at(
+            deadline,
+            tokio::time::sleep(Duration::from_millis(self.latency_ms.load(Ordering::SeqCst))),
+        )
+        .await
+        .is_err()
+        {
             return Err(crate::retry::deadline_reached(Step::Fetch, "exporting from the in-memory source"));
         }
         let several = self.worksheets.len() > 1;

@@ -4,30 +4,19 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{event_body, load_event, now, sign_event, sqs_event_for, TestApp, ROOT};
+use crate::helpers::{event_body, load_event, now, sign_event, sqs_event_for, TestApp};
 
 /// The real worker binary on one event, with the invocation's timeout; its own process
 /// group, so that a kill takes the runtime stand-in and the function together.
 fn spawn_worker(app: &TestApp, event: &Value, timeout_s: u64, dir: &tempfile::TempDir, name: &str) -> Child {
-    let event_path = dir.path().join(format!("{name}.json"));
-    std::fs::write(&event_path, event.to_string()).expect("event file");
-    Command::new(format!("{ROOT}/.venv/bin/python"))
-        .arg(format!("{ROOT}/scripts/lambda_rie.py"))
-        .arg(&event_path)
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_worker"))
-        .envs(&app.env)
-        .env("AWS_ENDPOINT_URL", &app.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "eu-central-1")
+    app.invocation(env!("CARGO_BIN_EXE_worker"), event, &dir.path().join(format!("{name}.json")))
         .env("LAMBDA_RIE_TIMEOUT_S", timeout_s.to_string())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

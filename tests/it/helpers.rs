@@ -521,6 +521,24 @@ impl TestApp {
         body["jobId"].as_str().expect("jobId").to_owned()
     }
 
+    /// A function binary on one event (written to `event_path`) as Lambda runs it: through
+    /// scripts/lambda_rie.py, with this app's environment and the local AWS endpoint.
+    pub fn invocation(&self, binary: &str, event: &Value, event_path: &Path) -> Command {
+        std::fs::write(event_path, event.to_string()).expect("event file");
+        let mut command = Command::new(format!("{ROOT}/.venv/bin/python"));
+        command
+            .arg(format!("{ROOT}/scripts/lambda_rie.py"))
+            .arg(event_path)
+            .arg("--")
+            .arg(binary)
+            .envs(&self.env)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "eu-central-1");
+        command
+    }
+
     /// The invocation's deadline: its steps stop RETRY_DEADLINE_MARGIN_SECS (25 s) before.
     pub fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(150)

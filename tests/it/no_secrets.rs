@@ -2,28 +2,16 @@
 //! through the Lambda Runtime API stand-in at debug level, on deliveries that succeed and
 //! on ones that fail because of a secret, and nothing they print holds a secret's value.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
-use crate::helpers::{load_event, signed_event, sqs_event_for, TestApp, ROOT, WHSEC};
+use crate::helpers::{load_event, signed_event, sqs_event_for, TestApp, WHSEC};
 
 /// Runs one event through a function binary as Lambda would; returns its answer and
 /// everything the binary and the runtime stand-in printed.
 fn invoke(app: &TestApp, binary: &str, event: &Value) -> (bool, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let event_path = dir.path().join("event.json");
-    std::fs::write(&event_path, event.to_string()).expect("event file");
-    let out = Command::new(format!("{ROOT}/.venv/bin/python"))
-        .arg(format!("{ROOT}/scripts/lambda_rie.py"))
-        .arg(&event_path)
-        .arg("--")
-        .arg(binary)
-        .envs(&app.env)
-        .env("AWS_ENDPOINT_URL", &app.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "eu-central-1")
+    let out = app
+        .invocation(binary, event, &dir.path().join("event.json"))
         .env("RUST_LOG", "debug")
         .output()
         .expect("scripts/lambda_rie.py (run scripts/bootstrap.sh)");
