@@ -11,12 +11,25 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{event_body, load_event, now, sign_event, sqs_event_for, TestApp};
+use crate::helpers::{event_body, load_event, now, sign_event, sqs_event_for, StallingProxy, TestApp};
 
 /// The real worker binary on one event, with the invocation's timeout; its own process
 /// group, so that a kill takes the runtime stand-in and the function together.
 fn spawn_worker(app: &TestApp, event: &Value, timeout_s: u64, dir: &tempfile::TempDir, name: &str) -> Child {
+    spawn_worker_via(&app.endpoint, app, event, timeout_s, dir, name)
+}
+
+/// As `spawn_worker`, with every AWS call going to `endpoint`.
+fn spawn_worker_via(
+    endpoint: &str,
+    app: &TestApp,
+    event: &Value,
+    timeout_s: u64,
+    dir: &tempfile::TempDir,
+    name: &str,
+) -> Child {
     app.invocation(env!("CARGO_BIN_EXE_worker"), event, &dir.path().join(format!("{name}.json")))
+        .env("AWS_ENDPOINT_URL", endpoint)
         .env("LAMBDA_RIE_TIMEOUT_S", timeout_s.to_string())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -41,9 +54,8 @@ fn short_invocations(app: &mut TestApp, margin_s: &str) {
     app.env.insert("LEASE_GRACE_SECS".into(), "0".into());
 }
 
-/// Every appearance of a visible file in a folder (polled every millisecond: a file taken
-/// away and delivered again counts twice), and on the first one a kill of the given
-/// process group.
+/// Every appearance of a visible file in a folder, polled every millisecond: a file taken
+/// away and delivered again counts twice.
 struct Watcher {
     appearances: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -51,12 +63,11 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(folder: std::path::PathBuf, kill_group_on_first: Option<u32>) -> Self {
+    fn start(folder: std::path::PathBuf) -> Self {
         let appearances = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (appearances_in, stop_in) = (Arc::clone(&appearances), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
-            let mut kill = kill_group_on_first;
             let mut present = BTreeSet::new();
             while !stop_in.load(Ordering::SeqCst) {
                 let now: BTreeSet<String> = std::fs::read_dir(&folder)
@@ -67,12 +78,6 @@ impl Watcher {
                     .filter(|name| !name.starts_with('.'))
                     .collect();
                 for name in now.difference(&present) {
-                    if let Some(group) = kill.take() {
-                        // SAFETY: kill(2) of the test's own child process group.
-                        unsafe {
-                            libc::kill(-(group as i32), libc::SIGKILL);
-                        }
-                    }
                     appearances_in.lock().map(|mut a| a.push(name.clone())).ok();
                 }
                 present = now;
@@ -97,17 +102,26 @@ impl Drop for Watcher {
 }
 
 #[tokio::test]
-async fn a_worker_killed_as_its_file_appears_then_sap_taking_the_file_leaves_one_file_ever_and_one_receipt() {
+async fn a_worker_killed_between_the_rename_and_its_record_then_sap_taking_the_file_leaves_one_file_ever_and_one_receipt(
+) {
     let mut app = TestApp::start(&["--rows", "3000", "--first-page", "500"]).await;
     short_invocations(&mut app, "5");
     let job_id = app.accepted_job("webhook-http-api-pf.json").await;
     let dir = tempfile::tempdir().expect("dir");
 
-    let worker = spawn_worker(&app, &sqs_event_for(&job_id, "m-1"), 15, &dir, "killed");
-    let watcher = Watcher::start(app.sshd.folder("PF2"), Some(worker.id()));
+    // S3 answers every call but the delivered mark (the second `deliveries/` PUT), which it
+    // holds: the worker is then stopped between the rename and its record, and killed there.
+    let stalling = StallingProxy::start(&app.endpoint, "PUT ", "/deliveries/", 1);
+    let watcher = Watcher::start(app.sshd.folder("PF2"));
+    let worker = spawn_worker_via(&stalling.endpoint, &app, &sqs_event_for(&job_id, "m-1"), 15, &dir, "killed");
+    assert!(stalling.wait_for_stall(Duration::from_secs(12)), "the delivered mark was never written");
+    // SAFETY: kill(2) of the test's own child process group.
+    unsafe {
+        libc::kill(-(worker.id() as i32), libc::SIGKILL);
+    }
     let (_, printed) = answer_of(worker);
     let seen = watcher.appearances();
-    assert_eq!(seen.len(), 1, "the file never appeared before the kill:\n{printed}");
+    assert_eq!(seen.len(), 1, "the file did not appear before the kill:\n{printed}");
     // The kill fell between the rename and the delivered mark: the window this is about.
     assert!(app.object(&format!("receipts/{job_id}.json")).await.is_none(), "killed too late:\n{printed}");
     let record = app.json_object(&format!("deliveries/{job_id}/{}.json", seen[0])).await.expect("the intent");

@@ -7,8 +7,8 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{Credentials, Region};
@@ -134,6 +134,76 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A TCP relay to an HTTP endpoint (moto) that holds, without an answer, every `method`
+/// request whose path contains `pattern` after the first `let_through` of them: an S3 that
+/// takes one write and hangs on the next, where a test then kills the caller.
+pub struct StallingProxy {
+    pub endpoint: String,
+    stalled: Arc<AtomicBool>,
+}
+
+impl StallingProxy {
+    pub fn start(upstream: &str, method: &'static str, pattern: &'static str, let_through: usize) -> Self {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let stalled_in = Arc::clone(&stalled);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let (mut client_in, mut server_out) = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c), Ok(s)) => (c, s),
+                    _ => continue,
+                };
+                let (mut server_in, mut client_out) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_in, &mut client_out);
+                });
+                let (seen, stalled) = (Arc::clone(&seen), Arc::clone(&stalled_in));
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n) = client_in.read(&mut buffer) {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buffer[..n];
+                        // A request's head arrives first, in one read: "PUT /bucket/key HTTP/1.1".
+                        let head = chunk.split(|b| *b == b'\n').next().unwrap_or_default();
+                        let matches = head.starts_with(method.as_bytes())
+                            && head.windows(pattern.len()).any(|w| w == pattern.as_bytes());
+                        if matches && seen.fetch_add(1, Ordering::SeqCst) >= let_through {
+                            stalled.store(true, Ordering::SeqCst);
+                            // Hold the request: no byte of it reaches S3, no answer comes back.
+                            loop {
+                                std::thread::park();
+                            }
+                        }
+                        if server_out.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { endpoint, stalled }
+    }
+
+    /// Whether a request was held within `limit`.
+    pub fn wait_for_stall(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if self.stalled.load(Ordering::SeqCst) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
 }
 
 // ---------------------------------------------------------------- sshd, one per test
