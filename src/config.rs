@@ -199,13 +199,14 @@ impl WorkerConfig {
         let kinaxis = KinaxisOptions {
             base_url,
             page_size: env.parsed("KINAXIS_PAGE_SIZE", 5000),
+            bulk_page_size: env.parsed("KINAXIS_BULK_PAGE_SIZE", 20_000),
             pages_in_flight: env.parsed("KINAXIS_PAGES_IN_FLIGHT", 4),
             connect_timeout: env.seconds("KINAXIS_CONNECT_TIMEOUT_SECS", 10),
             request_timeout: env.seconds("KINAXIS_REQUEST_TIMEOUT_SECS", 120),
             paging,
         };
-        env.check(kinaxis.page_size >= 1 && kinaxis.pages_in_flight >= 1, || {
-            "KINAXIS_PAGE_SIZE and KINAXIS_PAGES_IN_FLIGHT must be at least 1".to_owned()
+        env.check(kinaxis.page_size >= 1 && kinaxis.bulk_page_size >= 1 && kinaxis.pages_in_flight >= 1, || {
+            "KINAXIS_PAGE_SIZE, KINAXIS_BULK_PAGE_SIZE and KINAXIS_PAGES_IN_FLIGHT must be at least 1".to_owned()
         });
         let retry = RetryPolicy {
             retries: env.parsed("RETRY_MAX", 3),

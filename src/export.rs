@@ -1,6 +1,7 @@
-//! Fetch → CSV: the workbook's worksheets written as CSV files on local disk, page by page
-//! in order, a bounded number of pages in flight, memory independent of the row count; and
-//! `KinaxisExport`, the Kinaxis adapter of the `WorkbookSource` port.
+//! Fetch → CSV: the workbook's worksheets, or a table by bulk export, written as CSV files
+//! on local disk, page by page in order, a bounded number of pages in flight, memory
+//! independent of the row count; and `KinaxisExport`, the Kinaxis adapter of the
+//! `WorkbookSource` port.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -11,14 +12,16 @@ use tokio::time::Instant;
 
 use crate::csv_out::{CsvError, CsvOptions, CsvSink};
 use crate::error::{Error, Result, Step};
-use crate::job::{self, FileNameTemplate, Manifest, StagedFile};
+use crate::job::{self, DataSource, FileNameTemplate, Manifest, NamedScope, StagedFile, TableRequest};
 use crate::kinaxis::client::{data_fault, WorksheetRef};
-use crate::kinaxis::model::{NameScope, WorkbookParameters, WorkbookRequest, WorksheetAnswer};
-use crate::kinaxis::page::PageBuffer;
+use crate::kinaxis::model::{
+    BulkExportAnswer, BulkExportRequest, NameScope, TableName, WorkbookParameters, WorkbookRequest,
+};
+use crate::kinaxis::page::{Page, PageBuffer, Reported, SheetHead};
 use crate::kinaxis::{KinaxisClient, KinaxisOptions};
 use crate::ports::WorkbookSource;
 use crate::retry::RetryPolicy;
-use crate::secrets::KinaxisCredentials;
+use crate::secrets::KinaxisLogin;
 
 /// A CSV written to local disk, ready to stage.
 #[derive(Debug, Clone)]
@@ -60,23 +63,23 @@ impl WorkbookSource for KinaxisExport {
     async fn export(
         &self,
         manifest: &Manifest,
-        credentials: KinaxisCredentials,
+        login: KinaxisLogin,
         dir: &Path,
         deadline: Instant,
     ) -> Result<Vec<ExportedFile>> {
-        let client = KinaxisClient::new(credentials, self.kinaxis.clone())?;
+        let client = KinaxisClient::new(login, self.kinaxis.clone())?;
         let exporter = Exporter { client: &client, csv: &self.csv, names: &self.names, retry: &self.retry, deadline };
         exporter.export(manifest, dir).await
     }
 }
 
-pub fn workbook_request(manifest: &Manifest) -> WorkbookRequest {
+pub fn workbook_request(manifest: &Manifest, workbook: &NamedScope) -> WorkbookRequest {
     let scope = |s: &job::NamedScope| NameScope { name: s.name.clone(), scope: s.scope.clone() };
     let request = &manifest.request;
     WorkbookRequest {
         scenario: scope(&request.scenario),
         workbook_parameters: WorkbookParameters {
-            workbook: scope(&request.workbook),
+            workbook: scope(workbook),
             site_group: request.site_group.clone(),
             filter: request.filter.as_ref().map(scope),
             variable_values: request.variables.clone(),
@@ -85,24 +88,93 @@ pub fn workbook_request(manifest: &Manifest) -> WorkbookRequest {
     }
 }
 
-impl Exporter<'_> {
-    /// Writes every worksheet of the job's workbook into `dir`.
-    pub async fn export(&self, manifest: &Manifest, dir: &Path) -> Result<Vec<ExportedFile>> {
-        let request = workbook_request(manifest);
-        let (answer, _) =
-            self.retry.run(self.deadline, Step::Fetch, "kinaxis workbook", |_| self.client.workbook(&request)).await?;
-        if answer.worksheets.is_empty() {
-            return Err(Error::permanent(
-                Step::Fetch,
-                format!("workbook {:?} returned no worksheets", manifest.request.workbook.name),
-            ));
+pub fn bulk_export_request(manifest: &Manifest, table: &TableRequest) -> BulkExportRequest {
+    let scenario = &manifest.request.scenario;
+    BulkExportRequest {
+        scenario: NameScope { name: scenario.name.clone(), scope: scenario.scope.clone() },
+        table: TableName { namespace: table.namespace.clone(), name: table.name.clone() },
+        fields: table.fields.clone(),
+        filter: table.filter.clone(),
+    }
+}
+
+/// Bulk rows come as one string each, values split by this (kinaxis-api.md: tab).
+pub const BULK_DELIMITER: char = '\t';
+
+/// What a run of pages is read from.
+#[derive(Debug, Clone, Copy)]
+enum Paged<'a> {
+    Worksheet(&'a WorksheetRef),
+    /// `finishExport=true` goes with the request that reaches `total`.
+    Bulk {
+        export_id: &'a str,
+        total: u64,
+    },
+}
+
+impl Paged<'_> {
+    fn parse<'b>(&self, buffer: &'b mut PageBuffer, body: &'b [u8]) -> Result<Page<'b>, serde_json::Error> {
+        match self {
+            Paged::Worksheet(_) => buffer.parse(body),
+            Paged::Bulk { .. } => buffer.parse_delimited(body, BULK_DELIMITER),
         }
-        let several = answer.worksheets.len() > 1;
-        let mut files = Vec::with_capacity(answer.worksheets.len());
-        for sheet in &answer.worksheets {
+    }
+}
+
+/// An error Kinaxis reported inside a 200: nothing a retry would change, so permanent,
+/// with the server's words.
+fn reported_error(reported: &Reported, what: &str) -> Error {
+    Error::permanent(Step::Fetch, format!("{what}: Kinaxis answered 200 with an error: {reported}"))
+}
+
+impl Exporter<'_> {
+    /// Writes every worksheet of the job's workbook, or its table, into `dir`.
+    pub async fn export(&self, manifest: &Manifest, dir: &Path) -> Result<Vec<ExportedFile>> {
+        match manifest.request.source() {
+            Some(DataSource::Workbook(workbook)) => self.export_workbook(manifest, workbook, dir).await,
+            Some(DataSource::Table(table)) => self.export_table(manifest, table, dir).await.map(|file| vec![file]),
+            None => Err(Error::permanent(
+                Step::Fetch,
+                "the job's manifest names both a workbook and a table, or neither: nothing to export",
+            )),
+        }
+    }
+
+    async fn export_workbook(
+        &self,
+        manifest: &Manifest,
+        workbook: &NamedScope,
+        dir: &Path,
+    ) -> Result<Vec<ExportedFile>> {
+        let request = workbook_request(manifest, workbook);
+        let what = format!("workbook {:?}", workbook.name);
+        let (body, _) = self
+            .retry
+            .run(self.deadline, Step::Fetch, "kinaxis workbook", |_| {
+                let (request, what) = (&request, &what);
+                async move {
+                    let body = self.client.workbook(request).await?;
+                    // A body cut short is a failed attempt, fetched again.
+                    PageBuffer::default().parse_workbook(&body).map_err(|e| data_fault(e, what))?;
+                    Ok(body)
+                }
+            })
+            .await?;
+        let mut buffer = PageBuffer::default();
+        let answer = buffer.parse_workbook(&body).map_err(|e| data_fault(e, &what))?;
+        if let Some(reported) = answer.reported() {
+            return Err(reported_error(reported, &what));
+        }
+        let sheets = answer.sheets();
+        if sheets.is_empty() {
+            return Err(Error::permanent(Step::Fetch, format!("{what} returned no worksheets")));
+        }
+        let several = sheets.len() > 1;
+        let mut files = Vec::with_capacity(sheets.len());
+        for (index, sheet) in sheets.iter().enumerate() {
             let file_name = job::csv_file_name(self.names, manifest, &sheet.name, several);
             let path = dir.join(&file_name);
-            let stats = self.write_worksheet(manifest, sheet, &path).await?;
+            let stats = self.write_worksheet(workbook, sheet, answer.rows(index), &path).await?;
             tracing::info!(worksheet = %sheet.name, file = %file_name, rows = stats.rows, bytes = stats.bytes, "worksheet converted");
             files.push(ExportedFile { file: StagedFile { worksheet: sheet.name.clone(), file_name, stats }, path });
         }
@@ -111,120 +183,199 @@ impl Exporter<'_> {
 
     async fn write_worksheet(
         &self,
-        manifest: &Manifest,
-        sheet: &WorksheetAnswer,
+        workbook: &NamedScope,
+        sheet: &SheetHead,
+        first: Page<'_>,
         path: &Path,
     ) -> Result<crate::csv_out::FileStats> {
-        let named = |e: CsvError| convert_error(e, &sheet.name);
-        let columns: Vec<String> = sheet.columns.iter().map(|c| c.id.clone()).collect();
-        let file = File::create(path)
-            .map_err(|e| Error::transient(Step::Convert, format!("creating {}", path.display())).caused_by(e))?;
-        let mut sink = CsvSink::new(BufWriter::with_capacity(256 * 1024, file), self.csv, &columns).map_err(named)?;
-        for row in &sheet.rows {
-            sink.write_row(&row.values).map_err(named)?;
-        }
+        let named = |e: CsvError| convert_error(e, &format!("worksheet {:?}", sheet.name));
+        let mut sink = self.create_sink(path, &sheet.columns, &named)?;
+        first.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
 
         let total = sheet.total_row_count;
+        let what = format!("worksheet {:?}", sheet.name);
         if sink.rows() < total {
-            let query_id = sheet.query_handle.as_ref().map(|h| h.query_id.clone()).ok_or_else(|| {
-                Error::permanent(
-                    Step::Fetch,
-                    format!("worksheet {:?} has {total} rows but no QueryHandle to page them", sheet.name),
-                )
+            let query_id = sheet.query_id.clone().ok_or_else(|| {
+                Error::permanent(Step::Fetch, format!("{what} has {total} rows but no QueryHandle to page them"))
             })?;
             let sheet_ref = WorksheetRef {
-                workbook_name: manifest.request.workbook.name.clone(),
-                workbook_scope: manifest.request.workbook.scope.clone(),
+                workbook_name: workbook.name.clone(),
+                workbook_scope: workbook.scope.clone(),
                 worksheet_name: sheet.name.clone(),
                 query_id,
             };
-            let page_size = self.client.options().page_size.max(1);
-            let first = sink.rows();
-            let starts = (first..total).step_by(page_size as usize);
-            let mut pages = stream::iter(starts)
-                .map(|start| {
-                    let rows = page_size.min(total - start);
-                    let sheet_ref = &sheet_ref;
-                    async move { (start, rows, self.fetch_page(sheet_ref, start, rows).await) }
-                })
-                .buffered(self.client.options().pages_in_flight.max(1));
-            let mut buffer = PageBuffer::default();
-            let mut cap_reported = false;
-            while let Some((start, rows, body)) = pages.next().await {
-                let what = format!("worksheet {:?} rows from {start}", sheet.name);
-                let body = body?;
-                // Declared out here so a page fetched again outlives the match; the rare
-                // refetch parses into a buffer of its own, as `buffer` is still lent out.
-                let refetched;
-                let mut refetched_buffer = PageBuffer::default();
-                let page = match buffer.parse(&body) {
-                    Ok(page) => page,
-                    Err(err) => {
-                        let err = data_fault(err, &what);
-                        if !err.is_transient() {
-                            return Err(err);
-                        }
-                        tracing::warn!(error = %err.chain(), "page unreadable, fetching it again");
-                        refetched = self.fetch_parsable_page(&sheet_ref, start, rows).await?;
-                        refetched_buffer.parse(&refetched).map_err(|e| data_fault(e, &what))?
-                    }
-                };
-                let got = page_rows(page.len(), rows, &what, total)?;
-                page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
-                // A server may serve fewer rows than asked (a page cap): the rest of this
-                // page's range is read from where the rows ended, before the next page.
-                let mut next = start + got;
-                if next < start + rows && !cap_reported {
-                    cap_reported = true;
-                    tracing::warn!(
-                        worksheet = %sheet.name,
-                        asked = rows,
-                        served = got,
-                        "Kinaxis serves fewer rows per page than asked; reading on from where each page ends \
-                         (set KINAXIS_PAGE_SIZE to the server's cap to keep pages in flight)"
-                    );
-                }
-                let mut rest_buffer = PageBuffer::default();
-                while next < start + rows {
-                    let what = format!("worksheet {:?} rows from {next}", sheet.name);
-                    let body = self.fetch_parsable_page(&sheet_ref, next, start + rows - next).await?;
-                    let rest = rest_buffer.parse(&body).map_err(|e| data_fault(e, &what))?;
-                    let got = page_rows(rest.len(), start + rows - next, &what, total)?;
-                    rest.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
-                    next += got;
-                }
-            }
-        } else if sink.rows() > total {
-            return Err(Error::permanent(
-                Step::Fetch,
-                format!(
-                    "worksheet {:?} returned {} rows, more than its TotalRowCount {total}",
-                    sheet.name,
-                    sink.rows()
-                ),
-            ));
+            let page_size = self.client.options().page_size;
+            self.read_pages(&mut sink, Paged::Worksheet(&sheet_ref), total, total, page_size, &what, &named).await?;
         }
-        let (_, stats) = sink.finish().map_err(named)?;
-        Ok(stats)
+        finish(sink, total, &what, &named)
     }
 
-    async fn fetch_page(&self, sheet: &WorksheetRef, start: u64, rows: u64) -> Result<bytes::Bytes> {
+    /// A table by bulk export: started, then read page by page, the last request telling
+    /// Kinaxis the export is finished.
+    async fn export_table(&self, manifest: &Manifest, table: &TableRequest, dir: &Path) -> Result<ExportedFile> {
+        let request = bulk_export_request(manifest, table);
+        let qualified = table.qualified_name();
+        let what = format!("bulk export of table {qualified}");
+        // Not retried once Kinaxis may have started it: a second start would only leave the
+        // first export running; starting is retried like any call before an answer arrives.
+        let (body, _) = self
+            .retry
+            .run(self.deadline, Step::Fetch, "kinaxis bulk export", |_| {
+                let (request, what) = (&request, &what);
+                async move {
+                    let body = self.client.bulk_export(request).await?;
+                    bulk_started(&body, what)?;
+                    Ok(body)
+                }
+            })
+            .await?;
+        let started = bulk_started(&body, &what)?;
+        tracing::info!(table = %qualified, rows = started.total_rows, "bulk export started");
+
+        let file_name = job::csv_file_name(self.names, manifest, &qualified, false);
+        let path = dir.join(&file_name);
+        let named = |e: CsvError| convert_error(e, &format!("table {qualified}"));
+        let mut sink = self.create_sink(&path, &table.fields, &named)?;
+        let total = started.total_rows;
+        let paged = Paged::Bulk { export_id: &started.export_id, total };
+        let page_size = self.client.options().bulk_page_size;
+        if total == 0 {
+            // Nothing to read; the one page asked for tells Kinaxis the export is finished.
+            let body = self.fetch_parsable_page(paged, 0, 1).await?;
+            let mut buffer = PageBuffer::default();
+            let page = paged.parse(&mut buffer, &body).map_err(|e| data_fault(e, &what))?;
+            if let Some(reported) = page.reported() {
+                return Err(reported_error(reported, &what));
+            }
+            page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
+        } else {
+            // Kinaxis may release the export on the finishing request, so that request goes
+            // out alone, after every other page arrived: pages in flight would race it.
+            let page_size = page_size.max(1);
+            let last_page_start = (total - 1) / page_size * page_size;
+            if last_page_start > 0 {
+                self.read_pages(&mut sink, paged, last_page_start, total, page_size, &what, &named).await?;
+            }
+            self.read_pages(&mut sink, paged, total, total, page_size, &what, &named).await?;
+        }
+        let stats = finish(sink, total, &what, &named)?;
+        tracing::info!(table = %qualified, file = %file_name, rows = stats.rows, bytes = stats.bytes, "table converted");
+        Ok(ExportedFile { file: StagedFile { worksheet: qualified, file_name, stats }, path })
+    }
+
+    fn create_sink(
+        &self,
+        path: &Path,
+        columns: &[String],
+        named: &impl Fn(CsvError) -> Error,
+    ) -> Result<CsvSink<BufWriter<File>>> {
+        let file = File::create(path)
+            .map_err(|e| Error::transient(Step::Convert, format!("creating {}", path.display())).caused_by(e))?;
+        // The columns contract (CSV_COLUMNS, CSV_DATE_COLUMNS) is checked here, before any
+        // row is written.
+        CsvSink::new(BufWriter::with_capacity(256 * 1024, file), self.csv, columns).map_err(named)
+    }
+
+    /// Reads rows `sink.rows()..end` (of `total`) in pages of `page_size`, a bounded number
+    /// in flight, written in order. A server that serves fewer rows than asked (a page cap)
+    /// is read on from where each page ended; a page of no rows before `end` ends the export
+    /// short.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_pages(
+        &self,
+        sink: &mut CsvSink<BufWriter<File>>,
+        paged: Paged<'_>,
+        end: u64,
+        total: u64,
+        page_size: u64,
+        what: &str,
+        named: &impl Fn(CsvError) -> Error,
+    ) -> Result<()> {
+        let page_size = page_size.max(1);
+        let first = sink.rows();
+        let starts = (first..end).step_by(usize::try_from(page_size).unwrap_or(usize::MAX));
+        let mut pages = stream::iter(starts)
+            .map(|start| {
+                let rows = page_size.min(end - start);
+                async move { (start, rows, self.fetch_page(paged, start, rows).await) }
+            })
+            .buffered(self.client.options().pages_in_flight.max(1));
+        let mut buffer = PageBuffer::default();
+        let mut cap_reported = false;
+        while let Some((start, rows, body)) = pages.next().await {
+            let page_what = format!("{what} rows from {start}");
+            let body = body?;
+            // Declared out here so a page fetched again outlives the match; the rare
+            // refetch parses into a buffer of its own, as `buffer` is still lent out.
+            let refetched;
+            let mut refetched_buffer = PageBuffer::default();
+            let page = match paged.parse(&mut buffer, &body) {
+                Ok(page) => page,
+                Err(err) => {
+                    let err = data_fault(err, &page_what);
+                    if !err.is_transient() {
+                        return Err(err);
+                    }
+                    tracing::warn!(error = %err.chain(), "page unreadable, fetching it again");
+                    refetched = self.fetch_parsable_page(paged, start, rows).await?;
+                    paged.parse(&mut refetched_buffer, &refetched).map_err(|e| data_fault(e, &page_what))?
+                }
+            };
+            let got = page_rows(&page, rows, &page_what, total)?;
+            page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
+            // A server may serve fewer rows than asked (a page cap): the rest of this
+            // page's range is read from where the rows ended, before the next page.
+            let mut next = start + got;
+            if next < start + rows && !cap_reported {
+                cap_reported = true;
+                tracing::warn!(
+                    what,
+                    asked = rows,
+                    served = got,
+                    "Kinaxis serves fewer rows per page than asked; reading on from where each page ends \
+                     (set the page size to the server's cap to keep pages in flight)"
+                );
+            }
+            let mut rest_buffer = PageBuffer::default();
+            while next < start + rows {
+                let rest_what = format!("{what} rows from {next}");
+                let body = self.fetch_parsable_page(paged, next, start + rows - next).await?;
+                let rest = paged.parse(&mut rest_buffer, &body).map_err(|e| data_fault(e, &rest_what))?;
+                let got = page_rows(&rest, start + rows - next, &rest_what, total)?;
+                rest.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
+                next += got;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_page(&self, paged: Paged<'_>, start: u64, rows: u64) -> Result<bytes::Bytes> {
         let what = format!("kinaxis page {start}");
         let (body, _) =
-            self.retry.run(self.deadline, Step::Fetch, &what, |_| self.client.page(sheet, start, rows)).await?;
+            self.retry.run(self.deadline, Step::Fetch, &what, |_| self.request_page(paged, start, rows)).await?;
         Ok(body)
     }
 
+    async fn request_page(&self, paged: Paged<'_>, start: u64, rows: u64) -> Result<bytes::Bytes> {
+        match paged {
+            Paged::Worksheet(sheet) => self.client.page(sheet, start, rows).await,
+            Paged::Bulk { export_id, total } => {
+                let last = start.saturating_add(rows) >= total;
+                self.client.bulk_page(export_id, start, rows, BULK_DELIMITER, last).await
+            }
+        }
+    }
+
     /// As `fetch_page`, counting an unparsable body as a failed attempt.
-    async fn fetch_parsable_page(&self, sheet: &WorksheetRef, start: u64, rows: u64) -> Result<bytes::Bytes> {
+    async fn fetch_parsable_page(&self, paged: Paged<'_>, start: u64, rows: u64) -> Result<bytes::Bytes> {
         let what = format!("kinaxis page {start}");
         let (body, _) = self
             .retry
             .run(self.deadline, Step::Fetch, &what, |_| {
                 let what = &what;
                 async move {
-                    let body = self.client.page(sheet, start, rows).await?;
-                    PageBuffer::default().parse(&body).map_err(|e| data_fault(e, what))?;
+                    let body = self.request_page(paged, start, rows).await?;
+                    paged.parse(&mut PageBuffer::default(), &body).map_err(|e| data_fault(e, what))?;
                     Ok(body)
                 }
             })
@@ -233,15 +384,54 @@ impl Exporter<'_> {
     }
 }
 
-/// The rows a page brought, when they are a usable answer to asking for `asked`: none at
-/// all before `TotalRowCount` means the export ended short, more than asked is not an
-/// answer to the request; both permanent.
-fn page_rows(len: usize, asked: u64, what: &str, total: u64) -> Result<u64> {
-    let got = len as u64;
+/// The bulk export's handle and size, or the error Kinaxis reported starting it.
+fn bulk_started(body: &[u8], what: &str) -> Result<BulkExportAnswer> {
+    // `Status`, `ErrorRowCount` and `ScriptError` are read the way pages read them.
+    let mut buffer = PageBuffer::default();
+    match buffer.parse_delimited(body, BULK_DELIMITER) {
+        Ok(page) => {
+            if let Some(reported) = page.reported() {
+                return Err(reported_error(reported, what));
+            }
+        }
+        // No `Rows` is the expected shape here; anything else is the answer's fault.
+        Err(err) if err.classify() == serde_json::error::Category::Data => {}
+        Err(err) => return Err(data_fault(err, what)),
+    }
+    serde_json::from_slice::<BulkExportAnswer>(body).map_err(|e| data_fault(e, what))
+}
+
+/// Closes the file once every row is there: fewer than `total` is an export that ended
+/// short, more is not the export Kinaxis described; both permanent.
+fn finish(
+    sink: CsvSink<BufWriter<File>>,
+    total: u64,
+    what: &str,
+    named: &impl Fn(CsvError) -> Error,
+) -> Result<crate::csv_out::FileStats> {
+    if sink.rows() != total {
+        let relation = if sink.rows() > total { "more" } else { "fewer" };
+        return Err(Error::permanent(
+            Step::Fetch,
+            format!("{what} returned {} rows, {relation} than its total row count {total}", sink.rows()),
+        ));
+    }
+    let (_, stats) = sink.finish().map_err(named)?;
+    Ok(stats)
+}
+
+/// The rows a page brought, when they are a usable answer to asking for `asked`: an error
+/// reported inside the 200 is the server's; none at all before the total means the export
+/// ended short, more than asked is not an answer to the request; all permanent.
+fn page_rows(page: &Page<'_>, asked: u64, what: &str, total: u64) -> Result<u64> {
+    if let Some(reported) = page.reported() {
+        return Err(reported_error(reported, what));
+    }
+    let got = page.len() as u64;
     if got == 0 {
         return Err(Error::permanent(
             Step::Fetch,
-            format!("{what}: the page has no rows: the export ended short of TotalRowCount {total}"),
+            format!("{what}: the page has no rows: the export ended short of its total row count {total}"),
         ));
     }
     if got > asked {
@@ -253,11 +443,9 @@ fn page_rows(len: usize, asked: u64, what: &str, total: u64) -> Result<u64> {
     Ok(got)
 }
 
-fn convert_error(err: CsvError, worksheet: &str) -> Error {
+fn convert_error(err: CsvError, source: &str) -> Error {
     match err {
-        CsvError::Io(io) => {
-            Error::transient(Step::Convert, format!("writing the CSV of worksheet {worksheet:?}")).caused_by(io)
-        }
-        other => Error::permanent(Step::Convert, format!("worksheet {worksheet:?}: {other}")),
+        CsvError::Io(io) => Error::transient(Step::Convert, format!("writing the CSV of {source}")).caused_by(io),
+        other => Error::permanent(Step::Convert, format!("{source}: {other}")),
     }
 }

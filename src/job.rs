@@ -74,19 +74,64 @@ pub fn public_scope() -> String {
     "Public".to_owned()
 }
 
+/// A Kinaxis table read by bulk export (kinaxis-api.md, "Bulk export").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableRequest {
+    pub namespace: String,
+    pub name: String,
+    /// The fields exported, in this order: the CSV's columns.
+    pub fields: Vec<String>,
+    /// A Kinaxis filter expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+impl TableRequest {
+    /// `Namespace::Table`, Kinaxis' own notation.
+    pub fn qualified_name(&self) -> String {
+        format!("{}::{}", self.namespace, self.name)
+    }
+}
+
+/// Where a job's rows come from: exactly one of a workbook's worksheets or a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataSource<'a> {
+    Workbook(&'a NamedScope),
+    Table(&'a TableRequest),
+}
+
 /// What Maestro asked for: the validated webhook body with its defaults filled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobRequest {
     pub event_id: Option<String>,
     pub file_name: String,
-    pub workbook: NamedScope,
-    /// Empty: every worksheet of the workbook.
+    /// Worksheet mode; the webhook accepts exactly one of `workbook` and `table`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workbook: Option<NamedScope>,
+    /// Bulk-export mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<TableRequest>,
+    /// The workbook's worksheets to export (never empty in worksheet mode).
+    #[serde(default)]
     pub worksheets: Vec<String>,
     pub scenario: NamedScope,
     pub site_group: String,
     pub filter: Option<NamedScope>,
     pub variables: BTreeMap<String, String>,
+}
+
+impl JobRequest {
+    /// The job's data source; `None` for a request naming both or neither (the webhook
+    /// refuses those, so only a hand-written manifest has one).
+    pub fn source(&self) -> Option<DataSource<'_>> {
+        match (&self.workbook, &self.table) {
+            (Some(workbook), None) => Some(DataSource::Workbook(workbook)),
+            (None, Some(table)) => Some(DataSource::Table(table)),
+            _ => None,
+        }
+    }
 }
 
 /// The validated request plus what the webhook decided. Written once.
@@ -255,7 +300,8 @@ mod tests {
             request: JobRequest {
                 event_id: Some("evt-1".into()),
                 file_name: "PlannedOrders-PF".into(),
-                workbook: NamedScope { name: "PlannedOrders Export".into(), scope: public_scope() },
+                workbook: Some(NamedScope { name: "PlannedOrders Export".into(), scope: public_scope() }),
+                table: None,
                 worksheets: vec![],
                 scenario: NamedScope { name: "Enterprise Data".into(), scope: public_scope() },
                 site_group: "All Sites".into(),
@@ -284,6 +330,26 @@ mod tests {
             csv_file_name(&t, &m, "Planned Orders/Ü", true),
             "PlannedOrders-PF_Planned_Orders___20261124060007.csv"
         );
+    }
+
+    #[test]
+    fn a_manifest_of_either_source_round_trips_and_names_exactly_one() {
+        let mut m = manifest();
+        assert!(matches!(m.request.source(), Some(DataSource::Workbook(_))));
+        m.request.workbook = None;
+        m.request.table = Some(TableRequest {
+            namespace: "Mfg".into(),
+            name: "PlannedOrder".into(),
+            fields: vec!["Order.Id".into(), "Quantity".into()],
+            filter: Some("Quantity > 0".into()),
+        });
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(r#""table":{"namespace":"Mfg","name":"PlannedOrder","fields":["Order.Id","Quantity"]"#));
+        assert!(!json.contains("\"workbook\""));
+        let back = serde_json::from_str::<Manifest>(&json).unwrap();
+        assert_eq!(back.request.source(), Some(DataSource::Table(m.request.table.as_ref().unwrap())));
+        m.request.workbook = manifest().request.workbook;
+        assert_eq!(m.request.source(), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::ports::{
     CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, RemoteEntry, RemoteFolder, SecretSource, Tagged,
     WorkbookSource,
 };
-use crate::secrets::{KinaxisCredentials, SftpCredentials};
+use crate::secrets::{KinaxisLogin, SftpCredentials};
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A test that panicked while holding the lock has already failed; keep its state readable.
@@ -329,7 +329,7 @@ impl WorkbookSource for Arc<MemorySource> {
     async fn export(
         &self,
         manifest: &Manifest,
-        _credentials: KinaxisCredentials,
+        _login: KinaxisLogin,
         dir: &Path,
         deadline: Instant,
     ) -> Result<Vec<ExportedFile>> {

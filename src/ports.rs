@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::error::Result;
 use crate::export::ExportedFile;
 use crate::job::Manifest;
-use crate::secrets::{KinaxisCredentials, SftpCredentials};
+use crate::secrets::{KinaxisLogin, SftpCredentials};
 
 /// Outcome of a conditional create (`If-None-Match: *`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub trait WorkbookSource: Send + Sync {
     fn export(
         &self,
         manifest: &Manifest,
-        credentials: KinaxisCredentials,
+        login: KinaxisLogin,
         dir: &Path,
         deadline: Instant,
     ) -> impl Future<Output = Result<Vec<ExportedFile>>> + Send;

@@ -19,6 +19,33 @@ pub struct KinaxisCredentials {
     pub client_secret: SecretString,
 }
 
+/// Reads the Kinaxis credentials again from the secret store, past any cache.
+pub type RereadCredentials =
+    std::sync::Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<KinaxisCredentials>> + Send + Sync>;
+
+/// The Kinaxis credentials a job starts with, and how to read them again when the token
+/// endpoint refuses them: a secret rotated since they were read is picked up mid-job.
+#[derive(Clone)]
+pub struct KinaxisLogin {
+    pub credentials: KinaxisCredentials,
+    pub reread: Option<RereadCredentials>,
+}
+
+impl std::fmt::Debug for KinaxisLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KinaxisLogin")
+            .field("credentials", &self.credentials)
+            .field("reread", &self.reread.is_some())
+            .finish()
+    }
+}
+
+impl From<KinaxisCredentials> for KinaxisLogin {
+    fn from(credentials: KinaxisCredentials) -> Self {
+        Self { credentials, reread: None }
+    }
+}
+
 /// `SFTP_SECRET_ID_<TARGET>`: one SAP SFTP server.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SftpCredentials {

@@ -1,6 +1,7 @@
 //! HTTP client of the Kinaxis API: a cached token fetched by one request at a time however
-//! many calls are in flight, refreshed once per call on a 401; the workbook POST and
-//! worksheet pages; every failure classed and naming what it was fetching.
+//! many calls are in flight, refreshed once per call on a 401, the client secret read again
+//! once when the token endpoint refuses it; the workbook POST, worksheet pages, bulk export
+//! and its pages; every failure classed and naming what it was fetching.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -11,9 +12,9 @@ use reqwest::{Response, StatusCode};
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
-use super::model::{TokenAnswer, WorkbookAnswer, WorkbookRequest};
+use super::model::{BulkExportRequest, TokenAnswer, WorkbookRequest};
 use crate::error::{Error, Result, Step};
-use crate::secrets::KinaxisCredentials;
+use crate::secrets::{KinaxisCredentials, KinaxisLogin, RereadCredentials};
 
 /// Where worksheet pages are read: community clients disagree, so it is configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub struct KinaxisOptions {
     /// `https://{host}/{instance}`
     pub base_url: String,
     pub page_size: u64,
+    /// Rows per bulk-export page: a row is one string, so pages can be larger.
+    pub bulk_page_size: u64,
     pub pages_in_flight: usize,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -40,6 +43,7 @@ impl Default for KinaxisOptions {
         Self {
             base_url: String::new(),
             page_size: 5000,
+            bulk_page_size: 20_000,
             pages_in_flight: 4,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(120),
@@ -66,10 +70,12 @@ struct Token {
 /// A token request in flight, awaited by every call that needs a token meanwhile. Whoever
 /// awaits it drives it, so a caller outside the stream of pages in flight cannot wait on a
 /// request that nobody polls.
-type TokenRequest = Shared<BoxFuture<'static, Result<Token, Arc<Error>>>>;
+type TokenRequest = Shared<BoxFuture<'static, Result<(Token, Option<KinaxisCredentials>), Arc<Error>>>>;
 
-#[derive(Default)]
 struct TokenState {
+    /// The credentials the next token request sends: those of the job, or those read again
+    /// after the token endpoint refused them.
+    credentials: KinaxisCredentials,
     current: Option<Token>,
     in_flight: Option<TokenRequest>,
 }
@@ -83,19 +89,21 @@ const MAX_TOKEN_LIFETIME: u64 = 86_400;
 
 pub struct KinaxisClient {
     http: reqwest::Client,
-    credentials: KinaxisCredentials,
+    reread: Option<RereadCredentials>,
     options: KinaxisOptions,
     token: Mutex<TokenState>,
 }
 
 impl KinaxisClient {
-    pub fn new(credentials: KinaxisCredentials, options: KinaxisOptions) -> Result<Self> {
+    pub fn new(login: impl Into<KinaxisLogin>, options: KinaxisOptions) -> Result<Self> {
+        let login = login.into();
         let http = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
             .build()
             .map_err(|e| Error::permanent(Step::Config, "building the Kinaxis HTTP client").caused_by(e))?;
-        Ok(Self { http, credentials, options, token: Mutex::new(TokenState::default()) })
+        let token = TokenState { credentials: login.credentials, current: None, in_flight: None };
+        Ok(Self { http, reread: login.reread, options, token: Mutex::new(token) })
     }
 
     pub fn options(&self) -> &KinaxisOptions {
@@ -123,9 +131,14 @@ impl KinaxisClient {
             match &state.in_flight {
                 Some(request) => request.clone(),
                 None => {
-                    let request = request_token(self.http.clone(), self.url("oauth2/token"), self.credentials.clone())
-                        .boxed()
-                        .shared();
+                    let request = request_token(
+                        self.http.clone(),
+                        self.url("oauth2/token"),
+                        state.credentials.clone(),
+                        self.reread.clone(),
+                    )
+                    .boxed()
+                    .shared();
                     state.in_flight = Some(request.clone());
                     request
                 }
@@ -135,11 +148,14 @@ impl KinaxisClient {
         let mut state = self.token_state();
         if state.in_flight.as_ref().is_some_and(|r| r.ptr_eq(&request)) {
             state.in_flight = None;
-            if let Ok(token) = &outcome {
+            if let Ok((token, reread)) = &outcome {
                 state.current = Some(token.clone());
+                if let Some(credentials) = reread {
+                    state.credentials = credentials.clone();
+                }
             }
         }
-        outcome.map(|t| t.value).map_err(|e| unshared(&e))
+        outcome.map(|(t, _)| t.value).map_err(|e| unshared(&e))
     }
 
     /// Forgets `used` if it is still the cached token, so the next call fetches a new one;
@@ -170,14 +186,52 @@ impl KinaxisClient {
         Err(Error::permanent(Step::Fetch, format!("{what}: Kinaxis refused a freshly issued token (401 twice)")))
     }
 
-    /// `POST integration/V1/data/workbook`: the worksheets' columns, totals and first rows.
-    pub async fn workbook(&self, request: &WorkbookRequest) -> Result<WorkbookAnswer> {
+    /// `POST integration/V1/data/workbook`: the worksheets' columns, totals and first rows,
+    /// as the raw body; parsed by the caller without copying.
+    pub async fn workbook(&self, request: &WorkbookRequest) -> Result<Bytes> {
         let what = format!("reading workbook {:?}", request.workbook_parameters.workbook.name);
         let url = self.url("integration/V1/data/workbook");
         let response =
             self.send_authorized(&what, |token| self.http.post(&url).bearer_auth(token).json(request)).await?;
-        let body = response.bytes().await.map_err(|e| transport(e, &what))?;
-        serde_json::from_slice(&body).map_err(|e| data_fault(e, &what))
+        response.bytes().await.map_err(|e| transport(e, &what))
+    }
+
+    /// `POST integration/V1/bulk/export`: starts a table export; the raw answer
+    /// (`ExportId`, `TotalRows`, `Status`).
+    pub async fn bulk_export(&self, request: &BulkExportRequest) -> Result<Bytes> {
+        let what = format!("starting the bulk export of table {}::{}", request.table.namespace, request.table.name);
+        let url = self.url("integration/V1/bulk/export");
+        let response =
+            self.send_authorized(&what, |token| self.http.post(&url).bearer_auth(token).json(request)).await?;
+        response.bytes().await.map_err(|e| transport(e, &what))
+    }
+
+    /// One page of a bulk export: rows as strings of values split by `delimiter`.
+    /// `finish` tells Kinaxis this is the last page it will be asked for.
+    pub async fn bulk_page(
+        &self,
+        export_id: &str,
+        start_row: u64,
+        rows: u64,
+        delimiter: char,
+        finish: bool,
+    ) -> Result<Bytes> {
+        let what = format!("reading bulk export rows from {start_row}");
+        let url = self.url(&format!("integration/V1/bulk/export/{}", path_segment(export_id)));
+        let response = self
+            .send_authorized(&what, |token| {
+                self.http
+                    .get(&url)
+                    .query(&[
+                        ("startRow", start_row.to_string().as_str()),
+                        ("pageSize", rows.to_string().as_str()),
+                        ("delimiter", delimiter.to_string().as_str()),
+                        ("finishExport", if finish { "true" } else { "false" }),
+                    ])
+                    .bearer_auth(token)
+            })
+            .await?;
+        response.bytes().await.map_err(|e| transport(e, &what))
     }
 
     /// One page of a worksheet as the raw body; parsed by the caller without copying.
@@ -209,19 +263,43 @@ impl KinaxisClient {
     }
 }
 
+/// A token; when the token endpoint refused the credentials and the ones read again were
+/// accepted, those too, for the requests that follow.
 async fn request_token(
     http: reqwest::Client,
     url: String,
     credentials: KinaxisCredentials,
-) -> Result<Token, Arc<Error>> {
+    reread: Option<RereadCredentials>,
+) -> Result<(Token, Option<KinaxisCredentials>), Arc<Error>> {
     let what = "requesting a Kinaxis token";
-    let response = http
-        .post(url)
-        .basic_auth(&credentials.client_id, Some(credentials.client_secret.expose_secret()))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .map_err(|e| Arc::new(transport(e, what)))?;
+    let send = |credentials: &KinaxisCredentials| {
+        http.post(&url)
+            .basic_auth(&credentials.client_id, Some(credentials.client_secret.expose_secret()))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    let mut response = send(&credentials).await.map_err(|e| Arc::new(transport(e, what)))?;
+    let mut reread_credentials = None;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        if let Some(reread) = reread {
+            // The secret may have been rotated since the job read it: read it once more.
+            let fresh = reread().await.map_err(Arc::new)?;
+            let unchanged = fresh.client_id == credentials.client_id
+                && fresh.client_secret.expose_secret() == credentials.client_secret.expose_secret();
+            if unchanged {
+                return Err(Arc::new(Error::permanent(
+                    Step::Fetch,
+                    format!(
+                        "{what}: Kinaxis answered 401: client id or secret refused \
+                         (read again from the secret store: unchanged)"
+                    ),
+                )));
+            }
+            tracing::info!("Kinaxis refused the client credentials; trying them as read again from the secret store");
+            response = send(&fresh).await.map_err(|e| Arc::new(transport(e, what)))?;
+            reread_credentials = Some(fresh);
+        }
+    }
     let response = check_status(response, what).await.map_err(Arc::new)?;
     let body = response.bytes().await.map_err(|e| Arc::new(transport(e, "reading the Kinaxis token")))?;
     let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
@@ -229,7 +307,7 @@ async fn request_token(
     })?;
     let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).min(MAX_TOKEN_LIFETIME));
     let refresh_in = lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 2));
-    Ok(Token { value: answer.access_token, refresh_at: Instant::now() + refresh_in })
+    Ok((Token { value: answer.access_token, refresh_at: Instant::now() + refresh_in }, reread_credentials))
 }
 
 /// A handle as one URL path segment: a `#` (or `/`, `?`, a space) left raw would end the
@@ -344,9 +422,10 @@ mod tests {
 
     #[test]
     fn a_body_cut_short_is_transient_and_a_wrong_shape_is_permanent() {
-        let cut = serde_json::from_slice::<WorkbookAnswer>(br#"{"Worksheets":[{"Name":"#).unwrap_err();
+        let mut buffer = super::super::page::PageBuffer::default();
+        let cut = buffer.parse_workbook(br#"{"Worksheets":[{"Name":"#).unwrap_err();
         assert!(data_fault(cut, "w").is_transient());
-        let shape = serde_json::from_slice::<WorkbookAnswer>(br#"{"Worksheets":7}"#).unwrap_err();
+        let shape = buffer.parse_workbook(br#"{"Worksheets":7}"#).unwrap_err();
         assert!(!data_fault(shape, "w").is_transient());
     }
 }

@@ -1,4 +1,5 @@
-//! The Kinaxis workbook API's JSON, as serde types.
+//! The Kinaxis API's JSON requests (workbook, bulk export) and small answers, as serde types;
+//! the answers that carry rows are read by `page`.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,40 +30,31 @@ pub struct WorkbookParameters {
     pub worksheet_names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `POST integration/V1/bulk/export`: a table's fields, filtered, in the scenario.
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct WorkbookAnswer {
-    pub worksheets: Vec<WorksheetAnswer>,
+pub struct BulkExportRequest {
+    pub scenario: NameScope,
+    pub table: TableName,
+    pub fields: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct WorksheetAnswer {
+pub struct TableName {
+    pub namespace: String,
     pub name: String,
-    #[serde(default)]
-    pub query_handle: Option<QueryHandle>,
-    pub total_row_count: u64,
-    pub columns: Vec<Column>,
-    #[serde(default)]
-    pub rows: Vec<Row>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct QueryHandle {
-    #[serde(rename = "QueryID")]
-    pub query_id: String,
-}
-
+/// The bulk export's handle and size; `Status` and errors reported inside the 200 are read
+/// by the page parser, which knows them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct Column {
-    pub id: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Row {
-    pub values: Vec<String>,
+pub struct BulkExportAnswer {
+    pub export_id: String,
+    pub total_rows: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

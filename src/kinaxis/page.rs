@@ -1,7 +1,9 @@
-//! A worksheet page parsed in place: values are borrowed from the body, not copied (only
-//! a value with JSON escapes is decoded, into a buffer kept from page to page), and nothing
-//! is written before the whole page parsed (so a page cut short can be fetched again
-//! without duplicating rows).
+//! Kinaxis answers parsed in place — worksheet pages, the workbook answer with its first
+//! page, bulk-export pages of delimited rows: values are borrowed from the body, not copied
+//! (only a value with JSON escapes is decoded, into a buffer kept from page to page), and
+//! nothing is written before the whole body parsed (so a page cut short can be fetched
+//! again without duplicating rows). An error Kinaxis reports inside a 200 is kept for the
+//! caller to turn into a failure.
 
 use std::fmt;
 use std::ops::Range;
@@ -15,7 +17,44 @@ enum Span {
     Decoded(Range<usize>),
 }
 
-/// The buffers a page is parsed into, kept from page to page so that, once grown to a
+/// An error Kinaxis answered with HTTP 200 (kinaxis-api.md, "Errors inside a 200").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reported {
+    /// `ScriptError {Code, Message}`.
+    Script { code: String, message: String },
+    /// A bulk `Status` of `Failure` or `Partial Success`.
+    Status { status: String, error_rows: Option<u64>, message: String },
+    /// `ErrorRowCount` > 0 under any other status.
+    ErrorRows { count: u64, message: String },
+}
+
+impl fmt::Display for Reported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Script { code, message } => write!(f, "ScriptError {code}: {message}"),
+            Self::Status { status, error_rows: Some(rows), message } => {
+                write!(f, "Status {status:?} with ErrorRowCount {rows}: {message}")
+            }
+            Self::Status { status, error_rows: None, message } => write!(f, "Status {status:?}: {message}"),
+            Self::ErrorRows { count, message } => write!(f, "ErrorRowCount {count}: {message}"),
+        }
+    }
+}
+
+/// One worksheet of the workbook answer; its first rows are `Workbook::rows`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SheetHead {
+    pub name: String,
+    /// `QueryHandle.QueryID`, when the worksheet has one.
+    pub query_id: Option<String>,
+    pub total_row_count: u64,
+    /// The column ids, in Kinaxis order.
+    pub columns: Vec<String>,
+    /// Which of the buffer's rows are this worksheet's.
+    rows: Range<usize>,
+}
+
+/// The buffers an answer is parsed into, kept from page to page so that, once grown to a
 /// page's size, parsing allocates nothing.
 #[derive(Debug, Default)]
 pub struct PageBuffer {
@@ -25,34 +64,118 @@ pub struct PageBuffer {
     /// The addresses of the body being parsed: a borrowed value's offset is its address
     /// less the start.
     body_at: Range<usize>,
+    sheets: Vec<SheetHead>,
+    reported: Option<Reported>,
+    /// Bulk rows: one string each, values split by this.
+    delimiter: Option<char>,
+    /// Bulk answers: `Status`, `ErrorRowCount`, `Message`, folded into `reported` at the end.
+    status: Option<String>,
+    error_rows: Option<u64>,
+    message: Option<String>,
+    /// The answer held its `Rows` / `Worksheets`.
+    seen_data: bool,
 }
 
-/// One parsed page: its rows, each a run of values borrowed from the body or the buffer.
+/// Rows of one parsed answer, each a run of values borrowed from the body or the buffer.
 #[derive(Debug)]
 pub struct Page<'a> {
     body: &'a str,
     buffer: &'a PageBuffer,
+    rows: Range<usize>,
+}
+
+/// The workbook answer: each worksheet's head and first rows.
+#[derive(Debug)]
+pub struct Workbook<'a> {
+    body: &'a str,
+    buffer: &'a PageBuffer,
+}
+
+/// What the top level of an answer must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `{"Rows": [{"Values": […]}, …]}`
+    Page,
+    /// `{"Rows": ["v1<d>v2", …]}`
+    Delimited,
+    /// `{"Worksheets": [{"Name", "QueryHandle", "TotalRowCount", "Columns", "Rows"}, …]}`
+    Workbook,
 }
 
 impl PageBuffer {
-    /// Parses `{"Rows": [{"Values": ["…", …]}, …]}`, replacing the previous page.
+    /// Parses a worksheet page `{"Rows": [{"Values": ["…", …]}, …]}`, replacing the
+    /// previous one. An error reported inside the 200 is `Page::reported`.
     pub fn parse<'a>(&'a mut self, body: &'a [u8]) -> Result<Page<'a>, serde_json::Error> {
+        let text = self.parse_as(body, Shape::Page, None)?;
+        Ok(Page { body: text, rows: 0..self.row_ends.len(), buffer: self })
+    }
+
+    /// Parses a bulk-export page `{"Rows": ["v1\tv2", …]}`, each row split by `delimiter`.
+    pub fn parse_delimited<'a>(&'a mut self, body: &'a [u8], delimiter: char) -> Result<Page<'a>, serde_json::Error> {
+        let text = self.parse_as(body, Shape::Delimited, Some(delimiter))?;
+        Ok(Page { body: text, rows: 0..self.row_ends.len(), buffer: self })
+    }
+
+    /// Parses the workbook answer, its first pages included.
+    pub fn parse_workbook<'a>(&'a mut self, body: &'a [u8]) -> Result<Workbook<'a>, serde_json::Error> {
+        let text = self.parse_as(body, Shape::Workbook, None)?;
+        Ok(Workbook { body: text, buffer: self })
+    }
+
+    fn parse_as<'a>(
+        &mut self,
+        body: &'a [u8],
+        shape: Shape,
+        delimiter: Option<char>,
+    ) -> Result<&'a str, serde_json::Error> {
         self.spans.clear();
         self.row_ends.clear();
         self.decoded.clear();
+        self.sheets.clear();
+        self.reported = None;
+        self.delimiter = delimiter;
+        self.status = None;
+        self.error_rows = None;
+        self.message = None;
+        self.seen_data = false;
         let Ok(text) = std::str::from_utf8(body) else {
             // serde_json's own verdict on these bytes: end of input for a body cut inside
             // a character, a syntax error for a stray byte.
             return Err(serde_json::from_slice::<serde_json::Value>(body)
                 .err()
-                .unwrap_or_else(|| de::Error::custom("the page is not UTF-8")));
+                .unwrap_or_else(|| de::Error::custom("the answer is not UTF-8")));
         };
         let start = text.as_ptr() as usize;
         self.body_at = start..start + text.len();
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        PageSeed(self).deserialize(&mut deserializer)?;
+        TopSeed { buffer: self, shape }.deserialize(&mut deserializer)?;
         deserializer.end()?;
-        Ok(Page { body: text, buffer: self })
+        self.fold_status();
+        // An answer that reports an error need not carry the data it could not produce;
+        // one that reports none must.
+        if !self.seen_data && self.reported.is_none() {
+            let field = if shape == Shape::Workbook { "Worksheets" } else { "Rows" };
+            return Err(de::Error::missing_field(field));
+        }
+        Ok(text)
+    }
+
+    /// A bulk status of failure, or error rows, is an error whatever else came with it.
+    fn fold_status(&mut self) {
+        if self.reported.is_some() {
+            return;
+        }
+        let message = self.message.take().unwrap_or_default();
+        let failed = self.status.as_deref().is_some_and(|s| {
+            let s = s.trim();
+            s.eq_ignore_ascii_case("Failure") || s.eq_ignore_ascii_case("Partial Success")
+        });
+        if failed {
+            let status = self.status.clone().unwrap_or_default();
+            self.reported = Some(Reported::Status { status, error_rows: self.error_rows, message });
+        } else if let Some(count) = self.error_rows.filter(|n| *n > 0) {
+            self.reported = Some(Reported::ErrorRows { count, message });
+        }
     }
 
     /// `value` lies inside the body; should serde_json ever hand over a string from
@@ -72,15 +195,43 @@ impl PageBuffer {
         self.decoded.push_str(value);
         self.spans.push(Span::Decoded(start..self.decoded.len()));
     }
+
+    /// A bulk row: one span per value between delimiters.
+    fn push_delimited(&mut self, row: &str, borrowed: bool, delimiter: char) {
+        let (base, body) = if borrowed {
+            let at = row.as_ptr() as usize;
+            if self.body_at.start <= at && at + row.len() <= self.body_at.end {
+                (at - self.body_at.start, true)
+            } else {
+                (self.decoded.len(), false)
+            }
+        } else {
+            (self.decoded.len(), false)
+        };
+        if !body {
+            self.decoded.push_str(row);
+        }
+        let mut from = 0;
+        for (at, c) in row.char_indices().filter(|(_, c)| *c == delimiter).chain([(row.len(), delimiter)]) {
+            let range = base + from..base + at;
+            self.spans.push(if body { Span::Body(range) } else { Span::Decoded(range) });
+            from = at + c.len_utf8();
+        }
+    }
 }
 
 impl<'a> Page<'a> {
     pub fn len(&self) -> usize {
-        self.buffer.row_ends.len()
+        self.rows.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buffer.row_ends.is_empty()
+        self.rows.is_empty()
+    }
+
+    /// What Kinaxis reported as an error inside the 200, if it did.
+    pub fn reported(&self) -> Option<&'a Reported> {
+        self.buffer.reported.as_ref()
     }
 
     fn value(&self, span: &Span) -> &'a str {
@@ -93,8 +244,8 @@ impl<'a> Page<'a> {
     /// Calls `write` with each row's values in order, stopping at its first error.
     pub fn try_for_each_row<E>(&self, mut write: impl FnMut(&[&'a str]) -> Result<(), E>) -> Result<(), E> {
         let mut row: Vec<&'a str> = Vec::new();
-        let mut start = 0;
-        for &end in &self.buffer.row_ends {
+        let mut start = if self.rows.start == 0 { 0 } else { self.buffer.row_ends[self.rows.start - 1] };
+        for &end in &self.buffer.row_ends[self.rows.clone()] {
             row.clear();
             row.extend(self.buffer.spans[start..end].iter().map(|span| self.value(span)));
             write(&row)?;
@@ -104,41 +255,41 @@ impl<'a> Page<'a> {
     }
 }
 
-struct PageSeed<'a>(&'a mut PageBuffer);
+impl<'a> Workbook<'a> {
+    pub fn sheets(&self) -> &'a [SheetHead] {
+        &self.buffer.sheets
+    }
 
-impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_map(self)
+    /// The first rows of worksheet `index` (of `sheets()`).
+    pub fn rows(&self, index: usize) -> Page<'a> {
+        let rows = self.buffer.sheets.get(index).map_or(0..0, |s| s.rows.clone());
+        Page { body: self.body, buffer: self.buffer, rows }
+    }
+
+    /// What Kinaxis reported as an error inside the 200, if it did.
+    pub fn reported(&self) -> Option<&'a Reported> {
+        self.buffer.reported.as_ref()
     }
 }
 
-impl<'de> Visitor<'de> for PageSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a page object with Rows")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen_rows = false;
-        while let Some(key) = map.next_key::<Key>()? {
-            if key.0 {
-                map.next_value_seed(RowsSeed(&mut *self.0))?;
-                seen_rows = true;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        if seen_rows {
-            Ok(())
-        } else {
-            Err(de::Error::missing_field("Rows"))
-        }
-    }
+/// The keys this parser acts on, told apart without allocating; any other is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Rows,
+    Values,
+    Worksheets,
+    ScriptError,
+    Status,
+    ErrorRowCount,
+    Message,
+    Name,
+    QueryHandle,
+    QueryId,
+    TotalRowCount,
+    Columns,
+    Id,
+    Other,
 }
-
-/// A map key, told apart without allocating: `true` for the one we look for (`Rows` at
-/// the top, `Values` in a row; the two never occur at the other level).
-struct Key(bool);
 
 impl<'de> de::Deserialize<'de> for Key {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -149,10 +300,168 @@ impl<'de> de::Deserialize<'de> for Key {
                 f.write_str("a key")
             }
             fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
-                Ok(Key(key == "Rows" || key == "Values"))
+                Ok(match key {
+                    "Rows" => Key::Rows,
+                    "Values" => Key::Values,
+                    "Worksheets" => Key::Worksheets,
+                    "ScriptError" => Key::ScriptError,
+                    "Status" => Key::Status,
+                    "ErrorRowCount" => Key::ErrorRowCount,
+                    "Message" => Key::Message,
+                    "Name" => Key::Name,
+                    "QueryHandle" => Key::QueryHandle,
+                    "QueryID" => Key::QueryId,
+                    "TotalRowCount" => Key::TotalRowCount,
+                    "Columns" => Key::Columns,
+                    "Id" => Key::Id,
+                    _ => Key::Other,
+                })
             }
         }
         deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct TopSeed<'a> {
+    buffer: &'a mut PageBuffer,
+    shape: Shape,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.shape {
+            Shape::Workbook => f.write_str("a workbook answer with Worksheets"),
+            Shape::Page | Shape::Delimited => f.write_str("a page object with Rows"),
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let buffer = self.buffer;
+        let mut seen = false;
+        while let Some(key) = map.next_key::<Key>()? {
+            match (key, self.shape) {
+                (Key::Rows, Shape::Page | Shape::Delimited) if !seen => {
+                    map.next_value_seed(RowsSeed(&mut *buffer))?;
+                    seen = true;
+                }
+                (Key::Worksheets, Shape::Workbook) if !seen => {
+                    map.next_value_seed(SheetsSeed(&mut *buffer))?;
+                    seen = true;
+                }
+                (Key::ScriptError, _) => {
+                    let error: serde_json::Value = map.next_value()?;
+                    buffer.reported = Some(script_error(&error));
+                }
+                (Key::Status, _) => buffer.status = map.next_value::<Option<String>>()?,
+                (Key::ErrorRowCount, _) => buffer.error_rows = map.next_value::<Option<u64>>()?,
+                (Key::Message, _) => buffer.message = map.next_value::<Option<String>>()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        buffer.seen_data = seen;
+        Ok(())
+    }
+}
+
+/// `ScriptError` as an object `{Code, Message, …}` or, seen in the wild, a bare string.
+fn script_error(error: &serde_json::Value) -> Reported {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    match error {
+        serde_json::Value::Object(fields) => Reported::Script {
+            code: fields.get("Code").map(text).unwrap_or_default(),
+            message: fields.get("Message").map(text).unwrap_or_default(),
+        },
+        other => Reported::Script { code: String::new(), message: text(other) },
+    }
+}
+
+struct SheetsSeed<'a>(&'a mut PageBuffer);
+
+impl<'de> DeserializeSeed<'de> for SheetsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SheetsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of worksheets")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(SheetSeed(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+struct SheetSeed<'a>(&'a mut PageBuffer);
+
+impl<'de> DeserializeSeed<'de> for SheetSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SheetSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a worksheet with Name, TotalRowCount, Columns and Rows")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        #[derive(serde::Deserialize)]
+        struct Handle {
+            #[serde(rename = "QueryID")]
+            query_id: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ColumnId {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        let buffer = self.0;
+        let (mut name, mut total, mut columns, mut rows) = (None, None, None, None);
+        let mut query_id = None;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Name => name = Some(map.next_value::<String>()?),
+                Key::QueryHandle => query_id = map.next_value::<Option<Handle>>()?.and_then(|h| h.query_id),
+                Key::TotalRowCount => total = Some(map.next_value::<u64>()?),
+                Key::Columns => {
+                    columns = Some(map.next_value::<Vec<ColumnId>>()?.into_iter().map(|c| c.id).collect::<Vec<_>>())
+                }
+                Key::Rows if rows.is_none() => {
+                    let first = buffer.row_ends.len();
+                    map.next_value_seed(RowsSeed(&mut *buffer))?;
+                    rows = Some(first..buffer.row_ends.len());
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        buffer.sheets.push(SheetHead {
+            name: name.ok_or_else(|| de::Error::missing_field("Name"))?,
+            query_id,
+            total_row_count: total.ok_or_else(|| de::Error::missing_field("TotalRowCount"))?,
+            columns: columns.ok_or_else(|| de::Error::missing_field("Columns"))?,
+            rows: rows.ok_or_else(|| de::Error::missing_field("Rows"))?,
+        });
+        Ok(())
     }
 }
 
@@ -171,10 +480,40 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
         f.write_str("an array of rows")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(RowSeed(&mut *self.0))?.is_some() {
+        loop {
+            let more = match self.0.delimiter {
+                Some(delimiter) => seq.next_element_seed(DelimitedRowSeed(&mut *self.0, delimiter))?.is_some(),
+                None => seq.next_element_seed(RowSeed(&mut *self.0))?.is_some(),
+            };
+            if !more {
+                return Ok(());
+            }
             let end = self.0.spans.len();
             self.0.row_ends.push(end);
         }
+    }
+}
+
+struct DelimitedRowSeed<'a>(&'a mut PageBuffer, char);
+
+impl<'de> DeserializeSeed<'de> for DelimitedRowSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DelimitedRowSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a row as one delimited string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, row: &'de str) -> Result<(), E> {
+        self.0.push_delimited(row, true, self.1);
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, row: &str) -> Result<(), E> {
+        self.0.push_delimited(row, false, self.1);
         Ok(())
     }
 }
@@ -196,7 +535,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut seen_values = false;
         while let Some(key) = map.next_key::<Key>()? {
-            if key.0 && !seen_values {
+            if key == Key::Values && !seen_values {
                 map.next_value_seed(ValuesSeed(&mut *self.0))?;
                 seen_values = true;
             } else {
@@ -316,6 +655,72 @@ mod tests {
         assert_eq!(cut.classify(), Category::Eof);
         let stray = buffer.parse(b"{\"Rows\":[{\"Values\":[\"K\xff\"]}]}").unwrap_err();
         assert_eq!(stray.classify(), Category::Syntax);
+    }
+
+    #[test]
+    fn the_workbook_answer_gives_each_worksheet_its_head_and_its_own_first_rows() {
+        let mut buffer = PageBuffer::default();
+        let body = br##"{"Worksheets":[
+            {"Name":"A","QueryHandle":{"QueryID":"#q0"},"TotalRowCount":3,"Columns":[{"Id":"X","IsEditable":false},{"Id":"Y"}],
+             "Rows":[{"Values":["1","a\"b"]},{"Values":["2","c"]}]},
+            {"Name":"B","TotalRowCount":1,"Columns":[{"Id":"Z"}],"Rows":[{"Values":["z"]}],"Extra":{"Rows":7}}]}"##;
+        let workbook = buffer.parse_workbook(body).unwrap();
+        let sheets = workbook.sheets();
+        assert_eq!(sheets.len(), 2);
+        assert_eq!(
+            (sheets[0].name.as_str(), sheets[0].query_id.as_deref(), sheets[0].total_row_count),
+            ("A", Some("#q0"), 3)
+        );
+        assert_eq!(sheets[0].columns, ["X", "Y"]);
+        assert_eq!((sheets[1].query_id.as_deref(), sheets[1].columns.as_slice()), (None, &["Z".to_owned()][..]));
+        assert_eq!(rows(&workbook.rows(0)), [vec!["1", "a\"b"], vec!["2", "c"]]);
+        assert_eq!(rows(&workbook.rows(1)), [vec!["z"]]);
+        assert!(workbook.reported().is_none());
+    }
+
+    #[test]
+    fn a_worksheet_without_rows_or_an_answer_without_worksheets_is_the_wrong_shape() {
+        use serde_json::error::Category;
+        let mut buffer = PageBuffer::default();
+        for wrong in [
+            &br#"{}"#[..],
+            br#"{"Worksheets":[{"Name":"A","TotalRowCount":0,"Columns":[]}]}"#,
+            br#"{"Worksheets":[{"Name":"A","Columns":[],"Rows":[]}]}"#,
+            br#"{"Status":"Success"}"#,
+        ] {
+            let err = buffer.parse_workbook(wrong).unwrap_err();
+            assert_eq!(err.classify(), Category::Data, "{}", String::from_utf8_lossy(wrong));
+        }
+    }
+
+    #[test]
+    fn errors_reported_inside_a_200_are_kept_with_the_servers_words() {
+        let mut buffer = PageBuffer::default();
+        let script = buffer.parse_workbook(br#"{"ScriptError":{"Code":"E42","Message":"Worksheet 'X' not found"}}"#);
+        assert_eq!(script.unwrap().reported().unwrap().to_string(), "ScriptError E42: Worksheet 'X' not found");
+        let bare = buffer.parse(br#"{"Rows":[],"ScriptError":"boom"}"#).unwrap();
+        assert_eq!(bare.reported(), Some(&Reported::Script { code: String::new(), message: "boom".into() }));
+        let partial = buffer
+            .parse_delimited(br#"{"Status":"Partial Success","ErrorRowCount":3,"Message":"3 rows failed"}"#, '\t');
+        assert_eq!(
+            partial.unwrap().reported().unwrap().to_string(),
+            "Status \"Partial Success\" with ErrorRowCount 3: 3 rows failed"
+        );
+        let failure = buffer.parse_delimited(br##"{"ExportId":"#e","Status":"Failure"}"##, '\t').unwrap();
+        assert!(matches!(failure.reported(), Some(Reported::Status { .. })));
+        let error_rows = buffer.parse(br#"{"Rows":[{"Values":["a"]}],"ErrorRowCount":1}"#).unwrap();
+        assert!(matches!(error_rows.reported(), Some(Reported::ErrorRows { count: 1, .. })));
+        let fine = buffer.parse(br#"{"Rows":[],"Status":"Success","ErrorRowCount":0}"#).unwrap();
+        assert!(fine.reported().is_none());
+    }
+
+    #[test]
+    fn delimited_rows_are_split_into_values_escaped_or_not() {
+        let mut buffer = PageBuffer::default();
+        let page = buffer.parse_delimited(br#"{"Rows":["a\tb\t","K\u00f6ln\t\t\"x\"","single"]}"#, '\t').unwrap();
+        assert_eq!(rows(&page), [vec!["a", "b", ""], vec!["Köln", "", "\"x\""], vec!["single"]]);
+        let piped = buffer.parse_delimited(br#"{"Rows":["a|b","|"]}"#, '|').unwrap();
+        assert_eq!(rows(&piped), [vec!["a", "b"], vec!["", ""]]);
     }
 
     proptest::proptest! {

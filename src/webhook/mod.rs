@@ -155,7 +155,7 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
 
         // Kinaxis needs WorksheetNames: a job without them could only fail later, so it is
         // not accepted unless configuration names the worksheets to take.
-        if request.worksheets.is_empty() {
+        if request.workbook.is_some() && request.worksheets.is_empty() {
             if self.settings.default_worksheets.is_empty() {
                 let mut answer = Answer::problem(
                     StatusCode::BAD_REQUEST,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::job::{public_scope, JobRequest, NamedScope};
+use crate::job::{public_scope, JobRequest, NamedScope, TableRequest};
 
 /// A 400: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +19,9 @@ fn bad(field: &str, problem: impl Into<String>) -> FieldError {
 }
 
 const MAX_TEXT: usize = 256;
+/// A Kinaxis filter expression may be longer than a name.
+const MAX_FILTER_EXPRESSION: usize = 4096;
+const MAX_FIELDS: usize = 500;
 
 pub const DEFAULT_SCENARIO: &str = "Enterprise Data";
 pub const DEFAULT_SITE_GROUP: &str = "All Sites";
@@ -38,9 +41,26 @@ pub fn parse(body: &[u8]) -> Result<JobRequest, FieldError> {
     let file_name = required_text(&root, "fileName")?;
     validate_file_name(&file_name)?;
     let workbook = match root.get("workbook") {
-        None | Some(Value::Null) => return Err(bad("workbook", "is required")),
-        Some(value) => named_scope(value, "workbook")?,
+        None | Some(Value::Null) => None,
+        Some(value) => Some(named_scope(value, "workbook")?),
     };
+    let table = match root.get("table") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(table_request(value)?),
+    };
+    match (&workbook, &table) {
+        (None, None) => return Err(bad("workbook", "is required (or table, for a bulk export)")),
+        (Some(_), Some(_)) => return Err(bad("table", "a request names either a workbook or a table, not both")),
+        (None, Some(_)) => {
+            // The workbook's parameters have no meaning for a table: refused, not ignored.
+            for field in ["worksheets", "filter", "variables", "siteGroup"] {
+                if root.get(field).is_some_and(|v| !v.is_null()) {
+                    return Err(bad(field, "applies to a workbook only; a table takes table.filter"));
+                }
+            }
+        }
+        (Some(_), None) => {}
+    }
     let scenario = match root.get("scenario") {
         None | Some(Value::Null) => NamedScope { name: DEFAULT_SCENARIO.to_owned(), scope: public_scope() },
         Some(value) => named_scope(value, "scenario")?,
@@ -73,6 +93,7 @@ pub fn parse(body: &[u8]) -> Result<JobRequest, FieldError> {
         event_id: optional_text(&root, "eventId")?,
         file_name,
         workbook,
+        table,
         worksheets,
         scenario,
         site_group: optional_text(&root, "siteGroup")?.unwrap_or_else(|| DEFAULT_SITE_GROUP.to_owned()),
@@ -122,6 +143,47 @@ fn optional_text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>
     }
 }
 
+/// `{"namespace", "name", "fields": [..], "filter"?}`.
+fn table_request(value: &Value) -> Result<TableRequest, FieldError> {
+    let Value::Object(obj) = value else {
+        return Err(bad("table", "must be an object with namespace, name and fields"));
+    };
+    let inner = |e: FieldError| bad(&format!("table.{}", e.field), e.problem);
+    let fields = match obj.get("fields") {
+        None | Some(Value::Null) => return Err(bad("table.fields", "is required")),
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(bad("table.fields", "must name at least one field"))
+        }
+        Some(Value::Array(items)) if items.len() > MAX_FIELDS => {
+            return Err(bad("table.fields", format!("must name at most {MAX_FIELDS} fields")))
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| text_value(item, &format!("table.fields[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(bad("table.fields", "must be an array of strings")),
+    };
+    let filter = match obj.get("filter") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() > MAX_FILTER_EXPRESSION => {
+            return Err(bad("table.filter", format!("is longer than {MAX_FILTER_EXPRESSION} characters")))
+        }
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            return Err(bad("table.filter", "must not hold control characters"))
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => return Err(bad("table.filter", "must not be blank")),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(bad("table.filter", "must be a string")),
+    };
+    Ok(TableRequest {
+        namespace: required_text(obj, "namespace").map_err(inner)?,
+        name: required_text(obj, "name").map_err(inner)?,
+        fields,
+        filter,
+    })
+}
+
 fn named_scope(value: &Value, field: &str) -> Result<NamedScope, FieldError> {
     let Value::Object(obj) = value else {
         return Err(bad(field, "must be an object with name and scope"));
@@ -145,7 +207,8 @@ mod tests {
     #[test]
     fn a_minimal_request_gets_the_documented_defaults() {
         let req = parse(br#"{"fileName":"PlannedOrders-PF","workbook":{"name":"PlannedOrders Export"}}"#).unwrap();
-        assert_eq!(req.workbook.scope, "Public");
+        assert_eq!(req.workbook.as_ref().unwrap().scope, "Public");
+        assert!(req.table.is_none());
         assert_eq!(req.scenario.name, "Enterprise Data");
         assert_eq!(req.site_group, "All Sites");
         assert!(req.worksheets.is_empty() && req.filter.is_none() && req.variables.is_empty());
@@ -161,6 +224,38 @@ mod tests {
         assert_eq!(field_of(r#"{"fileName":"A-PF","workbook":{"name":"W"},"variables":{"x":1}}"#), "variables.x");
         assert_eq!(field_of(r#"{"fileName":"A-PF","workbook":{"name":"W"},"scenario":"S"}"#), "scenario");
         assert_eq!(field_of(r#"{"fileName":7,"workbook":{"name":"W"}}"#), "fileName");
+    }
+
+    #[test]
+    fn a_table_request_is_a_bulk_export_and_every_field_of_it_is_named() {
+        let req = parse(
+            br#"{"fileName":"Orders-WP","table":{"namespace":"Mfg","name":"PlannedOrder","fields":["Order.Id","Quantity"],"filter":"Quantity > 0"}}"#,
+        )
+        .unwrap();
+        let table = req.table.unwrap();
+        assert_eq!((table.qualified_name().as_str(), table.fields.len()), ("Mfg::PlannedOrder", 2));
+        assert_eq!(table.filter.as_deref(), Some("Quantity > 0"));
+        assert!(req.workbook.is_none());
+        let t = r#""table":{"namespace":"Mfg","name":"PlannedOrder","fields":["F"]}"#;
+        assert_eq!(field_of(&format!(r#"{{"fileName":"A-PF","workbook":{{"name":"W"}},{t}}}"#)), "table");
+        assert_eq!(field_of(r#"{"fileName":"A-PF"}"#), "workbook");
+        assert_eq!(field_of(&format!(r#"{{"fileName":"A-PF",{t},"worksheets":["S"]}}"#)), "worksheets");
+        assert_eq!(field_of(&format!(r#"{{"fileName":"A-PF",{t},"filter":{{"name":"F"}}}}"#)), "filter");
+        assert_eq!(field_of(&format!(r#"{{"fileName":"A-PF",{t},"variables":{{}}}}"#)), "variables");
+        assert_eq!(field_of(&format!(r#"{{"fileName":"A-PF",{t},"siteGroup":"All"}}"#)), "siteGroup");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","table":[]}"#), "table");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","table":{"name":"T","fields":["F"]}}"#), "table.namespace");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","table":{"namespace":"N","fields":["F"]}}"#), "table.name");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","table":{"namespace":"N","name":"T"}}"#), "table.fields");
+        assert_eq!(field_of(r#"{"fileName":"A-PF","table":{"namespace":"N","name":"T","fields":[]}}"#), "table.fields");
+        assert_eq!(
+            field_of(r#"{"fileName":"A-PF","table":{"namespace":"N","name":"T","fields":["F",""]}}"#),
+            "table.fields[1]"
+        );
+        assert_eq!(
+            field_of(r#"{"fileName":"A-PF","table":{"namespace":"N","name":"T","fields":["F"],"filter":7}}"#),
+            "table.filter"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod report;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsMessage;
@@ -27,7 +27,7 @@ use crate::job::{
 };
 use crate::ports::{CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, SecretSource, WorkbookSource};
 use crate::retry::deadline_reached;
-use crate::secrets::{CachedSecrets, KinaxisCredentials, SftpCredentials};
+use crate::secrets::{CachedSecrets, KinaxisCredentials, KinaxisLogin, SftpCredentials};
 use crate::telemetry::{self, Metric, MetricScope};
 use delivery::FileDelivery;
 use event::WorkerEvent;
@@ -65,7 +65,8 @@ pub enum JobOutcome {
 
 pub struct Worker<S, K, W, D, Q> {
     store: S,
-    secrets: CachedSecrets<K>,
+    /// Shared with the Kinaxis client, which reads its secret again after a refusal.
+    secrets: Arc<CachedSecrets<K>>,
     source: W,
     drop: D,
     queue: Q,
@@ -109,13 +110,30 @@ impl Run {
 impl<S, K, W, D, Q> Worker<S, K, W, D, Q>
 where
     S: ObjectStore,
-    K: SecretSource,
+    K: SecretSource + 'static,
     W: WorkbookSource,
     D: FileDrop,
     Q: JobQueue,
 {
     pub fn new(store: S, secrets: CachedSecrets<K>, source: W, drop: D, queue: Q, config: WorkerConfig) -> Self {
-        Self { store, secrets, source, drop, queue, config }
+        Self { store, secrets: Arc::new(secrets), source, drop, queue, config }
+    }
+
+    /// The Kinaxis credentials as cached, and a way past the cache for when Kinaxis refuses
+    /// them: a secret rotated in the meantime is read again once.
+    async fn kinaxis_login(&self) -> Result<KinaxisLogin> {
+        let credentials: KinaxisCredentials = self.secrets.get_json(&self.config.kinaxis_secret_id).await?;
+        let secrets = self.secrets.clone();
+        let secret_id = self.config.kinaxis_secret_id.clone();
+        let reread: crate::secrets::RereadCredentials = Arc::new(move || {
+            let secrets = secrets.clone();
+            let secret_id = secret_id.clone();
+            Box::pin(async move {
+                secrets.invalidate(&secret_id);
+                secrets.get_json::<KinaxisCredentials>(&secret_id).await
+            })
+        });
+        Ok(KinaxisLogin { credentials, reread: Some(reread) })
     }
 
     /// The Lambda entry; `deadline` is the invocation's own. An SQS batch answers its
@@ -363,8 +381,8 @@ where
                     return Ok(skipped);
                 }
                 run.at(Step::Fetch);
-                let credentials: KinaxisCredentials = self.secrets.get_json(&self.config.kinaxis_secret_id).await?;
-                let files = self.source.export(manifest, credentials, spool.path(), run.work_deadline).await?;
+                let login = self.kinaxis_login().await?;
+                let files = self.source.export(manifest, login, spool.path(), run.work_deadline).await?;
                 self.check_row_counts(&files)?;
                 run.time("fetch", step_started);
                 let stage_started = Instant::now();

@@ -38,7 +38,8 @@ fn manifest(event_id: &str, received_at: OffsetDateTime) -> Manifest {
         request: JobRequest {
             event_id: Some(event_id.into()),
             file_name: "PlannedOrders-PF".into(),
-            workbook: NamedScope { name: "PlannedOrders Export".into(), scope: "Public".into() },
+            workbook: Some(NamedScope { name: "PlannedOrders Export".into(), scope: "Public".into() }),
+            table: None,
             worksheets: vec!["Planned Orders".into()],
             scenario: NamedScope { name: "Enterprise Data".into(), scope: "Public".into() },
             site_group: "All Sites".into(),

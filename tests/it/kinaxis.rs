@@ -9,7 +9,7 @@ use maestro_relay::export::{ExportedFile, Exporter};
 use maestro_relay::job::{FileNameTemplate, Manifest};
 use maestro_relay::kinaxis::{KinaxisClient, KinaxisOptions, PagingStyle};
 use maestro_relay::retry::RetryPolicy;
-use maestro_relay::secrets::KinaxisCredentials;
+use maestro_relay::secrets::{KinaxisCredentials, KinaxisLogin, RereadCredentials};
 use secrecy::SecretString;
 
 use crate::helpers::Sim;
@@ -32,6 +32,26 @@ fn manifest(worksheets: &[&str]) -> Manifest {
     .expect("manifest")
 }
 
+/// A bulk-export job of the simulator's table.
+fn table_manifest(fields: &[&str]) -> Manifest {
+    serde_json::from_value(serde_json::json!({
+        "jobId": "0123456789abcdef0123456789abcdef",
+        "receivedAt": "2026-11-24T06:00:07Z",
+        "target": "WP2",
+        "contentSha256": "00",
+        "eventId": null,
+        "fileName": "PlannedOrders-WP",
+        "table": {"namespace": "Mfg", "name": "PlannedOrder", "fields": fields, "filter": "Quantity > 0"},
+        "scenario": {"name": "Enterprise Data", "scope": "Public"},
+        "siteGroup": "All Sites",
+        "filter": null,
+        "variables": {}
+    }))
+    .expect("table manifest")
+}
+
+const ALL_FIELDS: [&str; 6] = ["Order.Id", "Part.Name", "Site.Value", "Quantity", "DueDate", "Description"];
+
 fn fast_retry() -> RetryPolicy {
     RetryPolicy {
         retries: 3,
@@ -48,26 +68,40 @@ struct Export {
     paging: PagingStyle,
     worksheets: Vec<&'static str>,
     retry: RetryPolicy,
+    /// Bulk export of these fields instead of the workbook.
+    table: Option<Vec<&'static str>>,
+    secret: &'static str,
+    reread: Option<RereadCredentials>,
 }
 
 impl Default for Export {
     fn default() -> Self {
-        Self { page_size: 300, in_flight: 4, paging: PagingStyle::Query, worksheets: vec![], retry: fast_retry() }
+        Self {
+            page_size: 300,
+            in_flight: 4,
+            paging: PagingStyle::Query,
+            worksheets: vec![],
+            retry: fast_retry(),
+            table: None,
+            secret: "relay-secret",
+            reread: None,
+        }
     }
 }
 
 impl Export {
     async fn run(&self, sim: &Sim, dir: &Path) -> maestro_relay::error::Result<Vec<ExportedFile>> {
         let credentials =
-            KinaxisCredentials { client_id: "relay-client".into(), client_secret: SecretString::from("relay-secret") };
+            KinaxisCredentials { client_id: "relay-client".into(), client_secret: SecretString::from(self.secret) };
         let options = KinaxisOptions {
             base_url: sim.url.clone(),
             page_size: self.page_size,
+            bulk_page_size: self.page_size,
             pages_in_flight: self.in_flight,
             paging: self.paging,
             ..KinaxisOptions::default()
         };
-        let client = KinaxisClient::new(credentials, options)?;
+        let client = KinaxisClient::new(KinaxisLogin { credentials, reread: self.reread.clone() }, options)?;
         let exporter = Exporter {
             client: &client,
             csv: &CsvOptions::default(),
@@ -75,8 +109,23 @@ impl Export {
             retry: &self.retry,
             deadline: tokio::time::Instant::now() + Duration::from_secs(60),
         };
-        exporter.export(&manifest(&self.worksheets), dir).await
+        let manifest = match &self.table {
+            Some(fields) => table_manifest(fields),
+            None => manifest(&self.worksheets),
+        };
+        exporter.export(&manifest, dir).await
     }
+}
+
+/// Reads the credentials "from the secret store" again: the test's stand-in for the
+/// worker's cache bypass, counting how often it is asked.
+fn reread_as(secret: &'static str, calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> RereadCredentials {
+    std::sync::Arc::new(move || {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            Ok(KinaxisCredentials { client_id: "relay-client".into(), client_secret: SecretString::from(secret) })
+        })
+    })
 }
 
 /// The export of the same rows with every row in the workbook answer: the reference.
@@ -178,7 +227,7 @@ async fn malformed_or_refused_answers_are_permanent_and_named() {
             &["--rows", "500", "--first-page", "100", "--bad-width-row", "250"],
             "\"Planned Orders\": row 250 has 7 values",
         ),
-        (&["--rows", "500", "--first-page", "100", "--short-by", "5"], "ended short of TotalRowCount 505"),
+        (&["--rows", "500", "--first-page", "100", "--short-by", "5"], "ended short of its total row count 505"),
         (&["--workbook-status", "404"], "404"),
         (&["--workbook-status", "403"], "403"),
         (&["--reject-all-tokens"], "freshly issued token"),
@@ -285,4 +334,161 @@ async fn a_retry_after_of_u64_max_seconds_is_clamped_to_the_longest_pause_not_a_
     let dir = tempfile::tempdir().expect("dir");
     let files = Export::default().run(&sim, dir.path()).await.expect("export");
     assert_eq!(files[0].file.stats.rows, 300);
+}
+
+#[tokio::test]
+async fn a_client_secret_rotated_mid_export_is_read_again_once_and_the_export_completes() {
+    // The first token expires after 150 ms; by then Kinaxis accepts only the rotated secret.
+    let sim = Sim::start(&[
+        "--rows",
+        "3000",
+        "--first-page",
+        "100",
+        "--latency-ms",
+        "20",
+        "--expire-token-after-ms",
+        "150",
+        "--rotate-secret-after-tokens",
+        "1",
+        "--rotated-secret",
+        "rotated-secret",
+    ]);
+    let dir = tempfile::tempdir().expect("dir");
+    let rereads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let export = Export {
+        in_flight: 2,
+        page_size: 100,
+        reread: Some(reread_as("rotated-secret", rereads.clone())),
+        ..Export::default()
+    };
+    let files = export.run(&sim, dir.path()).await.expect("export with the rotated secret");
+    assert_eq!(std::fs::read(&files[0].path).expect("file"), reference_csv(3000).await);
+    assert_eq!(rereads.load(std::sync::atomic::Ordering::SeqCst), 1, "the secret is read again exactly once");
+    assert!(sim.stats().await["tokenCalls"].as_u64() >= Some(3), "old secret refused, then the rotated one taken");
+}
+
+#[tokio::test]
+async fn a_refused_client_secret_that_reads_back_unchanged_is_permanent_and_says_so() {
+    let sim = Sim::start(&["--rows", "10", "--client-secret", "what-kinaxis-expects"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let rereads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let export = Export { reread: Some(reread_as("relay-secret", rereads.clone())), ..Export::default() };
+    let err = export.run(&sim, dir.path()).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
+    assert!(err.chain().contains("unchanged"), "{}", err.chain());
+    assert!(!err.chain().contains("relay-secret"), "the secret is never in an error: {}", err.chain());
+    assert_eq!(rereads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(sim.stats().await["tokenCalls"], 1, "an unchanged secret is not sent again");
+}
+
+#[tokio::test]
+async fn errors_inside_a_200_fail_the_export_permanently_with_the_servers_words_and_no_file() {
+    let cases: [(&str, bool, &str); 7] = [
+        ("script-workbook", false, "Worksheet 'Planned Orders' was not found (injected)"),
+        ("no-worksheets", false, "missing field `Worksheets`"),
+        ("script-page", false, "query expired (injected)"),
+        ("no-rows", false, "missing field `Rows`"),
+        ("error-rows-page", false, "ErrorRowCount 1"),
+        ("bulk-failure", true, "Status \"Failure\": export failed (injected)"),
+        ("bulk-partial", true, "\"Partial Success\" with ErrorRowCount 2: 2 rows could not be read (injected)"),
+    ];
+    for (kind, bulk, expected) in cases {
+        let sim = Sim::start(&["--rows", "500", "--first-page", "100", "--error-in-200", kind]);
+        let dir = tempfile::tempdir().expect("dir");
+        let export = Export { table: bulk.then(|| ALL_FIELDS.to_vec()), ..Export::default() };
+        let err = export.run(&sim, dir.path()).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent, "{kind}: {}", err.chain());
+        assert_eq!(err.step, Step::Fetch, "{kind}");
+        assert!(err.chain().contains(expected), "{kind}: {}", err.chain());
+        // The exporter stops before finishing a file; the worker's spool folder goes with the job.
+        assert_eq!(sim.stats().await["unavailable"], 0, "{kind}: not retried as transient");
+    }
+}
+
+/// The bulk export of every row in one page: the reference for paged bulk exports.
+async fn reference_bulk_csv(rows: u64) -> Vec<u8> {
+    let sim = Sim::start(&["--rows", &rows.to_string()]);
+    let dir = tempfile::tempdir().expect("dir");
+    let export = Export { table: Some(ALL_FIELDS.to_vec()), page_size: rows.max(1), in_flight: 1, ..Export::default() };
+    let files = export.run(&sim, dir.path()).await.expect("reference bulk export");
+    std::fs::read(&files[0].path).expect("reference file")
+}
+
+#[tokio::test]
+async fn a_table_is_read_by_bulk_export_in_order_every_row_once_and_the_export_finished() {
+    let reference = reference_bulk_csv(2500).await;
+    let text = String::from_utf8(reference.clone()).expect("UTF-8");
+    let mut lines = text.split("\r\n");
+    assert_eq!(lines.next(), Some("Order.Id,Part.Name,Site.Value,Quantity,DueDate,Description"));
+    assert_eq!(lines.next(), Some("PO-0-00000000,P-00000,,0.000,2026-01-01,Standard order"));
+    assert_eq!(
+        lines.nth(1),
+        Some("PO-0-00000002,P-15838,Werk Köln,2.074,2026-03-03,Line one  Line two"),
+        "{text:.400}"
+    );
+    for (flags, page_size, in_flight) in [
+        (vec![], 300, 4),
+        (vec!["--page-cap", "70"], 300, 4),
+        (vec!["--latency-ms", "20", "--expire-token-after-ms", "70", "--revoke-on-issue"], 200, 4),
+        (vec!["--fail-first", "2", "--truncate-calls", "4"], 500, 2),
+    ] {
+        let mut args = vec!["--rows", "2500"];
+        args.extend(flags.iter().copied());
+        let sim = Sim::start(&args);
+        let dir = tempfile::tempdir().expect("dir");
+        let export = Export { table: Some(ALL_FIELDS.to_vec()), page_size, in_flight, ..Export::default() };
+        let files = export.run(&sim, dir.path()).await.unwrap_or_else(|e| panic!("{flags:?}: {}", e.chain()));
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].file.worksheet, "Mfg::PlannedOrder");
+        assert_eq!(files[0].file.file_name, "PlannedOrders-WP_20261124060007.csv");
+        assert_eq!(files[0].file.stats.rows, 2500, "{flags:?}");
+        assert_eq!(std::fs::read(&files[0].path).expect("file"), reference, "{flags:?}");
+        let stats = sim.stats().await;
+        assert_eq!(stats["openExports"], 0, "{flags:?}: the export was finished: {stats}");
+        assert!(stats["finishCalls"].as_u64() >= Some(1), "{flags:?}: {stats}");
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_export_that_is_short_wide_or_of_an_unknown_table_is_permanent_and_named() {
+    let cases: [(&[&str], Vec<&str>, &str); 4] = [
+        (&["--rows", "500", "--short-by", "5"], ALL_FIELDS.to_vec(), "ended short of its total row count 505"),
+        (&["--rows", "500", "--bad-width-row", "250"], ALL_FIELDS.to_vec(), "row 250 has 7 values"),
+        (&["--rows", "5", "--table", "Mfg::Other"], ALL_FIELDS.to_vec(), "404"),
+        (&["--rows", "5"], vec!["Order.Id", "No.Such"], "unknown field No.Such"),
+    ];
+    for (flags, fields, expected) in cases {
+        let sim = Sim::start(flags);
+        let dir = tempfile::tempdir().expect("dir");
+        let export = Export { table: Some(fields), ..Export::default() };
+        let err = export.run(&sim, dir.path()).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent, "{flags:?}: {}", err.chain());
+        assert!(err.chain().contains(expected), "{flags:?}: {}", err.chain());
+    }
+}
+
+#[tokio::test]
+async fn a_csv_columns_contract_naming_a_column_the_worksheet_lacks_fails_before_any_row() {
+    let sim = Sim::start(&["--rows", "50"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let credentials =
+        KinaxisCredentials { client_id: "relay-client".into(), client_secret: SecretString::from("relay-secret") };
+    let client =
+        KinaxisClient::new(credentials, KinaxisOptions { base_url: sim.url.clone(), ..KinaxisOptions::default() })
+            .expect("client");
+    let csv = CsvOptions {
+        columns: Some(vec![maestro_relay::csv_out::ColumnMapping { source: "Plant".into(), header: "WERKS".into() }]),
+        ..CsvOptions::default()
+    };
+    let exporter = Exporter {
+        client: &client,
+        csv: &csv,
+        names: &FileNameTemplate::default(),
+        retry: &fast_retry(),
+        deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+    };
+    let err = exporter.export(&manifest(&[]), dir.path()).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
+    assert!(err.chain().contains("\"Plant\""), "{}", err.chain());
+    assert_eq!(sim.stats().await["pageCalls"], 0, "no page fetched once the contract failed");
 }

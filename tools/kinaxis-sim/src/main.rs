@@ -1,6 +1,7 @@
-//! Kinaxis Maestro REST API simulator: OAuth client-credentials token, workbook POST and
-//! worksheet paging with deterministic planned-order rows full of awkward values, and
-//! fault injection. A dev tool for local runs, tests and benchmarks; never deployed.
+//! Kinaxis Maestro REST API simulator, written from `shared/kinaxis-api.md`: OAuth
+//! client-credentials token, workbook POST and worksheet paging with deterministic
+//! planned-order rows full of awkward values, bulk export of a table in delimited pages,
+//! and fault injection (errors inside a 200, page caps, revoked tokens, rotated secrets…). A dev tool for local runs, tests and benchmarks; never deployed.
 //!
 //! It prints `listening on http://127.0.0.1:PORT` as its first line.
 
@@ -27,7 +28,13 @@ const USAGE: &str = "kinaxis-sim [--port P] [--rows N] [--first-page K] [--works
 [--workbook NAME] [--client-id ID] [--client-secret S] [--token-ttl SECS] [--latency-ms MS] \
 [--fail-first K] [--expire-token-after-ms MS] [--truncate-calls 'N,M'] [--workbook-status CODE] \
 [--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens] [--vary-per-workbook-call] [--page-cap N] [--revoke-on-issue] \
-[--throttle-calls 'N,M'] [--throttle-status 429|408] [--retry-after SECONDS|HTTP-DATE]";
+[--throttle-calls 'N,M'] [--throttle-status 429|408] [--retry-after SECONDS|HTTP-DATE] \
+[--table NS::NAME] [--error-in-200 script-workbook|no-worksheets|script-page|no-rows|bulk-failure|bulk-partial|error-rows-page] \
+[--rotate-secret-after-tokens N --rotated-secret S]";
+
+/// The table bulk export reads, and the worksheet column each field takes its values from.
+const TABLE_FIELDS: [(&str, usize); 6] =
+    [("Order.Id", 0), ("Part.Name", 1), ("Site.Value", 2), ("Quantity", 3), ("DueDate", 4), ("Description", 5)];
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -67,6 +74,14 @@ struct Settings {
     throttle_calls: HashSet<u64>,
     throttle_status: u16,
     retry_after: Option<String>,
+    /// `Namespace::Name` of the one table bulk export knows.
+    table: String,
+    /// An error answered inside an HTTP 200 (kinaxis-api.md, "Errors inside a 200").
+    error_in_200: Option<String>,
+    /// After this many tokens are issued, only `rotated_secret` is accepted: the secret was
+    /// rotated on the Kinaxis side (and, by the test, in the secret store).
+    rotate_secret_after_tokens: Option<u64>,
+    rotated_secret: String,
 }
 
 impl Default for Settings {
@@ -95,6 +110,10 @@ impl Default for Settings {
             throttle_calls: HashSet::new(),
             throttle_status: 429,
             retry_after: None,
+            table: "Mfg::PlannedOrder".into(),
+            error_in_200: None,
+            rotate_secret_after_tokens: None,
+            rotated_secret: "rotated-secret".into(),
         }
     }
 }
@@ -145,6 +164,10 @@ fn parse_args() -> Result<Settings, String> {
             }
             "--throttle-status" => s.throttle_status = num(&value)? as u16,
             "--retry-after" => s.retry_after = Some(value),
+            "--table" => s.table = value,
+            "--error-in-200" => s.error_in_200 = Some(value),
+            "--rotate-secret-after-tokens" => s.rotate_secret_after_tokens = Some(num(&value)?),
+            "--rotated-secret" => s.rotated_secret = value,
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -159,6 +182,16 @@ struct Counters {
     page_calls: AtomicU64,
     unauthorized: AtomicU64,
     unavailable: AtomicU64,
+    tokens_issued: AtomicU64,
+    bulk_exports: AtomicU64,
+    bulk_pages: AtomicU64,
+    finish_calls: AtomicU64,
+}
+
+/// A bulk export started and not yet finished.
+struct BulkExport {
+    total: u64,
+    fields: Vec<usize>,
 }
 
 struct State {
@@ -166,6 +199,14 @@ struct State {
     counters: Counters,
     /// Issued tokens and when.
     tokens: Mutex<HashMap<String, Instant>>,
+    /// Bulk exports by id (without the `#`).
+    exports: Mutex<HashMap<String, BulkExport>>,
+}
+
+impl State {
+    fn error_in_200(&self, kind: &str) -> bool {
+        self.settings.error_in_200.as_deref() == Some(kind)
+    }
 }
 
 const COLUMNS: [&str; 6] = ["Order", "Part", "Site", "Quantity", "DueDate", "Description"];
@@ -330,7 +371,12 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Ful
         (Method::GET, "/integration/V1/data/worksheet") => page(&state, req, None),
         (Method::GET, p) if p.starts_with("/integration/V1/data/worksheet/") => {
             let id = p.trim_start_matches("/integration/V1/data/worksheet/").to_owned();
-            page(&state, req, Some(id))
+            page(&state, req, Some(percent_decode(&id)))
+        }
+        (Method::POST, "/integration/V1/bulk/export") => bulk_export(&state, req).await,
+        (Method::GET, p) if p.starts_with("/integration/V1/bulk/export/") => {
+            let id = percent_decode(p.trim_start_matches("/integration/V1/bulk/export/"));
+            bulk_page(&state, req, &id)
         }
         (Method::GET, "/_sim/stats") => answer(
             StatusCode::OK,
@@ -341,6 +387,10 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Ful
                 "pageCalls": state.counters.page_calls.load(Ordering::SeqCst),
                 "unauthorized": state.counters.unauthorized.load(Ordering::SeqCst),
                 "unavailable": state.counters.unavailable.load(Ordering::SeqCst),
+                "bulkExports": state.counters.bulk_exports.load(Ordering::SeqCst),
+                "bulkPages": state.counters.bulk_pages.load(Ordering::SeqCst),
+                "finishCalls": state.counters.finish_calls.load(Ordering::SeqCst),
+                "openExports": state.exports.lock().map(|e| e.len()).unwrap_or_default(),
             }),
         ),
         (_, _) => error(404, "no such endpoint"),
@@ -350,7 +400,12 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Ful
 
 async fn token(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let n = state.counters.token_calls.fetch_add(1, Ordering::SeqCst) + 1;
-    let expected = format!("{}:{}", state.settings.client_id, state.settings.client_secret);
+    let issued = state.counters.tokens_issued.load(Ordering::SeqCst);
+    let secret = match state.settings.rotate_secret_after_tokens {
+        Some(after) if issued >= after => &state.settings.rotated_secret,
+        _ => &state.settings.client_secret,
+    };
+    let expected = format!("{}:{secret}", state.settings.client_id);
     let given = req
         .headers()
         .get("authorization")
@@ -364,6 +419,7 @@ async fn token(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if !String::from_utf8_lossy(&body).contains("grant_type=client_credentials") {
         return error(400, "grant_type must be client_credentials");
     }
+    state.counters.tokens_issued.fetch_add(1, Ordering::SeqCst);
     let token = format!("sim-token-{n}");
     if let Ok(mut tokens) = state.tokens.lock() {
         if state.settings.revoke_on_issue {
@@ -389,6 +445,13 @@ async fn workbook(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>
     }
     if let Some(status) = state.settings.workbook_status {
         return error(status, "workbook status (injected)");
+    }
+    if state.error_in_200("script-workbook") {
+        let script = json!({"Code": "WS-404", "Message": "Worksheet 'Planned Orders' was not found (injected)"});
+        return answer(StatusCode::OK, json!({ "ScriptError": script }));
+    }
+    if state.error_in_200("no-worksheets") {
+        return answer(StatusCode::OK, json!({ "Message": "no worksheets (injected)" }));
     }
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
@@ -452,8 +515,133 @@ fn page(state: &State, req: Request<Incoming>, path_id: Option<String>) -> Respo
         #[serde(rename = "Rows")]
         rows: Vec<RowOut>,
     }
+    if state.error_in_200("script-page") {
+        let script = json!({"Code": "Q-17", "Message": "query expired (injected)"});
+        return answer(StatusCode::OK, json!({ "ScriptError": script }));
+    }
+    if state.error_in_200("no-rows") {
+        return answer(StatusCode::OK, json!({ "Status": "Success" }));
+    }
     let count = state.settings.page_cap.map_or(count, |cap| count.min(cap));
+    if state.error_in_200("error-rows-page") {
+        let rows = rows_out(state, w, start, count, None);
+        return answer(
+            StatusCode::OK,
+            json!({ "Rows": rows.iter().map(|r| json!({"Values": r.values})).collect::<Vec<_>>(), "ErrorRowCount": 1 }),
+        );
+    }
     json_answer(state, call, &PageOut { rows: rows_out(state, w, start, count, None) })
+}
+
+/// `POST …/bulk/export`: `{"Scenario", "Table": {"Namespace", "Name"}, "Fields", "Filter"}`.
+async fn bulk_export(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let call = state.counters.data_calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let n = state.counters.bulk_exports.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(refused) = refuse_token(state, &req) {
+        return refused;
+    }
+    if let Some(unavailable) = injected_unavailable(state, call) {
+        return unavailable;
+    }
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(400, "request body is not JSON");
+    };
+    let table = format!(
+        "{}::{}",
+        request["Table"]["Namespace"].as_str().unwrap_or_default(),
+        request["Table"]["Name"].as_str().unwrap_or_default()
+    );
+    if table != state.settings.table {
+        return error(404, &format!("unknown table {table}"));
+    }
+    let Some(names) = request["Fields"].as_array().filter(|f| !f.is_empty()) else {
+        return error(400, "Fields are required");
+    };
+    let mut fields = Vec::new();
+    for name in names {
+        let name = name.as_str().unwrap_or_default();
+        match TABLE_FIELDS.iter().find(|(field, _)| *field == name) {
+            Some((_, column)) => fields.push(*column),
+            None => return error(400, &format!("unknown field {name}")),
+        }
+    }
+    let total = state.settings.rows + state.settings.short_by;
+    if state.error_in_200("bulk-failure") {
+        return answer(
+            StatusCode::OK,
+            json!({"ExportId": format!("#e{n}"), "TotalRows": 0, "Status": "Failure", "Message": "export failed (injected)"}),
+        );
+    }
+    if let Ok(mut exports) = state.exports.lock() {
+        exports.insert(format!("e{n}"), BulkExport { total, fields });
+    }
+    answer(StatusCode::OK, json!({"ExportId": format!("#e{n}"), "TotalRows": total, "Status": "Success"}))
+}
+
+/// `GET …/bulk/export/{ExportId}?startRow&pageSize&delimiter&finishExport`: rows as one
+/// string each. The id is accepted with its `#` (sent as `%23`) or without, as the two
+/// public clients send it. A finishing call that reaches the end releases the export.
+fn bulk_page(state: &State, req: Request<Incoming>, id: &str) -> Response<Full<Bytes>> {
+    let call = state.counters.data_calls.fetch_add(1, Ordering::SeqCst) + 1;
+    state.counters.bulk_pages.fetch_add(1, Ordering::SeqCst);
+    if let Some(refused) = refuse_token(state, &req) {
+        return refused;
+    }
+    if let Some(unavailable) = injected_unavailable(state, call) {
+        return unavailable;
+    }
+    if let Some(status) = state.settings.page_status {
+        return error(status, "page status (injected)");
+    }
+    let params = query_params(&req);
+    let number = |key: &str| params.get(key).and_then(|v| v.parse::<u64>().ok());
+    let (Some(start), Some(count)) = (number("startRow"), number("pageSize")) else {
+        return error(400, "startRow and pageSize are required");
+    };
+    let Some(delimiter) = params.get("delimiter").filter(|d| !d.is_empty()) else {
+        return error(400, "delimiter is required");
+    };
+    let finish = params.get("finishExport").is_some_and(|f| f.eq_ignore_ascii_case("true"));
+    let id = id.trim_start_matches('#');
+    let Ok(mut exports) = state.exports.lock() else {
+        return error(500, "state lock");
+    };
+    let Some(export) = exports.get(id) else {
+        return error(404, "unknown or finished export");
+    };
+    let count = state.settings.page_cap.map_or(count, |cap| count.min(cap));
+    let served_end = (start + count).min(state.settings.rows).max(start);
+    let rows: Vec<String> = (start..served_end)
+        .map(|i| {
+            let values = row(0, i);
+            let mut fields: Vec<String> = export
+                .fields
+                .iter()
+                // The delimited form cannot hold a line break or the delimiter: a real table
+                // exported this way would not have them either.
+                .map(|&c| values[c].replace(['\r', '\n'], " ").replace(delimiter.as_str(), " "))
+                .collect();
+            if state.settings.bad_width_row == Some(i) {
+                fields.push("extra".into());
+            }
+            fields.join(delimiter)
+        })
+        .collect();
+    if finish {
+        state.counters.finish_calls.fetch_add(1, Ordering::SeqCst);
+        if served_end >= export.total {
+            exports.remove(id);
+        }
+    }
+    drop(exports);
+    if state.error_in_200("bulk-partial") {
+        return answer(
+            StatusCode::OK,
+            json!({"Rows": rows, "Status": "Partial Success", "ErrorRowCount": 2, "Message": "2 rows could not be read (injected)"}),
+        );
+    }
+    json_answer(state, call, &json!({ "Rows": rows }))
 }
 
 #[tokio::main]
@@ -475,7 +663,12 @@ async fn main() {
     };
     let bound = listener.local_addr().map(|a| a.port()).unwrap_or(settings.port);
     println!("listening on http://127.0.0.1:{bound}");
-    let state = Arc::new(State { settings, counters: Counters::default(), tokens: Mutex::new(HashMap::new()) });
+    let state = Arc::new(State {
+        settings,
+        counters: Counters::default(),
+        tokens: Mutex::new(HashMap::new()),
+        exports: Mutex::new(HashMap::new()),
+    });
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let state = state.clone();
