@@ -2,9 +2,10 @@
 //! object per UTC day, target and file name in the staging bucket, listing the jobs it let
 //! through, changed only by conditional writes so concurrent deliveries cannot overspend it.
 //!
-//! Why a list of job ids and not a number: a retried delivery of a job already counted (its
-//! manifest write failed after the reservation, or two copies raced) finds its id and is not
-//! counted twice; the list is as long as the budget, a few dozen ids at most.
+//! Why a list of job ids and not a number: a delivery of a job already counted (a repeat of
+//! a staged job, a retry after the manifest write failed, two copies racing) finds its id
+//! and is not counted twice, so the budget is checked before the manifest is written and a
+//! repeat still gets its 200 `duplicate`. The list is as long as the budget: a few ids.
 
 use std::time::Duration;
 
@@ -49,19 +50,16 @@ pub async fn reserve<S: ObjectStore>(
 ) -> Result<Spent> {
     let key = key(now.date(), target, file_name);
     for _ in 0..ATTEMPTS {
-        let current = store.get_tagged(&key).await.map_err(|e| e.at(Step::Webhook))?;
-        let written = match current {
-            None => {
-                let counter = Counter { jobs: vec![job_id.to_owned()] };
-                match store
-                    .create(&key, encode(&counter)?, "application/json")
-                    .await
-                    .map_err(|e| e.at(Step::Webhook))?
-                {
-                    CreateOutcome::Created => true,
-                    CreateOutcome::AlreadyExists => false,
-                }
-            }
+        // Create first, read only what exists: the webhook may not list the bucket, and
+        // without that right S3 answers a read of a missing key with 403, not 404.
+        let first = encode(&Counter { jobs: vec![job_id.to_owned()] })?;
+        let created = store.create(&key, first, "application/json").await.map_err(|e| e.at(Step::Webhook))?;
+        if created == CreateOutcome::Created {
+            return Ok(Spent::Within);
+        }
+        let written = match store.get_tagged(&key).await.map_err(|e| e.at(Step::Webhook))? {
+            // Gone between the two calls (a lifecycle expiry): create it again.
+            None => false,
             Some(tagged) => {
                 let mut counter: Counter = serde_json::from_slice(&tagged.bytes).map_err(|e| {
                     Error::transient(Step::Webhook, format!("the budget counter {key} is not the expected JSON"))

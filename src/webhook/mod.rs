@@ -285,14 +285,8 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
     }
 
     /// Counts the job against today's budget of its file name and target; `Some` refuses.
-    /// A job already staged is answered as before (duplicate or conflict) without counting.
+    /// A repeat of a job already counted passes, to be answered as a duplicate or conflict.
     async fn spend_budget(&self, limit: u32, manifest: &Manifest, now: OffsetDateTime) -> Option<Answer> {
-        let key = keys::manifest(&manifest.job_id);
-        match self.store.exists(&key).await {
-            Ok(true) => return Some(self.compare_with_existing(&key, manifest).await),
-            Ok(false) => {}
-            Err(err) => return Some(self.unavailable(manifest, &err)),
-        }
         let file_name = &manifest.request.file_name;
         match budget::reserve(&self.store, limit, &manifest.target, file_name, &manifest.job_id, now).await {
             Ok(budget::Spent::Within) => None,
