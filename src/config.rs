@@ -14,6 +14,7 @@ use crate::retry::RetryPolicy;
 use crate::routing::{RoutingTable, Target};
 use crate::sftp::{ExistingFilePolicy, SftpOptions};
 use crate::webhook::auth::AuthMode;
+use crate::webhook::policy::{self, AllowList, MAX_WORKSHEETS};
 use crate::webhook::WebhookSettings;
 
 /// Reads variables through `lookup` and collects every problem, so one start-up failure
@@ -115,10 +116,27 @@ impl WebhookConfig {
         let secret_cache_ttl = env.seconds("SECRET_CACHE_TTL_SECS", 300);
         let routes = routes(&mut env);
         let stack_name = stack_name(&env);
-        let default_worksheets = env
+        let default_worksheets: Vec<String> = env
             .get("WORKSHEETS")
             .map(|list| list.split(',').map(|w| w.trim().to_owned()).filter(|w| !w.is_empty()).collect())
             .unwrap_or_default();
+        env.check(default_worksheets.len() <= MAX_WORKSHEETS, || {
+            format!("WORKSHEETS names {} worksheets; a job may have at most {MAX_WORKSHEETS}", default_worksheets.len())
+        });
+        let allowed_sources =
+            policy::parse_cidrs(&env.get("ALLOWED_SOURCE_CIDRS").unwrap_or_default()).unwrap_or_else(|e| {
+                env.problems.push(format!("ALLOWED_SOURCE_CIDRS: {e}"));
+                Vec::new()
+            });
+        let allow_list = match env.get("ALLOWED_REQUESTS") {
+            None => AllowList::default(),
+            Some(json) => AllowList::parse(&json, &routes.targets()).unwrap_or_else(|e| {
+                env.problems.push(format!("ALLOWED_REQUESTS {e}"));
+                AllowList::default()
+            }),
+        };
+        // 0 (the template's default) is no budget, as is leaving it out.
+        let daily_job_budget = Some(env.parsed::<u32>("DAILY_JOB_BUDGET", 0)).filter(|n| *n > 0);
         env.finish(Self {
             staging_bucket,
             secret_cache_ttl,
@@ -130,6 +148,9 @@ impl WebhookConfig {
                 routes,
                 stack_name,
                 default_worksheets,
+                allowed_sources,
+                allow_list,
+                daily_job_budget,
             },
         })
     }

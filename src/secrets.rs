@@ -79,6 +79,10 @@ pub struct WebhookCredentials {
     pub bearer_tokens: Vec<SecretString>,
     #[serde(default)]
     pub basic: Vec<BasicCredential>,
+    /// Standard Webhooks `v1a`: the sender's ed25519 public keys, `whpk_<base64>`. Not
+    /// secret (a leak signs nothing); kept here so one secret holds all a sender may use.
+    #[serde(default)]
+    pub ed25519_public_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

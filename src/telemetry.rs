@@ -10,20 +10,35 @@ pub const NAMESPACE: &str = "MaestroRelay";
 
 /// Logs as one JSON object per line, level from `RUST_LOG` or Lambda's
 /// `AWS_LAMBDA_LOG_LEVEL`, INFO otherwise. Span fields (such as `jobId`) ride on every line.
+///
+/// `lambda_runtime` logs every raw invocation event at TRACE (its `layers::api_response`),
+/// which for the webhook holds the caller's `Authorization` header and for any function
+/// whatever the event carries. No level setting may turn that on: the Lambda crates are
+/// held at INFO by a filter the level variables do not reach (a `RUST_LOG` directive such
+/// as `lambda_runtime::layers=trace` would override a mere directive of ours).
 pub fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let level = std::env::var("RUST_LOG")
         .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL").map(|l| l.to_lowercase()))
         .unwrap_or_else(|_| "info".to_owned());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let layer = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(filter)
         .with_current_span(true)
         .with_span_list(false)
         .flatten_event(true)
         .with_target(false)
-        .try_init();
+        .with_filter(filter)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| !is_raw_event_source(meta)));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Events and spans of the Lambda runtime crates below INFO: where raw events are logged.
+pub fn is_raw_event_source(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("lambda_runtime") && *meta.level() > tracing::Level::INFO
 }
 
 /// `fetch` → `Fetch`: step names as they appear in metric names and error types.

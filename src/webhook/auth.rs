@@ -1,12 +1,14 @@
-//! Caller authentication: Standard Webhooks HMAC, bearer token or HTTP Basic, all compared
-//! in constant time.
+//! Caller authentication: Standard Webhooks signatures (`v1` HMAC-SHA256 and `v1a`
+//! ed25519), bearer token or HTTP Basic; shared secrets compared in constant time.
 //!
 //! Hand-written rather than the `standardwebhooks` crate: we need several of our own keys
 //! valid at once (rotation) on top of the several signatures the spec allows; the interop
-//! test signs with the reference Python library.
+//! tests sign with the reference Python library (`v1`) and Python's `cryptography` (`v1a`).
+//! ed25519 is verified by aws-lc-rs, already built for rustls: no new crate.
 
 use std::time::Duration;
 
+use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{KeyInit, Mac};
@@ -41,6 +43,74 @@ impl std::str::FromStr for AuthMode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct AuthFailure(pub &'static str);
+
+/// A webhook secret that cannot authenticate anyone in the active mode: the operator's
+/// problem, never the sender's. `class` names it in the 503 and the ERROR line; `detail`
+/// says which entry, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class}: {detail}")]
+pub struct Misconfigured {
+    pub class: &'static str,
+    pub detail: String,
+}
+
+pub const UNPARSABLE: &str = "webhook-secret-unparsable";
+pub const NO_CREDENTIAL: &str = "webhook-secret-no-credential";
+pub const BAD_KEY: &str = "webhook-secret-bad-key";
+
+/// Whether the credentials can authenticate a caller in `mode`: at least one credential of
+/// the mode, and every entry of it well-formed (a bad new key during a rotation is found at
+/// once, not when the sender switches to it).
+pub fn check_credentials(mode: AuthMode, credentials: &WebhookCredentials) -> Result<(), Misconfigured> {
+    let bad = |detail: String| Err(Misconfigured { class: BAD_KEY, detail });
+    let none = |detail: &str| Err(Misconfigured { class: NO_CREDENTIAL, detail: detail.to_owned() });
+    match mode {
+        AuthMode::Hmac => {
+            for (i, secret) in credentials.hmac_secrets.iter().enumerate() {
+                if hmac_key(secret.expose_secret()).is_none() {
+                    return bad(format!("hmac_secrets[{i}] is not whsec_<base64>"));
+                }
+            }
+            for (i, key) in credentials.ed25519_public_keys.iter().enumerate() {
+                if public_key(key).is_none() {
+                    return bad(format!("ed25519_public_keys[{i}] is not whpk_<base64 of a 32-byte ed25519 key>"));
+                }
+            }
+            if credentials.hmac_secrets.is_empty() && credentials.ed25519_public_keys.is_empty() {
+                return none("mode hmac (Standard Webhooks) needs hmac_secrets (v1) or ed25519_public_keys (v1a)");
+            }
+        }
+        AuthMode::Bearer => {
+            if credentials.bearer_tokens.iter().any(|t| t.expose_secret().trim().is_empty()) {
+                return bad("a bearer_tokens entry is blank".to_owned());
+            }
+            if credentials.bearer_tokens.is_empty() {
+                return none("mode bearer needs bearer_tokens");
+            }
+        }
+        AuthMode::Basic => {
+            if credentials.basic.iter().any(|c| c.username.is_empty() || c.password.expose_secret().is_empty()) {
+                return bad("a basic entry has a blank username or password".to_owned());
+            }
+            if credentials.basic.is_empty() {
+                return none("mode basic needs basic [{username, password}]");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The HMAC key of `whsec_<base64>` (the prefix optional, as senders differ).
+fn hmac_key(encoded: &str) -> Option<Vec<u8>> {
+    let key = STANDARD.decode(encoded.trim().strip_prefix("whsec_").unwrap_or(encoded.trim())).ok()?;
+    (!key.is_empty()).then_some(key)
+}
+
+/// The ed25519 public key of `whpk_<base64>`.
+fn public_key(encoded: &str) -> Option<[u8; 32]> {
+    let key = STANDARD.decode(encoded.trim().strip_prefix("whpk_")?).ok()?;
+    key.try_into().ok()
+}
 
 /// Checks the request against every configured credential of the mode.
 pub fn verify(
@@ -77,31 +147,39 @@ fn verify_hmac(
     if now_unix.abs_diff(sent_at) > tolerance.as_secs() {
         return Err(AuthFailure("webhook-timestamp is outside the accepted window"));
     }
-    let offered: Vec<Vec<u8>> = signatures
-        .split(' ')
-        .filter_map(|sig| sig.strip_prefix("v1,"))
-        .filter_map(|b64| STANDARD.decode(b64).ok())
-        .collect();
-    if offered.is_empty() {
-        return Err(AuthFailure("webhook-signature holds no v1 signature"));
+    let mut v1 = Vec::new();
+    let mut v1a = Vec::new();
+    for signature in signatures.split(' ') {
+        if let Some(b64) = signature.strip_prefix("v1,") {
+            v1.extend(STANDARD.decode(b64).ok());
+        } else if let Some(b64) = signature.strip_prefix("v1a,") {
+            v1a.extend(STANDARD.decode(b64).ok());
+        }
     }
-    for secret in &credentials.hmac_secrets {
-        let encoded = secret.expose_secret();
-        let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
-        let Ok(key) = STANDARD.decode(encoded) else {
-            tracing::error!("a configured webhook HMAC secret is not whsec_<base64>; it is skipped");
-            continue;
-        };
-        let Ok(mut mac) = HmacSha256::new_from_slice(&key) else {
-            continue;
-        };
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        let expected = mac.finalize().into_bytes();
-        if offered.iter().any(|sig| bool::from(sig.as_slice().ct_eq(expected.as_slice()))) {
+    if v1.is_empty() && v1a.is_empty() {
+        return Err(AuthFailure("webhook-signature holds no v1 or v1a signature"));
+    }
+    let mut signed = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
+    signed.extend_from_slice(id.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(timestamp.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    if !v1.is_empty() {
+        for secret in &credentials.hmac_secrets {
+            // `check_credentials` refused a secret that does not decode before we get here.
+            let Some(key) = hmac_key(secret.expose_secret()) else { continue };
+            let Ok(mut mac) = HmacSha256::new_from_slice(&key) else { continue };
+            mac.update(&signed);
+            let expected = mac.finalize().into_bytes();
+            if v1.iter().any(|sig| bool::from(sig.as_slice().ct_eq(expected.as_slice()))) {
+                return Ok(());
+            }
+        }
+    }
+    for key in credentials.ed25519_public_keys.iter().filter_map(|k| public_key(k)) {
+        let key = UnparsedPublicKey::new(&ED25519, key);
+        if v1a.iter().any(|sig| key.verify(&signed, sig).is_ok()) {
             return Ok(());
         }
     }
@@ -149,6 +227,18 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<Strin
     Some(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
 }
 
+/// Signs like a Standard Webhooks `v1a` sender with the ed25519 key of `seed` (32 bytes):
+/// `v1a,<base64 signature of "{id}.{ts}.{body}">`, and its public key as `whpk_<base64>`.
+/// For tests and the demo; a real sender's private key never comes near this code.
+pub fn sign_v1a(seed: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Option<(String, String)> {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    let pair = Ed25519KeyPair::from_seed_unchecked(seed).ok()?;
+    let mut message = format!("{id}.{timestamp}.").into_bytes();
+    message.extend_from_slice(body);
+    let signature = STANDARD.encode(pair.sign(&message).as_ref());
+    Some((format!("v1a,{signature}"), format!("whpk_{}", STANDARD.encode(pair.public_key().as_ref()))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +255,7 @@ mod tests {
             hmac_secrets: vec![SecretString::from(SECRET)],
             bearer_tokens: vec![SecretString::from("tok-123")],
             basic: vec![BasicCredential { username: "maestro".into(), password: SecretString::from("pw") }],
+            ed25519_public_keys: Vec::new(),
         }
     }
 
@@ -247,5 +338,60 @@ mod tests {
         let bad = format!("Basic {}", STANDARD.encode("maestro:px"));
         h.insert("authorization", HeaderValue::from_str(&bad).unwrap());
         assert!(verify(AuthMode::Basic, &creds(), &h, b"", NOW, Duration::ZERO).is_err());
+    }
+
+    const SEED: [u8; 32] = [7; 32];
+
+    #[test]
+    fn a_v1a_signature_verifies_with_the_senders_public_key_alone_and_for_its_own_message_only() {
+        let body = br#"{"fileName":"A-PF"}"#;
+        let (sig, public) = sign_v1a(&SEED, "msg_1", NOW, body).unwrap();
+        assert!(public.starts_with("whpk_") && sig.starts_with("v1a,"));
+        let only_public =
+            WebhookCredentials { ed25519_public_keys: vec![public.clone()], ..WebhookCredentials::default() };
+        let check = |h: &HeaderMap, b: &[u8]| verify(AuthMode::Hmac, &only_public, h, b, NOW, Duration::from_secs(300));
+        assert_eq!(check(&signed("msg_1", NOW, &sig), body), Ok(()));
+        assert!(check(&signed("msg_2", NOW, &sig), body).is_err());
+        assert!(check(&signed("msg_1", NOW, &sig), b"{}").is_err());
+        let (other, _) = sign_v1a(&[8; 32], "msg_1", NOW, body).unwrap();
+        assert!(check(&signed("msg_1", NOW, &other), body).is_err());
+        // A v1 signature is not checked against an ed25519 key, nor v1a against HMAC keys.
+        let v1 = sign(SECRET, "msg_1", NOW, body).unwrap();
+        assert!(check(&signed("msg_1", NOW, &v1), body).is_err());
+        assert!(
+            verify(AuthMode::Hmac, &creds(), &signed("msg_1", NOW, &sig), body, NOW, Duration::from_secs(300)).is_err()
+        );
+    }
+
+    #[test]
+    fn v1_and_v1a_configured_together_each_verify_during_a_migration() {
+        let body = b"{}";
+        let (v1a, public) = sign_v1a(&SEED, "m", NOW, body).unwrap();
+        let mut both = creds();
+        both.ed25519_public_keys.push(public);
+        let v1 = sign(SECRET, "m", NOW, body).unwrap();
+        for header in [v1.clone(), v1a.clone(), format!("{v1} {v1a}"), format!("v1a,AAAA {v1}")] {
+            let h = signed("m", NOW, &header);
+            assert_eq!(verify(AuthMode::Hmac, &both, &h, body, NOW, Duration::from_secs(300)), Ok(()), "{header}");
+        }
+    }
+
+    #[test]
+    fn credentials_without_one_for_the_mode_or_with_a_malformed_entry_are_misconfigured() {
+        let class = |mode, c: &WebhookCredentials| check_credentials(mode, c).err().map(|m| m.class);
+        let empty = WebhookCredentials::default();
+        for mode in [AuthMode::Hmac, AuthMode::Bearer, AuthMode::Basic] {
+            assert_eq!(class(mode, &empty), Some(NO_CREDENTIAL), "{mode:?}");
+            assert_eq!(class(mode, &creds()), None, "{mode:?}");
+        }
+        let mut bad_hmac = creds();
+        bad_hmac.hmac_secrets.push(SecretString::from("whsec_not base64!"));
+        assert_eq!(class(AuthMode::Hmac, &bad_hmac), Some(BAD_KEY));
+        for key in ["whpk_AAAA", "not-a-key", "whsk_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="] {
+            let c = WebhookCredentials { ed25519_public_keys: vec![key.into()], ..WebhookCredentials::default() };
+            assert_eq!(class(AuthMode::Hmac, &c), Some(BAD_KEY), "{key}");
+        }
+        let detail = check_credentials(AuthMode::Hmac, &bad_hmac).unwrap_err().detail;
+        assert!(detail.contains("hmac_secrets[1]") && !detail.contains("not base64"), "{detail}");
     }
 }

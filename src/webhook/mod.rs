@@ -1,9 +1,14 @@
-//! The webhook function: size → authentication → content type → fields → route → stage,
-//! answered in milliseconds with `application/problem+json` on every error.
+//! The webhook function: source → size → credentials → authentication → content type →
+//! fields → route → allow-list → budget → stage, answered in milliseconds with
+//! `application/problem+json` on every error. Nothing is staged before every check passed,
+//! and nothing but the source address and the size is looked at before authentication.
 
 pub mod auth;
+pub mod budget;
+pub mod policy;
 pub mod request;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use lambda_http::http::{HeaderMap, StatusCode};
@@ -15,9 +20,10 @@ use crate::error::Step;
 use crate::job::{self, keys, Manifest};
 use crate::ports::{CreateOutcome, ObjectStore, SecretSource};
 use crate::routing::RoutingTable;
-use crate::secrets::{CachedSecrets, WebhookCredentials};
+use crate::secrets::{parse_secret, CachedSecrets, WebhookCredentials};
 use crate::telemetry::{self, Metric, MetricScope};
 use auth::AuthMode;
+use policy::{AllowList, Cidr};
 
 /// What the webhook needs from configuration.
 #[derive(Debug, Clone)]
@@ -31,6 +37,12 @@ pub struct WebhookSettings {
     pub stack_name: String,
     /// Worksheets of a request that names none (`WORKSHEETS`); empty: such a request is a 400.
     pub default_worksheets: Vec<String>,
+    /// Networks that may call (`ALLOWED_SOURCE_CIDRS`); empty: any source.
+    pub allowed_sources: Vec<Cidr>,
+    /// What each target accepts (`ALLOWED_REQUESTS`).
+    pub allow_list: AllowList,
+    /// Jobs per UTC day and `(fileName, target)` (`DAILY_JOB_BUDGET`); `None`: no budget.
+    pub daily_job_budget: Option<u32>,
 }
 
 /// An HTTP answer before it is dressed for API Gateway.
@@ -38,6 +50,8 @@ pub struct WebhookSettings {
 pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
+    /// Seconds for a `Retry-After` header (a spent daily budget).
+    pub retry_after: Option<u64>,
 }
 
 impl Answer {
@@ -50,7 +64,19 @@ impl Answer {
                 "status": status.as_u16(),
                 "detail": detail.into(),
             }),
+            retry_after: None,
         }
+    }
+
+    /// A refusal that names the request field it is about.
+    fn field_problem(status: StatusCode, field: &str, detail: impl Into<String>) -> Self {
+        let mut answer = Self::problem(status, detail);
+        answer.body["field"] = json!(field);
+        answer
+    }
+
+    fn ok(status: StatusCode, body: Value) -> Self {
+        Self { status, body, retry_after: None }
     }
 
     pub fn is_problem(&self) -> bool {
@@ -63,6 +89,9 @@ impl Answer {
         *response.status_mut() = self.status;
         if let Ok(value) = content_type.parse() {
             response.headers_mut().insert("content-type", value);
+        }
+        if let Some(value) = self.retry_after.and_then(|s| s.to_string().parse().ok()) {
+            response.headers_mut().insert("retry-after", value);
         }
         response
     }
@@ -83,23 +112,42 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
     /// The Lambda entry: an API Gateway request in, a response out; never an `Err`, so
     /// API Gateway never turns a failure into a bare 500.
     pub async fn handle_lambda(&self, request: lambda_http::Request) -> Response<Body> {
-        let (parts, body) = request.into_parts();
-        self.handle(&parts.headers, body.as_ref()).await.into_response()
+        self.handle_lambda_at(request, OffsetDateTime::now_utc()).await
     }
 
+    /// As `handle_lambda`, with the clock given (tests at the edges of the time window).
+    pub async fn handle_lambda_at(&self, request: lambda_http::Request, now: OffsetDateTime) -> Response<Body> {
+        let source = source_ip(&request);
+        let (parts, body) = request.into_parts();
+        self.handle_from(source, &parts.headers, body.as_ref(), now).await.into_response()
+    }
+
+    /// A request from an unknown source (benchmarks; refused when sources are restricted).
     pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Answer {
-        self.handle_at(headers, body, OffsetDateTime::now_utc()).await
+        self.handle_from(None, headers, body, OffsetDateTime::now_utc()).await
     }
 
     /// As `handle`, with the clock given (tests of the timestamp window).
     pub async fn handle_at(&self, headers: &HeaderMap, body: &[u8], now: OffsetDateTime) -> Answer {
-        let answer = self.decide(headers, body, now).await;
+        self.handle_from(None, headers, body, now).await
+    }
+
+    /// The whole decision for a request from `source`, logged once.
+    pub async fn handle_from(
+        &self,
+        source: Option<IpAddr>,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Answer {
+        let answer = self.decide(source, headers, body, now).await;
         let status = answer.status.as_u16();
         let job_id = answer.body.get("jobId").and_then(Value::as_str).unwrap_or("");
+        let source = source.map(|ip| ip.to_string()).unwrap_or_default();
         if answer.status.is_server_error() {
             tracing::error!(status, detail = %answer.body["detail"], "webhook refused for a server-side reason");
         } else if answer.is_problem() {
-            tracing::warn!(status, detail = %answer.body["detail"], "webhook refused");
+            tracing::warn!(status, source, detail = %answer.body["detail"], "webhook refused");
         } else {
             tracing::info!(
                 status,
@@ -111,7 +159,19 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         answer
     }
 
-    async fn decide(&self, headers: &HeaderMap, body: &[u8], now: OffsetDateTime) -> Answer {
+    async fn decide(&self, source: Option<IpAddr>, headers: &HeaderMap, body: &[u8], now: OffsetDateTime) -> Answer {
+        // Before anything else, and before authentication: a caller from elsewhere learns
+        // nothing, not even whether its signature would have passed.
+        if !self.settings.allowed_sources.is_empty() {
+            let admitted = source.is_some_and(|ip| self.settings.allowed_sources.iter().any(|net| net.contains(ip)));
+            if !admitted {
+                return Answer::problem(
+                    StatusCode::FORBIDDEN,
+                    "the source address is not allowed to call this webhook",
+                );
+            }
+        }
+
         if body.len() > self.settings.max_body_bytes {
             return Answer::problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -119,12 +179,9 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             );
         }
 
-        let credentials: WebhookCredentials = match self.secrets.get_json(&self.settings.secret_id).await {
+        let credentials = match self.credentials().await {
             Ok(credentials) => credentials,
-            Err(err) => {
-                tracing::error!(error = %err.chain(), "webhook credentials unavailable");
-                return Answer::problem(StatusCode::SERVICE_UNAVAILABLE, "credentials store unavailable; retry later");
-            }
+            Err(answer) => return answer,
         };
         let verdict = auth::verify(
             self.settings.auth_mode,
@@ -146,31 +203,29 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
 
         let mut request = match request::parse(body) {
             Ok(request) => request,
-            Err(err) => {
-                let mut answer = Answer::problem(StatusCode::BAD_REQUEST, err.to_string());
-                answer.body["field"] = json!(err.field);
-                return answer;
-            }
+            Err(err) => return Answer::field_problem(StatusCode::BAD_REQUEST, &err.field, err.to_string()),
         };
 
         // Kinaxis needs WorksheetNames: a job without them could only fail later, so it is
         // not accepted unless configuration names the worksheets to take.
         if request.workbook.is_some() && request.worksheets.is_empty() {
             if self.settings.default_worksheets.is_empty() {
-                let mut answer = Answer::problem(
+                return Answer::field_problem(
                     StatusCode::BAD_REQUEST,
+                    "worksheets",
                     "worksheets: is required (no WORKSHEETS default is configured, and Kinaxis needs the names)",
                 );
-                answer.body["field"] = json!("worksheets");
-                return answer;
             }
             request.worksheets = self.settings.default_worksheets.clone();
         }
 
         let target = match self.settings.routes.route(&request.file_name) {
             Ok(target) => target,
-            Err(reason) => return Answer::problem(StatusCode::UNPROCESSABLE_ENTITY, reason),
+            Err(reason) => return Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, "fileName", reason),
         };
+        if let Err(refused) = self.settings.allow_list.check(&target, &request) {
+            return Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, &refused.field, refused.to_string());
+        }
 
         let idempotency_key = headers
             .get("webhook-id")
@@ -186,7 +241,75 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             content_sha256: job::sha256_hex(body),
             request,
         };
+        if let Some(limit) = self.settings.daily_job_budget {
+            if let Some(refusal) = self.spend_budget(limit, &manifest, now).await {
+                return refusal;
+            }
+        }
         self.stage(manifest).await
+    }
+
+    /// The webhook credentials, checked for the active mode. A store that does not answer
+    /// is a 503 to retry; a secret that cannot authenticate anyone is a 503 naming the
+    /// misconfiguration (every sender would get 401 otherwise, and look guilty).
+    async fn credentials(&self) -> Result<WebhookCredentials, Answer> {
+        let secret_id = &self.settings.secret_id;
+        let secret = match self.secrets.get(secret_id).await {
+            Ok(secret) => secret,
+            Err(err) => {
+                tracing::error!(error = %err.chain(), "webhook credentials unavailable");
+                return Err(Answer::problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "credentials store unavailable; retry later",
+                ));
+            }
+        };
+        let checked = parse_secret::<WebhookCredentials>(secret_id, &secret)
+            .map_err(|err| auth::Misconfigured { class: auth::UNPARSABLE, detail: err.message })
+            .and_then(|credentials| {
+                auth::check_credentials(self.settings.auth_mode, &credentials).map(|()| credentials)
+            });
+        checked.map_err(|problem| {
+            // Read again on the next request: the fix should not wait for the cache to expire.
+            self.secrets.invalidate(secret_id);
+            tracing::error!(problem = problem.class, detail = %problem.detail, "webhook misconfigured");
+            let mut answer = Answer::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the webhook is misconfigured ({problem}); the operator must fix WEBHOOK_SECRET_ID"),
+            );
+            answer.body["type"] = json!(format!("urn:maestro-relay:problem:{}", problem.class));
+            answer.body["title"] = json!("Webhook misconfigured");
+            answer.body["problem"] = json!(problem.class);
+            answer
+        })
+    }
+
+    /// Counts the job against today's budget of its file name and target; `Some` refuses.
+    /// A repeat of a job already counted passes, to be answered as a duplicate or conflict.
+    async fn spend_budget(&self, limit: u32, manifest: &Manifest, now: OffsetDateTime) -> Option<Answer> {
+        let file_name = &manifest.request.file_name;
+        match budget::reserve(&self.store, limit, &manifest.target, file_name, &manifest.job_id, now).await {
+            Ok(budget::Spent::Within) => None,
+            Ok(budget::Spent::Exhausted { retry_after }) => {
+                let mut answer = Answer::field_problem(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "fileName",
+                    format!(
+                        "the daily budget of {limit} jobs for {file_name} to {} is spent (DAILY_JOB_BUDGET); \
+                         it renews at 00:00 UTC",
+                        manifest.target
+                    ),
+                );
+                answer.retry_after = Some(retry_after.as_secs());
+                Some(answer)
+            }
+            Err(err) => Some(self.unavailable(manifest, &err)),
+        }
+    }
+
+    fn unavailable(&self, manifest: &Manifest, err: &crate::error::Error) -> Answer {
+        tracing::error!(jobId = %manifest.job_id, error = %err.chain(), "staging the job failed");
+        Answer::problem(StatusCode::SERVICE_UNAVAILABLE, "staging store unavailable; retry later")
     }
 
     async fn stage(&self, manifest: Manifest) -> Answer {
@@ -207,10 +330,10 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
                     &[("JobsAccepted", Metric::Count(1.0))],
                     &[("jobId", json!(manifest.job_id)), ("target", json!(manifest.target))],
                 ));
-                Answer {
-                    status: StatusCode::ACCEPTED,
-                    body: json!({"jobId": manifest.job_id, "status": "accepted", "target": manifest.target}),
-                }
+                Answer::ok(
+                    StatusCode::ACCEPTED,
+                    json!({"jobId": manifest.job_id, "status": "accepted", "target": manifest.target}),
+                )
             }
             Ok(CreateOutcome::AlreadyExists) => self.compare_with_existing(&key, &manifest).await,
             Err(err) => {
@@ -233,7 +356,7 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         };
         match existing {
             Some(existing) if existing.content_sha256 == manifest.content_sha256 => {
-                Answer { status: StatusCode::OK, body: json!({"jobId": manifest.job_id, "status": "duplicate"}) }
+                Answer::ok(StatusCode::OK, json!({"jobId": manifest.job_id, "status": "duplicate"}))
             }
             Some(_) => Answer::problem(
                 StatusCode::CONFLICT,
@@ -245,6 +368,20 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             ),
         }
     }
+}
+
+/// The caller's address as API Gateway saw the connection (`requestContext`), not a header
+/// a caller could write.
+fn source_ip(request: &lambda_http::Request) -> Option<IpAddr> {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    let text = match request.request_context_ref()? {
+        RequestContext::ApiGatewayV2(context) => context.http.source_ip.as_deref(),
+        RequestContext::ApiGatewayV1(context) => context.identity.source_ip.as_deref(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }?;
+    text.trim().parse().ok()
 }
 
 /// `application/json`, `application/<anything>+json`, any parameters.

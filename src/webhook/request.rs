@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::job::{public_scope, JobRequest, NamedScope, TableRequest};
+use crate::webhook::policy::MAX_WORKSHEETS;
 
 /// A 400: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +72,9 @@ pub fn parse(body: &[u8]) -> Result<JobRequest, FieldError> {
     };
     let worksheets = match root.get("worksheets") {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() > MAX_WORKSHEETS => {
+            return Err(bad("worksheets", format!("names {} worksheets; at most {MAX_WORKSHEETS}", items.len())))
+        }
         Some(Value::Array(items)) => items
             .iter()
             .enumerate()
@@ -255,6 +259,20 @@ mod tests {
         assert_eq!(
             field_of(r#"{"fileName":"A-PF","table":{"namespace":"N","name":"T","fields":["F"],"filter":7}}"#),
             "table.filter"
+        );
+    }
+
+    #[test]
+    fn twenty_worksheets_are_accepted_and_twenty_one_refused_naming_the_field() {
+        let body = |n: usize| {
+            let sheets: Vec<String> = (0..n).map(|i| format!("S{i}")).collect();
+            serde_json::json!({"fileName": "A-PF", "workbook": {"name": "W"}, "worksheets": sheets}).to_string()
+        };
+        assert_eq!(parse(body(MAX_WORKSHEETS).as_bytes()).unwrap().worksheets.len(), 20);
+        let refused = parse(body(MAX_WORKSHEETS + 1).as_bytes()).unwrap_err();
+        assert_eq!(
+            (refused.field.as_str(), refused.problem.as_str()),
+            ("worksheets", "names 21 worksheets; at most 20")
         );
     }
 

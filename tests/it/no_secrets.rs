@@ -1,18 +1,31 @@
 //! Secrets never reach the output ops read: the real `webhook` and `worker` binaries run
-//! through the Lambda Runtime API stand-in at debug level, on deliveries that succeed and
-//! on ones that fail because of a secret, and nothing they print holds a secret's value.
+//! through the Lambda Runtime API stand-in at TRACE, the most a level setting can ask for
+//! (where `lambda_runtime` would log every raw event), in each authentication mode, on
+//! deliveries that succeed and on ones that fail because of a secret, and nothing they
+//! print holds a secret's value.
 
 use serde_json::{json, Value};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
 use crate::helpers::{load_event, signed_event, sqs_event_for, TestApp, WHSEC};
 
-/// Runs one event through a function binary as Lambda would; returns its answer and
-/// everything the binary and the runtime stand-in printed.
+const BEARER_TOKEN: &str = "bearer-token-9e4c1f";
+const BASIC_PASSWORD: &str = "basic-password-2b7d";
+
+/// Runs one event through a function binary as Lambda would, logging at TRACE; returns
+/// its answer and everything the binary and the runtime stand-in printed.
 fn invoke(app: &TestApp, binary: &str, event: &Value) -> (bool, String) {
+    invoke_logging(app, binary, event, &[("RUST_LOG", "trace")])
+}
+
+fn invoke_logging(app: &TestApp, binary: &str, event: &Value, level: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = app
         .invocation(binary, event, &dir.path().join("event.json"))
-        .env("RUST_LOG", "debug")
+        .env_remove("RUST_LOG")
+        .envs(level.iter().copied())
         .output()
         .expect("scripts/lambda_rie.py (run scripts/bootstrap.sh)");
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -31,6 +44,42 @@ async fn no_secret_value_appears_in_what_the_functions_print_when_they_succeed_o
     forged["headers"]["webhook-signature"] = json!("v1,bm90IHRoZSByaWdodCBzaWduYXR1cmU=");
     let (_, out) = invoke(&app, webhook, &forged);
     printed.push_str(&out);
+
+    // Bearer and HTTP Basic: the credential rides in the event's Authorization header, which
+    // a raw-event log would print. Accepted and refused, at each way of asking for TRACE.
+    let tokens = app
+        .put_secret(
+            "webhook-tokens",
+            json!({"bearer_tokens": [BEARER_TOKEN], "basic": [{"username": "maestro", "password": BASIC_PASSWORD}]}),
+        )
+        .await;
+    let hmac_secret = app.env.insert("WEBHOOK_SECRET_ID".into(), tokens).expect("the HMAC secret id");
+    let basic = format!("Basic {}", STANDARD.encode(format!("maestro:{BASIC_PASSWORD}")));
+    let levels: [&[(&str, &str)]; 3] =
+        [&[("RUST_LOG", "trace")], &[("AWS_LAMBDA_LOG_LEVEL", "TRACE")], &[("RUST_LOG", "lambda_runtime=trace,trace")]];
+    for (mode, good, level) in [("bearer", format!("Bearer {BEARER_TOKEN}"), levels[0]), ("basic", basic, levels[1])] {
+        app.env.insert("WEBHOOK_AUTH_MODE".into(), mode.into());
+        for (case, authorization) in [("good", good.clone()), ("wrong", format!("{good}x"))] {
+            let mut event = load_event("webhook-unsigned.json");
+            event["headers"]["webhook-id"] = json!(format!("msg_{mode}_{case}"));
+            event["headers"]["authorization"] = json!(authorization);
+            for level in [level, levels[2]] {
+                let (_, out) = invoke_logging(&app, webhook, &event, level);
+                assert!(
+                    out.contains("webhook accepted") || out.contains("webhook refused"),
+                    "{mode}: no answer:\n{out}"
+                );
+                printed.push_str(&out);
+            }
+        }
+    }
+    // A secret that cannot authenticate in the active mode is an ERROR line naming it.
+    app.env.insert("WEBHOOK_AUTH_MODE".into(), "hmac".into());
+    let (_, out) = invoke(&app, webhook, &signed_event("webhook-http-api-wp.json", WHSEC));
+    assert!(out.contains("webhook misconfigured") && out.contains("webhook-secret-no-credential"), "{out}");
+    assert!(out.contains(r#""level":"ERROR""#), "the misconfiguration is not an ERROR line:\n{out}");
+    printed.push_str(&out);
+    app.env.insert("WEBHOOK_SECRET_ID".into(), hmac_secret);
 
     let delivered = maestro_relay::job::job_id("msg_planned_orders_pf_0600");
     assert!(app.object(&format!("jobs/{delivered}.json")).await.is_some(), "the webhook staged no job:\n{printed}");
@@ -52,10 +101,17 @@ async fn no_secret_value_appears_in_what_the_functions_print_when_they_succeed_o
     assert!(out.contains("401"), "the refused token is not reported:\n{out}");
     printed.push_str(&out);
 
+    // Asked for in every way a level can be set, the runtime's raw-event log stays off.
+    assert!(printed.contains("TRACE"), "the functions did not log at TRACE: the test would prove nothing");
+    assert!(!printed.contains("raw JSON event"), "lambda_runtime logged a raw event");
+
     let whsec_key = WHSEC.trim_start_matches("whsec_");
     let private_key_line = app.sshd.client_key.lines().nth(2).expect("a line of the client key");
     for (which, value) in [
         ("the webhook HMAC key", whsec_key),
+        ("the webhook bearer token", BEARER_TOKEN),
+        ("the webhook Basic password", BASIC_PASSWORD),
+        ("the webhook Basic credentials, encoded", &STANDARD.encode(format!("maestro:{BASIC_PASSWORD}"))),
         ("the Kinaxis client secret", "relay-secret"),
         ("the refused Kinaxis client secret", refused_secret),
         ("the SFTP password", "sftp-password-3f9a"),

@@ -401,3 +401,166 @@ fn the_shareable_rerun_event_is_the_one_in_events() {
     let examples = content["components"]["examples"].as_object().expect("examples");
     assert!(examples.values().any(|e| e["value"] == file), "no example equals events/worker-direct-rerun.json");
 }
+
+/// Every statement of a function's inline policies (both branches of an `!If`).
+fn statements<'a>(template: &'a Value, function: &str) -> Vec<&'a Value> {
+    let mut all = Vec::new();
+    for policy in template["Resources"][function]["Properties"]["Policies"].as_sequence().into_iter().flatten() {
+        let documents: Vec<&Value> = match policy {
+            Value::Tagged(t) if t.tag == "If" => {
+                t.value.as_sequence().map(|s| s[1..].iter().collect()).unwrap_or_default()
+            }
+            other => vec![other],
+        };
+        for document in documents {
+            all.extend(document["Statement"].as_sequence().into_iter().flatten());
+        }
+    }
+    all
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::Sequence(list) => list.iter().filter_map(|v| text(v).map(str::to_owned)).collect(),
+        one => text(one).map(str::to_owned).into_iter().collect(),
+    }
+}
+
+/// The object prefix (`failed/`) of a resource such as `${StagingBucket.Arn}/failed/*`.
+fn object_prefix(resource: &str) -> Option<&str> {
+    resource.strip_prefix("${StagingBucket.Arn}/")?.strip_suffix('*')
+}
+
+#[test]
+fn the_jobs_queue_admits_notifications_of_this_stacks_bucket_only() {
+    let template = template();
+    let bucket_name = &template["Resources"]["StagingBucket"]["Properties"]["BucketName"];
+    assert!(!bucket_name.is_null(), "the bucket has no name the queue policy can pin");
+    let statement = &template["Resources"]["JobsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
+    let condition = &statement["Condition"];
+    let source = &condition["ArnEquals"]["aws:SourceArn"];
+    let Value::Tagged(sub) = source else { panic!("aws:SourceArn is not a !Sub of the bucket's name: {source:?}") };
+    let Value::Tagged(name_sub) = bucket_name else { panic!("BucketName is not a !Sub: {bucket_name:?}") };
+    let (arn, name) = (&sub.value[0], &name_sub.value[0]);
+    assert_eq!(
+        arn.as_str().and_then(|a| a.strip_prefix("arn:${AWS::Partition}:s3:::")),
+        name.as_str(),
+        "the queue admits another bucket than the stack's"
+    );
+    assert_eq!(sub.value[1], name_sub.value[1], "the ARN's variables are not the bucket name's");
+    assert!(!arn.as_str().unwrap_or_default().contains('*'), "a wildcard source ARN");
+    assert_eq!(ref_name(&condition["StringEquals"]["aws:SourceAccount"]), Some("AWS::AccountId"));
+}
+
+#[test]
+fn the_worker_deletes_only_failure_records_and_its_lease_and_lists_only_its_own_prefixes() {
+    use maestro_relay::job::keys;
+    let template = template();
+    let worker = statements(&template, "WorkerFunction");
+    let mut problems = Vec::new();
+    // The only deletes in the worker's code: the failure record and the lease.
+    let deletable: BTreeSet<String> = [keys::failure("j"), keys::lease("j")]
+        .iter()
+        .map(|k| k.split_inclusive('/').next().unwrap_or_default().to_owned())
+        .collect();
+    let mut writable = BTreeSet::new();
+    for statement in &worker {
+        let actions = strings(&statement["Action"]);
+        let resources = strings(&statement["Resource"]);
+        if actions.iter().any(|a| a == "s3:*" || a == "*") {
+            problems.push(format!("a wildcard action: {actions:?}"));
+        }
+        if actions.iter().any(|a| a == "s3:PutObject") {
+            writable.extend(resources.iter().filter_map(|r| object_prefix(r)).map(str::to_owned));
+        }
+        if actions.iter().any(|a| a == "s3:DeleteObject") {
+            let prefixes: BTreeSet<String> =
+                resources.iter().map(|r| object_prefix(r).unwrap_or(r).to_owned()).collect();
+            if prefixes != deletable {
+                problems.push(format!("the worker may delete {prefixes:?}; its code deletes only {deletable:?}"));
+            }
+        }
+        if actions.iter().any(|a| a == "s3:ListBucket") {
+            let listed = strings(&statement["Condition"]["StringLikeIfExists"]["s3:prefix"]);
+            if listed.is_empty() {
+                problems.push("s3:ListBucket is not limited by s3:prefix".to_owned());
+            }
+            for prefix in listed {
+                if prefix.strip_suffix('*').is_none_or(|p| !p.ends_with('/')) {
+                    problems.push(format!("listed prefix {prefix:?} is not a folder/*"));
+                }
+            }
+        }
+    }
+    assert!(writable.contains("staging/") && writable.contains("locks/"), "the worker cannot write: {writable:?}");
+    let webhook = statements(&template, "WebhookFunction");
+    if webhook.iter().any(|s| strings(&s["Action"]).iter().any(|a| a.contains("Delete") || a.contains("List"))) {
+        problems.push("the webhook may delete or list".to_owned());
+    }
+    assert_none(problems);
+}
+
+#[test]
+fn the_staging_bucket_is_versioned_and_outlives_the_stack() {
+    let template = template();
+    let bucket = &template["Resources"]["StagingBucket"];
+    assert_eq!(bucket["Properties"]["VersioningConfiguration"]["Status"].as_str(), Some("Enabled"));
+    assert_eq!(bucket["DeletionPolicy"].as_str(), Some("Retain"));
+    assert_eq!(bucket["UpdateReplacePolicy"].as_str(), Some("Retain"));
+    let rules = bucket["Properties"]["LifecycleConfiguration"]["Rules"].as_sequence().expect("lifecycle rules");
+    assert!(
+        rules.iter().any(|r| !r["NoncurrentVersionExpiration"].is_null()),
+        "old versions are never expired: every rewrite would be kept forever"
+    );
+    assert!(rules.iter().any(|r| r["Prefix"].as_str() == Some("budget/")), "budget counters are never expired");
+}
+
+#[test]
+fn concurrency_is_capped_at_the_stage_the_webhook_and_the_queue() {
+    let template = template();
+    let parameter = |value: &Value| ref_name(value).map(|p| template["Parameters"][p].clone());
+    let webhook = &template["Resources"]["WebhookFunction"]["Properties"];
+    let reserved = parameter(&webhook["ReservedConcurrentExecutions"]).expect("webhook ReservedConcurrentExecutions");
+    assert!(reserved["Default"].as_u64().is_some_and(|n| n >= 1), "{reserved:?}");
+    let scaling =
+        &template["Resources"]["WorkerFunction"]["Properties"]["Events"]["Jobs"]["Properties"]["ScalingConfig"];
+    let maximum = parameter(&scaling["MaximumConcurrency"]).expect("worker ScalingConfig MaximumConcurrency");
+    // SQS's event source accepts 2 to 1000.
+    assert!(maximum["MinValue"].as_u64() >= Some(2) && maximum["Default"].as_u64() >= Some(2), "{maximum:?}");
+    let throttle = &template["Resources"]["WebhookApi"]["Properties"]["DefaultRouteSettings"];
+    let (rate, burst) = (throttle["ThrottlingRateLimit"].as_f64(), throttle["ThrottlingBurstLimit"].as_f64());
+    assert!(rate.is_some_and(|r| r > 0.0) && burst >= rate, "stage throttle {rate:?}/{burst:?}");
+}
+
+#[test]
+fn customer_managed_secret_keys_decrypt_through_secrets_manager_only_for_both_functions() {
+    let template = template();
+    assert_eq!(template["Parameters"]["SecretsKmsKeyArns"]["Type"].as_str(), Some("CommaDelimitedList"));
+    for function in ["WebhookFunction", "WorkerFunction"] {
+        let decrypt: Vec<&Value> = statements(&template, function)
+            .into_iter()
+            .filter(|s| strings(&s["Action"]).iter().any(|a| a == "kms:Decrypt"))
+            .collect();
+        assert_eq!(decrypt.len(), 1, "{function}: one kms:Decrypt statement");
+        assert_eq!(ref_name(&decrypt[0]["Resource"]), Some("SecretsKmsKeyArns"), "{function}");
+        let via = text(&decrypt[0]["Condition"]["StringEquals"]["kms:ViaService"]).unwrap_or_default();
+        assert!(via.starts_with("secretsmanager."), "{function}: kms:Decrypt not limited to Secrets Manager: {via:?}");
+    }
+}
+
+#[test]
+fn the_webhook_limits_are_deployed_and_their_defaults_parse() {
+    let template = template();
+    let env = function_env(&template, "WebhookFunction");
+    let mut vars = std::collections::HashMap::new();
+    for name in ["ALLOWED_SOURCE_CIDRS", "ALLOWED_REQUESTS", "DAILY_JOB_BUDGET", "ROUTES", "ROUTE_OVERRIDES"] {
+        let parameter = env.get(name).and_then(|v| ref_name(v)).unwrap_or_else(|| panic!("{name} is not set"));
+        let default = &template["Parameters"][parameter]["Default"];
+        vars.insert(name.to_owned(), scalar(&template, default).unwrap_or_default());
+    }
+    vars.insert("STAGING_BUCKET".into(), "b".into());
+    vars.insert("WEBHOOK_SECRET_ID".into(), "s".into());
+    let config = WebhookConfig::from_lookup(&|name| vars.get(name).cloned()).expect("the template's defaults");
+    assert_eq!(config.settings.allow_list, maestro_relay::webhook::policy::AllowList::default());
+    assert!(config.settings.allowed_sources.is_empty() && config.settings.daily_job_budget.is_none());
+}

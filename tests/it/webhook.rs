@@ -89,20 +89,33 @@ async fn a_hundred_concurrent_deliveries_of_one_webhook_make_exactly_one_job() {
     assert_eq!(app.keys("jobs/").await.len(), 1);
 }
 
+/// Through the Lambda entry at a fixed clock: a test at the edge of the time window cannot
+/// straddle a second boundary.
+async fn post_at(app: &TestApp, event: &Value, at: i64) -> (u16, Value) {
+    let request = lambda_http::request::from_str(&event.to_string()).expect("an API Gateway event");
+    let now = time::OffsetDateTime::from_unix_timestamp(at).expect("a timestamp");
+    let response = app.webhook().handle_lambda_at(request, now).await;
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null))
+}
+
+const NOW: i64 = 1_764_000_000;
+
 #[tokio::test]
 async fn unauthenticated_deliveries_get_401_and_stage_nothing() {
     let app = TestApp::start(&[]).await;
-    let good = signed_event(PF_EVENT, &app.whsec);
+    let mut good = load_event(PF_EVENT);
+    let body = event_body(&good);
+    sign_event(&mut good, &app.whsec, &body, NOW);
 
     let mut tampered = good.clone();
     tampered["body"] = json!(good["body"].as_str().unwrap_or_default().replace("PF", "WP"));
     let mut stale = load_event(PF_EVENT);
-    let body = event_body(&stale);
-    sign_event(&mut stale, &app.whsec, &body, now() - 301);
+    sign_event(&mut stale, &app.whsec, &body, NOW - 301);
     let mut future = load_event(PF_EVENT);
-    sign_event(&mut future, &app.whsec, &body, now() + 301);
+    sign_event(&mut future, &app.whsec, &body, NOW + 301);
     let mut wrong_key = load_event(PF_EVENT);
-    sign_event(&mut wrong_key, "whsec_c2VjcmV0LW9sZC1rZXktZm9yLXJvdGF0aW9u", &body, now());
+    sign_event(&mut wrong_key, "whsec_c2VjcmV0LW9sZC1rZXktZm9yLXJvdGF0aW9u", &body, NOW);
     let unsigned = load_event("webhook-unsigned.json");
     let mut no_timestamp = good.clone();
     no_timestamp["headers"].as_object_mut().expect("headers").remove("webhook-timestamp");
@@ -115,12 +128,20 @@ async fn unauthenticated_deliveries_get_401_and_stage_nothing() {
         ("missing signature", unsigned),
         ("missing timestamp", no_timestamp),
     ] {
-        let (status, problem) = app.post_webhook(&event).await;
+        let (status, problem) = post_at(&app, &event, NOW).await;
         assert_eq!(status, 401, "{case}: {problem}");
         assert_eq!(problem["status"], 401);
         assert!(!problem.to_string().contains("whsec_"), "{case}: secret in the answer");
     }
     assert_no_job(&app).await;
+
+    // The edges of the window are inside it: the refusals above were the second past it.
+    for at in [NOW - 300, NOW + 300] {
+        let mut edge = load_event(PF_EVENT);
+        sign_event(&mut edge, &app.whsec, &body, at);
+        let (status, answer) = post_at(&app, &edge, NOW).await;
+        assert!(status == 202 || status == 200, "signed at {at}: {answer}");
+    }
 }
 
 #[tokio::test]
@@ -315,4 +336,259 @@ async fn a_request_without_worksheets_takes_the_configured_default_or_is_refused
     assert_eq!(status, 202, "{answer}");
     let manifest = app.json_object(&format!("jobs/{}.json", answer["jobId"].as_str().unwrap_or_default())).await;
     assert_eq!(manifest.expect("manifest")["worksheets"], serde_json::json!(["Planned Orders", "Firm Orders"]));
+}
+
+/// Through the Lambda entry at a fixed clock, with the response headers.
+async fn post_full(app: &TestApp, event: &Value, at: i64) -> (u16, lambda_http::http::HeaderMap, Value) {
+    let request = lambda_http::request::from_str(&event.to_string()).expect("an API Gateway event");
+    let now = time::OffsetDateTime::from_unix_timestamp(at).expect("a timestamp");
+    let response = app.webhook().handle_lambda_at(request, now).await;
+    let status = response.status().as_u16();
+    let body = serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null);
+    (status, response.headers().clone(), body)
+}
+
+/// The PF event with `body`, signed at `at` under `id`.
+fn pf_with(app: &TestApp, id: &str, body: &Value, at: i64) -> Value {
+    let mut event = load_event(PF_EVENT);
+    event["headers"]["webhook-id"] = json!(id);
+    sign_event(&mut event, &app.whsec, body.to_string().as_bytes(), at);
+    event
+}
+
+fn pf_body() -> Value {
+    serde_json::from_slice(&event_body(&load_event(PF_EVENT))).expect("the PF body")
+}
+
+#[tokio::test]
+async fn a_caller_outside_the_allowed_sources_gets_403_before_authentication_and_nothing_is_staged() {
+    let mut app = TestApp::start(&[]).await;
+    app.env.insert("ALLOWED_SOURCE_CIDRS".into(), "198.51.100.0/24, 2001:db8::/32".into());
+    // The events come from 203.0.113.10: signed or not, HTTP API or REST API, the answer
+    // is the same 403, so the source learns nothing about its credentials.
+    let mut rest = load_event("webhook-rest-api-pf.json");
+    let rest_body = event_body(&rest);
+    sign_event(&mut rest, &app.whsec, &rest_body, NOW);
+    let mut signed = load_event(PF_EVENT);
+    let signed_body = event_body(&signed);
+    sign_event(&mut signed, &app.whsec, &signed_body, NOW);
+    for (case, event) in [("signed", signed.clone()), ("unsigned", load_event("webhook-unsigned.json")), ("REST", rest)]
+    {
+        let (status, headers, problem) = post_full(&app, &event, NOW).await;
+        assert_eq!(status, 403, "{case}: {problem}");
+        assert_eq!(headers["content-type"], "application/problem+json", "{case}");
+        assert_eq!(problem["status"], 403);
+    }
+    // No source address at all (not through API Gateway) is refused too.
+    let mut sourceless = signed.clone();
+    sourceless["requestContext"]["http"].as_object_mut().expect("http").remove("sourceIp");
+    assert_eq!(post_full(&app, &sourceless, NOW).await.0, 403);
+    assert_no_job(&app).await;
+
+    app.env.insert("ALLOWED_SOURCE_CIDRS".into(), "198.51.100.0/24, 203.0.113.0/24".into());
+    let (status, _, answer) = post_full(&app, &signed, NOW).await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+#[tokio::test]
+async fn requests_outside_the_allow_list_get_422_naming_the_field_and_nothing_is_staged() {
+    let mut app = TestApp::start(&[]).await;
+    let mut other_workbook = pf_body();
+    other_workbook["workbook"] = json!({"name": "Payroll", "scope": "Public"});
+    // The default: the planned-orders workbook only.
+    let (status, problem) = post_at(&app, &pf_with(&app, "m-default", &other_workbook, NOW), NOW).await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("workbook")), "{problem}");
+
+    app.env.insert(
+        "ALLOWED_REQUESTS".into(),
+        json!({
+            "PF2": {"workbooks": ["PlannedOrders Export"], "worksheets": ["Planned Orders"],
+                    "scenarios": ["Enterprise Data"], "filters": [{"name": "Late Orders", "scope": "Public"}]},
+            "WP2": {"workbooks": ["*"]}
+        })
+        .to_string(),
+    );
+    let mut private = pf_body();
+    private["workbook"]["scope"] = json!("Private");
+    let mut sheets = pf_body();
+    sheets["worksheets"] = json!(["Planned Orders", "Salaries"]);
+    let mut scenario = pf_body();
+    scenario["scenario"] = json!({"name": "What-if 3", "scope": "Public"});
+    let mut filter = pf_body();
+    filter["filter"] = json!({"name": "Everything", "scope": "Public"});
+    for (id, body, field) in [
+        ("m-workbook", other_workbook.clone(), "workbook"),
+        ("m-scope", private, "workbook"),
+        ("m-sheets", sheets, "worksheets[1]"),
+        ("m-scenario", scenario, "scenario"),
+        ("m-filter", filter, "filter"),
+    ] {
+        let (status, headers, problem) = post_full(&app, &pf_with(&app, id, &body, NOW), NOW).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{id}: {problem}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+    }
+    assert_no_job(&app).await;
+
+    let mut listed_filter = pf_body();
+    listed_filter["filter"] = json!({"name": "Late Orders", "scope": "Public"});
+    assert_eq!(post_at(&app, &pf_with(&app, "m-listed", &listed_filter, NOW), NOW).await.0, 202);
+    // WP2 takes any workbook.
+    let mut wp = other_workbook;
+    wp["fileName"] = json!("PlannedOrders-WP");
+    assert_eq!(post_at(&app, &pf_with(&app, "m-wp", &wp, NOW), NOW).await.0, 202);
+}
+
+#[tokio::test]
+async fn more_than_twenty_worksheets_get_400_naming_the_field() {
+    let app = TestApp::start(&[]).await;
+    let mut body = pf_body();
+    body["worksheets"] = json!((0..21).map(|i| format!("Sheet {i}")).collect::<Vec<_>>());
+    let (status, problem) = post_at(&app, &pf_with(&app, "m-21", &body, NOW), NOW).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("worksheets")), "{problem}");
+    assert_no_job(&app).await;
+}
+
+#[tokio::test]
+async fn the_daily_budget_takes_its_jobs_then_answers_429_with_retry_after_and_a_repeat_is_not_counted() {
+    let mut app = TestApp::start(&[]).await;
+    app.env.insert("DAILY_JOB_BUDGET".into(), "2".into());
+    // 22:00:00 UTC: the budget renews in two hours.
+    let at = NOW + 6 * 3600;
+    let body = pf_body();
+    for id in ["m-1", "m-2"] {
+        let (status, _, answer) = post_full(&app, &pf_with(&app, id, &body, at), at).await;
+        assert_eq!(status, 202, "{id}: {answer}");
+    }
+    let (status, _, answer) = post_full(&app, &pf_with(&app, "m-1", &body, at), at).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("duplicate")), "a repeat is answered, not counted");
+    let (status, headers, problem) = post_full(&app, &pf_with(&app, "m-3", &body, at), at).await;
+    assert_eq!(status, 429, "{problem}");
+    assert_eq!(headers["retry-after"], "7200");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(problem["field"], "fileName");
+    assert_eq!(app.keys("jobs/").await.len(), 2, "the refused job was not staged");
+    // Another file name and target has a budget of its own; tomorrow the PF one renews.
+    let mut wp = body.clone();
+    wp["fileName"] = json!("PlannedOrders-WP");
+    assert_eq!(post_full(&app, &pf_with(&app, "m-wp", &wp, at), at).await.0, 202);
+    let tomorrow = at + 7200;
+    assert_eq!(post_full(&app, &pf_with(&app, "m-3", &body, tomorrow), tomorrow).await.0, 202);
+}
+
+#[tokio::test]
+async fn a_webhook_secret_that_cannot_authenticate_anyone_is_a_503_naming_the_problem_not_a_401() {
+    let app = TestApp::start(&[]).await;
+    let secret_id = app.env["WEBHOOK_SECRET_ID"].clone();
+    let mut event = load_event(PF_EVENT);
+    let body = event_body(&event);
+    sign_event(&mut event, &app.whsec, &body, NOW);
+    for (secret, class) in [
+        (json!({"bearer_tokens": ["tok-1"]}), "webhook-secret-no-credential"),
+        (json!({"hmac_secrets": [app.whsec, "whsec_***not base64***"]}), "webhook-secret-bad-key"),
+        (json!({"ed25519_public_keys": ["whpk_c2hvcnQ="]}), "webhook-secret-bad-key"),
+        (json!(["not", "an", "object"]), "webhook-secret-unparsable"),
+    ] {
+        app.set_secret(&secret_id, secret).await;
+        let (status, headers, problem) = post_full(&app, &event, NOW).await;
+        assert_eq!(status, 503, "{class}: {problem}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(problem["problem"], class, "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("misconfigured") && !detail.contains("retry later"), "{detail}");
+        assert!(!problem.to_string().contains("tok-1") && !problem.to_string().contains("not base64"));
+    }
+    assert_no_job(&app).await;
+    // Fixed: the next request reads the secret again instead of a cached bad copy.
+    app.set_secret(&secret_id, json!({"hmac_secrets": [app.whsec]})).await;
+    let webhook = app.webhook();
+    let bad = json!({"bearer_tokens": ["tok-1"]});
+    app.set_secret(&secret_id, bad).await;
+    let request = |e: &Value| lambda_http::request::from_str(&e.to_string()).expect("event");
+    let at = time::OffsetDateTime::from_unix_timestamp(NOW).expect("time");
+    assert_eq!(webhook.handle_lambda_at(request(&event), at).await.status().as_u16(), 503);
+    app.set_secret(&secret_id, json!({"hmac_secrets": [app.whsec]})).await;
+    assert_eq!(webhook.handle_lambda_at(request(&event), at).await.status().as_u16(), 202);
+}
+
+#[tokio::test]
+async fn an_unsigned_request_gets_401_whatever_else_is_wrong_with_it() {
+    let app = TestApp::start(&[]).await;
+    let unsigned = load_event("webhook-unsigned.json");
+    let mut text_plain = unsigned.clone();
+    text_plain["headers"]["content-type"] = json!("text/plain");
+    let mut broken_json = unsigned.clone();
+    broken_json["body"] = json!("{\"fileName\": ");
+    let mut unknown_suffix = unsigned.clone();
+    unknown_suffix["body"] = json!(r#"{"fileName":"Orders-XX","workbook":{"name":"Payroll"}}"#);
+    let mut many_sheets = unsigned.clone();
+    let sheets: Vec<String> = (0..21).map(|i| format!("S{i}")).collect();
+    many_sheets["body"] =
+        json!(json!({"fileName": "A-PF", "workbook": {"name": "W"}, "worksheets": sheets}).to_string());
+    for (case, event) in [
+        ("bad content type", text_plain),
+        ("bad JSON", broken_json),
+        ("unknown suffix, other workbook", unknown_suffix),
+        ("21 worksheets", many_sheets),
+    ] {
+        let (status, problem) = post_at(&app, &event, NOW).await;
+        assert_eq!(status, 401, "{case}: {problem}");
+    }
+    assert_no_job(&app).await;
+}
+
+/// Signs `body` as a Standard Webhooks `v1a` sender with Python's `cryptography`, exactly as
+/// the specification says: ed25519 over `{id}.{timestamp}.{body}`, `v1a,<base64>`, the
+/// public key as `whpk_<base64 of its 32 raw bytes>`. Prints the key, then the signature.
+const PYTHON_V1A_SIGNER: &str = "import sys, base64\n\
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\n\
+from cryptography.hazmat.primitives import serialization\n\
+key = Ed25519PrivateKey.generate()\n\
+raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)\n\
+signed = sys.argv[1].encode() + b'.' + sys.argv[2].encode() + b'.' + sys.stdin.buffer.read()\n\
+print('whpk_' + base64.b64encode(raw).decode())\n\
+print('v1a,' + base64.b64encode(key.sign(signed)).decode())";
+
+#[tokio::test]
+async fn v1a_deliveries_signed_with_pythons_cryptography_verify_against_the_public_key_alone() {
+    let app = TestApp::start(&[]).await;
+    let secret_id = app.env["WEBHOOK_SECRET_ID"].clone();
+    let mut event = load_event(PF_EVENT);
+    let body = event_body(&event);
+    let id = event["headers"]["webhook-id"].as_str().expect("webhook-id").to_owned();
+    let printed = reference_library(PYTHON_V1A_SIGNER, &[&id, &NOW.to_string()], &body);
+    let (public_key, signature) = printed.split_once('\n').expect("key and signature");
+    assert!(public_key.starts_with("whpk_") && signature.starts_with("v1a,"), "{printed}");
+    event["headers"]["webhook-timestamp"] = json!(NOW.to_string());
+
+    // Only the public key in the store: nothing there could sign.
+    app.set_secret(&secret_id, json!({"ed25519_public_keys": [public_key]})).await;
+    let mut tampered = event.clone();
+    tampered["headers"]["webhook-signature"] = json!(signature);
+    tampered["body"] = json!(String::from_utf8_lossy(&body).replace("Enterprise Data", "What-if"));
+    assert_eq!(post_at(&app, &tampered, NOW).await.0, 401, "a signature over another body");
+    event["headers"]["webhook-signature"] = json!(signature);
+    let (status, answer) = post_at(&app, &event, NOW).await;
+    assert_eq!(status, 202, "{answer}");
+
+    // During a migration both kinds are configured and either signature suffices.
+    app.set_secret(&secret_id, json!({"hmac_secrets": [app.whsec], "ed25519_public_keys": [public_key]})).await;
+    let v1 = maestro_relay::webhook::auth::sign(&app.whsec, &id, NOW, &body).expect("v1");
+    for header in [v1.clone(), format!("{v1} {signature}"), signature.to_owned()] {
+        event["headers"]["webhook-signature"] = json!(header);
+        let (status, answer) = post_at(&app, &event, NOW).await;
+        assert_eq!((status, answer["status"].as_str()), (200, Some("duplicate")), "{header}: {answer}");
+    }
+
+    // And what we sign as v1a (the demo, the tests) verifies with `cryptography`.
+    let (ours, our_key) = maestro_relay::webhook::auth::sign_v1a(&[9; 32], "msg_1", NOW, &body).expect("sign");
+    let verdict = reference_library(
+        "import sys, base64\n\
+         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey\n\
+         key = Ed25519PublicKey.from_public_bytes(base64.b64decode(sys.argv[1].removeprefix('whpk_')))\n\
+         key.verify(base64.b64decode(sys.argv[2].removeprefix('v1a,')), b'msg_1.' + sys.argv[3].encode() + b'.' + sys.stdin.buffer.read())\n\
+         print('verified')",
+        &[&our_key, &ours, &NOW.to_string()],
+        &body,
+    );
+    assert_eq!(verdict, "verified");
 }
