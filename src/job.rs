@@ -202,7 +202,8 @@ pub struct FailureRecord {
 
 /// The CSV file name for a worksheet: `{fileName}_{yyyyMMddHHmmss}.csv`, with the
 /// worksheet (reduced to `A-Za-z0-9_-`) when the job has several. The timestamp is the
-/// job's `receivedAt`, so a redelivered job produces the same name.
+/// job's `receivedAt`, so a redelivered job produces the same name. `{fileName}` is the
+/// name without a trailing `.csv`, which the template adds back once.
 pub fn csv_file_name(template: &FileNameTemplate, manifest: &Manifest, worksheet: &str, several: bool) -> String {
     let stamp = format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}",
@@ -217,7 +218,7 @@ pub fn csv_file_name(template: &FileNameTemplate, manifest: &Manifest, worksheet
         worksheet.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
     let pattern = if several { &template.several } else { &template.single };
     pattern
-        .replace("{fileName}", &manifest.request.file_name)
+        .replace("{fileName}", crate::routing::file_name_stem(&manifest.request.file_name))
         .replace("{worksheet}", &sheet)
         .replace("{timestamp}", &stamp)
         .replace("{jobId}", &manifest.job_id)
@@ -284,6 +285,17 @@ mod tests {
             csv_file_name(&t, &m, "Planned Orders/Ü", true),
             "PlannedOrders-PF_Planned_Orders___20261124060007.csv"
         );
+    }
+
+    #[test]
+    fn a_csv_extension_in_the_file_name_is_not_doubled() {
+        let mut m = manifest();
+        m.request.file_name = "orders_wp.csv".into();
+        let t = FileNameTemplate::default();
+        assert_eq!(csv_file_name(&t, &m, "Planned Orders", false), "orders_wp_20261124060007.csv");
+        assert_eq!(csv_file_name(&t, &m, "Sheet", true), "orders_wp_Sheet_20261124060007.csv");
+        m.request.file_name = "Orders-PF.CSV".into();
+        assert_eq!(csv_file_name(&t, &m, "x", false), "Orders-PF_20261124060007.csv");
     }
 
     #[test]
