@@ -355,7 +355,13 @@ impl WorkbookSource for Arc<MemorySource> {
             let path = dir.join(&file_name);
             std::fs::write(&path, &csv)
                 .map_err(|e| Error::transient(Step::Convert, format!("writing {}", path.display())).caused_by(e))?;
-            let stats = FileStats { rows: *rows, bytes: csv.len() as u64, sha256: job::sha256_hex(csv.as_bytes()) };
+            let stats = FileStats {
+                rows: *rows,
+                bytes: csv.len() as u64,
+                sha256: job::sha256_hex(csv.as_bytes()),
+                kinaxis_total_row_count: Some(*rows),
+                ..FileStats::default()
+            };
             files.push(ExportedFile { file: StagedFile { worksheet: worksheet.clone(), file_name, stats }, path });
         }
         Ok(files)

@@ -21,6 +21,77 @@ use crate::job::{keys, DeliveryRecord, DeliveryState};
 use crate::ports::{Guarded, ObjectStore, RemoteFolder};
 use crate::sftp::ExistingFilePolicy;
 
+/// What a trigger file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerContent {
+    Empty,
+    /// sha256sum's line for the data file: `<hex>  <name>\n`.
+    Sha256,
+}
+
+impl std::str::FromStr for TriggerContent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "empty" => Ok(Self::Empty),
+            "sha256" => Ok(Self::Sha256),
+            other => Err(format!("{other:?} is not empty or sha256")),
+        }
+    }
+}
+
+/// The file SAP's inbound job waits for: written after the data file's rename, and only then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerFile {
+    /// `{name}`: the data file's name; `{stem}`: the same without `.csv`.
+    pub name_template: String,
+    pub content: TriggerContent,
+    /// What to do when a trigger of that name is already there.
+    pub existing: ExistingFilePolicy,
+}
+
+impl TriggerFile {
+    pub const PLACEHOLDERS: [&'static str; 2] = ["{name}", "{stem}"];
+
+    /// `done`, `sha256` or a name template; `None` for `none`.
+    pub fn parse(
+        spec: &str,
+        content: Option<TriggerContent>,
+        existing: ExistingFilePolicy,
+    ) -> Result<Option<Self>, String> {
+        let (name_template, implied) = match spec {
+            "none" => return Ok(None),
+            "done" => ("{name}.done", TriggerContent::Empty),
+            "sha256" => ("{name}.sha256", TriggerContent::Sha256),
+            template => (template, TriggerContent::Empty),
+        };
+        let stripped = Self::PLACEHOLDERS.iter().fold(name_template.to_owned(), |t, p| t.replace(p, ""));
+        if !Self::PLACEHOLDERS.iter().any(|p| name_template.contains(p)) || stripped.contains(['{', '}', '/']) {
+            return Err(format!(
+                "{spec:?} is not none, done, sha256, or a name with {{name}} or {{stem}} and no '/' or other placeholder"
+            ));
+        }
+        if name_template == "{name}" || stripped.is_empty() {
+            return Err(format!("{spec:?} would name the trigger like the data file"));
+        }
+        Ok(Some(Self { name_template: name_template.to_owned(), content: content.unwrap_or(implied), existing }))
+    }
+
+    /// The trigger's name for a data file.
+    pub fn name_for(&self, data_name: &str) -> String {
+        let stem = data_name.strip_suffix(".csv").unwrap_or(data_name);
+        self.name_template.replace("{name}", data_name).replace("{stem}", stem)
+    }
+
+    /// The trigger's bytes for a data file.
+    pub fn content_for(&self, data_name: &str, sha256: &str) -> Vec<u8> {
+        match self.content {
+            TriggerContent::Empty => Vec::new(),
+            TriggerContent::Sha256 => format!("{sha256}  {data_name}\n").into_bytes(),
+        }
+    }
+}
+
 /// Temporaries of cut uploads older than this are removed: no attempt still writes them.
 const STALE_TEMPORARY_SECS: u64 = 30 * 60;
 

@@ -329,7 +329,7 @@ impl Upload {
             file: maestro_relay::job::StagedFile {
                 worksheet: "Planned Orders".into(),
                 file_name: self.file_name.clone(),
-                stats: FileStats { rows: 1, bytes: self.bytes, sha256: self.sha256.clone() },
+                stats: FileStats { rows: 1, bytes: self.bytes, sha256: self.sha256.clone(), ..FileStats::default() },
             },
             path: self.local_path.clone(),
         }
