@@ -345,7 +345,7 @@ impl FromStr for StaleBatch {
 
 /// What one target's files look like; a target without variables of its own has the
 /// `default` profile.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Profile {
     pub csv: CsvOptions,
     pub file_names: FileNameTemplate,
@@ -374,12 +374,6 @@ impl Profiles {
 
     pub fn for_target(&self, target: &Target) -> &Profile {
         self.targets.get(target).unwrap_or(&self.default)
-    }
-}
-
-impl Default for Profile {
-    fn default() -> Self {
-        Self { csv: CsvOptions::default(), file_names: FileNameTemplate::default(), trigger: None }
     }
 }
 

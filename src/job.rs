@@ -164,8 +164,30 @@ pub struct DeliveryRecord {
     /// file both gone, so the rename happened and SAP took the file.
     #[serde(default)]
     pub taken_by_sap: bool,
+    /// How a file already under the name was replaced, when one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<crate::ports::Replaced>,
+    /// The final file's size as the server reported it right after the rename (`None`
+    /// when SAP had taken it by then, or the delivery was concluded without the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_size: Option<u64>,
+    /// The trigger file, when the profile asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerRecord>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// A trigger file of a delivery: named before the data file's rename, marked written once it
+/// is on the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerRecord {
+    pub name: String,
+    pub written: bool,
+    /// `false` when the identical trigger was found already there.
+    #[serde(default)]
+    pub uploaded: bool,
 }
 
 /// `locks/{jobId}`: who runs the job, until when.

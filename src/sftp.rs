@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use ssh2::{ErrorCode, HashType, OpenFlags, OpenType, Session, Sftp};
 
 use crate::error::{Error, ErrorClass, Result, Step};
-use crate::ports::{FileDrop, Guarded, RemoteEntry, RemoteFolder};
+use crate::ports::{FileDrop, Guarded, RemoteEntry, RemoteFolder, Replaced};
 use crate::secrets::SftpCredentials;
 
 /// What to do when the final file is already on the server.
@@ -161,7 +161,7 @@ impl FileDrop for SftpDrop {
                 if options.create_dir {
                     create_dir_all(&sftp, credentials.remote_dir.trim_end_matches('/'))?;
                 }
-                Ok(Connection { session, sftp, options })
+                Ok(Connection { session, sftp, options, posix: std::sync::OnceLock::new() })
             })
         })
         .await
@@ -183,6 +183,8 @@ struct Connection {
     session: Session,
     sftp: Sftp,
     options: SftpOptions,
+    /// The raw SFTP channel for `posix-rename@openssh.com`, opened at the first replace.
+    posix: std::sync::OnceLock<std::result::Result<PosixRename, String>>,
 }
 
 /// An open SFTP session on one remote directory. Each operation moves the connection onto
@@ -275,6 +277,11 @@ impl RemoteFolder for SftpFolder {
             Err(err) => Err(ssh_error(err, &format!("renaming {from} to {to}"))),
         })
         .await
+    }
+
+    async fn replace(&mut self, from: &str, to: &str) -> Result<Replaced> {
+        let (from, to) = (self.path_of(from), self.path_of(to));
+        self.blocking(move |c| replace(c, &from, &to)).await
     }
 
     async fn remove(&mut self, name: &str) -> Result<()> {
@@ -391,6 +398,122 @@ fn create_dir_all(sftp: &Sftp, dir: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+// ------------------------------------------------------------ atomic replace
+
+/// Renames `from` onto `to` in one step with `posix-rename@openssh.com`; where the server
+/// does not offer it, removes `to` first and says so.
+fn replace(c: &Connection, from: &str, to: &str) -> Result<Replaced> {
+    let posix = c.posix.get_or_init(|| PosixRename::open(&c.session).map_err(|e| e.to_string()));
+    let posix = posix
+        .as_ref()
+        .map_err(|why| Error::transient(Step::Deliver, format!("opening an SFTP channel to replace {to}: {why}")))?;
+    let refusal = match posix.rename(from, to) {
+        Ok(()) => return Ok(Replaced::Atomically),
+        // OpenSSH answers an extension it lacks with OP_UNSUPPORTED, and one its
+        // `sftp-server -P` denies with PERMISSION_DENIED; the plain rename below then
+        // tells a real permission problem apart.
+        Err(err) if matches!(err.code(), ErrorCode::SFTP(OP_UNSUPPORTED | PERMISSION_DENIED)) => err,
+        Err(err) => return Err(ssh_error(err, &format!("replacing {to} with {from}"))),
+    };
+    tracing::warn!(
+        remote = %to,
+        refusal = %refusal,
+        "the server does not offer posix-rename@openssh.com: removing the old file before renaming the new one, so \
+         SAP can see no file for a moment"
+    );
+    match c.sftp.unlink(Path::new(to)) {
+        Ok(()) => {}
+        Err(err) if err.code() == ErrorCode::SFTP(NO_SUCH_FILE) => {}
+        Err(err) => return Err(ssh_error(err, &format!("removing {to} to replace it"))),
+    }
+    c.sftp
+        .rename(Path::new(from), Path::new(to), None)
+        .map(|()| Replaced::RemovedFirst)
+        .map_err(|e| ssh_error(e, &format!("renaming {from} to {to}")))
+}
+
+/// SSH_FX_PERMISSION_DENIED, SSH_FX_OP_UNSUPPORTED.
+const PERMISSION_DENIED: i32 = 3;
+const OP_UNSUPPORTED: i32 = 8;
+
+mod raw {
+    use std::os::raw::{c_char, c_int};
+
+    extern "C" {
+        /// libssh2 ≥ 1.11 (libssh2-sys 0.3.4 builds 1.11.x and links it); the `ssh2`
+        /// crate does not bind it.
+        pub fn libssh2_sftp_posix_rename_ex(
+            sftp: *mut libssh2_sys::LIBSSH2_SFTP,
+            source_filename: *const c_char,
+            source_filename_len: usize,
+            dest_filename: *const c_char,
+            dest_filename_len: usize,
+        ) -> c_int;
+    }
+}
+
+/// An SFTP channel of its own on the session, for the one call `ssh2` lacks. `ssh2::Sftp`
+/// hands out no raw pointer, so this opens a second channel with `libssh2_sftp_init` and
+/// owns it. Every libssh2 call on it holds the session's lock (`Session::raw`), as `ssh2`'s
+/// own calls do, so no two threads are ever inside libssh2 on this session at once; the
+/// `Session` clone keeps the session alive until the channel is shut down.
+struct PosixRename {
+    session: Session,
+    sftp: *mut libssh2_sys::LIBSSH2_SFTP,
+}
+
+// SAFETY: the pointer is used only under the session's lock (see above), never
+// concurrently; libssh2 objects may move between threads when not used concurrently, as
+// `ssh2::Sftp` (also `Send`) relies on.
+unsafe impl Send for PosixRename {}
+// SAFETY: as for `Send`: every use takes the session's lock first.
+unsafe impl Sync for PosixRename {}
+
+impl PosixRename {
+    fn open(session: &Session) -> std::result::Result<Self, ssh2::Error> {
+        let mut guard = session.raw();
+        let raw_session: *mut libssh2_sys::LIBSSH2_SESSION = &mut *guard;
+        // SAFETY: a live session (the guard borrows it), locked for the call.
+        let sftp = unsafe { libssh2_sys::libssh2_sftp_init(raw_session) };
+        if sftp.is_null() {
+            return Err(ssh2::Error::last_session_error_raw(raw_session)
+                .unwrap_or_else(|| ssh2::Error::new(ErrorCode::Session(-1), "opening an SFTP channel failed")));
+        }
+        drop(guard);
+        Ok(Self { session: session.clone(), sftp })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> std::result::Result<(), ssh2::Error> {
+        let mut guard = self.session.raw();
+        let raw_session: *mut libssh2_sys::LIBSSH2_SESSION = &mut *guard;
+        // SAFETY: `self.sftp` is a live channel of this session (shut down only in Drop),
+        // the names are valid for the given lengths, and the session is locked.
+        let rc = unsafe {
+            raw::libssh2_sftp_posix_rename_ex(self.sftp, from.as_ptr().cast(), from.len(), to.as_ptr().cast(), to.len())
+        };
+        match rc {
+            0 => Ok(()),
+            // LIBSSH2_ERROR_SFTP_PROTOCOL: the server answered with an SFTP status.
+            -31 => {
+                // SAFETY: as above.
+                let status = unsafe { libssh2_sys::libssh2_sftp_last_error(self.sftp) };
+                Err(ssh2::Error::from_errno(ErrorCode::SFTP(status as i32)))
+            }
+            _ => Err(ssh2::Error::from_session_error_raw(raw_session, rc)),
+        }
+    }
+}
+
+impl Drop for PosixRename {
+    fn drop(&mut self) {
+        let _guard = self.session.raw();
+        // SAFETY: the channel is live and not used again; the session is locked and alive.
+        unsafe {
+            libssh2_sys::libssh2_sftp_shutdown(self.sftp);
+        }
+    }
 }
 
 #[cfg(test)]

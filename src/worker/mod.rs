@@ -638,11 +638,12 @@ where
         records: Vec<Option<DeliveryRecord>>,
     ) -> Result<(Vec<DeliveryRecord>, u32)> {
         let job_id = run.job_id.as_str();
-        if let Some(done) = records
-            .iter()
-            .map(|r| r.clone().filter(|r| r.state == DeliveryState::Delivered))
-            .collect::<Option<Vec<_>>>()
-        {
+        let trigger = self.config.profiles.for_target(&manifest.target).trigger.as_ref();
+        // Done: every data file delivered, and its trigger written where one is asked for.
+        let finished = |r: &DeliveryRecord| {
+            r.state == DeliveryState::Delivered && (trigger.is_none() || r.trigger.as_ref().is_some_and(|t| t.written))
+        };
+        if let Some(done) = records.iter().map(|r| r.clone().filter(finished)).collect::<Option<Vec<_>>>() {
             tracing::info!(files = done.len(), "every file was delivered by an earlier attempt");
             return Ok((done, 0));
         }
@@ -671,6 +672,7 @@ where
                     policy: self.config.sftp.existing,
                     attempt,
                     deadline: run.work_deadline,
+                    trigger,
                 };
                 let record = one.run(&mut folder, earlier).await?;
                 tracing::info!(remote = %record.remote_path, uploaded = record.uploaded, taken_by_sap = record.taken_by_sap, "file delivered");

@@ -218,6 +218,11 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start() -> Self {
+        Self::start_configured(|config| config)
+    }
+
+    /// As `start`, with `edit` applied to the sshd_config scripts/sshd.sh wrote.
+    pub fn start_configured(edit: impl FnOnce(String) -> String) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let status = Command::new(format!("{ROOT}/scripts/sshd.sh"))
@@ -226,6 +231,9 @@ impl Sshd {
             .status()
             .expect("scripts/sshd.sh");
         assert!(status.success(), "scripts/sshd.sh failed");
+        let config_path = dir.path().join("sshd_config");
+        let config = std::fs::read_to_string(&config_path).expect("sshd_config");
+        std::fs::write(&config_path, edit(config)).expect("sshd_config");
         let fingerprint = Command::new("ssh-keygen")
             .args(["-l", "-E", "sha256", "-f"])
             .arg(dir.path().join("host_ed25519.pub"))
