@@ -131,6 +131,54 @@ pub struct Receipt {
     /// Set when the job was not delivered on purpose (`STALE_BATCH=skip`), with why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Per file, what a business user signs a batch off with.
+    #[serde(default)]
+    pub reconciliation: Vec<Reconciliation>,
+}
+
+/// One file's figures side by side: what Kinaxis said, what was written, what SAP's server
+/// holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reconciliation {
+    pub worksheet: String,
+    pub file_name: String,
+    pub remote_path: String,
+    /// The worksheet's `TotalRowCount` as Kinaxis reported it.
+    pub kinaxis_total_row_count: Option<u64>,
+    pub rows_written: u64,
+    pub bytes: u64,
+    pub sha256: String,
+    /// The size the server reported for the final file right after the rename.
+    pub remote_size_after_rename: Option<u64>,
+    pub encoding: String,
+    pub profile: String,
+    pub replaced_characters: u64,
+    /// Rows written equal `TotalRowCount`, and the server's size equals the bytes written
+    /// (where it was seen).
+    pub matches: bool,
+}
+
+impl Reconciliation {
+    pub fn of(record: &DeliveryRecord) -> Self {
+        let stats = &record.file.stats;
+        let rows_match = stats.kinaxis_total_row_count.is_none_or(|total| total == stats.rows);
+        let size_matches = record.remote_size.is_none_or(|size| size == stats.bytes);
+        Self {
+            worksheet: record.file.worksheet.clone(),
+            file_name: record.file.file_name.clone(),
+            remote_path: record.remote_path.clone(),
+            kinaxis_total_row_count: stats.kinaxis_total_row_count,
+            rows_written: stats.rows,
+            bytes: stats.bytes,
+            sha256: stats.sha256.clone(),
+            remote_size_after_rename: record.remote_size,
+            encoding: stats.encoding.clone(),
+            profile: stats.profile.clone(),
+            replaced_characters: stats.replaced_characters,
+            matches: rows_match && size_matches,
+        }
+    }
 }
 
 /// Where a file's delivery stands.
@@ -318,6 +366,38 @@ mod tests {
         assert_eq!(csv_file_name(&t, &m, "Sheet", true), "orders_wp_Sheet_20261124060007.csv");
         m.request.file_name = "Orders-PF.CSV".into();
         assert_eq!(csv_file_name(&t, &m, "x", false), "Orders-PF_20261124060007.csv");
+    }
+
+    #[test]
+    fn a_file_reconciles_only_when_rows_match_total_row_count_and_the_server_holds_every_byte() {
+        let stats = FileStats {
+            rows: 10,
+            bytes: 100,
+            sha256: "ab".into(),
+            kinaxis_total_row_count: Some(10),
+            ..FileStats::default()
+        };
+        let mut record = DeliveryRecord {
+            state: DeliveryState::Delivered,
+            file: StagedFile { worksheet: "W".into(), file_name: "f.csv".into(), stats },
+            remote_path: "/in/f.csv".into(),
+            temp_name: String::new(),
+            attempt: 1,
+            uploaded: true,
+            taken_by_sap: false,
+            replaced: None,
+            remote_size: Some(100),
+            trigger: None,
+            updated_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert!(Reconciliation::of(&record).matches);
+        record.remote_size = Some(99);
+        assert!(!Reconciliation::of(&record).matches);
+        record.remote_size = None;
+        record.file.stats.kinaxis_total_row_count = Some(11);
+        let line = Reconciliation::of(&record);
+        assert!(!line.matches);
+        assert_eq!((line.kinaxis_total_row_count, line.rows_written, line.encoding.as_str()), (Some(11), 10, "utf-8"));
     }
 
     #[test]

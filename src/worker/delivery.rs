@@ -210,6 +210,8 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             if self.identical(folder, &name).await? {
                 tracing::info!(remote = %record.remote_path, "the rename of an earlier attempt went through");
                 folder.remove(&temp).await?;
+                let mut record = record;
+                record.remote_size = Some(self.file.file.stats.bytes);
                 return self.delivered(record).await;
             }
             if self.policy == ExistingFilePolicy::Fail {
@@ -269,6 +271,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                         tracing::info!(remote = %folder.path_of(&name), "the identical file is already there");
                         let mut record = self.new_record(folder, DeliveryState::Delivered, "");
                         record.uploaded = false;
+                        record.remote_size = Some(self.file.file.stats.bytes);
                         return self.delivered(record).await;
                     }
                     if self.policy == ExistingFilePolicy::Fail {
@@ -332,6 +335,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 folder.remove(&record.temp_name).await?;
                 let mut record = record;
                 record.uploaded = false;
+                record.remote_size = Some(self.file.file.stats.bytes);
                 self.delivered(record).await
             }
             Guarded::Refused => {

@@ -398,6 +398,7 @@ where
             target: manifest.target.clone(),
             rows: records.iter().map(|r| r.file.stats.rows).sum(),
             bytes: records.iter().map(|r| r.file.stats.bytes).sum(),
+            reconciliation: records.iter().map(crate::job::Reconciliation::of).collect(),
             files: records,
             attempts,
             timings_ms: lock(&run.timings).clone(),
@@ -508,6 +509,7 @@ where
             timings_ms: lock(&run.timings).clone(),
             delivered_at: OffsetDateTime::now_utc(),
             skipped: Some(why),
+            reconciliation: Vec::new(),
         };
         self.write_receipt(run, &receipt).await?;
         Ok(Some(JobOutcome::Skipped(receipt)))
