@@ -66,6 +66,23 @@ impl Default for SftpOptions {
     }
 }
 
+/// The host key algorithms offered, in this order: the server's key of the first one it
+/// also offers is the one checked against the pins, so the pin must be of that key.
+/// SHA-1 `ssh-rsa` and DSA are not offered; an RSA key is used with SHA-2 signatures.
+pub const HOST_KEY_ALGORITHMS: &str =
+    "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256";
+
+fn key_type_name(key_type: ssh2::HostKeyType) -> &'static str {
+    match key_type {
+        ssh2::HostKeyType::Rsa => "rsa",
+        ssh2::HostKeyType::Ed25519 => "ed25519",
+        ssh2::HostKeyType::Ecdsa256 => "ecdsa-nistp256",
+        ssh2::HostKeyType::Ecdsa384 => "ecdsa-nistp384",
+        ssh2::HostKeyType::Ecdsa521 => "ecdsa-nistp521",
+        _ => "other",
+    }
+}
+
 /// OpenSSH's fingerprint form: `SHA256:` and the unpadded base64 of the key's SHA-256.
 pub fn fingerprint(key_hash: &[u8]) -> String {
     format!("SHA256:{}", STANDARD_NO_PAD.encode(key_hash))
@@ -96,6 +113,9 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
     let tcp = TcpStream::connect_timeout(&address, options.connect_timeout)
         .map_err(|e| Error::transient(Step::Deliver, format!("connecting to {endpoint}")).caused_by(e))?;
     let mut session = Session::new().map_err(|e| ssh_error(e, "starting an SSH session"))?;
+    session
+        .method_pref(ssh2::MethodType::HostKey, HOST_KEY_ALGORITHMS)
+        .map_err(|e| ssh_error(e, "setting the host key algorithms"))?;
     session.set_tcp_stream(tcp);
     session.set_timeout(options.io_timeout.as_millis().min(u32::MAX as u128) as u32);
     session.handshake().map_err(|e| ssh_error(e, &format!("SSH handshake with {endpoint}")))?;
@@ -104,13 +124,19 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
         .host_key_hash(HashType::Sha256)
         .map(fingerprint)
         .ok_or_else(|| Error::permanent(Step::Deliver, format!("{endpoint} offered no host key")))?;
-    let pinned = normalize_fingerprint(&credentials.host_key_sha256);
-    if offered != pinned {
+    let key_type = session.host_key().map(|(_, t)| key_type_name(t)).unwrap_or("unknown");
+    let pinned: Vec<String> = credentials.host_key_sha256.0.iter().map(|p| normalize_fingerprint(p)).collect();
+    if !pinned.contains(&offered) {
         return Err(Error::permanent(
             Step::Deliver,
-            format!("host key of {endpoint} is {offered}, not the pinned {pinned}: nothing was sent"),
+            format!(
+                "host key of {endpoint} ({key_type}, the first of {HOST_KEY_ALGORITHMS} the server offers) is \
+                 {offered}, none of the pinned {}: nothing was sent",
+                pinned.join(", ")
+            ),
         ));
     }
+    tracing::debug!(host_key = %offered, key_type, "host key matches a pin");
     session.set_keepalive(false, options.keepalive_interval.as_secs().max(1) as u32);
 
     let user = credentials.username.as_str();

@@ -104,7 +104,7 @@ async fn a_wrong_host_key_is_permanent_and_nothing_is_written() {
     let err =
         deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "x-PF.csv", 10, 3)).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
-    assert!(err.message.contains("not the pinned"), "{}", err.chain());
+    assert!(err.message.contains("none of the pinned"), "{}", err.chain());
     assert!(sshd.files("PF2").is_empty());
 }
 
@@ -357,4 +357,93 @@ async fn the_trigger_appears_only_after_the_complete_data_file_and_sha256sum_acc
         .await
         .expect("second");
     assert_eq!(std::fs::read(folder.join("Stock-PF_20261124060007.done")).expect("the .done"), b"");
+}
+
+fn fingerprint_of(public_key: &std::path::Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-l", "-E", "sha256", "-f"])
+        .arg(public_key)
+        .output()
+        .expect("ssh-keygen");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).expect("a fingerprint").to_owned()
+}
+
+#[tokio::test]
+async fn during_a_host_key_rotation_any_pinned_fingerprint_is_accepted_and_none_of_them_is_refused() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let old = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let mut secret = sshd.secret("PF2");
+    secret["host_key_sha256"] = serde_json::json!([old, sshd.fingerprint]);
+    let creds: SftpCredentials = serde_json::from_value(secret.clone()).expect("a list of pins");
+    deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "a-PF.csv", 10, 30)).await.expect("list");
+    secret["host_key_sha256"] = serde_json::json!(format!("{old}, {}", sshd.fingerprint));
+    let creds: SftpCredentials = serde_json::from_value(secret.clone()).expect("pins in one string");
+    deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "b-PF.csv", 10, 31)).await.expect("string");
+
+    secret["host_key_sha256"] = serde_json::json!([old, "SHA256:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"]);
+    let creds: SftpCredentials = serde_json::from_value(secret).expect("pins");
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "c-PF.csv", 10, 32)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(err.message.contains("(ed25519,") && err.message.contains("BBBB"), "{}", err.chain());
+    assert_eq!(sshd.files("PF2"), ["a-PF.csv", "b-PF.csv"]);
+}
+
+/// A config edit that gives the rig's sshd an RSA host key: in place of its ed25519 one, or
+/// beside it.
+fn with_rsa_host_key(config: String, only: bool) -> String {
+    let dir = config
+        .lines()
+        .find_map(|l| l.strip_prefix("HostKey "))
+        .and_then(|k| k.strip_suffix("/host_ed25519"))
+        .expect("the HostKey line")
+        .to_owned();
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "3072", "-N", "", "-f"])
+        .arg(format!("{dir}/host_rsa"))
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+    let ed25519 = format!("HostKey {dir}/host_ed25519");
+    let rsa = format!("HostKey {dir}/host_rsa");
+    if only {
+        // No SHA-1 `ssh-rsa`: a server that takes only RSA-SHA2 signatures.
+        config.replace(&ed25519, &rsa) + "HostKeyAlgorithms rsa-sha2-512,rsa-sha2-256\n"
+    } else {
+        // RSA first on the server's side: the client's order decides all the same.
+        config.replace(&ed25519, &format!("{rsa}\n{ed25519}"))
+            + "HostKeyAlgorithms rsa-sha2-512,rsa-sha2-256,ssh-ed25519\n"
+    }
+}
+
+#[tokio::test]
+async fn with_both_an_ed25519_and_an_rsa_host_key_the_ed25519_key_is_the_one_checked() {
+    let sshd = Sshd::start_configured(|config| with_rsa_host_key(config, false));
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), random_upload(&dir, "e-PF.csv", 10, 35))
+        .await
+        .expect("the ed25519 pin");
+    creds.host_key_sha256 = fingerprint_of(&sshd.dir.path().join("host_rsa.pub")).as_str().into();
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "r-PF.csv", 10, 36)).await.unwrap_err();
+    assert!(err.message.contains("(ed25519,"), "{}", err.chain());
+}
+
+#[tokio::test]
+async fn a_server_with_only_an_rsa_host_key_is_reached_with_rsa_sha2_signatures() {
+    let sshd = Sshd::start_configured(|config| with_rsa_host_key(config, true));
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    let rsa = fingerprint_of(&sshd.dir.path().join("host_rsa.pub"));
+    creds.host_key_sha256 = rsa.as_str().into();
+    let upload = random_upload(&dir, "Rsa-PF.csv", 5000, 33);
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), upload.clone()).await.expect("delivered over RSA-SHA2");
+    assert_eq!(sha256_of(&sshd.folder("PF2").join("Rsa-PF.csv")), upload.sha256);
+    // The ed25519 pin of the same rig no longer matches: the key checked is the RSA one.
+    creds.host_key_sha256 = sshd.fingerprint.as_str().into();
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "x-PF.csv", 10, 34)).await.unwrap_err();
+    assert!(err.message.contains("(rsa,"), "{}", err.chain());
 }
