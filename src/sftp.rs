@@ -150,9 +150,7 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
     }
     if !session.authenticated() {
         if let Some(password) = &credentials.password {
-            session
-                .userauth_password(user, password.expose_secret())
-                .map_err(|e| ssh_error(e, &format!("{endpoint} refused the password of {user}")))?;
+            authenticate_with_password(&session, &endpoint, user, password)?;
         }
     }
     if !session.authenticated() {
@@ -164,6 +162,57 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
         ));
     }
     Ok(session)
+}
+
+/// The password by `password` authentication where the server offers it, else by
+/// `keyboard-interactive` (a PAM server's way), answering every prompt with it.
+fn authenticate_with_password(
+    session: &Session,
+    endpoint: &str,
+    user: &str,
+    password: &secrecy::SecretString,
+) -> Result<()> {
+    // Asking (the `none` method) tells which methods the server offers for the user.
+    let offered = session.auth_methods(user).map(str::to_owned).unwrap_or_default();
+    if session.authenticated() {
+        return Ok(());
+    }
+    let offers = |method: &str| offered.split(',').any(|m| m == method);
+    if offers("password") {
+        return session
+            .userauth_password(user, password.expose_secret())
+            .map_err(|e| ssh_error(e, &format!("{endpoint} refused the password of {user}")));
+    }
+    if offers("keyboard-interactive") {
+        let mut prompter = PasswordPrompter { password, prompts: 0 };
+        let result = session.userauth_keyboard_interactive(user, &mut prompter);
+        return result.map_err(|e| {
+            ssh_error(
+                e,
+                &format!(
+                    "{endpoint} refused the password of {user} (keyboard-interactive, {} prompts answered)",
+                    prompter.prompts
+                ),
+            )
+        });
+    }
+    Err(Error::permanent(
+        Step::Deliver,
+        format!("{endpoint} offers {user} neither password nor keyboard-interactive authentication (only {offered:?})"),
+    ))
+}
+
+/// Answers each keyboard-interactive prompt with the password.
+struct PasswordPrompter<'a> {
+    password: &'a secrecy::SecretString,
+    prompts: usize,
+}
+
+impl ssh2::KeyboardInteractivePrompt for PasswordPrompter<'_> {
+    fn prompt<'b>(&mut self, _username: &str, _instructions: &str, prompts: &[ssh2::Prompt<'b>]) -> Vec<String> {
+        self.prompts += prompts.len();
+        prompts.iter().map(|_| self.password.expose_secret().to_owned()).collect()
+    }
 }
 
 /// Connects to SAP folders over SFTP.

@@ -447,3 +447,47 @@ async fn a_server_with_only_an_rsa_host_key_is_reached_with_rsa_sha2_signatures(
         deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "x-PF.csv", 10, 34)).await.unwrap_err();
     assert!(err.message.contains("(rsa,"), "{}", err.chain());
 }
+
+#[tokio::test]
+async fn a_password_is_accepted_by_a_server_that_takes_passwords_and_a_wrong_one_refused_as_wrong() {
+    let (sshd, user) = Sshd::with_password_user("correct horse battery", false);
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    creds.username = user;
+    creds.private_key = None;
+    creds.password = Some(SecretString::from("correct horse battery"));
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), random_upload(&dir, "pw-PF.csv", 100, 40))
+        .await
+        .expect("delivered with the password");
+    assert_eq!(sshd.files("PF2"), ["pw-PF.csv"]);
+
+    creds.password = Some(SecretString::from("correct horse staple"));
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "no-PF.csv", 100, 41)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
+    // Offered and tried: refused because the password is wrong.
+    assert!(err.message.contains("refused the password of relay-pw"), "{}", err.chain());
+    assert!(!err.chain().contains("staple"), "the password in the error");
+    assert_eq!(sshd.files("PF2"), ["pw-PF.csv"]);
+}
+
+#[tokio::test]
+async fn a_password_is_accepted_by_keyboard_interactive_where_that_is_all_the_server_offers() {
+    let (sshd, user) = Sshd::with_password_user("correct horse battery", true);
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    creds.username = user;
+    creds.private_key = None;
+    creds.password = Some(SecretString::from("correct horse battery"));
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), random_upload(&dir, "kbd-PF.csv", 100, 42))
+        .await
+        .expect("delivered by keyboard-interactive");
+    assert_eq!(sshd.files("PF2"), ["kbd-PF.csv"]);
+
+    creds.password = Some(SecretString::from("correct horse staple"));
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "no-PF.csv", 100, 43)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
+    assert!(err.message.contains("keyboard-interactive, 1 prompts answered"), "{}", err.chain());
+    assert!(!err.chain().contains("staple"));
+}
