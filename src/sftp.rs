@@ -543,8 +543,6 @@ struct PosixRename {
 // concurrently; libssh2 objects may move between threads when not used concurrently, as
 // `ssh2::Sftp` (also `Send`) relies on.
 unsafe impl Send for PosixRename {}
-// SAFETY: as for `Send`: every use takes the session's lock first.
-unsafe impl Sync for PosixRename {}
 
 impl PosixRename {
     fn open(session: &Session) -> std::result::Result<Self, ssh2::Error> {
