@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need and a fresh machine lacks:
 # a project virtualenv with moto[server] (S3, SQS, Secrets Manager), OpenSSH's sshd,
-# ssh-keygen and the sftp client, and OpenSSL's headers for libssh2. Idempotent: does
+# ssh-keygen and the sftp client, OpenSSL's headers for libssh2, and libnss-wrapper with
+# the openssl command for the password test rig. Idempotent: does
 # nothing when all is there. Extra kinds, several at once (`scripts/bootstrap.sh ci package`):
 # `ci` the template checkers and the SAM CLI (a venv of their own: their pins clash with
 # moto's), `package` cargo-lambda and zig for `make package` and `sam build`, `security`
@@ -35,6 +36,9 @@ need_apt=()
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# The password rig's throwaway user lives in its own passwd file, through nss_wrapper.
+ls /usr/lib/*/libnss_wrapper.so >/dev/null 2>&1 || need_apt+=(libnss-wrapper)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

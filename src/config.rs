@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::csv_out::{ColumnMapping, CsvOptions, LineEnding, Quoting};
+use crate::csv_out::{ColumnMapping, CsvOptions, Encoding, LineEnding, Quoting};
 use crate::error::{Error, Step};
 use crate::job::FileNameTemplate;
 use crate::kinaxis::{KinaxisOptions, PagingStyle};
@@ -16,6 +16,7 @@ use crate::sftp::{ExistingFilePolicy, SftpOptions};
 use crate::webhook::auth::AuthMode;
 use crate::webhook::policy::{self, AllowList, MAX_WORKSHEETS};
 use crate::webhook::WebhookSettings;
+use crate::worker::delivery::{TriggerContent, TriggerFile};
 
 /// Reads variables through `lookup` and collects every problem, so one start-up failure
 /// lists them all.
@@ -67,7 +68,10 @@ impl<'a> Env<'a> {
         }
     }
 
-    fn finish<T>(self, value: T) -> Result<T, Error> {
+    fn finish<T>(mut self, value: T) -> Result<T, Error> {
+        // A global variable read for every profile reports its problem once.
+        let mut seen = std::collections::BTreeSet::new();
+        self.problems.retain(|p| seen.insert(p.clone()));
         if self.problems.is_empty() {
             Ok(value)
         } else {
@@ -178,8 +182,8 @@ pub struct WorkerConfig {
     pub min_rows: u64,
     /// How long past the function's deadline a lease still holds (`LEASE_GRACE_SECS`).
     pub lease_grace: Duration,
-    pub csv: CsvOptions,
-    pub file_names: FileNameTemplate,
+    /// The CSV dialect, encoding, file names and trigger file, per target.
+    pub profiles: Profiles,
     pub sftp: SftpOptions,
     /// Where CSVs are written before staging (Lambda's ephemeral `/tmp`).
     pub spool_dir: PathBuf,
@@ -239,19 +243,14 @@ impl WorkerConfig {
         env.check(retry.factor >= 1.0 && (0.0..=1.0).contains(&retry.jitter), || {
             "RETRY_FACTOR must be >= 1 and RETRY_JITTER within 0..1".to_owned()
         });
-        let csv = csv_options(&mut env);
-        let file_names = FileNameTemplate {
-            single: env.get("FILE_NAME_TEMPLATE").unwrap_or_else(|| FileNameTemplate::default().single),
-            several: env.get("FILE_NAME_TEMPLATE_MULTI").unwrap_or_else(|| FileNameTemplate::default().several),
+        let profiles = Profiles {
+            default: profile(&mut Scoped::new(&mut env, None)),
+            targets: routes
+                .targets()
+                .into_iter()
+                .map(|t| (t.clone(), profile(&mut Scoped::new(&mut env, Some(&t)))))
+                .collect(),
         };
-        for (name, template) in
-            [("FILE_NAME_TEMPLATE", &file_names.single), ("FILE_NAME_TEMPLATE_MULTI", &file_names.several)]
-        {
-            let stripped = FileNameTemplate::PLACEHOLDERS.iter().fold(template.clone(), |t, p| t.replace(p, ""));
-            env.check(template.contains("{fileName}") && !stripped.contains(['{', '}', '/']), || {
-                format!("{name}={template:?} must contain {{fileName}}, no '/' and only known placeholders")
-            });
-        }
         let sftp = SftpOptions {
             connect_timeout: env.seconds("SFTP_CONNECT_TIMEOUT_SECS", 15),
             io_timeout: env.seconds("SFTP_IO_TIMEOUT_SECS", 60),
@@ -294,8 +293,7 @@ impl WorkerConfig {
             stale_batch: env.parsed("STALE_BATCH", StaleBatch::Fail),
             min_rows: env.parsed("MIN_ROWS", 1),
             lease_grace: env.seconds("LEASE_GRACE_SECS", 60),
-            csv,
-            file_names,
+            profiles,
             sftp,
             spool_dir: env.get("SPOOL_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
         };
@@ -367,66 +365,223 @@ impl FromStr for StaleBatch {
     }
 }
 
-fn csv_options(env: &mut Env<'_>) -> CsvOptions {
+/// What one target's files look like; a target without variables of its own has the
+/// `default` profile.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub csv: CsvOptions,
+    pub file_names: FileNameTemplate,
+    pub trigger: Option<TriggerFile>,
+}
+
+impl Profile {
+    pub fn name(&self) -> &str {
+        &self.csv.profile
+    }
+}
+
+/// Every target's profile: each CSV, file-name and trigger variable `X` can be set for one
+/// target as `X_<TARGET>` (`CSV_DELIMITER_PF2=;`), which wins over `X`.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    pub default: Profile,
+    pub targets: BTreeMap<Target, Profile>,
+}
+
+impl Profiles {
+    /// One profile for every target.
+    pub fn uniform(profile: Profile) -> Self {
+        Self { default: profile, targets: BTreeMap::new() }
+    }
+
+    pub fn for_target(&self, target: &Target) -> &Profile {
+        self.targets.get(target).unwrap_or(&self.default)
+    }
+}
+
+/// Reads a profile variable: `NAME_<TARGET>` first, then `NAME`; problems name the variable
+/// that was read.
+struct Scoped<'e, 'a> {
+    env: &'e mut Env<'a>,
+    target: Option<&'e Target>,
+    /// Whether any `NAME_<TARGET>` was set.
+    own: bool,
+}
+
+impl<'e, 'a> Scoped<'e, 'a> {
+    fn new(env: &'e mut Env<'a>, target: Option<&'e Target>) -> Self {
+        Self { env, target, own: false }
+    }
+
+    /// The variable's name and value.
+    fn get(&mut self, name: &str) -> Option<(String, String)> {
+        if let Some(target) = self.target {
+            let own = format!("{name}_{target}");
+            if let Some(value) = self.env.get(&own) {
+                self.own = true;
+                return Some((own, value));
+            }
+        }
+        self.env.get(name).map(|value| (name.to_owned(), value))
+    }
+
+    fn problem(&mut self, problem: String) {
+        self.env.problems.push(problem);
+    }
+
+    fn parsed<T: FromStr>(&mut self, name: &str, default: T) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => default,
+            Some((var, raw)) => raw.parse().unwrap_or_else(|e| {
+                self.problem(format!("{var}={raw:?} is invalid: {e}"));
+                default
+            }),
+        }
+    }
+
+    fn list(&mut self, name: &str) -> Option<(String, Vec<String>)> {
+        self.get(name)
+            .map(|(var, l)| (var, l.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()))
+    }
+}
+
+fn profile(env: &mut Scoped<'_, '_>) -> Profile {
+    let mut csv = csv_options(env);
+    let defaults = FileNameTemplate::default();
+    let single = env.get("FILE_NAME_TEMPLATE").unwrap_or_else(|| ("FILE_NAME_TEMPLATE".into(), defaults.single));
+    let several =
+        env.get("FILE_NAME_TEMPLATE_MULTI").unwrap_or_else(|| ("FILE_NAME_TEMPLATE_MULTI".into(), defaults.several));
+    for (var, template) in [&single, &several] {
+        let stripped = FileNameTemplate::PLACEHOLDERS.iter().fold(template.clone(), |t, p| t.replace(p, ""));
+        if !template.contains("{fileName}") || stripped.contains(['{', '}', '/']) {
+            env.problem(format!("{var}={template:?} must contain {{fileName}}, no '/' and only known placeholders"));
+        }
+    }
+    let file_names = FileNameTemplate { single: single.1, several: several.1 };
+    let content = env.get("TRIGGER_FILE_CONTENT").and_then(|(var, raw)| {
+        raw.parse::<TriggerContent>().map_err(|e| env.problem(format!("{var}={raw:?} is invalid: {e}"))).ok()
+    });
+    let existing = env.parsed("TRIGGER_FILE_EXISTING", ExistingFilePolicy::Overwrite);
+    let trigger = match env.get("TRIGGER_FILE") {
+        None => None,
+        Some((var, spec)) => TriggerFile::parse(&spec, content, existing).unwrap_or_else(|e| {
+            env.problem(format!("{var} is invalid: {e}"));
+            None
+        }),
+    };
+    if let (Some(target), true) = (env.target, env.own) {
+        csv.profile = target.to_string();
+    }
+    Profile { csv, file_names, trigger }
+}
+
+fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
     let defaults = CsvOptions::default();
-    let delimiter = match env.get("CSV_DELIMITER").as_deref() {
+    let delimiter = match env.get("CSV_DELIMITER") {
         None => defaults.delimiter,
-        Some("\\t" | "tab") => b'\t',
-        Some(d) if d.len() == 1 && d != "\"" && d != "\r" && d != "\n" => d.as_bytes()[0],
-        Some(other) => {
-            env.problems.push(format!(
-                "CSV_DELIMITER={other:?} must be one ASCII character other than a quote or line break, or 'tab'"
+        Some((_, d)) if d == "\\t" || d == "tab" => b'\t',
+        Some((_, d)) if d.len() == 1 && d != "\"" && d != "\r" && d != "\n" => d.as_bytes()[0],
+        Some((var, other)) => {
+            env.problem(format!(
+                "{var}={other:?} must be one ASCII character other than a quote or line break, or 'tab'"
             ));
             defaults.delimiter
         }
     };
-    let quoting = match env.get("CSV_QUOTING").as_deref() {
-        None | Some("necessary") => Quoting::Necessary,
-        Some("always") => Quoting::Always,
-        Some("non-numeric") => Quoting::NonNumeric,
-        Some(other) => {
-            env.problems.push(format!("CSV_QUOTING={other:?} is not necessary, always or non-numeric"));
+    let quoting = match env.get("CSV_QUOTING") {
+        None => Quoting::Necessary,
+        Some((_, q)) if q == "necessary" => Quoting::Necessary,
+        Some((_, q)) if q == "always" => Quoting::Always,
+        Some((_, q)) if q == "non-numeric" => Quoting::NonNumeric,
+        Some((var, other)) => {
+            env.problem(format!("{var}={other:?} is not necessary, always or non-numeric"));
             Quoting::Necessary
         }
     };
-    let line_ending = match env.get("CSV_LINE_ENDING").as_deref() {
-        None | Some("crlf") => LineEnding::Crlf,
-        Some("lf") => LineEnding::Lf,
-        Some(other) => {
-            env.problems.push(format!("CSV_LINE_ENDING={other:?} is not crlf or lf"));
+    let line_ending = match env.get("CSV_LINE_ENDING") {
+        None => LineEnding::Crlf,
+        Some((_, l)) if l == "crlf" => LineEnding::Crlf,
+        Some((_, l)) if l == "lf" => LineEnding::Lf,
+        Some((var, other)) => {
+            env.problem(format!("{var}={other:?} is not crlf or lf"));
             LineEnding::Crlf
         }
     };
     // `Order,Part:MATNR,Quantity:MENGE`: selection and order, `:` renames.
-    let columns = env.get("CSV_COLUMNS").map(|list| {
-        list.split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
+    let columns = env.list("CSV_COLUMNS").map(|(_, list)| {
+        list.iter()
             .map(|c| match c.split_once(':') {
                 Some((source, header)) => ColumnMapping { source: source.trim().into(), header: header.trim().into() },
-                None => ColumnMapping { source: c.into(), header: c.into() },
+                None => ColumnMapping { source: c.clone(), header: c.clone() },
             })
             .collect::<Vec<_>>()
     });
-    let date_format = env.get("CSV_DATE_FORMAT").and_then(|f| {
+    let date_format = env.get("CSV_DATE_FORMAT").and_then(|(var, f)| {
         time::format_description::parse_owned::<2>(&f)
-            .map_err(|e| env.problems.push(format!("CSV_DATE_FORMAT={f:?} is invalid: {e}")))
+            .map_err(|e| env.problem(format!("{var}={f:?} is invalid: {e}")))
             .ok()
     });
-    let date_columns: Vec<String> = env
-        .get("CSV_DATE_COLUMNS")
-        .map(|l| l.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
-        .unwrap_or_default();
-    env.check(date_columns.is_empty() || date_format.is_some(), || "CSV_DATE_COLUMNS needs CSV_DATE_FORMAT".to_owned());
+    let date_columns = env.list("CSV_DATE_COLUMNS").map(|(_, l)| l).unwrap_or_default();
+    if !date_columns.is_empty() && date_format.is_none() {
+        env.problem("CSV_DATE_COLUMNS needs CSV_DATE_FORMAT".to_owned());
+    }
+    let mut encoding = env.parsed("CSV_ENCODING", Encoding::Utf8);
+    // CSV_BOM=true, from before CSV_ENCODING, is utf-8-bom.
+    if env.parsed("CSV_BOM", false) {
+        match encoding {
+            Encoding::Utf8 | Encoding::Utf8Bom => encoding = Encoding::Utf8Bom,
+            other => env.problem(format!(
+                "CSV_BOM=true asks for a UTF-8 byte-order mark, but CSV_ENCODING is {}",
+                other.name()
+            )),
+        }
+    }
+    let replacement = match env.get("CSV_REPLACEMENT_CHAR") {
+        None => None,
+        Some((var, r)) => {
+            let mut chars = r.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None)
+                    if encoding.single_byte(c).is_some() || matches!(encoding, Encoding::Utf8 | Encoding::Utf8Bom) =>
+                {
+                    Some(c)
+                }
+                (Some(_), None) => {
+                    env.problem(format!("{var}={r:?} cannot itself be written in {}", encoding.name()));
+                    None
+                }
+                _ => {
+                    env.problem(format!("{var}={r:?} must be one character"));
+                    None
+                }
+            }
+        }
+    };
+    let decimal_separator = match env.get("CSV_DECIMAL_SEPARATOR") {
+        None => b'.',
+        Some((_, d)) if d == "." || d == "," => d.as_bytes()[0],
+        Some((var, other)) => {
+            env.problem(format!("{var}={other:?} is not . or ,"));
+            b'.'
+        }
+    };
+    let numeric_columns = env.list("CSV_NUMERIC_COLUMNS").map(|(_, l)| l);
     CsvOptions {
+        profile: "default".to_owned(),
         delimiter,
         quoting,
         header: env.parsed("CSV_HEADER", true),
         line_ending,
-        bom: env.parsed("CSV_BOM", false),
+        encoding,
+        replacement,
         columns,
         date_columns,
         date_format,
+        decimal_separator,
+        numeric_columns,
     }
 }
 
@@ -510,6 +665,71 @@ mod tests {
             assert!(err.message.contains(name), "{name} missing from {}", err.message);
         }
         assert_eq!(err.step, Step::Config);
+    }
+
+    #[test]
+    fn a_target_variable_wins_over_the_global_one_for_that_target_only() {
+        let mut vars = WORKER.to_vec();
+        vars.extend([
+            ("CSV_DELIMITER", ";"),
+            ("CSV_DELIMITER_WP2", "tab"),
+            ("CSV_ENCODING_PF2", "iso-8859-1"),
+            ("CSV_REPLACEMENT_CHAR_PF2", "?"),
+            ("CSV_DECIMAL_SEPARATOR_WP2", ","),
+            ("FILE_NAME_TEMPLATE_WP2", "{fileName}.{timestamp}.csv"),
+            ("TRIGGER_FILE_PF2", "sha256"),
+            ("TRIGGER_FILE", "done"),
+        ]);
+        let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
+        let pf2 = config.profiles.for_target(&Target::parse("PF2").unwrap());
+        let wp2 = config.profiles.for_target(&Target::parse("WP2").unwrap());
+        assert_eq!((pf2.name(), wp2.name()), ("PF2", "WP2"));
+        assert_eq!((pf2.csv.delimiter, wp2.csv.delimiter), (b';', b'\t'));
+        assert_eq!((pf2.csv.encoding, wp2.csv.encoding), (Encoding::Latin1, Encoding::Utf8));
+        assert_eq!((pf2.csv.replacement, wp2.csv.replacement), (Some('?'), None));
+        assert_eq!((pf2.csv.decimal_separator, wp2.csv.decimal_separator), (b'.', b','));
+        assert_eq!(pf2.file_names.single, FileNameTemplate::default().single);
+        assert_eq!(wp2.file_names.single, "{fileName}.{timestamp}.csv");
+        assert_eq!(pf2.trigger.as_ref().map(|t| t.name_for("a.csv")).as_deref(), Some("a.csv.sha256"));
+        assert_eq!(wp2.trigger.as_ref().map(|t| t.name_for("a.csv")).as_deref(), Some("a.csv.done"));
+        // A target with nothing of its own is on the default profile.
+        let plain = WorkerConfig::from_lookup(&lookup(WORKER)).unwrap();
+        assert_eq!(plain.profiles.for_target(&Target::parse("PF2").unwrap()).name(), "default");
+    }
+
+    #[test]
+    fn an_invalid_target_variable_is_refused_by_its_own_name() {
+        let mut vars = WORKER.to_vec();
+        vars.extend([
+            ("CSV_ENCODING_WP2", "ebcdic"),
+            ("CSV_DELIMITER_PF2", "ab"),
+            ("CSV_ENCODING_PF2", "iso-8859-1"),
+            ("CSV_REPLACEMENT_CHAR_PF2", "€"),
+            ("TRIGGER_FILE_WP2", "{name}"),
+            ("CSV_DECIMAL_SEPARATOR", ";"),
+        ]);
+        let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+        for name in [
+            "CSV_ENCODING_WP2=\"ebcdic\"",
+            "CSV_DELIMITER_PF2=\"ab\"",
+            "CSV_REPLACEMENT_CHAR_PF2=\"€\" cannot itself be written in iso-8859-1",
+            "TRIGGER_FILE_WP2",
+            "CSV_DECIMAL_SEPARATOR=\";\"",
+        ] {
+            assert!(err.message.contains(name), "{name} missing from {}", err.message);
+        }
+        assert_eq!(err.message.matches("CSV_DECIMAL_SEPARATOR=").count(), 1, "{}", err.message);
+    }
+
+    #[test]
+    fn the_legacy_bom_switch_means_utf_8_bom_and_clashes_with_a_single_byte_encoding() {
+        let mut vars = WORKER.to_vec();
+        vars.push(("CSV_BOM", "true"));
+        let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
+        assert_eq!(config.profiles.default.csv.encoding, Encoding::Utf8Bom);
+        vars.push(("CSV_ENCODING", "windows-1252"));
+        let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+        assert!(err.message.contains("CSV_BOM=true"), "{}", err.message);
     }
 
     #[test]

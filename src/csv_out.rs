@@ -28,33 +28,114 @@ pub struct ColumnMapping {
     pub header: String,
 }
 
+/// The bytes a file is written in. Single-byte encodings are a few lines each: ISO-8859-1 is
+/// the first 256 code points, windows-1252 the same but for its 0x80–0x9F table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    #[default]
+    Utf8,
+    /// UTF-8 behind a byte-order mark (SAP's guideline for `OPEN DATASET … ENCODING UTF-8`).
+    Utf8Bom,
+    Latin1,
+    Windows1252,
+}
+
+impl Encoding {
+    pub const NAMES: &'static str = "utf-8, utf-8-bom, iso-8859-1, windows-1252";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Utf8 => "utf-8",
+            Self::Utf8Bom => "utf-8-bom",
+            Self::Latin1 => "iso-8859-1",
+            Self::Windows1252 => "windows-1252",
+        }
+    }
+
+    /// The byte for `c`, or `None` where the encoding has none; UTF-8 never calls this.
+    pub fn single_byte(self, c: char) -> Option<u8> {
+        let code = c as u32;
+        if code < 0x80 {
+            return Some(code as u8);
+        }
+        match self {
+            Self::Utf8 | Self::Utf8Bom => None,
+            Self::Latin1 => u8::try_from(code).ok(),
+            Self::Windows1252 if (0xA0..=0xFF).contains(&code) => Some(code as u8),
+            // 0x80–0x9F hold typographic characters, five of them unassigned; the C1
+            // control characters themselves have no byte.
+            Self::Windows1252 => WINDOWS_1252_HIGH.iter().position(|&t| t == c).map(|i| 0x80 + i as u8),
+        }
+    }
+
+    fn is_utf8(self) -> bool {
+        matches!(self, Self::Utf8 | Self::Utf8Bom)
+    }
+}
+
+/// windows-1252 bytes 0x80–0x9F; `\0` where the code page assigns nothing (0x81, 0x8D, 0x8F,
+/// 0x90, 0x9D), which no `char` above 0x7F equals.
+const WINDOWS_1252_HIGH: [char; 32] = [
+    '\u{20AC}', '\0', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}', '\u{02C6}', '\u{2030}',
+    '\u{0160}', '\u{2039}', '\u{0152}', '\0', '\u{017D}', '\0', '\0', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}',
+    '\u{2022}', '\u{2013}', '\u{2014}', '\u{02DC}', '\u{2122}', '\u{0161}', '\u{203A}', '\u{0153}', '\0', '\u{017E}',
+    '\u{0178}',
+];
+
+impl std::str::FromStr for Encoding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "utf-8" => Ok(Self::Utf8),
+            "utf-8-bom" => Ok(Self::Utf8Bom),
+            "iso-8859-1" => Ok(Self::Latin1),
+            "windows-1252" => Ok(Self::Windows1252),
+            _ => Err(format!("{s:?} is not one of {}", Self::NAMES)),
+        }
+    }
+}
+
 /// The CSV dialect and mapping. The defaults are RFC 4180 and every column as it comes.
 #[derive(Debug, Clone)]
 pub struct CsvOptions {
+    /// The profile these options come from (`default` or a target's name), for the receipt.
+    pub profile: String,
     pub delimiter: u8,
     pub quoting: Quoting,
     pub header: bool,
     pub line_ending: LineEnding,
-    pub bom: bool,
+    pub encoding: Encoding,
+    /// Stands in for a character the encoding cannot represent, each one counted; `None`:
+    /// such a character fails the file, naming row and column.
+    pub replacement: Option<char>,
     /// `None`: every column in Kinaxis order under its own id.
     pub columns: Option<Vec<ColumnMapping>>,
     /// Columns whose `YYYY-MM-DD` values are rewritten with `date_format`; date tokens
     /// (`Undefined`, `Past`, `Future`, `Today`) and blanks pass through unchanged.
     pub date_columns: Vec<String>,
     pub date_format: Option<OwnedFormatItem>,
+    /// Written for the `.` of a decimal number (`1234.5` → `1234,5`) in numeric columns.
+    pub decimal_separator: u8,
+    /// The columns whose decimal numbers take `decimal_separator`; `None`: every column,
+    /// where a value is a plain decimal number (digits, one `.`, digits, optional sign).
+    pub numeric_columns: Option<Vec<String>>,
 }
 
 impl Default for CsvOptions {
     fn default() -> Self {
         Self {
+            profile: "default".to_owned(),
             delimiter: b',',
             quoting: Quoting::Necessary,
             header: true,
             line_ending: LineEnding::Crlf,
-            bom: false,
+            encoding: Encoding::Utf8,
+            replacement: None,
             columns: None,
             date_columns: Vec::new(),
             date_format: None,
+            decimal_separator: b'.',
+            numeric_columns: None,
         }
     }
 }
@@ -65,7 +146,41 @@ impl Default for CsvOptions {
 pub struct FileStats {
     pub rows: u64,
     pub bytes: u64,
+    /// Of the bytes sent: the encoded file, BOM included.
     pub sha256: String,
+    #[serde(default = "default_encoding_name")]
+    pub encoding: String,
+    /// Characters the encoding could not represent, written as the configured replacement.
+    #[serde(default)]
+    pub replaced_characters: u64,
+    /// The configuration profile the file was written with (`default` or the target's).
+    #[serde(default = "default_profile_name")]
+    pub profile: String,
+    /// The worksheet's `TotalRowCount` as Kinaxis reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinaxis_total_row_count: Option<u64>,
+}
+
+impl Default for FileStats {
+    fn default() -> Self {
+        Self {
+            rows: 0,
+            bytes: 0,
+            sha256: String::new(),
+            encoding: default_encoding_name(),
+            replaced_characters: 0,
+            profile: default_profile_name(),
+            kinaxis_total_row_count: None,
+        }
+    }
+}
+
+fn default_encoding_name() -> String {
+    Encoding::Utf8.name().to_owned()
+}
+
+fn default_profile_name() -> String {
+    "default".to_owned()
 }
 
 /// A row that does not fit, or a mapping that names a column the worksheet lacks.
@@ -75,6 +190,9 @@ pub enum CsvError {
     UnknownColumn(String, String),
     #[error("row {row} has {found} values but the worksheet has {expected} columns")]
     RowWidth { row: u64, found: usize, expected: usize },
+    /// `row` counts data rows from 1; 0 is the header.
+    #[error("row {row}, column {column:?}: {character:?} (U+{code:04X}) cannot be written in {encoding} (set CSV_REPLACEMENT_CHAR to replace such characters)", code = *character as u32)]
+    Unrepresentable { row: u64, column: String, character: char, encoding: &'static str },
     #[error("writing the CSV")]
     Io(#[from] io::Error),
 }
@@ -105,15 +223,29 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// One output column as the sink writes it.
+struct PlannedColumn {
+    /// The index of its value in a worksheet row.
+    index: usize,
+    header: String,
+    date: bool,
+    numeric: bool,
+}
+
 /// Writes one worksheet as CSV, row by row.
 pub struct CsvSink<W: Write> {
     writer: csv::Writer<HashingWriter<W>>,
-    /// For each output column, the index of its source value and whether it is a date.
-    plan: Vec<(usize, bool)>,
+    plan: Vec<PlannedColumn>,
     source_width: usize,
     date_format: Option<OwnedFormatItem>,
+    encoding: Encoding,
+    replacement: Option<char>,
+    decimal_separator: u8,
+    profile: String,
     rows: u64,
+    replaced: u64,
     field: String,
+    encoded: Vec<u8>,
 }
 
 impl<W: Write> CsvSink<W> {
@@ -132,14 +264,19 @@ impl<W: Write> CsvSink<W> {
         };
         let mut plan = Vec::with_capacity(mapping.len());
         for column in &mapping {
-            plan.push((index_of(&column.source)?, options.date_columns.contains(&column.source)));
+            plan.push(PlannedColumn {
+                index: index_of(&column.source)?,
+                header: column.header.clone(),
+                date: options.date_columns.contains(&column.source),
+                numeric: options.numeric_columns.as_ref().is_none_or(|n| n.contains(&column.source)),
+            });
         }
-        for date_column in &options.date_columns {
-            index_of(date_column)?;
+        for column in options.date_columns.iter().chain(options.numeric_columns.iter().flatten()) {
+            index_of(column)?;
         }
 
         let mut sink = HashingWriter::new(inner);
-        if options.bom {
+        if options.encoding == Encoding::Utf8Bom {
             sink.write_all("\u{feff}".as_bytes())?;
         }
         let writer = csv::WriterBuilder::new()
@@ -160,11 +297,21 @@ impl<W: Write> CsvSink<W> {
             plan,
             source_width: source_columns.len(),
             date_format: options.date_format.clone(),
+            encoding: options.encoding,
+            replacement: options.replacement,
+            decimal_separator: options.decimal_separator,
+            profile: options.profile.clone(),
             rows: 0,
+            replaced: 0,
             field: String::new(),
+            encoded: Vec::new(),
         };
         if options.header {
-            this.writer.write_record(mapping.iter().map(|c| c.header.as_bytes())).map_err(csv_io)?;
+            for column in 0..this.plan.len() {
+                let header = this.plan[column].header.clone();
+                this.write_field(&header, 0, column)?;
+            }
+            this.writer.write_record(None::<&[u8]>).map_err(csv_io)?;
         }
         Ok(this)
     }
@@ -174,20 +321,62 @@ impl<W: Write> CsvSink<W> {
         if values.len() != self.source_width {
             return Err(CsvError::RowWidth { row: self.rows, found: values.len(), expected: self.source_width });
         }
-        for &(index, is_date) in &self.plan {
-            let value = values[index].as_ref();
-            match (&self.date_format, is_date) {
+        let row = self.rows + 1;
+        for column in 0..self.plan.len() {
+            let planned = &self.plan[column];
+            let value = values[planned.index].as_ref();
+            let (date, numeric) = (planned.date, planned.numeric);
+            match (&self.date_format, date) {
                 (Some(format), true) => {
-                    self.field.clear();
-                    reformat_date(value, format, &mut self.field);
-                    self.writer.write_field(self.field.as_bytes()).map_err(csv_io)?;
+                    let mut field = std::mem::take(&mut self.field);
+                    field.clear();
+                    reformat_date(value, format, &mut field);
+                    let written = self.write_field(&field, row, column);
+                    self.field = field;
+                    written?;
                 }
-                _ => self.writer.write_field(value.as_bytes()).map_err(csv_io)?,
+                _ if numeric && self.decimal_separator != b'.' && is_plain_decimal(value) => {
+                    let mut field = std::mem::take(&mut self.field);
+                    field.clear();
+                    field.extend(value.chars().map(|c| if c == '.' { self.decimal_separator as char } else { c }));
+                    let written = self.write_field(&field, row, column);
+                    self.field = field;
+                    written?;
+                }
+                _ => self.write_field(value, row, column)?,
             }
         }
         self.writer.write_record(None::<&[u8]>).map_err(csv_io)?;
         self.rows += 1;
         Ok(())
+    }
+
+    /// One field in the file's encoding. The csv writer quotes on bytes: the delimiter,
+    /// quote and line breaks are ASCII, the same byte in every supported encoding, and no
+    /// byte of a non-ASCII character is ASCII in any of them.
+    fn write_field(&mut self, value: &str, row: u64, column: usize) -> Result<(), CsvError> {
+        if self.encoding.is_utf8() || value.is_ascii() {
+            return self.writer.write_field(value.as_bytes()).map_err(csv_io);
+        }
+        self.encoded.clear();
+        for c in value.chars() {
+            match (self.encoding.single_byte(c), self.replacement.and_then(|r| self.encoding.single_byte(r))) {
+                (Some(byte), _) => self.encoded.push(byte),
+                (None, Some(byte)) => {
+                    self.encoded.push(byte);
+                    self.replaced += 1;
+                }
+                (None, None) => {
+                    return Err(CsvError::Unrepresentable {
+                        row,
+                        column: self.plan[column].header.clone(),
+                        character: c,
+                        encoding: self.encoding.name(),
+                    })
+                }
+            }
+        }
+        self.writer.write_field(&self.encoded).map_err(csv_io)
     }
 
     pub fn rows(&self) -> u64 {
@@ -199,9 +388,28 @@ impl<W: Write> CsvSink<W> {
         let sink = self.writer.into_inner().map_err(|e| CsvError::Io(e.into_error()))?;
         let HashingWriter { mut inner, hasher, bytes } = sink;
         inner.flush()?;
-        let stats = FileStats { rows: self.rows, bytes, sha256: hex::encode(hasher.finalize()) };
+        let stats = FileStats {
+            rows: self.rows,
+            bytes,
+            sha256: hex::encode(hasher.finalize()),
+            encoding: self.encoding.name().to_owned(),
+            replaced_characters: self.replaced,
+            profile: self.profile,
+            kinaxis_total_row_count: None,
+        };
         Ok((inner, stats))
     }
+}
+
+/// `12`, `-3.5`, `+0.25`, `.5`: what Kinaxis writes for a quantity. Exponents, thousands
+/// separators and anything else are left as they are.
+fn is_plain_decimal(value: &str) -> bool {
+    let digits = value.strip_prefix(['-', '+']).unwrap_or(value);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    !(whole.is_empty() && fraction.is_empty())
+        && digits.contains('.')
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && fraction.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn csv_io(err: csv::Error) -> CsvError {
@@ -259,7 +467,7 @@ mod tests {
         let options = CsvOptions {
             delimiter: b';',
             line_ending: LineEnding::Lf,
-            bom: true,
+            encoding: Encoding::Utf8Bom,
             header: false,
             quoting: Quoting::Always,
             ..CsvOptions::default()
@@ -290,6 +498,59 @@ mod tests {
         };
         let (text, _) = write(&options, &["Due"], &[&["2026-11-24"], &["Past"], &["Undefined"], &[""]]);
         assert_eq!(text, "Due\r\n20261124\r\nPast\r\nUndefined\r\n\"\"\r\n");
+    }
+
+    #[test]
+    fn a_decimal_comma_is_written_in_numeric_values_and_quoted_where_it_is_also_the_delimiter() {
+        let comma = CsvOptions { decimal_separator: b',', ..CsvOptions::default() };
+        let rows: &[&[&str]] = &[&["PO-1", "12.5", "-0.25"], &["v1.2", "1.2.3", "1e5"], &["+.5", "7", "."]];
+        let (text, _) = write(&comma, &["Order", "Qty", "Price"], rows);
+        assert_eq!(text, "Order,Qty,Price\r\nPO-1,\"12,5\",\"-0,25\"\r\nv1.2,1.2.3,1e5\r\n\"+,5\",7,.\r\n");
+
+        let semicolon = CsvOptions { delimiter: b';', ..comma.clone() };
+        let (text, _) = write(&semicolon, &["Order", "Qty", "Price"], &[&["PO-1", "12.5", "3.0"]]);
+        assert_eq!(text, "Order;Qty;Price\r\nPO-1;12,5;3,0\r\n");
+
+        let only_qty = CsvOptions { numeric_columns: Some(vec!["Qty".into()]), ..semicolon };
+        let (text, _) = write(&only_qty, &["Order", "Qty", "Price"], &[&["1.5", "12.5", "3.0"]]);
+        assert_eq!(text, "Order;Qty;Price\r\n1.5;12,5;3.0\r\n");
+    }
+
+    #[test]
+    fn dates_stay_as_configured_when_a_decimal_comma_is_set() {
+        let options = CsvOptions {
+            decimal_separator: b',',
+            date_columns: vec!["Due".into()],
+            date_format: Some(time::format_description::parse_owned::<2>("[day].[month].[year]").unwrap()),
+            ..CsvOptions::default()
+        };
+        let (text, _) = write(&options, &["Due", "Qty"], &[&["2026-11-24", "2.5"]]);
+        assert_eq!(text, "Due,Qty\r\n24.11.2026,\"2,5\"\r\n");
+    }
+
+    #[test]
+    fn a_numeric_column_the_worksheet_lacks_is_refused() {
+        let options = CsvOptions { numeric_columns: Some(vec!["Nope".into()]), ..CsvOptions::default() };
+        let err = CsvSink::new(Vec::new(), &options, &columns(&["A"])).err().unwrap();
+        assert!(err.to_string().contains("\"Nope\""));
+    }
+
+    #[test]
+    fn the_stats_name_the_encoding_profile_and_replacements() {
+        let options = CsvOptions {
+            encoding: Encoding::Latin1,
+            replacement: Some('?'),
+            profile: "PF2".into(),
+            ..CsvOptions::default()
+        };
+        let mut sink = CsvSink::new(Vec::new(), &options, &columns(&["A"])).unwrap();
+        sink.write_row(&["€uro Ä"]).unwrap();
+        let (bytes, stats) = sink.finish().unwrap();
+        assert_eq!(bytes, b"A\r\n?uro \xc4\r\n");
+        assert_eq!(
+            (stats.encoding.as_str(), stats.profile.as_str(), stats.replaced_characters),
+            ("iso-8859-1", "PF2", 1)
+        );
     }
 
     #[test]

@@ -43,19 +43,14 @@ pub struct Exporter<'a> {
 #[derive(Debug, Clone)]
 pub struct KinaxisExport {
     pub kinaxis: KinaxisOptions,
-    pub csv: CsvOptions,
-    pub names: FileNameTemplate,
+    /// The CSV dialect and file names, per target.
+    pub profiles: crate::config::Profiles,
     pub retry: RetryPolicy,
 }
 
 impl KinaxisExport {
     pub fn new(config: &crate::config::WorkerConfig) -> Self {
-        Self {
-            kinaxis: config.kinaxis.clone(),
-            csv: config.csv.clone(),
-            names: config.file_names.clone(),
-            retry: config.retry.clone(),
-        }
+        Self { kinaxis: config.kinaxis.clone(), profiles: config.profiles.clone(), retry: config.retry.clone() }
     }
 }
 
@@ -68,7 +63,9 @@ impl WorkbookSource for KinaxisExport {
         deadline: Instant,
     ) -> Result<Vec<ExportedFile>> {
         let client = KinaxisClient::new(login, self.kinaxis.clone())?;
-        let exporter = Exporter { client: &client, csv: &self.csv, names: &self.names, retry: &self.retry, deadline };
+        let profile = self.profiles.for_target(&manifest.target);
+        let exporter =
+            Exporter { client: &client, csv: &profile.csv, names: &profile.file_names, retry: &self.retry, deadline };
         exporter.export(manifest, dir).await
     }
 }
@@ -416,7 +413,8 @@ fn finish(
             format!("{what} returned {} rows, {relation} than its total row count {total}", sink.rows()),
         ));
     }
-    let (_, stats) = sink.finish().map_err(named)?;
+    let (_, mut stats) = sink.finish().map_err(named)?;
+    stats.kinaxis_total_row_count = Some(total);
     Ok(stats)
 }
 

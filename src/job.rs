@@ -176,6 +176,54 @@ pub struct Receipt {
     /// Set when the job was not delivered on purpose (`STALE_BATCH=skip`), with why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Per file, what a business user signs a batch off with.
+    #[serde(default)]
+    pub reconciliation: Vec<Reconciliation>,
+}
+
+/// One file's figures side by side: what Kinaxis said, what was written, what SAP's server
+/// holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reconciliation {
+    pub worksheet: String,
+    pub file_name: String,
+    pub remote_path: String,
+    /// The worksheet's `TotalRowCount` as Kinaxis reported it.
+    pub kinaxis_total_row_count: Option<u64>,
+    pub rows_written: u64,
+    pub bytes: u64,
+    pub sha256: String,
+    /// The size the server reported for the final file right after the rename.
+    pub remote_size_after_rename: Option<u64>,
+    pub encoding: String,
+    pub profile: String,
+    pub replaced_characters: u64,
+    /// Rows written equal `TotalRowCount`, and the server's size equals the bytes written
+    /// (where it was seen).
+    pub matches: bool,
+}
+
+impl Reconciliation {
+    pub fn of(record: &DeliveryRecord) -> Self {
+        let stats = &record.file.stats;
+        let rows_match = stats.kinaxis_total_row_count.is_none_or(|total| total == stats.rows);
+        let size_matches = record.remote_size.is_none_or(|size| size == stats.bytes);
+        Self {
+            worksheet: record.file.worksheet.clone(),
+            file_name: record.file.file_name.clone(),
+            remote_path: record.remote_path.clone(),
+            kinaxis_total_row_count: stats.kinaxis_total_row_count,
+            rows_written: stats.rows,
+            bytes: stats.bytes,
+            sha256: stats.sha256.clone(),
+            remote_size_after_rename: record.remote_size,
+            encoding: stats.encoding.clone(),
+            profile: stats.profile.clone(),
+            replaced_characters: stats.replaced_characters,
+            matches: rows_match && size_matches,
+        }
+    }
 }
 
 /// Where a file's delivery stands.
@@ -209,8 +257,30 @@ pub struct DeliveryRecord {
     /// file both gone, so the rename happened and SAP took the file.
     #[serde(default)]
     pub taken_by_sap: bool,
+    /// How a file already under the name was replaced, when one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<crate::ports::Replaced>,
+    /// The final file's size as the server reported it right after the rename (`None`
+    /// when SAP had taken it by then, or the delivery was concluded without the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_size: Option<u64>,
+    /// The trigger file, when the profile asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerRecord>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// A trigger file of a delivery: named before the data file's rename, marked written once it
+/// is on the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerRecord {
+    pub name: String,
+    pub written: bool,
+    /// `false` when the identical trigger was found already there.
+    #[serde(default)]
+    pub uploaded: bool,
 }
 
 /// `locks/{jobId}`: who runs the job, until when.
@@ -247,7 +317,8 @@ pub struct FailureRecord {
 
 /// The CSV file name for a worksheet: `{fileName}_{yyyyMMddHHmmss}.csv`, with the
 /// worksheet (reduced to `A-Za-z0-9_-`) when the job has several. The timestamp is the
-/// job's `receivedAt`, so a redelivered job produces the same name.
+/// job's `receivedAt`, so a redelivered job produces the same name. `{fileName}` is the
+/// name without a trailing `.csv`, which the template adds back once.
 pub fn csv_file_name(template: &FileNameTemplate, manifest: &Manifest, worksheet: &str, several: bool) -> String {
     let stamp = format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}",
@@ -262,7 +333,7 @@ pub fn csv_file_name(template: &FileNameTemplate, manifest: &Manifest, worksheet
         worksheet.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
     let pattern = if several { &template.several } else { &template.single };
     pattern
-        .replace("{fileName}", &manifest.request.file_name)
+        .replace("{fileName}", crate::routing::file_name_stem(&manifest.request.file_name))
         .replace("{worksheet}", &sheet)
         .replace("{timestamp}", &stamp)
         .replace("{jobId}", &manifest.job_id)
@@ -350,6 +421,49 @@ mod tests {
         assert_eq!(back.request.source(), Some(DataSource::Table(m.request.table.as_ref().unwrap())));
         m.request.workbook = manifest().request.workbook;
         assert_eq!(m.request.source(), None);
+    }
+
+    #[test]
+    fn a_csv_extension_in_the_file_name_is_not_doubled() {
+        let mut m = manifest();
+        m.request.file_name = "orders_wp.csv".into();
+        let t = FileNameTemplate::default();
+        assert_eq!(csv_file_name(&t, &m, "Planned Orders", false), "orders_wp_20261124060007.csv");
+        assert_eq!(csv_file_name(&t, &m, "Sheet", true), "orders_wp_Sheet_20261124060007.csv");
+        m.request.file_name = "Orders-PF.CSV".into();
+        assert_eq!(csv_file_name(&t, &m, "x", false), "Orders-PF_20261124060007.csv");
+    }
+
+    #[test]
+    fn a_file_reconciles_only_when_rows_match_total_row_count_and_the_server_holds_every_byte() {
+        let stats = FileStats {
+            rows: 10,
+            bytes: 100,
+            sha256: "ab".into(),
+            kinaxis_total_row_count: Some(10),
+            ..FileStats::default()
+        };
+        let mut record = DeliveryRecord {
+            state: DeliveryState::Delivered,
+            file: StagedFile { worksheet: "W".into(), file_name: "f.csv".into(), stats },
+            remote_path: "/in/f.csv".into(),
+            temp_name: String::new(),
+            attempt: 1,
+            uploaded: true,
+            taken_by_sap: false,
+            replaced: None,
+            remote_size: Some(100),
+            trigger: None,
+            updated_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert!(Reconciliation::of(&record).matches);
+        record.remote_size = Some(99);
+        assert!(!Reconciliation::of(&record).matches);
+        record.remote_size = None;
+        record.file.stats.kinaxis_total_row_count = Some(11);
+        let line = Reconciliation::of(&record);
+        assert!(!line.matches);
+        assert_eq!((line.kinaxis_total_row_count, line.rows_written, line.encoding.as_str()), (Some(11), 10, "utf-8"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::error::{Error, Result, Step};
 use crate::export::ExportedFile;
 use crate::job::{self, Manifest, StagedFile};
 use crate::ports::{
-    CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, RemoteEntry, RemoteFolder, SecretSource, Tagged,
+    CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, RemoteEntry, RemoteFolder, Replaced, SecretSource, Tagged,
     WorkbookSource,
 };
 use crate::secrets::{KinaxisLogin, SftpCredentials};
@@ -355,7 +355,13 @@ impl WorkbookSource for Arc<MemorySource> {
             let path = dir.join(&file_name);
             std::fs::write(&path, &csv)
                 .map_err(|e| Error::transient(Step::Convert, format!("writing {}", path.display())).caused_by(e))?;
-            let stats = FileStats { rows: *rows, bytes: csv.len() as u64, sha256: job::sha256_hex(csv.as_bytes()) };
+            let stats = FileStats {
+                rows: *rows,
+                bytes: csv.len() as u64,
+                sha256: job::sha256_hex(csv.as_bytes()),
+                kinaxis_total_row_count: Some(*rows),
+                ..FileStats::default()
+            };
             files.push(ExportedFile { file: StagedFile { worksheet: worksheet.clone(), file_name, stats }, path });
         }
         Ok(files)
@@ -384,6 +390,8 @@ pub struct MemoryDrop {
     /// Bytes written per step of an upload, and the pause after each (a slow link).
     pub upload_chunk: usize,
     pub upload_pause: Duration,
+    /// A server without `posix-rename@openssh.com`: `replace` removes, then renames.
+    pub no_atomic_rename: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryDrop {
@@ -528,6 +536,30 @@ impl RemoteFolder for MemoryFolder {
         };
         self.drop.crash.point("rename", to, true).await;
         Ok(outcome)
+    }
+
+    async fn replace(&mut self, from: &str, to: &str) -> Result<Replaced> {
+        if self.drop.no_atomic_rename.load(Ordering::SeqCst) {
+            self.remove(to).await?;
+            return match self.rename(from, to).await? {
+                Guarded::Written => Ok(Replaced::RemovedFirst),
+                Guarded::Refused => Err(Error::transient(Step::Deliver, format!("{to} reappeared while replacing it"))),
+            };
+        }
+        self.drop.enter("replace", to).await?;
+        {
+            let mut state = lock(&self.drop.state);
+            let bytes = state
+                .files
+                .remove(from)
+                .ok_or_else(|| Error::permanent(Step::Deliver, format!("replacing {to} with {from}: no such file")))?;
+            let modified = state.modified.remove(from).unwrap_or_else(now_secs);
+            state.files.insert(to.to_owned(), bytes);
+            state.modified.insert(to.to_owned(), modified);
+            state.appeared.push(to.to_owned());
+        }
+        self.drop.crash.point("replace", to, true).await;
+        Ok(Replaced::Atomically)
     }
 
     async fn remove(&mut self, name: &str) -> Result<()> {

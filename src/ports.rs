@@ -30,6 +30,16 @@ pub enum Guarded {
     Refused,
 }
 
+/// How `RemoteFolder::replace` replaced the file that stood under the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Replaced {
+    /// In one step (`posix-rename@openssh.com`): a reader always saw one complete file.
+    Atomically,
+    /// The server lacks an atomic rename: removed, then renamed; for a moment there was none.
+    RemovedFirst,
+}
+
 /// An object with the ETag that a later conditional write names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tagged {
@@ -118,6 +128,9 @@ pub trait RemoteFolder: Send {
     fn upload(&mut self, local: &Path, name: &str, deadline: Instant) -> impl Future<Output = Result<()>> + Send;
     /// Renames `from` to `to`; `Refused` when `to` exists (OpenSSH never overwrites on rename).
     fn rename(&mut self, from: &str, to: &str) -> impl Future<Output = Result<Guarded>> + Send;
+    /// Renames `from` to `to`, replacing a file under `to`: in one step where the server
+    /// can, else removing it first (and saying so).
+    fn replace(&mut self, from: &str, to: &str) -> impl Future<Output = Result<Replaced>> + Send;
     /// Removes `name`; no error when it is already gone.
     fn remove(&mut self, name: &str) -> impl Future<Output = Result<()>> + Send;
     fn list(&mut self) -> impl Future<Output = Result<Vec<RemoteEntry>>> + Send;

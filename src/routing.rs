@@ -108,16 +108,22 @@ impl RoutingTable {
     }
 }
 
-/// The last token after removing one trailing `.csv`, tokens split on `-`, `_` and `.`; a
-/// name of one token has no suffix.
-fn suffix_of(file_name: &str) -> Option<&str> {
-    let stem = match file_name.len().checked_sub(4) {
+/// The webhook's `fileName` without one trailing `.csv` (any case): what routing reads and
+/// what file-name templates put in `{fileName}`, so `orders_wp.csv` becomes
+/// `orders_wp_20261124060007.csv`, never `orders_wp.csv_20261124060007.csv`.
+pub fn file_name_stem(file_name: &str) -> &str {
+    match file_name.len().checked_sub(4) {
         Some(cut) if file_name.is_char_boundary(cut) && file_name[cut..].eq_ignore_ascii_case(".csv") => {
             &file_name[..cut]
         }
         _ => file_name,
-    };
-    let mut tokens = stem.split(['-', '_', '.']);
+    }
+}
+
+/// The last token of the stem, tokens split on `-`, `_` and `.`; a name of one token has
+/// no suffix.
+fn suffix_of(file_name: &str) -> Option<&str> {
+    let mut tokens = file_name_stem(file_name).split(['-', '_', '.']);
     tokens.next()?;
     tokens.next_back().filter(|token| !token.is_empty())
 }
@@ -167,6 +173,16 @@ mod tests {
         assert_eq!(table.route("Special-WP").unwrap().as_str(), "PF2");
         assert_eq!(table.route("Other-PF").unwrap().as_str(), "PF2");
         assert_eq!(table.targets().len(), 2);
+    }
+
+    #[test]
+    fn the_stem_drops_one_trailing_csv_whatever_its_case_and_nothing_else() {
+        assert_eq!(file_name_stem("orders_wp.csv"), "orders_wp");
+        assert_eq!(file_name_stem("orders_wp.CSV"), "orders_wp");
+        assert_eq!(file_name_stem("orders_wp.csv.csv"), "orders_wp.csv");
+        assert_eq!(file_name_stem("orders_wp"), "orders_wp");
+        assert_eq!(file_name_stem(".csv"), "");
+        assert_eq!(file_name_stem("Grüß.csv"), "Grüß");
     }
 
     #[test]

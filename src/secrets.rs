@@ -59,9 +59,39 @@ pub struct SftpCredentials {
     pub passphrase: Option<SecretString>,
     #[serde(default)]
     pub password: Option<SecretString>,
-    /// OpenSSH form, `SHA256:<base64 without padding>`; mandatory.
-    pub host_key_sha256: String,
+    /// OpenSSH form, `SHA256:<base64 without padding>`; mandatory. Several (a list, or
+    /// one string with `,` between) while a host key is rotated: any of them is accepted.
+    pub host_key_sha256: HostKeyPins,
     pub remote_dir: String,
+}
+
+/// The pinned host key fingerprints of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyPins(pub Vec<String>);
+
+impl From<&str> for HostKeyPins {
+    fn from(pins: &str) -> Self {
+        Self(pins.split([',', ' ', '\n', '\t']).map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect())
+    }
+}
+
+impl<'de> Deserialize<'de> for HostKeyPins {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let pins = match OneOrMany::deserialize(deserializer)? {
+            OneOrMany::One(one) => Self::from(one.as_str()),
+            OneOrMany::Many(many) => Self(many.iter().flat_map(|p| Self::from(p.as_str()).0).collect()),
+        };
+        if pins.0.is_empty() {
+            return Err(serde::de::Error::custom("host_key_sha256 names no fingerprint"));
+        }
+        Ok(pins)
+    }
 }
 
 fn default_sftp_port() -> u16 {
@@ -175,6 +205,16 @@ mod tests {
         assert_eq!(cache.get("a").await.unwrap().expose_secret(), "value-0");
         cache.invalidate("a");
         assert_eq!(cache.get("a").await.unwrap().expose_secret(), "value-1");
+    }
+
+    #[test]
+    fn host_key_pins_are_one_string_a_comma_separated_string_or_a_list_but_never_none() {
+        let pins = |value: serde_json::Value| serde_json::from_value::<HostKeyPins>(value).map(|p| p.0);
+        assert_eq!(pins(serde_json::json!("SHA256:a")).unwrap(), ["SHA256:a"]);
+        assert_eq!(pins(serde_json::json!("SHA256:a, SHA256:b")).unwrap(), ["SHA256:a", "SHA256:b"]);
+        assert_eq!(pins(serde_json::json!(["SHA256:a", "SHA256:b"])).unwrap(), ["SHA256:a", "SHA256:b"]);
+        assert!(pins(serde_json::json!([])).is_err());
+        assert!(pins(serde_json::json!(" , ")).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use ssh2::{ErrorCode, HashType, OpenFlags, OpenType, Session, Sftp};
 
 use crate::error::{Error, ErrorClass, Result, Step};
-use crate::ports::{FileDrop, Guarded, RemoteEntry, RemoteFolder};
+use crate::ports::{FileDrop, Guarded, RemoteEntry, RemoteFolder, Replaced};
 use crate::secrets::SftpCredentials;
 
 /// What to do when the final file is already on the server.
@@ -66,6 +66,23 @@ impl Default for SftpOptions {
     }
 }
 
+/// The host key algorithms offered, in this order: the server's key of the first one it
+/// also offers is the one checked against the pins, so the pin must be of that key.
+/// SHA-1 `ssh-rsa` and DSA are not offered; an RSA key is used with SHA-2 signatures.
+pub const HOST_KEY_ALGORITHMS: &str =
+    "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256";
+
+fn key_type_name(key_type: ssh2::HostKeyType) -> &'static str {
+    match key_type {
+        ssh2::HostKeyType::Rsa => "rsa",
+        ssh2::HostKeyType::Ed25519 => "ed25519",
+        ssh2::HostKeyType::Ecdsa256 => "ecdsa-nistp256",
+        ssh2::HostKeyType::Ecdsa384 => "ecdsa-nistp384",
+        ssh2::HostKeyType::Ecdsa521 => "ecdsa-nistp521",
+        _ => "other",
+    }
+}
+
 /// OpenSSH's fingerprint form: `SHA256:` and the unpadded base64 of the key's SHA-256.
 pub fn fingerprint(key_hash: &[u8]) -> String {
     format!("SHA256:{}", STANDARD_NO_PAD.encode(key_hash))
@@ -96,6 +113,9 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
     let tcp = TcpStream::connect_timeout(&address, options.connect_timeout)
         .map_err(|e| Error::transient(Step::Deliver, format!("connecting to {endpoint}")).caused_by(e))?;
     let mut session = Session::new().map_err(|e| ssh_error(e, "starting an SSH session"))?;
+    session
+        .method_pref(ssh2::MethodType::HostKey, HOST_KEY_ALGORITHMS)
+        .map_err(|e| ssh_error(e, "setting the host key algorithms"))?;
     session.set_tcp_stream(tcp);
     session.set_timeout(options.io_timeout.as_millis().min(u32::MAX as u128) as u32);
     session.handshake().map_err(|e| ssh_error(e, &format!("SSH handshake with {endpoint}")))?;
@@ -104,13 +124,19 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
         .host_key_hash(HashType::Sha256)
         .map(fingerprint)
         .ok_or_else(|| Error::permanent(Step::Deliver, format!("{endpoint} offered no host key")))?;
-    let pinned = normalize_fingerprint(&credentials.host_key_sha256);
-    if offered != pinned {
+    let key_type = session.host_key().map(|(_, t)| key_type_name(t)).unwrap_or("unknown");
+    let pinned: Vec<String> = credentials.host_key_sha256.0.iter().map(|p| normalize_fingerprint(p)).collect();
+    if !pinned.contains(&offered) {
         return Err(Error::permanent(
             Step::Deliver,
-            format!("host key of {endpoint} is {offered}, not the pinned {pinned}: nothing was sent"),
+            format!(
+                "host key of {endpoint} ({key_type}, the first of {HOST_KEY_ALGORITHMS} the server offers) is \
+                 {offered}, none of the pinned {}: nothing was sent",
+                pinned.join(", ")
+            ),
         ));
     }
+    tracing::debug!(host_key = %offered, key_type, "host key matches a pin");
     session.set_keepalive(false, options.keepalive_interval.as_secs().max(1) as u32);
 
     let user = credentials.username.as_str();
@@ -124,9 +150,7 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
     }
     if !session.authenticated() {
         if let Some(password) = &credentials.password {
-            session
-                .userauth_password(user, password.expose_secret())
-                .map_err(|e| ssh_error(e, &format!("{endpoint} refused the password of {user}")))?;
+            authenticate_with_password(&session, &endpoint, user, password)?;
         }
     }
     if !session.authenticated() {
@@ -138,6 +162,57 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
         ));
     }
     Ok(session)
+}
+
+/// The password by `password` authentication where the server offers it, else by
+/// `keyboard-interactive` (a PAM server's way), answering every prompt with it.
+fn authenticate_with_password(
+    session: &Session,
+    endpoint: &str,
+    user: &str,
+    password: &secrecy::SecretString,
+) -> Result<()> {
+    // Asking (the `none` method) tells which methods the server offers for the user.
+    let offered = session.auth_methods(user).map(str::to_owned).unwrap_or_default();
+    if session.authenticated() {
+        return Ok(());
+    }
+    let offers = |method: &str| offered.split(',').any(|m| m == method);
+    if offers("password") {
+        return session
+            .userauth_password(user, password.expose_secret())
+            .map_err(|e| ssh_error(e, &format!("{endpoint} refused the password of {user}")));
+    }
+    if offers("keyboard-interactive") {
+        let mut prompter = PasswordPrompter { password, prompts: 0 };
+        let result = session.userauth_keyboard_interactive(user, &mut prompter);
+        return result.map_err(|e| {
+            ssh_error(
+                e,
+                &format!(
+                    "{endpoint} refused the password of {user} (keyboard-interactive, {} prompts answered)",
+                    prompter.prompts
+                ),
+            )
+        });
+    }
+    Err(Error::permanent(
+        Step::Deliver,
+        format!("{endpoint} offers {user} neither password nor keyboard-interactive authentication (only {offered:?})"),
+    ))
+}
+
+/// Answers each keyboard-interactive prompt with the password.
+struct PasswordPrompter<'a> {
+    password: &'a secrecy::SecretString,
+    prompts: usize,
+}
+
+impl ssh2::KeyboardInteractivePrompt for PasswordPrompter<'_> {
+    fn prompt<'b>(&mut self, _username: &str, _instructions: &str, prompts: &[ssh2::Prompt<'b>]) -> Vec<String> {
+        self.prompts += prompts.len();
+        prompts.iter().map(|_| self.password.expose_secret().to_owned()).collect()
+    }
 }
 
 /// Connects to SAP folders over SFTP.
@@ -161,7 +236,7 @@ impl FileDrop for SftpDrop {
                 if options.create_dir {
                     create_dir_all(&sftp, credentials.remote_dir.trim_end_matches('/'))?;
                 }
-                Ok(Connection { session, sftp, options })
+                Ok(Connection { session, sftp, options, posix: std::sync::OnceLock::new() })
             })
         })
         .await
@@ -183,6 +258,8 @@ struct Connection {
     session: Session,
     sftp: Sftp,
     options: SftpOptions,
+    /// The raw SFTP channel for `posix-rename@openssh.com`, opened at the first replace.
+    posix: std::sync::OnceLock<std::result::Result<PosixRename, String>>,
 }
 
 /// An open SFTP session on one remote directory. Each operation moves the connection onto
@@ -275,6 +352,11 @@ impl RemoteFolder for SftpFolder {
             Err(err) => Err(ssh_error(err, &format!("renaming {from} to {to}"))),
         })
         .await
+    }
+
+    async fn replace(&mut self, from: &str, to: &str) -> Result<Replaced> {
+        let (from, to) = (self.path_of(from), self.path_of(to));
+        self.blocking(move |c| replace(c, &from, &to)).await
     }
 
     async fn remove(&mut self, name: &str) -> Result<()> {
@@ -391,6 +473,120 @@ fn create_dir_all(sftp: &Sftp, dir: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+// ------------------------------------------------------------ atomic replace
+
+/// Renames `from` onto `to` in one step with `posix-rename@openssh.com`; where the server
+/// does not offer it, removes `to` first and says so.
+fn replace(c: &Connection, from: &str, to: &str) -> Result<Replaced> {
+    let posix = c.posix.get_or_init(|| PosixRename::open(&c.session).map_err(|e| e.to_string()));
+    let posix = posix
+        .as_ref()
+        .map_err(|why| Error::transient(Step::Deliver, format!("opening an SFTP channel to replace {to}: {why}")))?;
+    let refusal = match posix.rename(from, to) {
+        Ok(()) => return Ok(Replaced::Atomically),
+        // OpenSSH answers an extension it lacks with OP_UNSUPPORTED, and one its
+        // `sftp-server -P` denies with PERMISSION_DENIED; the plain rename below then
+        // tells a real permission problem apart.
+        Err(err) if matches!(err.code(), ErrorCode::SFTP(OP_UNSUPPORTED | PERMISSION_DENIED)) => err,
+        Err(err) => return Err(ssh_error(err, &format!("replacing {to} with {from}"))),
+    };
+    tracing::warn!(
+        remote = %to,
+        refusal = %refusal,
+        "the server does not offer posix-rename@openssh.com: removing the old file before renaming the new one, so \
+         SAP can see no file for a moment"
+    );
+    match c.sftp.unlink(Path::new(to)) {
+        Ok(()) => {}
+        Err(err) if err.code() == ErrorCode::SFTP(NO_SUCH_FILE) => {}
+        Err(err) => return Err(ssh_error(err, &format!("removing {to} to replace it"))),
+    }
+    c.sftp
+        .rename(Path::new(from), Path::new(to), None)
+        .map(|()| Replaced::RemovedFirst)
+        .map_err(|e| ssh_error(e, &format!("renaming {from} to {to}")))
+}
+
+/// SSH_FX_PERMISSION_DENIED, SSH_FX_OP_UNSUPPORTED.
+const PERMISSION_DENIED: i32 = 3;
+const OP_UNSUPPORTED: i32 = 8;
+
+mod raw {
+    use std::os::raw::{c_char, c_int};
+
+    extern "C" {
+        /// libssh2 ≥ 1.11 (libssh2-sys 0.3.4 builds 1.11.x and links it); the `ssh2`
+        /// crate does not bind it.
+        pub fn libssh2_sftp_posix_rename_ex(
+            sftp: *mut libssh2_sys::LIBSSH2_SFTP,
+            source_filename: *const c_char,
+            source_filename_len: usize,
+            dest_filename: *const c_char,
+            dest_filename_len: usize,
+        ) -> c_int;
+    }
+}
+
+/// An SFTP channel of its own on the session, for the one call `ssh2` lacks. `ssh2::Sftp`
+/// hands out no raw pointer, so this opens a second channel with `libssh2_sftp_init` and
+/// owns it. Every libssh2 call on it holds the session's lock (`Session::raw`), as `ssh2`'s
+/// own calls do, so no two threads are ever inside libssh2 on this session at once; the
+/// `Session` clone keeps the session alive until the channel is shut down.
+struct PosixRename {
+    session: Session,
+    sftp: *mut libssh2_sys::LIBSSH2_SFTP,
+}
+
+// SAFETY: the pointer is used only under the session's lock (see above), never
+// concurrently; libssh2 objects may move between threads when not used concurrently, as
+// `ssh2::Sftp` (also `Send`) relies on.
+unsafe impl Send for PosixRename {}
+
+impl PosixRename {
+    fn open(session: &Session) -> std::result::Result<Self, ssh2::Error> {
+        let mut guard = session.raw();
+        let raw_session: *mut libssh2_sys::LIBSSH2_SESSION = &mut *guard;
+        // SAFETY: a live session (the guard borrows it), locked for the call.
+        let sftp = unsafe { libssh2_sys::libssh2_sftp_init(raw_session) };
+        if sftp.is_null() {
+            return Err(ssh2::Error::last_session_error_raw(raw_session)
+                .unwrap_or_else(|| ssh2::Error::new(ErrorCode::Session(-1), "opening an SFTP channel failed")));
+        }
+        drop(guard);
+        Ok(Self { session: session.clone(), sftp })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> std::result::Result<(), ssh2::Error> {
+        let mut guard = self.session.raw();
+        let raw_session: *mut libssh2_sys::LIBSSH2_SESSION = &mut *guard;
+        // SAFETY: `self.sftp` is a live channel of this session (shut down only in Drop),
+        // the names are valid for the given lengths, and the session is locked.
+        let rc = unsafe {
+            raw::libssh2_sftp_posix_rename_ex(self.sftp, from.as_ptr().cast(), from.len(), to.as_ptr().cast(), to.len())
+        };
+        match rc {
+            0 => Ok(()),
+            // LIBSSH2_ERROR_SFTP_PROTOCOL: the server answered with an SFTP status.
+            -31 => {
+                // SAFETY: as above.
+                let status = unsafe { libssh2_sys::libssh2_sftp_last_error(self.sftp) };
+                Err(ssh2::Error::from_errno(ErrorCode::SFTP(status as i32)))
+            }
+            _ => Err(ssh2::Error::from_session_error_raw(raw_session, rc)),
+        }
+    }
+}
+
+impl Drop for PosixRename {
+    fn drop(&mut self) {
+        let _guard = self.session.raw();
+        // SAFETY: the channel is live and not used again; the session is locked and alive.
+        unsafe {
+            libssh2_sys::libssh2_sftp_shutdown(self.sftp);
+        }
+    }
 }
 
 #[cfg(test)]

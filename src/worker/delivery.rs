@@ -11,15 +11,93 @@
 //!   sent again (an abandoned temporary is recorded as such before it is removed, so its
 //!   absence is never read as a rename);
 //! - no record (or abandoned) → the existing-file policy, then upload, intent, rename, mark.
+//!
+//! A file already under the name is replaced in one step where the server offers
+//! `posix-rename@openssh.com` (SAP never sees the name missing or short).
+//!
+//! The trigger file, when the profile asks for one, comes only after the delivered mark;
+//! the record says whether it is written, so a later attempt completes a missing trigger
+//! without sending the data file again.
 
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result, Step};
 use crate::export::ExportedFile;
-use crate::job::{keys, DeliveryRecord, DeliveryState};
+use crate::job::{keys, DeliveryRecord, DeliveryState, TriggerRecord};
 use crate::ports::{Guarded, ObjectStore, RemoteFolder};
 use crate::sftp::ExistingFilePolicy;
+
+/// What a trigger file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerContent {
+    Empty,
+    /// sha256sum's line for the data file: `<hex>  <name>\n`.
+    Sha256,
+}
+
+impl std::str::FromStr for TriggerContent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "empty" => Ok(Self::Empty),
+            "sha256" => Ok(Self::Sha256),
+            other => Err(format!("{other:?} is not empty or sha256")),
+        }
+    }
+}
+
+/// The file SAP's inbound job waits for: written after the data file's rename, and only then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerFile {
+    /// `{name}`: the data file's name; `{stem}`: the same without `.csv`.
+    pub name_template: String,
+    pub content: TriggerContent,
+    /// What to do when a trigger of that name is already there.
+    pub existing: ExistingFilePolicy,
+}
+
+impl TriggerFile {
+    pub const PLACEHOLDERS: [&'static str; 2] = ["{name}", "{stem}"];
+
+    /// `done`, `sha256` or a name template; `None` for `none`.
+    pub fn parse(
+        spec: &str,
+        content: Option<TriggerContent>,
+        existing: ExistingFilePolicy,
+    ) -> Result<Option<Self>, String> {
+        let (name_template, implied) = match spec {
+            "none" => return Ok(None),
+            "done" => ("{name}.done", TriggerContent::Empty),
+            "sha256" => ("{name}.sha256", TriggerContent::Sha256),
+            template => (template, TriggerContent::Empty),
+        };
+        let stripped = Self::PLACEHOLDERS.iter().fold(name_template.to_owned(), |t, p| t.replace(p, ""));
+        if !Self::PLACEHOLDERS.iter().any(|p| name_template.contains(p)) || stripped.contains(['{', '}', '/']) {
+            return Err(format!(
+                "{spec:?} is not none, done, sha256, or a name with {{name}} or {{stem}} and no '/' or other placeholder"
+            ));
+        }
+        if name_template == "{name}" || stripped.is_empty() {
+            return Err(format!("{spec:?} would name the trigger like the data file"));
+        }
+        Ok(Some(Self { name_template: name_template.to_owned(), content: content.unwrap_or(implied), existing }))
+    }
+
+    /// The trigger's name for a data file.
+    pub fn name_for(&self, data_name: &str) -> String {
+        let stem = data_name.strip_suffix(".csv").unwrap_or(data_name);
+        self.name_template.replace("{name}", data_name).replace("{stem}", stem)
+    }
+
+    /// The trigger's bytes for a data file.
+    pub fn content_for(&self, data_name: &str, sha256: &str) -> Vec<u8> {
+        match self.content {
+            TriggerContent::Empty => Vec::new(),
+            TriggerContent::Sha256 => format!("{sha256}  {data_name}\n").into_bytes(),
+        }
+    }
+}
 
 /// Temporaries of cut uploads older than this are removed: no attempt still writes them.
 const STALE_TEMPORARY_SECS: u64 = 30 * 60;
@@ -56,12 +134,23 @@ pub struct FileDelivery<'a, S> {
     /// This run's number among the file's attempts.
     pub attempt: u32,
     pub deadline: Instant,
+    /// The trigger file the target's profile asks for.
+    pub trigger: Option<&'a TriggerFile>,
 }
 
 impl<S: ObjectStore> FileDelivery<'_, S> {
-    /// Delivers the file once, whatever earlier attempts left behind; returns the
-    /// delivered record.
+    /// Delivers the file once, whatever earlier attempts left behind, then its trigger;
+    /// returns the delivered record.
     pub async fn run(&self, folder: &mut impl RemoteFolder, earlier: Option<DeliveryRecord>) -> Result<DeliveryRecord> {
+        let record = self.deliver_data(folder, earlier).await?;
+        self.complete_trigger(folder, record).await
+    }
+
+    async fn deliver_data(
+        &self,
+        folder: &mut impl RemoteFolder,
+        earlier: Option<DeliveryRecord>,
+    ) -> Result<DeliveryRecord> {
         match earlier {
             Some(record) if record.state == DeliveryState::Delivered => Ok(record),
             Some(record) if record.state == DeliveryState::Intent => self.resume(folder, record).await,
@@ -87,8 +176,15 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             attempt: self.attempt,
             uploaded: true,
             taken_by_sap: false,
+            replaced: None,
+            remote_size: None,
+            trigger: self.trigger_record(),
             updated_at: OffsetDateTime::now_utc(),
         }
+    }
+
+    fn trigger_record(&self) -> Option<TriggerRecord> {
+        self.trigger.map(|t| TriggerRecord { name: t.name_for(self.name()), written: false, uploaded: false })
     }
 
     async fn delivered(&self, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
@@ -114,6 +210,8 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             if self.identical(folder, &name).await? {
                 tracing::info!(remote = %record.remote_path, "the rename of an earlier attempt went through");
                 folder.remove(&temp).await?;
+                let mut record = record;
+                record.remote_size = Some(self.file.file.stats.bytes);
                 return self.delivered(record).await;
             }
             if self.policy == ExistingFilePolicy::Fail {
@@ -124,8 +222,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             Some(size) if size == self.file.file.stats.bytes => {
                 tracing::info!(remote = %record.remote_path, "finishing the rename an earlier attempt began");
                 if final_present {
-                    tracing::warn!(remote = %record.remote_path, policy = ?self.policy, "removing the existing remote file to replace it");
-                    folder.remove(&name).await?;
+                    return self.replace(folder, record).await;
                 }
                 self.rename(folder, record).await
             }
@@ -174,6 +271,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                         tracing::info!(remote = %folder.path_of(&name), "the identical file is already there");
                         let mut record = self.new_record(folder, DeliveryState::Delivered, "");
                         record.uploaded = false;
+                        record.remote_size = Some(self.file.file.stats.bytes);
                         return self.delivered(record).await;
                     }
                     if self.policy == ExistingFilePolicy::Fail {
@@ -209,20 +307,35 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             return Err(err);
         }
         if replace {
-            tracing::warn!(remote = %record.remote_path, policy = ?self.policy, "removing the existing remote file to replace it");
-            folder.remove(&name).await?;
+            return self.replace(folder, record).await;
         }
         self.rename(folder, record).await
+    }
+
+    /// Puts the temporary in place of the file under the name.
+    async fn replace(&self, folder: &mut impl RemoteFolder, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
+        let name = self.name().to_owned();
+        let how = folder.replace(&record.temp_name, &name).await?;
+        tracing::info!(remote = %record.remote_path, policy = ?self.policy, replaced = ?how, "replaced the existing remote file");
+        record.replaced = Some(how);
+        record.remote_size = folder.size(&name).await.ok().flatten();
+        self.delivered(record).await
     }
 
     async fn rename(&self, folder: &mut impl RemoteFolder, record: DeliveryRecord) -> Result<DeliveryRecord> {
         let name = self.name().to_owned();
         match folder.rename(&record.temp_name, &name).await? {
-            Guarded::Written => self.delivered(record).await,
+            Guarded::Written => {
+                let mut record = record;
+                // What SAP sees, for the receipt; a failed look does not undo the delivery.
+                record.remote_size = folder.size(&name).await.ok().flatten();
+                self.delivered(record).await
+            }
             Guarded::Refused if self.identical(folder, &name).await? => {
                 folder.remove(&record.temp_name).await?;
                 let mut record = record;
                 record.uploaded = false;
+                record.remote_size = Some(self.file.file.stats.bytes);
                 self.delivered(record).await
             }
             Guarded::Refused => {
@@ -234,6 +347,68 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 ))
             }
         }
+    }
+
+    /// Writes the trigger file of a delivered data file, unless the record says it is
+    /// there. Only ever called with the delivered mark recorded: the trigger never
+    /// precedes the data file.
+    async fn complete_trigger(&self, folder: &mut impl RemoteFolder, record: DeliveryRecord) -> Result<DeliveryRecord> {
+        let Some(spec) = self.trigger else { return Ok(record) };
+        // A record from before the trigger was configured gets one now.
+        let trigger = record.trigger.clone().or_else(|| self.trigger_record()).unwrap_or_else(|| TriggerRecord {
+            name: spec.name_for(self.name()),
+            written: false,
+            uploaded: false,
+        });
+        if trigger.written {
+            return Ok(record);
+        }
+        let name = self.name().to_owned();
+        let content = spec.content_for(&name, &record.file.stats.sha256);
+        let finished = |mut record: DeliveryRecord, mut trigger: TriggerRecord, uploaded: bool| {
+            trigger.written = true;
+            trigger.uploaded = uploaded;
+            record.trigger = Some(trigger);
+            record
+        };
+        if record.taken_by_sap || folder.size(&name).await?.is_none() {
+            // SAP's inbound job takes the data file only once the trigger is there: the
+            // attempt that was cut had written it. Writing it again would announce a file
+            // that is gone.
+            tracing::warn!(remote = %record.remote_path, trigger = %trigger.name, "the data file is gone (taken by SAP): its trigger was written before; not written again");
+            return self.delivered(finished(record, trigger, false)).await;
+        }
+        if folder.size(&trigger.name).await? == Some(content.len() as u64)
+            && folder.sha256(&trigger.name).await?.as_deref() == Some(crate::job::sha256_hex(&content).as_str())
+        {
+            tracing::info!(trigger = %trigger.name, "the identical trigger file is already there");
+            return self.delivered(finished(record, trigger, false)).await;
+        }
+        let exists = folder.size(&trigger.name).await?.is_some();
+        if exists && spec.existing == ExistingFilePolicy::Fail {
+            return Err(Error::permanent(
+                Step::Deliver,
+                format!(
+                    "trigger {} exists with other content; TRIGGER_FILE_EXISTING=fail leaves it untouched (the data \
+                     file {} is delivered)",
+                    folder.path_of(&trigger.name),
+                    record.remote_path
+                ),
+            ));
+        }
+        let local = self.file.path.with_file_name(format!("{}.trigger", name));
+        std::fs::write(&local, &content)
+            .map_err(|e| Error::transient(Step::Deliver, format!("writing {}", local.display())).caused_by(e))?;
+        let temp = format!(".{}.{}-{:08x}.part", trigger.name, self.attempt, fastrand::u32(..));
+        folder.upload(&local, &temp, self.deadline).await?;
+        if exists {
+            folder.replace(&temp, &trigger.name).await?;
+        } else if folder.rename(&temp, &trigger.name).await? == Guarded::Refused {
+            // Appeared meanwhile: ours replaces it, as the data file it announces is ours.
+            folder.replace(&temp, &trigger.name).await?;
+        }
+        tracing::info!(trigger = %folder.path_of(&trigger.name), "trigger file written after the data file");
+        self.delivered(finished(record, trigger, true)).await
     }
 
     /// Temporaries of this file left by attempts whose connection was cut, once no attempt

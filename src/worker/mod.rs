@@ -416,6 +416,7 @@ where
             target: manifest.target.clone(),
             rows: records.iter().map(|r| r.file.stats.rows).sum(),
             bytes: records.iter().map(|r| r.file.stats.bytes).sum(),
+            reconciliation: records.iter().map(crate::job::Reconciliation::of).collect(),
             files: records,
             attempts,
             timings_ms: lock(&run.timings).clone(),
@@ -526,6 +527,7 @@ where
             timings_ms: lock(&run.timings).clone(),
             delivered_at: OffsetDateTime::now_utc(),
             skipped: Some(why),
+            reconciliation: Vec::new(),
         };
         self.write_receipt(run, &receipt).await?;
         Ok(Some(JobOutcome::Skipped(receipt)))
@@ -656,11 +658,12 @@ where
         records: Vec<Option<DeliveryRecord>>,
     ) -> Result<(Vec<DeliveryRecord>, u32)> {
         let job_id = run.job_id.as_str();
-        if let Some(done) = records
-            .iter()
-            .map(|r| r.clone().filter(|r| r.state == DeliveryState::Delivered))
-            .collect::<Option<Vec<_>>>()
-        {
+        let trigger = self.config.profiles.for_target(&manifest.target).trigger.as_ref();
+        // Done: every data file delivered, and its trigger written where one is asked for.
+        let finished = |r: &DeliveryRecord| {
+            r.state == DeliveryState::Delivered && (trigger.is_none() || r.trigger.as_ref().is_some_and(|t| t.written))
+        };
+        if let Some(done) = records.iter().map(|r| r.clone().filter(finished)).collect::<Option<Vec<_>>>() {
             tracing::info!(files = done.len(), "every file was delivered by an earlier attempt");
             return Ok((done, 0));
         }
@@ -689,6 +692,7 @@ where
                     policy: self.config.sftp.existing,
                     attempt,
                     deadline: run.work_deadline,
+                    trigger,
                 };
                 let record = one.run(&mut folder, earlier).await?;
                 tracing::info!(remote = %record.remote_path, uploaded = record.uploaded, taken_by_sap = record.taken_by_sap, "file delivered");

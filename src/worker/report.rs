@@ -36,7 +36,18 @@ impl JobEnd<'_> {
         let mut metrics: Vec<(&str, Metric)> = durations.iter().map(|(n, m)| (n.as_str(), *m)).collect();
         match result {
             Ok(JobOutcome::Delivered(receipt)) => {
+                for line in receipt.reconciliation.iter().filter(|r| !r.matches) {
+                    tracing::warn!(
+                        file = %line.file_name,
+                        kinaxis_total_rows = line.kinaxis_total_row_count,
+                        rows_written = line.rows_written,
+                        bytes = line.bytes,
+                        remote_size = line.remote_size_after_rename,
+                        "the receipt's figures do not reconcile: check this file before signing the batch off"
+                    );
+                }
                 tracing::info!(
+                    reconciled = receipt.reconciliation.iter().all(|r| r.matches),
                     outcome = "delivered",
                     target = %receipt.target,
                     rows = receipt.rows,

@@ -214,6 +214,87 @@ async fn a_crash_at_any_point_then_a_rerun_delivers_exactly_once_even_when_sap_t
     }
 }
 
+/// The trigger's part of the matrix: SAP's inbound job takes a data file only with its
+/// trigger there, and takes both.
+#[tokio::test]
+async fn a_crash_anywhere_around_the_trigger_then_a_rerun_writes_it_once_after_the_data_file_never_resending_it() {
+    let cases: &[(&str, bool, &'static str, &str, bool, u32)] = &[
+        ("after the data file's rename", true, "rename", ".csv", true, 0),
+        ("after the delivered mark, before the trigger", false, "put", "deliveries/", true, 1),
+        ("after the trigger's temporary is written", true, "upload", ".sha256.", true, 0),
+        ("after the trigger's rename", true, "rename", ".csv.sha256", true, 0),
+        ("after the trigger is recorded", false, "put", "deliveries/", true, 2),
+        ("before the receipt", false, "put", "receipts/", false, 0),
+    ];
+    for &(point, in_folder, operation, name, after, skip) in cases {
+        for sap_polls in [false, true] {
+            let world = World::new(MemorySource::new(7), MemoryDrop::new()).set("TRIGGER_FILE", "sha256");
+            let crash = if in_folder { &world.drop.crash } else { &world.store.crash };
+            crash.arm_nth(operation, name, after, skip);
+            world.crash_run(crash).await;
+            let has_trigger = world.drop.files().iter().any(|n| n.ends_with(".csv.sha256"));
+            let taken = if sap_polls && has_trigger { world.drop.take_all() } else { Vec::new() };
+            world.expire_lease();
+            let case = format!("crash {point}, SAP took {taken:?}");
+            let outcome = world.run(queue(2)).await;
+            let Ok(JobOutcome::Delivered(receipt)) = outcome else { panic!("{case}: {outcome:?}") };
+            let appeared = world.drop.appeared();
+            assert_eq!(appeared.len(), 2, "{case}: appeared {appeared:?}, ops {:?}", world.drop.operations());
+            assert!(
+                appeared[0].ends_with(".csv") && appeared[1] == format!("{}.sha256", appeared[0]),
+                "{case}: {appeared:?}"
+            );
+            let data_uploads =
+                world.drop.operations().iter().filter(|o| o.starts_with("upload ") && !o.contains(".sha256.")).count();
+            assert_eq!(data_uploads, 1, "{case}: the data file is sent once");
+            let trigger = receipt.files[0].trigger.as_ref().expect("a trigger record");
+            assert!(trigger.written, "{case}");
+            assert_eq!(world.source.exports(), 1, "{case}");
+            assert!(world.failure().is_none(), "{case}");
+            if !sap_polls {
+                let data = world.drop.file(&appeared[0]).expect("the data file");
+                let expected = format!("{}  {}\n", crate::job::sha256_hex(&data), appeared[0]);
+                assert_eq!(world.drop.file(&appeared[1]).expect("the trigger"), expected.into_bytes(), "{case}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_the_file_already_there_overwrite_replaces_it_in_one_step_or_says_it_removed_it_first() {
+    for atomic in [true, false] {
+        let drop = MemoryDrop::new();
+        drop.no_atomic_rename.store(!atomic, std::sync::atomic::Ordering::SeqCst);
+        let world = World::new(MemorySource::new(3), drop).set("SFTP_EXISTING_FILE", "overwrite");
+        let name = format!("PlannedOrders-PF_{}.csv", {
+            let m: Manifest = serde_json::from_slice(&world.store.object(&world.job_key()).unwrap()).unwrap();
+            let t = m.received_at;
+            format!(
+                "{:04}{:02}{:02}{:02}{:02}{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        });
+        world.drop.put_file(&name, b"yesterday's plan");
+        let JobOutcome::Delivered(receipt) = world.run(queue(1)).await.unwrap() else { panic!("not delivered") };
+        let record = &receipt.files[0];
+        let ops = world.drop.operations();
+        if atomic {
+            assert_eq!(record.replaced, Some(crate::ports::Replaced::Atomically));
+            assert!(!ops.contains(&format!("remove {name}")), "{ops:?}");
+        } else {
+            assert_eq!(record.replaced, Some(crate::ports::Replaced::RemovedFirst));
+            assert!(ops.contains(&format!("remove {name}")), "{ops:?}");
+        }
+        assert_eq!(record.remote_size, Some(record.file.stats.bytes));
+        assert_eq!(world.drop.file(&name).map(|b| b.len() as u64), Some(record.file.stats.bytes));
+    }
+}
+
 #[tokio::test]
 async fn after_a_crash_past_the_rename_with_the_file_gone_the_log_and_record_say_sap_took_it() {
     let world = World::new(MemorySource::new(5), MemoryDrop::new());
@@ -264,6 +345,9 @@ async fn an_abandoned_incomplete_temporary_is_recorded_before_it_is_removed_and_
         attempt: 1,
         uploaded: true,
         taken_by_sap: false,
+        replaced: None,
+        remote_size: None,
+        trigger: None,
         updated_at: OffsetDateTime::now_utc(),
     };
     world.store.insert(&keys::delivery(&world.job_id(), &staged[0].file_name), serde_json::to_vec(&record).unwrap());

@@ -213,11 +213,25 @@ pub struct Sshd {
     pub port: u16,
     pub fingerprint: String,
     pub client_key: String,
+    /// Environment of the sshd process (the password rig's NSS wrapper).
+    env: Vec<(String, String)>,
     process: Option<Process>,
 }
 
 impl Sshd {
     pub fn start() -> Self {
+        Self::start_configured(|config| config)
+    }
+
+    /// As `start`, with `edit` applied to the sshd_config scripts/sshd.sh wrote.
+    pub fn start_configured(edit: impl FnOnce(String) -> String) -> Self {
+        let mut sshd = Self::start_prepared(edit);
+        sshd.resume();
+        sshd
+    }
+
+    /// The rig, configured, not yet started.
+    fn start_prepared(edit: impl FnOnce(String) -> String) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let status = Command::new(format!("{ROOT}/scripts/sshd.sh"))
@@ -226,6 +240,9 @@ impl Sshd {
             .status()
             .expect("scripts/sshd.sh");
         assert!(status.success(), "scripts/sshd.sh failed");
+        let config_path = dir.path().join("sshd_config");
+        let config = std::fs::read_to_string(&config_path).expect("sshd_config");
+        std::fs::write(&config_path, edit(config)).expect("sshd_config");
         let fingerprint = Command::new("ssh-keygen")
             .args(["-l", "-E", "sha256", "-f"])
             .arg(dir.path().join("host_ed25519.pub"))
@@ -234,14 +251,69 @@ impl Sshd {
         let fingerprint =
             String::from_utf8_lossy(&fingerprint.stdout).split_whitespace().nth(1).expect("a fingerprint").to_owned();
         let client_key = std::fs::read_to_string(dir.path().join("client_ed25519")).expect("client key");
-        let mut sshd = Self { dir, port, fingerprint, client_key, process: None };
+        Self { dir, port, fingerprint, client_key, env: Vec::new(), process: None }
+    }
+
+    /// An sshd that takes a password for a throwaway user of its own, `relay-pw`, by
+    /// `PasswordAuthentication` or, with `keyboard_interactive`, only by PAM's
+    /// keyboard-interactive. The user exists only for this sshd: a copy of the system's
+    /// passwd and group files plus its line (the password's SHA-512 crypt hash in the
+    /// passwd field, the test's own uid, so sshd can serve it without root), handed to sshd
+    /// through nss_wrapper (Debian's libnss-wrapper, scripts/bootstrap.sh installs it).
+    pub fn with_password_user(password: &str, keyboard_interactive: bool) -> (Self, String) {
+        const USER: &str = "relay-pw";
+        let mut env = Vec::new();
+        let mut sshd = Self::start_prepared(|config| {
+            let config = config
+                .replace("PasswordAuthentication no", &format!("PasswordAuthentication {}", yes(!keyboard_interactive)))
+                .replace(
+                    "KbdInteractiveAuthentication no",
+                    &format!("KbdInteractiveAuthentication {}", yes(keyboard_interactive)),
+                )
+                .replace("UsePAM no", &format!("UsePAM {}", yes(keyboard_interactive)))
+                .replace("PubkeyAuthentication yes", "PubkeyAuthentication no")
+                // The throwaway user has the test's uid, 0 when the tests run as root.
+                .replace("PermitRootLogin prohibit-password", "PermitRootLogin yes");
+            let dir = config
+                .lines()
+                .find_map(|l| l.strip_prefix("PidFile "))
+                .and_then(|p| p.strip_suffix("/sshd.pid"))
+                .expect("the PidFile line")
+                .to_owned();
+            let hash = Command::new("openssl")
+                .args(["passwd", "-6", "-salt", "relaytestsalt", "-stdin"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write;
+                    child.stdin.take().expect("stdin").write_all(password.as_bytes())?;
+                    child.wait_with_output()
+                })
+                .expect("openssl passwd");
+            let hash = String::from_utf8(hash.stdout).expect("hash").trim().to_owned();
+            let (uid, gid) = (id("-u"), id("-g"));
+            let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd")
+                + &format!("{USER}:{hash}:{uid}:{gid}:throwaway test user:{dir}:/bin/sh\n");
+            let group = std::fs::read_to_string("/etc/group").expect("/etc/group");
+            std::fs::write(format!("{dir}/passwd"), passwd).expect("passwd file");
+            std::fs::write(format!("{dir}/group"), group).expect("group file");
+            env = vec![
+                ("LD_PRELOAD".to_owned(), nss_wrapper()),
+                ("NSS_WRAPPER_PASSWD".to_owned(), format!("{dir}/passwd")),
+                ("NSS_WRAPPER_GROUP".to_owned(), format!("{dir}/group")),
+            ];
+            config
+        });
+        sshd.env = env;
         sshd.resume();
-        sshd
+        (sshd, USER.to_owned())
     }
 
     /// Starts (again) on the same port with the same keys.
     pub fn resume(&mut self) {
         let child = Command::new("/usr/sbin/sshd")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["-D", "-e", "-f"])
             .arg(self.dir.path().join("sshd_config"))
             .stdout(Stdio::null())
@@ -329,7 +401,7 @@ impl Upload {
             file: maestro_relay::job::StagedFile {
                 worksheet: "Planned Orders".into(),
                 file_name: self.file_name.clone(),
-                stats: FileStats { rows: 1, bytes: self.bytes, sha256: self.sha256.clone() },
+                stats: FileStats { rows: 1, bytes: self.bytes, sha256: self.sha256.clone(), ..FileStats::default() },
             },
             path: self.local_path.clone(),
         }
@@ -355,6 +427,28 @@ pub fn random_upload(dir: &tempfile::TempDir, name: &str, size: usize, seed: u64
     }
     file.flush().expect("flush");
     Upload { local_path: path, file_name: name.to_owned(), bytes: size as u64, sha256: hex::encode(hasher.finalize()) }
+}
+
+/// Debian's libnss-wrapper, where this machine's architecture keeps it.
+fn nss_wrapper() -> String {
+    ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .iter()
+        .map(|arch| format!("/usr/lib/{arch}/libnss_wrapper.so"))
+        .find(|path| Path::new(path).exists())
+        .expect("libnss_wrapper.so (run scripts/bootstrap.sh)")
+}
+
+fn yes(on: bool) -> &'static str {
+    if on {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn id(flag: &str) -> String {
+    let out = Command::new("id").arg(flag).output().expect("id");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 pub fn whoami() -> String {

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, against real parts started by `helpers` — moto_server
 //! (S3, SQS, Secrets Manager), OpenSSH sshd on loopback, and the Kinaxis simulator.
 
+mod encoding;
 mod exactly_once;
 mod faults;
 mod helpers;

@@ -176,3 +176,104 @@ async fn a_csv_larger_than_one_multipart_part_is_staged_in_parts_and_delivered_i
     let staged = app.object(&format!("staging/{job_id}/{name}")).await.expect("staged");
     assert_eq!(staged, remote);
 }
+
+/// A webhook for `event_file` with its `fileName` set to `file_name`, signed now.
+fn event_named(event_file: &str, file_name: &str, whsec: &str) -> Value {
+    let mut event = crate::helpers::load_event(event_file);
+    let mut body: Value = serde_json::from_slice(&crate::helpers::event_body(&event)).expect("body JSON");
+    body["fileName"] = json!(file_name);
+    body["eventId"] = json!(format!("{}-{file_name}", body["eventId"].as_str().unwrap_or_default()));
+    crate::helpers::sign_event(&mut event, whsec, body.to_string().as_bytes(), crate::helpers::now());
+    event
+}
+
+#[tokio::test]
+async fn each_target_gets_the_files_of_its_own_profile_with_a_reconciled_receipt() {
+    let mut app = TestApp::start(&["--rows", "20", "--first-page", "7"]).await;
+    for (key, value) in [
+        ("CSV_ENCODING_PF2", "iso-8859-1"),
+        ("CSV_REPLACEMENT_CHAR_PF2", "?"),
+        ("CSV_DELIMITER_PF2", ";"),
+        ("CSV_DECIMAL_SEPARATOR_PF2", ","),
+        ("TRIGGER_FILE_PF2", "sha256"),
+        ("CSV_ENCODING_WP2", "utf-8-bom"),
+        ("FILE_NAME_TEMPLATE_WP2", "{fileName}-{timestamp}.csv"),
+        ("TRIGGER_FILE_WP2", "done"),
+    ] {
+        app.env.insert(key.into(), value.into());
+    }
+    let pf = app.accepted_job("webhook-http-api-pf.json").await;
+    let (status, body) = app.post_webhook(&event_named("webhook-http-api-wp.json", "orders_wp.csv", &app.whsec)).await;
+    assert_eq!(status, 202, "{body}");
+    let wp = body["jobId"].as_str().expect("jobId").to_owned();
+    for job_id in [&pf, &wp] {
+        let answer = app.worker().handle_event(&sqs_event_for(job_id, "m-1"), app.deadline()).await.expect("answer");
+        let failure = app.json_object(&format!("failed/{job_id}.json")).await;
+        assert_eq!(answer, json!({"batchItemFailures": []}), "{failure:?}");
+    }
+
+    // PF2: ISO-8859-1, `;`, decimal comma, 東京 🚚 replaced (3 characters in 4 of 20 rows).
+    let pf_files = app.sshd.files("PF2");
+    assert_eq!(pf_files.len(), 2, "{pf_files:?}");
+    let (data, trigger) = (&pf_files[0], &pf_files[1]);
+    assert_eq!(trigger, &format!("{data}.sha256"));
+    let bytes = std::fs::read(app.sshd.folder("PF2").join(data)).expect("PF2 file");
+    assert!(bytes.starts_with(b"Order;Part;Site;Quantity;DueDate;Description\r\n"));
+    let latin1: String = bytes.iter().map(|&b| b as char).collect();
+    assert!(latin1.contains(";Gr\u{fc}\u{df}e aus ?? ?\r\n"), "{latin1}");
+    assert!(latin1.contains(";Werk K\u{f6}ln;2,074;"), "{latin1}");
+    assert!(!latin1.contains("2.074"));
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", trigger])
+        .current_dir(app.sshd.folder("PF2"))
+        .output()
+        .expect("sha256sum");
+    assert!(check.status.success(), "sha256sum -c {trigger}");
+    let receipt = app.json_object(&format!("receipts/{pf}.json")).await.expect("PF receipt");
+    let line = &receipt["reconciliation"][0];
+    assert_eq!(line["profile"], "PF2");
+    assert_eq!(line["encoding"], "iso-8859-1");
+    assert_eq!(line["replacedCharacters"], 12);
+    assert_eq!(line["kinaxisTotalRowCount"], 20);
+    assert_eq!(line["rowsWritten"], 20);
+    assert_eq!(line["bytes"], bytes.len());
+    assert_eq!(line["remoteSizeAfterRename"], bytes.len());
+    assert_eq!(line["sha256"], maestro_relay::job::sha256_hex(&bytes));
+    assert_eq!(line["matches"], true);
+    assert_eq!(receipt["files"][0]["trigger"]["written"], true);
+
+    // WP2: UTF-8 behind a BOM, its own file name (no `.csv` doubled), an empty `.done`.
+    let wp_files = app.sshd.files("WP2");
+    assert_eq!(wp_files.len(), 2, "{wp_files:?}");
+    let (data, done) = (&wp_files[0], &wp_files[1]);
+    assert!(data.starts_with("orders_wp-2") && data.ends_with(".csv") && !data.contains(".csv-"), "{data}");
+    assert_eq!(done, &format!("{data}.done"));
+    assert_eq!(std::fs::read(app.sshd.folder("WP2").join(done)).expect("done"), b"");
+    let bytes = std::fs::read(app.sshd.folder("WP2").join(data)).expect("WP2 file");
+    assert!(bytes.starts_with(b"\xef\xbb\xbfOrder,Part,Site,Quantity,DueDate,Description\r\n"));
+    assert!(String::from_utf8(bytes[3..].to_vec()).expect("UTF-8").contains("Grüße aus 東京 🚚"));
+    let receipt = app.json_object(&format!("receipts/{wp}.json")).await.expect("WP receipt");
+    let line = &receipt["reconciliation"][0];
+    assert_eq!((line["profile"].as_str(), line["encoding"].as_str()), (Some("WP2"), Some("utf-8-bom")));
+    assert_eq!((line["replacedCharacters"].as_u64(), line["matches"].as_bool()), (Some(0), Some(true)));
+    assert_eq!(
+        line["sha256"],
+        maestro_relay::job::sha256_hex(&bytes),
+        "the SHA-256 is of the bytes sent, BOM included"
+    );
+}
+
+#[tokio::test]
+async fn a_character_the_target_encoding_cannot_hold_fails_the_job_permanently_naming_worksheet_row_and_column() {
+    let mut app = TestApp::start(&["--rows", "20", "--first-page", "7"]).await;
+    app.env.insert("CSV_ENCODING_PF2".into(), "windows-1252".into());
+    let job_id = app.accepted_job("webhook-http-api-pf.json").await;
+    app.worker().handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("answer");
+    let failure = app.json_object(&format!("failed/{job_id}.json")).await.expect("failure record");
+    assert_eq!(failure["class"], "permanent");
+    let message = failure["message"].as_str().expect("message");
+    for part in ["worksheet \"Planned Orders\"", "row 4, column \"Description\"", "'東'", "windows-1252"] {
+        assert!(message.contains(part), "{part} missing from {message}");
+    }
+    assert!(app.sshd.all_files("PF2").is_empty(), "nothing is sent");
+}

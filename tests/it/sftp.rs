@@ -3,11 +3,13 @@
 use std::time::Duration;
 
 use maestro_relay::error::{ErrorClass, Result};
+use maestro_relay::job::DeliveryRecord;
 use maestro_relay::memory::MemoryStore;
 use maestro_relay::ports::FileDrop;
+use maestro_relay::ports::Replaced;
 use maestro_relay::secrets::SftpCredentials;
 use maestro_relay::sftp::{ExistingFilePolicy, SftpDrop, SftpOptions};
-use maestro_relay::worker::delivery::FileDelivery;
+use maestro_relay::worker::delivery::{FileDelivery, TriggerContent, TriggerFile};
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
@@ -17,6 +19,22 @@ use crate::helpers::{free_port, random_upload, Sshd, Upload};
 struct Delivery {
     remote_path: String,
     uploaded: bool,
+}
+
+/// The whole record of one delivery, for the tests that look past path and upload.
+async fn deliver_record(
+    credentials: SftpCredentials,
+    options: SftpOptions,
+    upload: Upload,
+    trigger: Option<&TriggerFile>,
+) -> Result<DeliveryRecord> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let policy = options.existing;
+    let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
+    let store = MemoryStore::new();
+    let file = upload.exported();
+    let one = FileDelivery { store: &store, job_id: "job", file: &file, policy, attempt: 1, deadline, trigger };
+    one.run(&mut folder, None).await
 }
 
 /// One file's first delivery through the SFTP adapter (no earlier record), until `deadline`.
@@ -30,7 +48,7 @@ async fn deliver_until(
     let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
     let store = MemoryStore::new();
     let file = upload.exported();
-    let one = FileDelivery { store: &store, job_id: "job", file: &file, policy, attempt: 1, deadline };
+    let one = FileDelivery { store: &store, job_id: "job", file: &file, policy, attempt: 1, deadline, trigger: None };
     let record = one.run(&mut folder, None).await?;
     Ok(Delivery { remote_path: record.remote_path, uploaded: record.uploaded })
 }
@@ -86,7 +104,7 @@ async fn a_wrong_host_key_is_permanent_and_nothing_is_written() {
     let err =
         deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "x-PF.csv", 10, 3)).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
-    assert!(err.message.contains("not the pinned"), "{}", err.chain());
+    assert!(err.message.contains("none of the pinned"), "{}", err.chain());
     assert!(sshd.files("PF2").is_empty());
 }
 
@@ -216,4 +234,260 @@ async fn the_deadline_mid_upload_stops_it_and_removes_the_temporary_from_the_ser
     assert_eq!(err.class, ErrorClass::Transient, "{}", err.chain());
     assert!(err.message.contains("deadline"), "{}", err.chain());
     assert!(sshd.all_files("PF2").is_empty(), "left on the server: {:?}", sshd.all_files("PF2"));
+}
+
+/// Polls `path` as fast as it can until told to stop: how many looks, how many found no
+/// file, and the sizes it saw that are not one of `complete`.
+fn poll_reader(
+    path: std::path::PathBuf,
+    complete: Vec<u64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64, Vec<u64>)> {
+    std::thread::spawn(move || {
+        let (mut looks, mut missing, mut short) = (0u64, 0u64, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            looks += 1;
+            match std::fs::metadata(&path) {
+                Ok(meta) if complete.contains(&meta.len()) => {}
+                Ok(meta) => short.push(meta.len()),
+                Err(_) => missing += 1,
+            }
+        }
+        (looks, missing, short)
+    })
+}
+
+#[tokio::test]
+async fn overwrite_replaces_in_one_step_so_a_reader_polling_the_folder_never_sees_the_file_missing_or_short() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let creds = credentials(&sshd, "PF2");
+    let a = random_upload(&dir, "Plan-PF.csv", 3_000_000, 20);
+    let mut b = random_upload(&dir, "Plan-PF-b.csv", 4_000_000, 21);
+    b.file_name = a.file_name.clone();
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), a.clone()).await.expect("first");
+    let remote = sshd.folder("PF2").join(&a.file_name);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = poll_reader(remote.clone(), vec![a.bytes, b.bytes], std::sync::Arc::clone(&stop));
+    for (round, policy) in
+        [ExistingFilePolicy::Overwrite, ExistingFilePolicy::SkipIfIdentical].into_iter().cycle().take(6).enumerate()
+    {
+        let upload = if round % 2 == 0 { b.clone() } else { a.clone() };
+        let record = deliver_record(creds.clone(), options(policy), upload.clone(), None).await.expect("replaced");
+        assert_eq!(record.replaced, Some(Replaced::Atomically), "round {round}");
+        assert_eq!(record.remote_size, Some(upload.bytes));
+        assert_eq!(sha256_of(&remote), upload.sha256);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (looks, missing, short) = reader.join().expect("reader");
+    assert!(looks > 1000, "the reader looked only {looks} times");
+    assert_eq!((missing, short), (0, vec![]), "in {looks} looks");
+    assert_eq!(sshd.files("PF2"), std::slice::from_ref(&a.file_name));
+}
+
+#[tokio::test]
+async fn a_server_without_posix_rename_gets_remove_then_rename_and_the_record_says_so() {
+    let sshd = Sshd::start_configured(|config| {
+        config.replace("Subsystem sftp internal-sftp", "Subsystem sftp internal-sftp -P posix-rename")
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let creds = credentials(&sshd, "PF2");
+    let a = random_upload(&dir, "Old-PF.csv", 100_000, 22);
+    let mut b = random_upload(&dir, "New-PF.csv", 120_000, 23);
+    b.file_name = a.file_name.clone();
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), a.clone()).await.expect("first");
+    let record = deliver_record(creds, options(ExistingFilePolicy::Overwrite), b.clone(), None).await.expect("second");
+    assert_eq!(record.replaced, Some(Replaced::RemovedFirst));
+    assert_eq!(sha256_of(&sshd.folder("PF2").join(&a.file_name)), b.sha256);
+    assert_eq!(sshd.files("PF2"), std::slice::from_ref(&a.file_name));
+}
+
+#[tokio::test]
+async fn the_trigger_appears_only_after_the_complete_data_file_and_sha256sum_accepts_it() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let upload = random_upload(&dir, "Orders-PF_20261124060007.csv", 8_000_000, 24);
+    let trigger = TriggerFile::parse("sha256", None, ExistingFilePolicy::Overwrite).expect("spec").expect("a trigger");
+    let folder = sshd.folder("PF2");
+    let (data, trigger_path) = (folder.join(&upload.file_name), folder.join(format!("{}.sha256", upload.file_name)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A watcher of the folder, as SAP's inbound job: whenever it sees the trigger, the
+    // data file must already be there, whole.
+    let watcher = {
+        let (stop, size) = (std::sync::Arc::clone(&stop), upload.bytes);
+        std::thread::spawn(move || {
+            let (mut triggers_seen, mut data_seen, mut early) = (0u64, 0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let trigger_there = trigger_path.exists();
+                let data_size = std::fs::metadata(&data).map(|m| m.len()).ok();
+                data_seen += u64::from(data_size.is_some());
+                if trigger_there {
+                    triggers_seen += 1;
+                    early += u64::from(data_size != Some(size));
+                }
+            }
+            (triggers_seen, data_seen, early)
+        })
+    };
+    let record =
+        deliver_record(credentials(&sshd, "PF2"), options(ExistingFilePolicy::Fail), upload.clone(), Some(&trigger))
+            .await
+            .expect("delivered");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (triggers_seen, data_seen, early) = watcher.join().expect("watcher");
+    assert!(triggers_seen > 0 && data_seen > triggers_seen, "seen: trigger {triggers_seen}, data {data_seen}");
+    assert_eq!(early, 0, "the trigger was seen before the complete data file");
+    let written = record.trigger.expect("trigger record");
+    assert!(written.written && written.uploaded);
+    assert_eq!(sshd.files("PF2"), [upload.file_name.clone(), format!("{}.sha256", upload.file_name)]);
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", &format!("{}.sha256", upload.file_name)])
+        .current_dir(&folder)
+        .output()
+        .expect("sha256sum");
+    assert!(check.status.success(), "sha256sum -c: {}", String::from_utf8_lossy(&check.stdout));
+
+    // An empty `.done` by template, on a name without `.csv`.
+    let done = TriggerFile::parse("{stem}.done", Some(TriggerContent::Empty), ExistingFilePolicy::Fail)
+        .expect("spec")
+        .expect("a trigger");
+    let other = random_upload(&dir, "Stock-PF_20261124060007.csv", 1000, 25);
+    deliver_record(credentials(&sshd, "PF2"), options(ExistingFilePolicy::Fail), other, Some(&done))
+        .await
+        .expect("second");
+    assert_eq!(std::fs::read(folder.join("Stock-PF_20261124060007.done")).expect("the .done"), b"");
+}
+
+fn fingerprint_of(public_key: &std::path::Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-l", "-E", "sha256", "-f"])
+        .arg(public_key)
+        .output()
+        .expect("ssh-keygen");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).expect("a fingerprint").to_owned()
+}
+
+#[tokio::test]
+async fn during_a_host_key_rotation_any_pinned_fingerprint_is_accepted_and_none_of_them_is_refused() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let old = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let mut secret = sshd.secret("PF2");
+    secret["host_key_sha256"] = serde_json::json!([old, sshd.fingerprint]);
+    let creds: SftpCredentials = serde_json::from_value(secret.clone()).expect("a list of pins");
+    deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "a-PF.csv", 10, 30)).await.expect("list");
+    secret["host_key_sha256"] = serde_json::json!(format!("{old}, {}", sshd.fingerprint));
+    let creds: SftpCredentials = serde_json::from_value(secret.clone()).expect("pins in one string");
+    deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "b-PF.csv", 10, 31)).await.expect("string");
+
+    secret["host_key_sha256"] = serde_json::json!([old, "SHA256:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"]);
+    let creds: SftpCredentials = serde_json::from_value(secret).expect("pins");
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "c-PF.csv", 10, 32)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(err.message.contains("(ed25519,") && err.message.contains("BBBB"), "{}", err.chain());
+    assert_eq!(sshd.files("PF2"), ["a-PF.csv", "b-PF.csv"]);
+}
+
+/// A config edit that gives the rig's sshd an RSA host key: in place of its ed25519 one, or
+/// beside it.
+fn with_rsa_host_key(config: String, only: bool) -> String {
+    let dir = config
+        .lines()
+        .find_map(|l| l.strip_prefix("HostKey "))
+        .and_then(|k| k.strip_suffix("/host_ed25519"))
+        .expect("the HostKey line")
+        .to_owned();
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "3072", "-N", "", "-f"])
+        .arg(format!("{dir}/host_rsa"))
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+    let ed25519 = format!("HostKey {dir}/host_ed25519");
+    let rsa = format!("HostKey {dir}/host_rsa");
+    if only {
+        // No SHA-1 `ssh-rsa`: a server that takes only RSA-SHA2 signatures.
+        config.replace(&ed25519, &rsa) + "HostKeyAlgorithms rsa-sha2-512,rsa-sha2-256\n"
+    } else {
+        // RSA first on the server's side: the client's order decides all the same.
+        config.replace(&ed25519, &format!("{rsa}\n{ed25519}"))
+            + "HostKeyAlgorithms rsa-sha2-512,rsa-sha2-256,ssh-ed25519\n"
+    }
+}
+
+#[tokio::test]
+async fn with_both_an_ed25519_and_an_rsa_host_key_the_ed25519_key_is_the_one_checked() {
+    let sshd = Sshd::start_configured(|config| with_rsa_host_key(config, false));
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), random_upload(&dir, "e-PF.csv", 10, 35))
+        .await
+        .expect("the ed25519 pin");
+    creds.host_key_sha256 = fingerprint_of(&sshd.dir.path().join("host_rsa.pub")).as_str().into();
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "r-PF.csv", 10, 36)).await.unwrap_err();
+    assert!(err.message.contains("(ed25519,"), "{}", err.chain());
+}
+
+#[tokio::test]
+async fn a_server_with_only_an_rsa_host_key_is_reached_with_rsa_sha2_signatures() {
+    let sshd = Sshd::start_configured(|config| with_rsa_host_key(config, true));
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    let rsa = fingerprint_of(&sshd.dir.path().join("host_rsa.pub"));
+    creds.host_key_sha256 = rsa.as_str().into();
+    let upload = random_upload(&dir, "Rsa-PF.csv", 5000, 33);
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), upload.clone()).await.expect("delivered over RSA-SHA2");
+    assert_eq!(sha256_of(&sshd.folder("PF2").join("Rsa-PF.csv")), upload.sha256);
+    // The ed25519 pin of the same rig no longer matches: the key checked is the RSA one.
+    creds.host_key_sha256 = sshd.fingerprint.as_str().into();
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "x-PF.csv", 10, 34)).await.unwrap_err();
+    assert!(err.message.contains("(rsa,"), "{}", err.chain());
+}
+
+#[tokio::test]
+async fn a_password_is_accepted_by_a_server_that_takes_passwords_and_a_wrong_one_refused_as_wrong() {
+    let (sshd, user) = Sshd::with_password_user("correct horse battery", false);
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    creds.username = user;
+    creds.private_key = None;
+    creds.password = Some(SecretString::from("correct horse battery"));
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), random_upload(&dir, "pw-PF.csv", 100, 40))
+        .await
+        .expect("delivered with the password");
+    assert_eq!(sshd.files("PF2"), ["pw-PF.csv"]);
+
+    creds.password = Some(SecretString::from("correct horse staple"));
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "no-PF.csv", 100, 41)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
+    // Offered and tried: refused because the password is wrong.
+    assert!(err.message.contains("refused the password of relay-pw"), "{}", err.chain());
+    assert!(!err.chain().contains("staple"), "the password in the error");
+    assert_eq!(sshd.files("PF2"), ["pw-PF.csv"]);
+}
+
+#[tokio::test]
+async fn a_password_is_accepted_by_keyboard_interactive_where_that_is_all_the_server_offers() {
+    let (sshd, user) = Sshd::with_password_user("correct horse battery", true);
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    creds.username = user;
+    creds.private_key = None;
+    creds.password = Some(SecretString::from("correct horse battery"));
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), random_upload(&dir, "kbd-PF.csv", 100, 42))
+        .await
+        .expect("delivered by keyboard-interactive");
+    assert_eq!(sshd.files("PF2"), ["kbd-PF.csv"]);
+
+    creds.password = Some(SecretString::from("correct horse staple"));
+    let err =
+        deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "no-PF.csv", 100, 43)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
+    assert!(err.message.contains("keyboard-interactive, 1 prompts answered"), "{}", err.chain());
+    assert!(!err.chain().contains("staple"));
 }
