@@ -277,3 +277,84 @@ async fn a_character_the_target_encoding_cannot_hold_fails_the_job_permanently_n
     }
     assert!(app.sshd.all_files("PF2").is_empty(), "nothing is sent");
 }
+
+/// The app with the simulator's table allowed for WP2 (the default allow-list admits no table).
+async fn app_allowing_the_table(sim_flags: &[&str]) -> TestApp {
+    let mut app = TestApp::start(sim_flags).await;
+    app.env.insert(
+        "ALLOWED_REQUESTS".into(),
+        json!({"*": {"workbooks": ["PlannedOrders Export"], "tables": ["Mfg::PlannedOrder"]}}).to_string(),
+    );
+    app.env.insert("KINAXIS_BULK_PAGE_SIZE".into(), "700".into());
+    app
+}
+
+#[tokio::test]
+async fn a_table_job_is_read_by_bulk_export_and_delivered_to_wp2_with_every_row_reconciled() {
+    let app = app_allowing_the_table(&["--rows", "2345", "--page-cap", "500"]).await;
+    let job_id = app.accepted_job("webhook-http-api-bulk-wp.json").await;
+    let manifest = app.json_object(&format!("jobs/{job_id}.json")).await.expect("manifest");
+    assert_eq!(manifest["table"]["name"], "PlannedOrder", "{manifest}");
+    assert!(manifest.get("workbook").is_none() && manifest["worksheets"] == json!([]), "{manifest}");
+
+    let answer = app.worker().handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("worker");
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    let delivered = app.sshd.files("WP2");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert!(delivered[0].starts_with("PlannedOrdersBulk-WP_"), "{delivered:?}");
+    let text = std::fs::read_to_string(app.sshd.folder("WP2").join(&delivered[0])).expect("delivered file");
+    let mut reader = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+    let header: Vec<String> = reader.headers().expect("header").iter().map(str::to_owned).collect();
+    assert_eq!(header, ["Order.Id", "Part.Name", "Site.Value", "Quantity", "DueDate", "Description"]);
+    let orders: Vec<String> = reader.records().map(|r| r.expect("record")[0].to_owned()).collect();
+    let expected: Vec<String> = (0..2345).map(|i| format!("PO-0-{i:08}")).collect();
+    assert_eq!(orders, expected, "every row once, in order");
+
+    let receipt = app.json_object(&format!("receipts/{job_id}.json")).await.expect("receipt");
+    assert_eq!(receipt["rows"], 2345);
+    assert_eq!(receipt["files"][0]["worksheet"], "Mfg::PlannedOrder");
+    let stats = app.sim.stats().await;
+    assert_eq!((stats["bulkExports"].as_u64(), stats["openExports"].as_u64()), (Some(1), Some(0)), "{stats}");
+}
+
+#[tokio::test]
+async fn a_kinaxis_secret_rotated_while_the_worker_runs_is_read_again_from_secrets_manager_and_the_job_delivers() {
+    // Kinaxis takes the rotated secret once it has issued one token; the first token dies
+    // after 300 ms, mid-export, so the worker must ask for a token with the secret it holds.
+    let mut app = TestApp::start(&[
+        "--rows",
+        "4000",
+        "--first-page",
+        "100",
+        "--latency-ms",
+        "25",
+        "--expire-token-after-ms",
+        "300",
+        "--rotate-secret-after-tokens",
+        "1",
+        "--rotated-secret",
+        "rotated-in-flight",
+    ])
+    .await;
+    // One page of 100 at a time: about a second of export, past the first token's life.
+    app.env.insert("KINAXIS_PAGE_SIZE".into(), "100".into());
+    app.env.insert("KINAXIS_PAGES_IN_FLIGHT".into(), "1".into());
+    let job_id = app.accepted_job("webhook-http-api-pf.json").await;
+    let worker = app.worker();
+    let rotate = async {
+        // The operator's rotation lands in Secrets Manager after the worker read the secret.
+        while app.sim.stats().await["tokenCalls"].as_u64() < Some(1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let kinaxis = app.env["KINAXIS_SECRET_ID"].clone();
+        app.set_secret(&kinaxis, json!({"client_id": "relay-client", "client_secret": "rotated-in-flight"})).await;
+    };
+    let event = sqs_event_for(&job_id, "m-1");
+    let (answer, ()) = tokio::join!(worker.handle_event(&event, app.deadline()), rotate);
+    assert_eq!(answer.expect("worker"), json!({"batchItemFailures": []}));
+    assert_eq!(app.sshd.files("PF2").len(), 1);
+    let stats = app.sim.stats().await;
+    assert!(stats["tokenCalls"].as_u64() >= Some(3), "the old secret was refused mid-job: {stats}");
+    let receipt = app.json_object(&format!("receipts/{job_id}.json")).await.expect("receipt");
+    assert_eq!(receipt["rows"], 4000);
+}

@@ -592,3 +592,13 @@ async fn v1a_deliveries_signed_with_pythons_cryptography_verify_against_the_publ
     );
     assert_eq!(verdict, "verified");
 }
+
+#[tokio::test]
+async fn a_table_request_is_refused_by_the_default_allow_list_and_one_naming_both_sources_is_a_400() {
+    let app = TestApp::start(&[]).await;
+    let (status, problem) = app.post_webhook(&signed_event("webhook-http-api-bulk-wp.json", &app.whsec)).await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("table")), "{problem}");
+    let (status, problem) = app.post_webhook(&signed_event("webhook-both-sources.json", &app.whsec)).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("table")), "{problem}");
+    assert_no_job(&app).await;
+}
