@@ -491,7 +491,7 @@ where
         if self.config.stale_batch == StaleBatch::Deliver {
             return Ok(None);
         }
-        let key = keys::latest(manifest.target.as_str(), &manifest.request.file_name);
+        let key = keys::latest(manifest.target.as_str(), crate::routing::file_name_stem(&manifest.request.file_name));
         let (latest, _) = self
             .config
             .retry
@@ -535,7 +535,7 @@ where
 
     /// Moves `latest/…` forward to this job unless a newer one is there already.
     async fn record_latest(&self, run: &Run, manifest: &Manifest) -> Result<()> {
-        let key = keys::latest(manifest.target.as_str(), &manifest.request.file_name);
+        let key = keys::latest(manifest.target.as_str(), crate::routing::file_name_stem(&manifest.request.file_name));
         let mine = LatestDelivery { job_id: manifest.job_id.clone(), received_at: manifest.received_at };
         let bytes = serde_json::to_vec(&mine)
             .map_err(|e| Error::permanent(Step::Receipt, "serialising the latest delivery").caused_by(e))?;

@@ -62,6 +62,14 @@ impl World {
         keys::manifest(&manifest.job_id)
     }
 
+    /// As `add_job`, the webhook's `fileName` written as the sender chose.
+    fn add_job_named(&self, event_id: &str, received_at: OffsetDateTime, file_name: &str) -> String {
+        let mut manifest = manifest(event_id, received_at);
+        manifest.request.file_name = file_name.to_owned();
+        self.store.insert(&keys::manifest(&manifest.job_id), serde_json::to_vec(&manifest).unwrap());
+        keys::manifest(&manifest.job_id)
+    }
+
     fn set(mut self, name: &'static str, value: &str) -> Self {
         self.env.push((name, value.to_owned()));
         self
@@ -490,6 +498,21 @@ async fn an_older_batch_after_a_newer_one_is_refused_naming_both_jobs_or_skipped
     };
     assert!(receipt.skipped.unwrap().contains("older than"));
     assert_eq!(world.drop.appeared().len(), 1);
+}
+
+#[tokio::test]
+async fn an_older_batch_whose_file_name_differs_only_by_a_csv_extension_is_still_the_same_file_and_refused() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    let older = world.add_job_named(
+        "planned-orders-0000",
+        OffsetDateTime::now_utc() - time::Duration::hours(6),
+        "PlannedOrders-PF.csv",
+    );
+    world.run(queue(1)).await.unwrap();
+    let err = world.worker().run_job(&older, far(), queue(1)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(err.message.contains("older than"), "{}", err.message);
+    assert_eq!(world.drop.appeared().len(), 1, "the older batch did not replace the newer file");
 }
 
 #[tokio::test]
