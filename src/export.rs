@@ -102,10 +102,9 @@ pub const BULK_DELIMITER: char = '\t';
 #[derive(Debug, Clone, Copy)]
 enum Paged<'a> {
     Worksheet(&'a WorksheetRef),
-    /// `finishExport=true` goes with the request that reaches `total`.
+    /// Every page is asked for with `finishExport=false`; the finishing call is separate.
     Bulk {
         export_id: &'a str,
-        total: u64,
     },
 }
 
@@ -167,9 +166,11 @@ impl Exporter<'_> {
             return Err(Error::permanent(Step::Fetch, format!("{what} returned no worksheets")));
         }
         let several = sheets.len() > 1;
+        let names: Vec<String> =
+            sheets.iter().map(|sheet| job::csv_file_name(self.names, manifest, &sheet.name, several)).collect();
+        check_worksheets(&manifest.request.worksheets, sheets, &names, &what)?;
         let mut files = Vec::with_capacity(sheets.len());
-        for (index, sheet) in sheets.iter().enumerate() {
-            let file_name = job::csv_file_name(self.names, manifest, &sheet.name, several);
+        for ((index, sheet), file_name) in sheets.iter().enumerate().zip(names) {
             let path = dir.join(&file_name);
             let stats = self.write_worksheet(workbook, sheet, answer.rows(index), &path).await?;
             tracing::info!(worksheet = %sheet.name, file = %file_name, rows = stats.rows, bytes = stats.bytes, "worksheet converted");
@@ -202,7 +203,7 @@ impl Exporter<'_> {
                 query_id,
             };
             let page_size = self.client.options().page_size;
-            self.read_pages(&mut sink, Paged::Worksheet(&sheet_ref), total, total, page_size, &what, &named).await?;
+            self.read_pages(&mut sink, Paged::Worksheet(&sheet_ref), total, page_size, &what, &named).await?;
         }
         finish(sink, total, &what, &named)
     }
@@ -213,8 +214,8 @@ impl Exporter<'_> {
         let request = bulk_export_request(manifest, table);
         let qualified = table.qualified_name();
         let what = format!("bulk export of table {qualified}");
-        // Not retried once Kinaxis may have started it: a second start would only leave the
-        // first export running; starting is retried like any call before an answer arrives.
+        // A start whose answer was lost (cut, timed out) is retried: the lost export cannot be
+        // finished, as its id never arrived, and is left for Kinaxis to expire.
         let (body, _) = self
             .retry
             .run(self.deadline, Step::Fetch, "kinaxis bulk export", |_| {
@@ -226,38 +227,44 @@ impl Exporter<'_> {
                 }
             })
             .await?;
-        let started = bulk_started(&body, &what)?;
-        tracing::info!(table = %qualified, rows = started.total_rows, "bulk export started");
+        let (export_id, total) = bulk_started(&body, &what)?;
+        tracing::info!(table = %qualified, rows = total, "bulk export started");
 
-        let file_name = job::csv_file_name(self.names, manifest, &qualified, false);
-        let path = dir.join(&file_name);
-        let named = |e: CsvError| convert_error(e, &format!("table {qualified}"));
-        let mut sink = self.create_sink(&path, &table.fields, &named)?;
-        let total = started.total_rows;
-        let paged = Paged::Bulk { export_id: &started.export_id, total };
-        let page_size = self.client.options().bulk_page_size;
-        if total == 0 {
-            // Nothing to read; the one page asked for tells Kinaxis the export is finished.
-            let body = self.fetch_parsable_page(paged, 0, 1).await?;
-            let mut buffer = PageBuffer::default();
-            let page = paged.parse(&mut buffer, &body).map_err(|e| data_fault(e, &what))?;
-            if let Some(reported) = page.reported() {
-                return Err(reported_error(reported, &what));
+        let read = async {
+            let file_name = job::csv_file_name(self.names, manifest, &qualified, false);
+            let path = dir.join(&file_name);
+            let named = |e: CsvError| convert_error(e, &format!("table {qualified}"));
+            let mut sink = self.create_sink(&path, &table.fields, &named)?;
+            let paged = Paged::Bulk { export_id: &export_id };
+            let page_size = self.client.options().bulk_page_size;
+            self.read_pages(&mut sink, paged, total, page_size, &what, &named).await?;
+            let stats = finish(sink, total, &what, &named)?;
+            Ok(ExportedFile { file: StagedFile { worksheet: qualified.clone(), file_name, stats }, path })
+        };
+        let read: Result<ExportedFile> = read.await;
+        // Finished whether the read succeeded or not, so Kinaxis can release it at once.
+        self.finish_bulk_export(&export_id, total, &what).await;
+        let exported = read?;
+        let stats = &exported.file.stats;
+        tracing::info!(table = %qualified, file = %exported.file.file_name, rows = stats.rows, bytes = stats.bytes, "table converted");
+        Ok(exported)
+    }
+
+    /// Tells Kinaxis the export is finished (`finishExport=true`), in a call of its own after
+    /// every row arrived: a server may release the export on it, which would refuse a page
+    /// still in flight or one read again after a cap or a cut body. It asks for the last row
+    /// again (or the first, of an empty export) and ignores it. Best effort: the rows are
+    /// complete either way, so a failure is a WARN, not a failed job.
+    async fn finish_bulk_export(&self, export_id: &str, total: u64, what: &str) {
+        let start = total.saturating_sub(1);
+        let call = self.client.bulk_page(export_id, start, 1, BULK_DELIMITER, true);
+        match tokio::time::timeout_at(self.deadline, call).await {
+            Ok(Ok(_)) => tracing::debug!(what, "bulk export finished"),
+            Ok(Err(err)) => {
+                tracing::warn!(what, error = %err.chain(), "finishing the bulk export failed; Kinaxis will expire it")
             }
-            page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
-        } else {
-            // Kinaxis may release the export on the finishing request, so that request goes
-            // out alone, after every other page arrived: pages in flight would race it.
-            let page_size = page_size.max(1);
-            let last_page_start = (total - 1) / page_size * page_size;
-            if last_page_start > 0 {
-                self.read_pages(&mut sink, paged, last_page_start, total, page_size, &what, &named).await?;
-            }
-            self.read_pages(&mut sink, paged, total, total, page_size, &what, &named).await?;
+            Err(_) => tracing::warn!(what, "no time left to finish the bulk export; Kinaxis will expire it"),
         }
-        let stats = finish(sink, total, &what, &named)?;
-        tracing::info!(table = %qualified, file = %file_name, rows = stats.rows, bytes = stats.bytes, "table converted");
-        Ok(ExportedFile { file: StagedFile { worksheet: qualified, file_name, stats }, path })
     }
 
     fn create_sink(
@@ -273,16 +280,13 @@ impl Exporter<'_> {
         CsvSink::new(BufWriter::with_capacity(256 * 1024, file), self.csv, columns).map_err(named)
     }
 
-    /// Reads rows `sink.rows()..end` (of `total`) in pages of `page_size`, a bounded number
-    /// in flight, written in order. A server that serves fewer rows than asked (a page cap)
-    /// is read on from where each page ended; a page of no rows before `end` ends the export
-    /// short.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads rows `sink.rows()..total` in pages of `page_size`, a bounded number in flight,
+    /// written in order. A server that serves fewer rows than asked (a page cap) is read on
+    /// from where each page ended; a page of no rows before `total` ends the export short.
     async fn read_pages(
         &self,
         sink: &mut CsvSink<BufWriter<File>>,
         paged: Paged<'_>,
-        end: u64,
         total: u64,
         page_size: u64,
         what: &str,
@@ -290,10 +294,10 @@ impl Exporter<'_> {
     ) -> Result<()> {
         let page_size = page_size.max(1);
         let first = sink.rows();
-        let starts = (first..end).step_by(usize::try_from(page_size).unwrap_or(usize::MAX));
+        let starts = (first..total).step_by(usize::try_from(page_size).unwrap_or(usize::MAX));
         let mut pages = stream::iter(starts)
             .map(|start| {
-                let rows = page_size.min(end - start);
+                let rows = page_size.min(total - start);
                 async move { (start, rows, self.fetch_page(paged, start, rows).await) }
             })
             .buffered(self.client.options().pages_in_flight.max(1));
@@ -356,10 +360,7 @@ impl Exporter<'_> {
     async fn request_page(&self, paged: Paged<'_>, start: u64, rows: u64) -> Result<bytes::Bytes> {
         match paged {
             Paged::Worksheet(sheet) => self.client.page(sheet, start, rows).await,
-            Paged::Bulk { export_id, total } => {
-                let last = start.saturating_add(rows) >= total;
-                self.client.bulk_page(export_id, start, rows, BULK_DELIMITER, last).await
-            }
+            Paged::Bulk { export_id } => self.client.bulk_page(export_id, start, rows, BULK_DELIMITER, false).await,
         }
     }
 
@@ -382,20 +383,57 @@ impl Exporter<'_> {
 }
 
 /// The bulk export's handle and size, or the error Kinaxis reported starting it.
-fn bulk_started(body: &[u8], what: &str) -> Result<BulkExportAnswer> {
-    // `Status`, `ErrorRowCount` and `ScriptError` are read the way pages read them.
-    let mut buffer = PageBuffer::default();
-    match buffer.parse_delimited(body, BULK_DELIMITER) {
-        Ok(page) => {
-            if let Some(reported) = page.reported() {
-                return Err(reported_error(reported, what));
-            }
-        }
-        // No `Rows` is the expected shape here; anything else is the answer's fault.
-        Err(err) if err.classify() == serde_json::error::Category::Data => {}
-        Err(err) => return Err(data_fault(err, what)),
+fn bulk_started(body: &[u8], what: &str) -> Result<(String, u64)> {
+    let answer: BulkExportAnswer = serde_json::from_slice(body).map_err(|e| data_fault(e, what))?;
+    let reported = match &answer.script_error {
+        Some(error) => Some(Reported::script(error)),
+        None => Reported::of_status(answer.status.as_deref(), answer.error_row_count, answer.message.clone()),
+    };
+    if let Some(reported) = reported {
+        return Err(reported_error(&reported, what));
     }
-    serde_json::from_slice::<BulkExportAnswer>(body).map_err(|e| data_fault(e, what))
+    match (answer.export_id, answer.total_rows) {
+        (Some(id), Some(total)) if !id.trim().is_empty() => Ok((id, total)),
+        _ => Err(Error::permanent(
+            Step::Fetch,
+            format!(
+                "{what}: Kinaxis answered 200 without an ExportId and TotalRows (Status {:?})",
+                answer.status.unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+/// The worksheets Kinaxis answered are the ones asked for, each once, each to a file of its
+/// own: a worksheet left out would be a job delivered without it, two of one name or two
+/// names cleaned to one file name would overwrite each other.
+fn check_worksheets(asked: &[String], sheets: &[SheetHead], names: &[String], what: &str) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for sheet in sheets {
+        if !seen.insert(sheet.name.as_str()) {
+            return Err(Error::permanent(Step::Fetch, format!("{what} returned worksheet {:?} twice", sheet.name)));
+        }
+        if !asked.is_empty() && !asked.contains(&sheet.name) {
+            return Err(Error::permanent(
+                Step::Fetch,
+                format!("{what} returned worksheet {:?}, which was not asked for", sheet.name),
+            ));
+        }
+    }
+    if let Some(missing) = asked.iter().find(|name| !seen.contains(name.as_str())) {
+        return Err(Error::permanent(
+            Step::Fetch,
+            format!("{what} answered without worksheet {missing:?}, which was asked for"),
+        ));
+    }
+    let mut files = std::collections::HashSet::new();
+    if let Some(clash) = names.iter().find(|name| !files.insert(name.as_str())) {
+        return Err(Error::permanent(
+            Step::Convert,
+            format!("two worksheets of {what} would both be written as {clash:?}; rename one in Maestro"),
+        ));
+    }
+    Ok(())
 }
 
 /// Closes the file once every row is there: fewer than `total` is an export that ended

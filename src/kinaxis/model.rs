@@ -48,13 +48,24 @@ pub struct TableName {
     pub name: String,
 }
 
-/// The bulk export's handle and size; `Status` and errors reported inside the 200 are read
-/// by the page parser, which knows them.
+/// The answer that starts a bulk export. Its handle and size are optional here so that an
+/// error reported inside the 200 (which may come without them) is what the caller sees;
+/// a field of the wrong type is the wrong shape.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct BulkExportAnswer {
-    pub export_id: String,
-    pub total_rows: u64,
+    #[serde(default)]
+    pub export_id: Option<String>,
+    #[serde(default)]
+    pub total_rows: Option<u64>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub error_row_count: Option<u64>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub script_error: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -28,6 +28,40 @@ pub enum Reported {
     ErrorRows { count: u64, message: String },
 }
 
+impl Reported {
+    /// A bulk `Status` of `Failure` / `Partial Success`, or `ErrorRowCount` > 0; `None` for
+    /// any other status.
+    pub fn of_status(status: Option<&str>, error_rows: Option<u64>, message: Option<String>) -> Option<Self> {
+        let message = message.unwrap_or_default();
+        let failed = status.is_some_and(|s| {
+            let s = s.trim();
+            s.eq_ignore_ascii_case("Failure") || s.eq_ignore_ascii_case("Partial Success")
+        });
+        if failed {
+            let status = status.unwrap_or_default().to_owned();
+            Some(Self::Status { status, error_rows, message })
+        } else {
+            error_rows.filter(|n| *n > 0).map(|count| Self::ErrorRows { count, message })
+        }
+    }
+
+    /// `ScriptError` as an object `{Code, Message, …}` or, seen in the wild, a bare string.
+    pub fn script(error: &serde_json::Value) -> Self {
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        match error {
+            serde_json::Value::Object(fields) => Self::Script {
+                code: fields.get("Code").map(text).unwrap_or_default(),
+                message: fields.get("Message").map(text).unwrap_or_default(),
+            },
+            other => Self::Script { code: String::new(), message: text(other) },
+        }
+    }
+}
+
 impl fmt::Display for Reported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -162,19 +196,8 @@ impl PageBuffer {
 
     /// A bulk status of failure, or error rows, is an error whatever else came with it.
     fn fold_status(&mut self) {
-        if self.reported.is_some() {
-            return;
-        }
-        let message = self.message.take().unwrap_or_default();
-        let failed = self.status.as_deref().is_some_and(|s| {
-            let s = s.trim();
-            s.eq_ignore_ascii_case("Failure") || s.eq_ignore_ascii_case("Partial Success")
-        });
-        if failed {
-            let status = self.status.clone().unwrap_or_default();
-            self.reported = Some(Reported::Status { status, error_rows: self.error_rows, message });
-        } else if let Some(count) = self.error_rows.filter(|n| *n > 0) {
-            self.reported = Some(Reported::ErrorRows { count, message });
+        if self.reported.is_none() {
+            self.reported = Reported::of_status(self.status.as_deref(), self.error_rows, self.message.take());
         }
     }
 
@@ -357,7 +380,7 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
                 }
                 (Key::ScriptError, _) => {
                     let error: serde_json::Value = map.next_value()?;
-                    buffer.reported = Some(script_error(&error));
+                    buffer.reported = Some(Reported::script(&error));
                 }
                 (Key::Status, _) => buffer.status = map.next_value::<Option<String>>()?,
                 (Key::ErrorRowCount, _) => buffer.error_rows = map.next_value::<Option<u64>>()?,
@@ -369,22 +392,6 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
         }
         buffer.seen_data = seen;
         Ok(())
-    }
-}
-
-/// `ScriptError` as an object `{Code, Message, …}` or, seen in the wild, a bare string.
-fn script_error(error: &serde_json::Value) -> Reported {
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    match error {
-        serde_json::Value::Object(fields) => Reported::Script {
-            code: fields.get("Code").map(text).unwrap_or_default(),
-            message: fields.get("Message").map(text).unwrap_or_default(),
-        },
-        other => Reported::Script { code: String::new(), message: text(other) },
     }
 }
 

@@ -30,7 +30,7 @@ const USAGE: &str = "kinaxis-sim [--port P] [--rows N] [--first-page K] [--works
 [--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens] [--vary-per-workbook-call] [--page-cap N] [--revoke-on-issue] \
 [--throttle-calls 'N,M'] [--throttle-status 429|408] [--retry-after SECONDS|HTTP-DATE] \
 [--table NS::NAME] [--error-in-200 script-workbook|no-worksheets|script-page|no-rows|bulk-failure|bulk-partial|error-rows-page] \
-[--rotate-secret-after-tokens N --rotated-secret S]";
+[--rotate-secret-after-tokens N --rotated-secret S] [--omit-worksheets 'A,B']";
 
 /// The table bulk export reads, and the worksheet column each field takes its values from.
 const TABLE_FIELDS: [(&str, usize); 6] =
@@ -82,6 +82,8 @@ struct Settings {
     /// rotated on the Kinaxis side (and, by the test, in the secret store).
     rotate_secret_after_tokens: Option<u64>,
     rotated_secret: String,
+    /// Worksheets left out of the workbook answer without a word, though asked for.
+    omit_worksheets: Vec<String>,
 }
 
 impl Default for Settings {
@@ -114,6 +116,7 @@ impl Default for Settings {
             error_in_200: None,
             rotate_secret_after_tokens: None,
             rotated_secret: "rotated-secret".into(),
+            omit_worksheets: Vec::new(),
         }
     }
 }
@@ -168,6 +171,7 @@ fn parse_args() -> Result<Settings, String> {
             "--error-in-200" => s.error_in_200 = Some(value),
             "--rotate-secret-after-tokens" => s.rotate_secret_after_tokens = Some(num(&value)?),
             "--rotated-secret" => s.rotated_secret = value,
+            "--omit-worksheets" => s.omit_worksheets = value.split(',').map(|w| w.trim().to_owned()).collect(),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -190,7 +194,6 @@ struct Counters {
 
 /// A bulk export started and not yet finished.
 struct BulkExport {
-    total: u64,
     fields: Vec<usize>,
 }
 
@@ -467,7 +470,7 @@ async fn workbook(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>
         .unwrap_or_default();
     let mut sheets = Vec::new();
     for (w, name) in state.settings.worksheets.iter().enumerate() {
-        if !wanted.is_empty() && !wanted.contains(name) {
+        if (!wanted.is_empty() && !wanted.contains(name)) || state.settings.omit_worksheets.contains(name) {
             continue;
         }
         sheets.push(json!({
@@ -574,14 +577,14 @@ async fn bulk_export(state: &State, req: Request<Incoming>) -> Response<Full<Byt
         );
     }
     if let Ok(mut exports) = state.exports.lock() {
-        exports.insert(format!("e{n}"), BulkExport { total, fields });
+        exports.insert(format!("e{n}"), BulkExport { fields });
     }
     answer(StatusCode::OK, json!({"ExportId": format!("#e{n}"), "TotalRows": total, "Status": "Success"}))
 }
 
 /// `GET …/bulk/export/{ExportId}?startRow&pageSize&delimiter&finishExport`: rows as one
 /// string each. The id is accepted with its `#` (sent as `%23`) or without, as the two
-/// public clients send it. A finishing call that reaches the end releases the export.
+/// public clients send it. A finishing call releases the export.
 fn bulk_page(state: &State, req: Request<Incoming>, id: &str) -> Response<Full<Bytes>> {
     let call = state.counters.data_calls.fetch_add(1, Ordering::SeqCst) + 1;
     state.counters.bulk_pages.fetch_add(1, Ordering::SeqCst);
@@ -628,13 +631,16 @@ fn bulk_page(state: &State, req: Request<Incoming>, id: &str) -> Response<Full<B
             fields.join(delimiter)
         })
         .collect();
+    // kinaxis-api.md assumes finishing ends the export: released on any finishing call,
+    // whatever it asked for, so a page read after it (in flight, or again) is refused.
     if finish {
         state.counters.finish_calls.fetch_add(1, Ordering::SeqCst);
-        if served_end >= export.total {
-            exports.remove(id);
-        }
+        exports.remove(id);
     }
     drop(exports);
+    if state.error_in_200("no-rows") {
+        return answer(StatusCode::OK, json!({ "Status": "Success" }));
+    }
     if state.error_in_200("bulk-partial") {
         return answer(
             StatusCode::OK,
