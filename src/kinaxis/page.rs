@@ -37,9 +37,6 @@ pub struct Page<'a> {
 impl PageBuffer {
     /// Parses `{"Rows": [{"Values": ["…", …]}, …]}`, replacing the previous page.
     pub fn parse<'a>(&'a mut self, body: &'a [u8]) -> Result<Page<'a>, serde_json::Error> {
-        self.spans.clear();
-        self.row_ends.clear();
-        self.decoded.clear();
         let Ok(text) = std::str::from_utf8(body) else {
             // serde_json's own verdict on these bytes: end of input for a body cut inside
             // a character, a syntax error for a stray byte.
@@ -47,11 +44,27 @@ impl PageBuffer {
                 .err()
                 .unwrap_or_else(|| de::Error::custom("the page is not UTF-8")));
         };
+        self.parse_with(text, |text, seed| {
+            let mut deserializer = serde_json::Deserializer::from_str(text);
+            seed.deserialize(&mut deserializer)?;
+            deserializer.end()
+        })
+    }
+
+    /// Parses `text` with the page's visitor on the JSON deserializer `deserialize` makes
+    /// of it: how the conversion benchmark measures other JSON crates through the same
+    /// visitor (issue 14). `parse` is this with serde_json.
+    pub fn parse_with<'a, E>(
+        &'a mut self,
+        text: &'a str,
+        deserialize: impl FnOnce(&'a str, PageSeed<'_>) -> Result<(), E>,
+    ) -> Result<Page<'a>, E> {
+        self.spans.clear();
+        self.row_ends.clear();
+        self.decoded.clear();
         let start = text.as_ptr() as usize;
         self.body_at = start..start + text.len();
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        PageSeed(self).deserialize(&mut deserializer)?;
-        deserializer.end()?;
+        deserialize(text, PageSeed(self))?;
         Ok(Page { body: text, buffer: self })
     }
 
@@ -104,7 +117,8 @@ impl<'a> Page<'a> {
     }
 }
 
-struct PageSeed<'a>(&'a mut PageBuffer);
+/// The page's visitor, for `PageBuffer::parse_with`.
+pub struct PageSeed<'a>(&'a mut PageBuffer);
 
 impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
     type Value = ();
