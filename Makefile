@@ -36,7 +36,7 @@ bench: bench-conversion bench-webhook bench-sftp
 
 bench-conversion: bootstrap
 	cargo build --release -p kinaxis-sim
-	cargo bench --bench conversion
+	cargo bench --bench conversion --features bench-sonic
 
 bench-webhook: bootstrap
 	cargo build --release --workspace --bins
