@@ -195,14 +195,14 @@ fn sonic_rs(pages: &[Vec<u8>], columns: &[String], csv_bytes: u64) -> Option<(Sp
     };
     let (sonic_parse, _) = runs_of(5, || {
         let mut rows = 0;
-        for body in &pages {
+        for body in pages {
             sonic(&mut buffer, body, &mut |page| rows += page.len() as u64);
         }
         rows
     });
     let (sonic_full, sonic_csv_bytes) = runs_of(5, || {
-        let mut sink = CsvSink::new(std::io::sink(), &CsvOptions::default(), &columns).expect("sink");
-        for body in &pages {
+        let mut sink = CsvSink::new(std::io::sink(), &CsvOptions::default(), columns).expect("sink");
+        for body in pages {
             sonic(&mut buffer, body, &mut |page| page.try_for_each_row(|row| sink.write_row(row)).expect("rows"));
         }
         sink.finish().expect("finish").1.bytes

@@ -181,7 +181,7 @@ async fn measure(
 /// Uploads `local` to `remote` over a fresh ssh2 session on `port`; MB/s of the upload
 /// alone. `topped_up`: the window is refilled as it is acknowledged (as src/sftp.rs does);
 /// otherwise each 1 MiB buffer is handed back until all of it is acknowledged.
-fn raw_upload(sshd: &helpers::Sshd, port: u16, local: &Path, remote: &Path, topped_up: bool) -> f64 {
+fn raw_upload(sshd: &helpers::Sshd, port: u16, local: &Path, remote: &Path, window: usize, topped_up: bool) -> f64 {
     let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let mut session = ssh2::Session::new().expect("session");
     session.set_tcp_stream(tcp);
@@ -190,15 +190,14 @@ fn raw_upload(sshd: &helpers::Sshd, port: u16, local: &Path, remote: &Path, topp
     let sftp = session.sftp().expect("sftp");
     let mut file = std::fs::File::open(local).expect("local");
     let mut out = sftp.create(remote).expect("create");
-    const WINDOW: usize = 1024 * 1024;
     const REFILL: usize = 8 * 30_000;
     let started = Instant::now();
     let mut total = 0usize;
     if topped_up {
-        let mut buffer = vec![0u8; WINDOW + REFILL];
+        let mut buffer = vec![0u8; window + REFILL];
         let (mut head, mut tail, mut eof) = (0, 0, false);
         loop {
-            if !eof && tail - head + REFILL <= WINDOW {
+            if !eof && tail - head + REFILL <= window {
                 if tail + REFILL > buffer.len() {
                     buffer.copy_within(head..tail, 0);
                     (head, tail) = (0, tail - head);
@@ -211,11 +210,12 @@ fn raw_upload(sshd: &helpers::Sshd, port: u16, local: &Path, remote: &Path, topp
             if head == tail {
                 break;
             }
-            head += out.write(&buffer[head..tail]).expect("write");
+            let acknowledged = out.write(&buffer[head..tail]).expect("write");
+            head += acknowledged;
+            total += acknowledged;
         }
-        total += head;
     } else {
-        let mut buffer = vec![0u8; WINDOW];
+        let mut buffer = vec![0u8; window];
         loop {
             let n = read_full(&mut file, &mut buffer);
             if n == 0 {
@@ -249,22 +249,18 @@ fn header() {
     println!("   {:<52} {:>7} {:>7} {:>7}  {:>6}", "MB/s", "min", "median", "max", "ratio");
 }
 
-#[tokio::main]
-async fn main() {
-    let sshd = helpers::Sshd::start();
-    let dir = tempfile::tempdir().expect("dir");
-    let remote = sshd.folder("PF2");
-
+/// Sections 1 and 2: the delivery end to end on loopback and at a distance.
+async fn loopback_and_distance(sshd: &helpers::Sshd, dir: &tempfile::TempDir, remote: &Path) {
     // 1. Loopback.
-    let upload = helpers::random_upload(&dir, "Bench-PF.csv", 200 * 1024 * 1024, 42);
+    let upload = helpers::random_upload(dir, "Bench-PF.csv", 200 * 1024 * 1024, 42);
     // OpenSSH twice: a plain `put`, and `put -f`, which fsyncs on the server as our
     // delivery does — the like-for-like figure.
     let batches = [
-        batch(dir.path(), "openssh-put-fsync", "-f", &upload.local_path, &remote),
-        batch(dir.path(), "openssh-put", "", &upload.local_path, &remote),
+        batch(dir.path(), "openssh-put-fsync", "-f", &upload.local_path, remote),
+        batch(dir.path(), "openssh-put", "", &upload.local_path, remote),
     ];
     let windows = [64 * 1024, 256 * 1024, 1024 * 1024, 2 * 1024 * 1024, 4 * 1024 * 1024];
-    let (ours, theirs) = measure(&sshd, sshd.port, &upload, &windows, &batches).await;
+    let (ours, theirs) = measure(sshd, sshd.port, &upload, &windows, &batches).await;
     let reference = summary(&theirs[0]).1;
     println!(
         "\n1. SFTP upload of {:.0} MB to loopback sshd, end to end, {ROUNDS} rounds alternating",
@@ -278,12 +274,12 @@ async fn main() {
     }
 
     // 2. At a distance.
-    let upload = helpers::random_upload(&dir, "Bench-WAN.csv", 64 * 1024 * 1024, 43);
-    let batches = [batch(dir.path(), "openssh-wan-put-fsync", "-f", &upload.local_path, &remote)];
+    let upload = helpers::random_upload(dir, "Bench-WAN.csv", 64 * 1024 * 1024, 43);
+    let batches = [batch(dir.path(), "openssh-wan-put-fsync", "-f", &upload.local_path, remote)];
     let windows = [1024 * 1024, 2 * 1024 * 1024, 4 * 1024 * 1024, 8 * 1024 * 1024];
     for rtt_ms in [25u64, 50] {
         let relay = LatencyRelay::start(sshd.port, Duration::from_millis(rtt_ms));
-        let (ours, theirs) = measure(&sshd, relay.port, &upload, &windows, &batches).await;
+        let (ours, theirs) = measure(sshd, relay.port, &upload, &windows, &batches).await;
         let reference = summary(&theirs[0]).1;
         println!(
             "\n2. SFTP upload of {:.0} MB at {rtt_ms} ms RTT (relay on loopback, no bandwidth limit), end to end, \
@@ -296,24 +292,40 @@ async fn main() {
             line(&format!("ours, {} KiB in flight", window / 1024), rates, reference);
         }
     }
+}
+
+#[tokio::main]
+async fn main() {
+    let sshd = helpers::Sshd::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let remote = sshd.folder("PF2");
+
+    // `-- --write-loop` runs section 3 alone.
+    let write_loop_only = std::env::args().any(|a| a == "--write-loop");
+    if !write_loop_only {
+        loopback_and_distance(&sshd, &dir, &remote).await;
+    }
+    let upload = helpers::random_upload(&dir, "Bench-WAN.csv", 64 * 1024 * 1024, 43);
 
     // 3. The write loop alone.
     let relay = LatencyRelay::start(sshd.port, Duration::from_millis(50));
     println!(
-        "\n3. the write loop alone, 1 MiB window, upload of {:.0} MB only (ssh2 directly)",
+        "\n3. the write loop alone, upload of {:.0} MB only (ssh2 directly), {ROUNDS} rounds alternating",
         upload.bytes as f64 / 1e6
     );
     header();
     for (what, port) in [("loopback", sshd.port), ("50 ms RTT", relay.port)] {
-        let mut drained = Vec::new();
-        let mut topped = Vec::new();
-        for _ in 0..ROUNDS {
-            clear(&remote);
-            drained.push(raw_upload(&sshd, port, &upload.local_path, &remote.join("raw-drained"), false));
-            topped.push(raw_upload(&sshd, port, &upload.local_path, &remote.join("raw-topped"), true));
+        for window in [1024 * 1024, 4 * 1024 * 1024] {
+            let (mut drained, mut topped) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                clear(&remote);
+                drained.push(raw_upload(&sshd, port, &upload.local_path, &remote.join("raw-d"), window, false));
+                topped.push(raw_upload(&sshd, port, &upload.local_path, &remote.join("raw-t"), window, true));
+            }
+            let reference = summary(&drained).1;
+            let kib = window / 1024;
+            line(&format!("{what}, {kib} KiB: each buffer drained (before)"), &drained, reference);
+            line(&format!("{what}, {kib} KiB: window topped up (now)"), &topped, reference);
         }
-        let reference = summary(&drained).1;
-        line(&format!("{what}: each buffer drained (before)"), &drained, reference);
-        line(&format!("{what}: window topped up (now)"), &topped, reference);
     }
 }

@@ -60,7 +60,7 @@ impl Default for SftpOptions {
             connect_timeout: Duration::from_secs(15),
             io_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(15),
-            write_chunk: 4 * 1024 * 1024,
+            write_chunk: 2 * 1024 * 1024,
             existing: ExistingFilePolicy::Fail,
             create_dir: false,
         }
