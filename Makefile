@@ -32,7 +32,7 @@ test: bootstrap
 	cargo test --workspace
 
 ## Benchmarks (release build; they print figures and ratios, they assert no speed).
-bench: bench-conversion bench-webhook bench-sftp
+bench: bench-conversion bench-webhook bench-sftp bench-e2e
 
 bench-conversion: bootstrap
 	cargo build --release -p kinaxis-sim
