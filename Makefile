@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 
-.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp package
+.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp bench-e2e package
 
 build:
 	cargo build --workspace --bins
@@ -32,11 +32,11 @@ test: bootstrap
 	cargo test --workspace
 
 ## Benchmarks (release build; they print figures and ratios, they assert no speed).
-bench: bench-conversion bench-webhook bench-sftp
+bench: bench-conversion bench-webhook bench-sftp bench-e2e
 
 bench-conversion: bootstrap
 	cargo build --release -p kinaxis-sim
-	cargo bench --bench conversion
+	cargo bench --bench conversion --features bench-sonic
 
 bench-webhook: bootstrap
 	cargo build --release --workspace --bins
@@ -45,6 +45,12 @@ bench-webhook: bootstrap
 bench-sftp: bootstrap
 	cargo build --release -p kinaxis-sim
 	cargo bench --bench sftp
+
+## The whole job, release binaries through the Lambda Runtime API stand-in, against a plain
+## Python pipeline on the same simulator: 1M rows, 5000-row pages, 0 and 20 ms per call.
+bench-e2e: bootstrap
+	cargo build --release --workspace --bins
+	.venv/bin/python benches/e2e.py $(CARGO_TARGET_DIR)/release $(E2E_ARGS)
 
 ## Release zips of both functions for Lambda (provided.al2023), OpenSSL and zlib linked in
 ## statically: ARCH=x86_64 (default here: these machines have no aarch64 Rust std) or arm64.

@@ -19,9 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 PREFIX = "/2018-06-01/runtime"
 
 
-def run(event: bytes, command: list, timeout_s: float = 300.0, timing: dict = None, quiet: bool = False) -> tuple:
+def run(event: bytes, command: list, timeout_s: float = 300.0, timing: dict = None, quiet: bool = False,
+        log=None) -> tuple:
     """Returns (kind, body); `timing`, when given, gets `answered_after_s`: process start to
-    the function's answer (a cold start plus one invocation)."""
+    the function's answer (a cold start plus one invocation), and `vmhwm_kib`: the
+    function process's peak RSS, read before it is stopped. `log`, a file, gets the
+    function's stdout and stderr."""
     request_id = str(uuid.uuid4())
     done = threading.Event()
     outcome = {}
@@ -83,12 +86,14 @@ def run(event: bytes, command: list, timeout_s: float = 300.0, timing: dict = No
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll interval: shutdown() waits for it, and a timed invocation would carry
+    # up to the default half second of it.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}",
                AWS_LAMBDA_FUNCTION_NAME=os.path.basename(command[0]),
                AWS_LAMBDA_FUNCTION_MEMORY_SIZE="512", AWS_LAMBDA_FUNCTION_VERSION="$LATEST")
     started = time.perf_counter()
-    output = subprocess.DEVNULL if quiet else None
+    output = subprocess.DEVNULL if quiet else log
     process = subprocess.Popen(command, env=env, stdout=output, stderr=output)
     try:
         while not done.wait(0.05):
@@ -96,6 +101,8 @@ def run(event: bytes, command: list, timeout_s: float = 300.0, timing: dict = No
                 outcome.setdefault("kind", "error")
                 outcome.setdefault("body", f'{{"errorMessage": "exited with {process.returncode} before answering"}}'.encode())
                 break
+        if timing is not None:
+            timing["vmhwm_kib"] = vm_hwm_kib(process.pid)
     finally:
         process.terminate()
         try:
@@ -106,6 +113,18 @@ def run(event: bytes, command: list, timeout_s: float = 300.0, timing: dict = No
     if timing is not None and "at" in outcome:
         timing["answered_after_s"] = outcome["at"] - started
     return outcome.get("kind", "error"), outcome.get("body", b"")
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident set (its own, not inherited as getrusage's can be), or -1."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
 
 
 def main() -> None:

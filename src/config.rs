@@ -255,7 +255,7 @@ impl WorkerConfig {
             connect_timeout: env.seconds("SFTP_CONNECT_TIMEOUT_SECS", 15),
             io_timeout: env.seconds("SFTP_IO_TIMEOUT_SECS", 60),
             keepalive_interval: env.seconds("SFTP_KEEPALIVE_SECS", 15),
-            write_chunk: env.parsed("SFTP_WRITE_CHUNK_BYTES", 1024 * 1024),
+            write_chunk: env.parsed("SFTP_WRITE_CHUNK_BYTES", 2 * 1024 * 1024),
             existing: env.parsed("SFTP_EXISTING_FILE", ExistingFilePolicy::Fail),
             create_dir: env.parsed("SFTP_CREATE_DIR", false),
         };

@@ -47,7 +47,8 @@ pub struct SftpOptions {
     /// libssh2's timeout for each blocking call.
     pub io_timeout: Duration,
     pub keepalive_interval: Duration,
-    /// Bytes per SFTP write: libssh2 pipelines a large write into many requests in flight.
+    /// Bytes kept in SFTP write requests in flight (libssh2 makes 30,000-byte requests of
+    /// them); at a distance, the upload runs at about this much per round trip.
     pub write_chunk: usize,
     pub existing: ExistingFilePolicy,
     pub create_dir: bool,
@@ -59,7 +60,7 @@ impl Default for SftpOptions {
             connect_timeout: Duration::from_secs(15),
             io_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(15),
-            write_chunk: 1024 * 1024,
+            write_chunk: 2 * 1024 * 1024,
             existing: ExistingFilePolicy::Fail,
             create_dir: false,
         }
@@ -400,7 +401,16 @@ fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: In
             OpenType::File,
         )
         .map_err(|e| ssh_error(e, &format!("creating {temp_path}")))?;
-    let mut buffer = vec![0u8; c.options.write_chunk.max(32 * 1024)];
+    // A window of `write_chunk` bytes stays handed to libssh2, topped up as its head is
+    // acknowledged. libssh2 turns every byte it is given beyond those already sent into
+    // 30,000-byte write requests at once and returns as soon as the first is acknowledged,
+    // expecting the unacknowledged rest again: handing back only the rest of one buffer
+    // drains the pipeline to nothing before each refill, which costs a round trip per
+    // buffer at a distance. Refills come in steps of `REFILL` so that the window is moved
+    // (compacted) about once per `write_chunk` bytes, not on every acknowledgement.
+    let window = c.options.write_chunk.max(REFILL);
+    let mut buffer = vec![0u8; window + REFILL];
+    let (mut head, mut tail, mut eof) = (0usize, 0usize, false);
     let mut last_keepalive = Instant::now();
     let mut sent = 0u64;
     loop {
@@ -410,17 +420,30 @@ fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: In
                 format!("the deadline was reached after {sent} bytes of {temp_path}; the upload stopped"),
             ));
         }
-        let filled = fill(&mut local, &mut buffer)
-            .map_err(|e| Error::transient(Step::Deliver, format!("reading {}", local_path.display())).caused_by(e))?;
-        if filled == 0 {
+        if !eof && tail - head + REFILL <= window {
+            if tail + REFILL > buffer.len() {
+                buffer.copy_within(head..tail, 0);
+                (head, tail) = (0, tail - head);
+            }
+            let filled = fill(&mut local, &mut buffer[tail..tail + REFILL]).map_err(|e| {
+                Error::transient(Step::Deliver, format!("reading {}", local_path.display())).caused_by(e)
+            })?;
+            eof = filled < REFILL;
+            tail += filled;
+            continue;
+        }
+        if head == tail {
             break;
         }
-        // write_all hands libssh2 the unacknowledged rest of the same buffer after a short
-        // write, as its pipelining requires; the buffer is refilled only after that.
-        remote
-            .write_all(&buffer[..filled])
-            .map_err(|e| Error::transient(Step::Deliver, format!("writing {temp_path}")).caused_by(e))?;
-        sent += filled as u64;
+        // 0 is no error: libssh2 answers it when a request went out only in part (the
+        // channel window was full) before any was acknowledged; the next call goes on.
+        let acknowledged = match remote.write(&buffer[head..tail]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::transient(Step::Deliver, format!("writing {temp_path}")).caused_by(e)),
+        };
+        head += acknowledged;
+        sent += acknowledged as u64;
         if last_keepalive.elapsed() >= c.options.keepalive_interval {
             let _ = c.session.keepalive_send();
             last_keepalive = Instant::now();
@@ -431,6 +454,9 @@ fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: In
     }
     Ok(())
 }
+
+/// Bytes read into the window at a time: eight of libssh2's 30,000-byte write requests.
+const REFILL: usize = 8 * 30_000;
 
 fn fill(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;

@@ -156,12 +156,43 @@ impl PageBuffer {
         Ok(Workbook { body: text, buffer: self })
     }
 
+    /// Parses `text` as a worksheet page with the page's visitor on the JSON deserializer
+    /// `deserialize` makes of it: how the conversion benchmark measures other JSON crates
+    /// through the same visitor (issue 14). `parse` is this with serde_json.
+    pub fn parse_with<'a, E: de::Error>(
+        &'a mut self,
+        text: &'a str,
+        deserialize: impl FnOnce(&'a str, PageSeed<'_>) -> Result<(), E>,
+    ) -> Result<Page<'a>, E> {
+        self.reset(text, None);
+        deserialize(text, PageSeed(TopSeed { buffer: self, shape: Shape::Page }))?;
+        self.conclude(Shape::Page)?;
+        Ok(Page { body: text, rows: 0..self.row_ends.len(), buffer: self })
+    }
+
     fn parse_as<'a>(
         &mut self,
         body: &'a [u8],
         shape: Shape,
         delimiter: Option<char>,
     ) -> Result<&'a str, serde_json::Error> {
+        let Ok(text) = std::str::from_utf8(body) else {
+            // serde_json's own verdict on these bytes: end of input for a body cut inside
+            // a character, a syntax error for a stray byte.
+            return Err(serde_json::from_slice::<serde_json::Value>(body)
+                .err()
+                .unwrap_or_else(|| de::Error::custom("the answer is not UTF-8")));
+        };
+        self.reset(text, delimiter);
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        TopSeed { buffer: self, shape }.deserialize(&mut deserializer)?;
+        deserializer.end()?;
+        self.conclude(shape)?;
+        Ok(text)
+    }
+
+    /// Empties the buffers for `text`, about to be parsed.
+    fn reset(&mut self, text: &str, delimiter: Option<char>) {
         self.spans.clear();
         self.row_ends.clear();
         self.decoded.clear();
@@ -172,26 +203,19 @@ impl PageBuffer {
         self.error_rows = None;
         self.message = None;
         self.seen_data = false;
-        let Ok(text) = std::str::from_utf8(body) else {
-            // serde_json's own verdict on these bytes: end of input for a body cut inside
-            // a character, a syntax error for a stray byte.
-            return Err(serde_json::from_slice::<serde_json::Value>(body)
-                .err()
-                .unwrap_or_else(|| de::Error::custom("the answer is not UTF-8")));
-        };
         let start = text.as_ptr() as usize;
         self.body_at = start..start + text.len();
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        TopSeed { buffer: self, shape }.deserialize(&mut deserializer)?;
-        deserializer.end()?;
+    }
+
+    /// After the parse: an error reported inside the 200 is kept; an answer that reports
+    /// none must have held its data.
+    fn conclude<E: de::Error>(&mut self, shape: Shape) -> Result<(), E> {
         self.fold_status();
-        // An answer that reports an error need not carry the data it could not produce;
-        // one that reports none must.
         if !self.seen_data && self.reported.is_none() {
             let field = if shape == Shape::Workbook { "Worksheets" } else { "Rows" };
-            return Err(de::Error::missing_field(field));
+            return Err(E::missing_field(field));
         }
-        Ok(text)
+        Ok(())
     }
 
     /// A bulk status of failure, or error rows, is an error whatever else came with it.
@@ -348,6 +372,16 @@ impl<'de> de::Deserialize<'de> for Key {
 struct TopSeed<'a> {
     buffer: &'a mut PageBuffer,
     shape: Shape,
+}
+
+/// The worksheet page's visitor, for `PageBuffer::parse_with`.
+pub struct PageSeed<'a>(TopSeed<'a>);
+
+impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        self.0.deserialize(deserializer)
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for TopSeed<'_> {

@@ -1,0 +1,386 @@
+"""The whole job end to end (issue 14), the release binaries against a plain Python pipeline.
+
+`make bench-e2e`. On real local parts: moto_server (S3, SQS, Secrets Manager), OpenSSH sshd
+on loopback and the Kinaxis simulator (release build), one simulator process per latency,
+shared by everything measured at that latency. Each round, alternating:
+  - ours: a signed webhook POSTed through the `webhook` binary, the job's notification
+    read from SQS, the `worker` binary on it (both through scripts/lambda_rie.py, the
+    Lambda Runtime API stand-in) until the receipt is in S3 and the file in PF2; the step
+    times are the worker's own, from its `job summary` log line;
+  - Python: benches/baseline_pipeline.py (requests + csv + paramiko, one page at a time,
+    no S3 staging), a process of its own;
+  - the limit of each step on this machine: the pages by curl, 4 in flight; one S3 PUT of
+    the file by curl; OpenSSH `sftp -b` with `put -f` (fsync, as ours) and a rename.
+Prints min / median / max of each figure. Asserts nothing about speed.
+    python benches/e2e.py RELEASE_DIR [--rows N] [--page-size N] [--rounds N] [--latencies 0,20]
+"""
+import argparse
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import boto3
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from lambda_rie import run  # noqa: E402
+
+PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, what: str) -> None:
+    until = time.time() + 30
+    while time.time() < until:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench-e2e: {what} did not listen on port {port}")
+
+
+class Parts:
+    """The processes this benchmark started; stopped, by their own ids, when it ends."""
+
+    def __init__(self):
+        self.processes = []
+
+    def start(self, command: list, what: str, port: int, **kwargs) -> subprocess.Popen:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+        self.processes.append(process)
+        wait_port(port, what)
+        return process
+
+    def stop(self, process: subprocess.Popen) -> None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        self.processes.remove(process)
+
+    def stop_all(self) -> None:
+        for process in list(self.processes):
+            self.stop(process)
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def stats(values: list) -> tuple:
+    return (min(values), statistics.median(values), max(values))
+
+
+def fmt(values: list, scale: float = 1.0, digits: int = 2) -> str:
+    if not values:
+        return "n/a"
+    low, mid, high = (v * scale for v in stats(values))
+    return f"{low:.{digits}f} / {mid:.{digits}f} / {high:.{digits}f}"
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.release = os.path.abspath(args.release_dir)
+        self.parts = Parts()
+        self.work = tempfile.mkdtemp(prefix="bench-e2e-")
+        self.round = 0
+
+    def start_stack(self) -> None:
+        moto_port, sshd_port = free_port(), free_port()
+        moto = os.path.join(ROOT, ".venv", "bin", "moto_server")
+        self.parts.start([moto, "-H", "127.0.0.1", "-p", str(moto_port)], "moto_server", moto_port)
+        self.sftp_dir = os.path.join(self.work, "sftp")
+        subprocess.run([os.path.join(ROOT, "scripts", "sshd.sh"), self.sftp_dir, str(sshd_port)], check=True)
+        self.parts.start(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", os.path.join(self.sftp_dir, "sshd_config")], "sshd", sshd_port
+        )
+        self.sshd_port = sshd_port
+        endpoint = f"http://127.0.0.1:{moto_port}"
+        out = subprocess.run(
+            [PYTHON, os.path.join(ROOT, "scripts", "local_aws.py"), "--endpoint", endpoint,
+             "--kinaxis-url", "http://unset", "--sftp-port", str(sshd_port), "--sftp-dir", self.sftp_dir],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        self.env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        self.env.update(KINAXIS_PAGE_SIZE=str(self.args.page_size), RUST_LOG="info", SPOOL_DIR=self.work)
+        session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.env["AWS_REGION"]
+        )
+        self.s3 = session.client("s3", endpoint_url=endpoint)
+        self.sqs = session.client("sqs", endpoint_url=endpoint)
+        sm = session.client("secretsmanager", endpoint_url=endpoint)
+        self.whsec = json.loads(sm.get_secret_value(SecretId=self.env["WEBHOOK_SECRET_ID"])["SecretString"])[
+            "hmac_secrets"][0]
+        self.pf2 = os.path.join(self.sftp_dir, "sap", "PF2")
+
+    def start_sim(self, latency_ms: int) -> None:
+        port = free_port()
+        self.sim = self.parts.start(
+            [os.path.join(self.release, "kinaxis-sim"), "--port", str(port), "--rows", str(self.args.rows),
+             "--first-page", str(self.args.page_size), "--latency-ms", str(latency_ms)],
+            "kinaxis-sim", port,
+        )
+        self.sim_url = f"http://127.0.0.1:{port}"
+        self.env["KINAXIS_BASE_URL"] = self.sim_url
+
+    def clear_pf2(self) -> None:
+        for name in os.listdir(self.pf2):
+            os.remove(os.path.join(self.pf2, name))
+
+    # ------------------------------------------------------------------ ours
+
+    def invoke(self, binary: str, event: dict, log) -> tuple:
+        saved = dict(os.environ)
+        os.environ.update(self.env)
+        timing = {}
+        try:
+            kind, body = run(json.dumps(event).encode(), [os.path.join(self.release, binary)], timing=timing,
+                             log=log, quiet=log is None)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        if kind != "response":
+            sys.exit(f"bench-e2e: the {binary} function failed: {body.decode()[:500]}")
+        return json.loads(body), timing
+
+    def ours(self) -> dict:
+        self.clear_pf2()
+        self.round += 1
+        with open(os.path.join(ROOT, "events", "webhook-http-api-pf.json")) as handle:
+            event = json.load(handle)
+        body = event["body"].encode()
+        now = int(time.time())
+        msg_id = f"msg_bench_e2e_{os.getpid()}_{self.round}"
+        event["headers"].update(
+            {"webhook-id": msg_id, "webhook-timestamp": str(now), "webhook-signature": sign(self.whsec, msg_id, now, body)}
+        )
+        started = time.perf_counter()
+        answer, _ = self.invoke("webhook", event, None)
+        if answer["statusCode"] != 202:
+            sys.exit(f"bench-e2e: the webhook answered {answer['statusCode']}: {answer.get('body')}")
+        job_id = json.loads(answer["body"])["jobId"]
+        message = None
+        until = time.time() + 30
+        while message is None and time.time() < until:
+            # Polled every 10 ms rather than long-polled: moto's long poll answers late.
+            got = self.sqs.receive_message(QueueUrl=self.env["JOBS_QUEUE_URL"], WaitTimeSeconds=0,
+                                           MaxNumberOfMessages=1)
+            if not got.get("Messages"):
+                time.sleep(0.01)
+            for candidate in got.get("Messages", []):
+                if job_id in candidate["Body"]:
+                    message = candidate
+                else:
+                    self.sqs.delete_message(QueueUrl=self.env["JOBS_QUEUE_URL"],
+                                            ReceiptHandle=candidate["ReceiptHandle"])
+        if message is None:
+            sys.exit("bench-e2e: no job notification arrived on the queue")
+        queued = time.perf_counter() - started
+        sqs_event = {"Records": [{
+            "messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"], "body": message["Body"],
+            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+            "md5OfBody": message["MD5OfBody"], "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:eu-central-1:123456789012:maestro-relay-jobs",
+            "awsRegion": self.env["AWS_REGION"],
+        }]}
+        log_path = os.path.join(self.work, f"worker-{self.round}.log")
+        with open(log_path, "w") as log:
+            result, timing = self.invoke("worker", sqs_event, log)
+        if result.get("batchItemFailures"):
+            sys.exit(f"bench-e2e: the worker failed the message; see {log_path}")
+        receipt = json.loads(
+            self.s3.get_object(Bucket=self.env["STAGING_BUCKET"], Key=f"receipts/{job_id}.json")["Body"].read())
+        delivered = receipt["files"][0]["remotePath"]
+        whole = time.perf_counter() - started
+        if not os.path.exists(delivered):
+            sys.exit(f"bench-e2e: {delivered} is not in PF2")
+        self.sqs.delete_message(QueueUrl=self.env["JOBS_QUEUE_URL"], ReceiptHandle=message["ReceiptHandle"])
+        summary = {}
+        with open(log_path) as log:
+            for line in log:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("message") == "job summary":
+                    summary = record
+        if summary.get("outcome") != "delivered":
+            sys.exit(f"bench-e2e: no delivered job summary in {log_path}")
+        self.last_delivered = delivered
+        return {
+            "whole_s": whole,
+            "fetch_s": summary["fetch_ms"] / 1e3,
+            "stage_s": summary["stage_ms"] / 1e3,
+            "deliver_s": summary["deliver_ms"] / 1e3,
+            "worker_total_s": summary["total_ms"] / 1e3,
+            "to_queue_s": queued,
+            "worker_answer_s": timing.get("answered_after_s", float("nan")),
+            "rows": summary["rows"],
+            "bytes": summary["bytes"],
+            "vmhwm_mb": timing.get("vmhwm_kib", -1) / 1024,
+        }
+
+    # ------------------------------------------------------------------ Python
+
+    def python(self) -> dict:
+        self.clear_pf2()
+        config_path = os.path.join(self.work, "baseline.json")
+        out = os.path.join(self.work, "PlannedOrders-PF_python.csv")
+        with open(config_path, "w") as handle:
+            json.dump({
+                "kinaxis_url": self.sim_url, "client_id": "relay-client", "client_secret": "relay-secret",
+                "page_size": self.args.page_size, "out": out,
+                "sftp": {"host": "127.0.0.1", "port": self.sshd_port, "username": getpass.getuser(),
+                         "key_path": os.path.join(self.sftp_dir, "client_ed25519"), "remote_dir": self.pf2},
+            }, handle)
+        started = time.perf_counter()
+        done = subprocess.run([PYTHON, os.path.join(ROOT, "benches", "baseline_pipeline.py"), config_path],
+                              capture_output=True, text=True)
+        whole = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.exit(f"bench-e2e: the Python pipeline failed: {done.stderr[-800:]}")
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        if not os.path.exists(os.path.join(self.pf2, os.path.basename(out))):
+            sys.exit("bench-e2e: the Python pipeline's file is not in PF2")
+        self.last_python_csv = out
+        return {"whole_s": whole, "fetch_s": figures["fetch_csv_s"], "deliver_s": figures["sftp_s"],
+                "rows": figures["rows"], "bytes": figures["bytes"], "vmhwm_mb": figures["vmhwm_kib"] / 1024}
+
+    # ------------------------------------------------------------------ limits
+
+    def limits(self, csv_path: str) -> dict:
+        http = requests.Session()
+        token = http.post(f"{self.sim_url}/oauth2/token", auth=("relay-client", "relay-secret"),
+                          data={"grant_type": "client_credentials"}).json()["access_token"]
+        config = os.path.join(self.work, "curl.cfg")
+        with open(config, "w") as handle:
+            handle.write(f'header = "Authorization: Bearer {token}"\n')
+            for start in range(self.args.page_size, self.args.rows, self.args.page_size):
+                handle.write(
+                    f'url = "{self.sim_url}/integration/V1/data/worksheet?queryId=q0&workbookName=PlannedOrders%20Export'
+                    f'&Scope=Public&worksheetName=Planned%20Orders&startRow={start}&pageSize={self.args.page_size}"\n'
+                    'output = "/dev/null"\n')
+        started = time.perf_counter()
+        workbook = http.post(f"{self.sim_url}/integration/V1/data/workbook", headers={"Authorization": f"Bearer {token}"},
+                             json={"Scenario": {"Name": "Enterprise Data", "Scope": "Public"},
+                                   "WorkbookParameters": {"Workbook": {"Name": "PlannedOrders Export", "Scope": "Public"},
+                                                          "SiteGroup": "All Sites"}})
+        workbook.raise_for_status()
+        subprocess.run(["curl", "-sSf", "--no-progress-meter", "--parallel", "--parallel-max", "4", "-K", config], check=True)
+        pages = time.perf_counter() - started
+
+        key = f"bench/put-limit-{self.round}.csv"
+        url = f"{self.env['AWS_ENDPOINT_URL']}/{self.env['STAGING_BUCKET']}/{key}"
+        started = time.perf_counter()
+        subprocess.run(["curl", "-sSf", "-o", "/dev/null", "-T", csv_path, url], check=True)
+        put = time.perf_counter() - started
+        self.s3.delete_object(Bucket=self.env["STAGING_BUCKET"], Key=key)
+
+        self.clear_pf2()
+        name = os.path.basename(csv_path)
+        batch = os.path.join(self.work, "sftp.batch")
+        with open(batch, "w") as handle:
+            handle.write(f"put -f {csv_path} {self.pf2}/.{name}.part\nrename {self.pf2}/.{name}.part {self.pf2}/{name}\n")
+        started = time.perf_counter()
+        subprocess.run(
+            ["sftp", "-q", "-b", batch, "-i", os.path.join(self.sftp_dir, "client_ed25519"), "-P", str(self.sshd_port),
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+             f"{getpass.getuser()}@127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
+        sftp = time.perf_counter() - started
+        return {"pages_s": pages, "put_s": put, "sftp_s": sftp}
+
+    # ------------------------------------------------------------------ report
+
+    def measure(self, latency_ms: int) -> None:
+        self.start_sim(latency_ms)
+        ours, python, limits = [], [], []
+        try:
+            for i in range(self.args.rounds):
+                # Alternating, and which goes first alternates too.
+                order = [("ours", self.ours), ("python", self.python)]
+                if i % 2:
+                    order.reverse()
+                for name, step in order:
+                    (ours if name == "ours" else python).append(step())
+                limits.append(self.limits(self.last_python_csv))
+                print(f"   round {i + 1}: ours {ours[-1]['whole_s']:.2f} s, Python {python[-1]['whole_s']:.2f} s",
+                      flush=True)
+        finally:
+            self.parts.stop(self.sim)
+        self.report(latency_ms, ours, python, limits)
+
+    def report(self, latency_ms: int, ours: list, python: list, limits: list) -> None:
+        col = lambda runs, key: [r[key] for r in runs]  # noqa: E731
+        rows, size = ours[0]["rows"], ours[0]["bytes"]
+        print(f"\n== {rows:,} rows ({size / 1e6:.1f} MB of CSV), {self.args.page_size}-row pages, simulator at "
+              f"{latency_ms} ms per call; min / median / max of {len(ours)} alternating rounds, seconds")
+        print(f"   {'step':<34} {'ours (worker log)':>22} {'Python pipeline':>22}   limit on this machine")
+        lines = [
+            ("fetch + CSV", col(ours, "fetch_s"), col(python, "fetch_s"),
+             f"{fmt(col(limits, 'pages_s'))}  (pages by curl, 4 in flight)"),
+            ("S3 staging", col(ours, "stage_s"), [], f"{fmt(col(limits, 'put_s'))}  (one PUT of the file, curl)"),
+            ("SFTP (deliver)", col(ours, "deliver_s"), col(python, "deliver_s"),
+             f"{fmt(col(limits, 'sftp_s'))}  (OpenSSH sftp put -f + rename)"),
+            ("worker total (its log)", col(ours, "worker_total_s"), [], ""),
+            ("POST → job message read from SQS", col(ours, "to_queue_s"), [], "(webhook binary start to answer, S3, SQS)"),
+            ("worker process start → answer", col(ours, "worker_answer_s"), [], "(cold start, secrets, lease, records)"),
+        ]
+        for name, a, b, limit in lines:
+            print(f"   {name:<34} {fmt(a):>22} {fmt(b):>22}   {limit}")
+        ratios = [p["whole_s"] / o["whole_s"] for o, p in zip(ours, python)]
+        print(f"   {'whole job (POST → receipt / proc)':<34} {fmt(col(ours, 'whole_s')):>22} "
+              f"{fmt(col(python, 'whole_s')):>22}   slowest step's limit alone: "
+              f"{fmt([max(l.values()) for l in limits])}")
+        print(f"   Python / ours, per round: {fmt(ratios)}x  (goal after overlapping: ≥ "
+              f"{'5' if latency_ms == 0 else '4'}x)")
+        print(f"   peak RSS (VmHWM) MB: worker {fmt(col(ours, 'vmhwm_mb'), digits=1)}, "
+              f"Python {fmt(col(python, 'vmhwm_mb'), digits=1)}")
+        if python[0]["rows"] != rows:
+            print(f"   note: Python wrote {python[0]['rows']} rows, ours {rows}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("release_dir")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--page-size", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latencies", default="0,20")
+    args = parser.parse_args()
+    bench = Bench(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        bench.start_stack()
+        print(f"bench-e2e: {os.cpu_count()} cores; other work on the machine shows in these figures", flush=True)
+        for latency in (int(v) for v in args.latencies.split(",")):
+            print(f"\n-- simulator at {latency} ms per call", flush=True)
+            bench.measure(latency)
+    finally:
+        bench.parts.stop_all()
+        shutil.rmtree(bench.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
