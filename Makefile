@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 
-.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp bench-e2e package
+.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp bench-e2e bench-scale package
 
 build:
 	cargo build --workspace --bins
@@ -51,6 +51,11 @@ bench-sftp: bootstrap
 bench-e2e: bootstrap
 	cargo build --release --workspace --bins
 	.venv/bin/python benches/e2e.py $(CARGO_TARGET_DIR)/release $(E2E_ARGS)
+
+## The largest exports: 100k and 10M rows, worksheet and bulk mode, at 0 and 20 ms per call.
+bench-scale: bootstrap
+	cargo build --release --workspace --bins
+	.venv/bin/python benches/e2e.py $(CARGO_TARGET_DIR)/release --scale 100000,10000000 $(E2E_ARGS)
 
 ## Release zips of both functions for Lambda (provided.al2023), OpenSSL and zlib linked in
 ## statically: ARCH=x86_64 (default here: these machines have no aarch64 Rust std) or arm64.

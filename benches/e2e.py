@@ -13,6 +13,9 @@ shared by everything measured at that latency. Each round, alternating:
     the file by curl; OpenSSH `sftp -b` with `put -f` (fsync, as ours) and a rename.
 Prints min / median / max of each figure. Asserts nothing about speed.
     python benches/e2e.py RELEASE_DIR [--rows N] [--page-size N] [--rounds N] [--latencies 0,20]
+    python benches/e2e.py RELEASE_DIR --scale 100000,10000000 [--latencies 0,20]
+        (issue 11: our worker alone, worksheet and bulk mode, time and its own peak memory
+        at each row count; no Python run)
 """
 import argparse
 import base64
@@ -145,9 +148,10 @@ class Bench:
         self.sim_url = f"http://127.0.0.1:{port}"
         self.env["KINAXIS_BASE_URL"] = self.sim_url
 
-    def clear_pf2(self) -> None:
-        for name in os.listdir(self.pf2):
-            os.remove(os.path.join(self.pf2, name))
+    def clear_pf2(self, folder: str = None) -> None:
+        folder = folder or self.pf2
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
 
     # ------------------------------------------------------------------ ours
 
@@ -156,7 +160,7 @@ class Bench:
         os.environ.update(self.env)
         timing = {}
         try:
-            kind, body = run(json.dumps(event).encode(), [os.path.join(self.release, binary)], timing=timing,
+            kind, body = run(json.dumps(event).encode(), [os.path.join(self.release, binary)], timeout_s=900, timing=timing,
                              log=log, quiet=log is None)
         finally:
             os.environ.clear()
@@ -165,10 +169,10 @@ class Bench:
             sys.exit(f"bench-e2e: the {binary} function failed: {body.decode()[:500]}")
         return json.loads(body), timing
 
-    def ours(self) -> dict:
-        self.clear_pf2()
+    def ours(self, event_file: str = "webhook-http-api-pf.json", folder: str = None) -> dict:
+        self.clear_pf2(folder)
         self.round += 1
-        with open(os.path.join(ROOT, "events", "webhook-http-api-pf.json")) as handle:
+        with open(os.path.join(ROOT, "events", event_file)) as handle:
             event = json.load(handle)
         body = event["body"].encode()
         now = int(time.time())
@@ -361,6 +365,39 @@ class Bench:
             print(f"   note: Python wrote {python[0]['rows']} rows, ours {rows}")
 
 
+def scale(bench: "Bench", rows_list: list, latencies: list) -> None:
+    """Our worker alone at each row count, worksheet mode and bulk mode: the whole job's
+    time and the worker process's own peak memory (VmHWM), one run each."""
+    bench.env["ALLOWED_REQUESTS"] = json.dumps(
+        {"*": {"workbooks": ["PlannedOrders Export"], "tables": ["Mfg::PlannedOrder"]}})
+    wp2 = os.path.join(bench.sftp_dir, "sap", "WP2")
+    results = []
+    for latency in latencies:
+        for rows in rows_list:
+            bench.args.rows = rows
+            bench.start_sim(latency)
+            try:
+                for mode, event_file, folder in (("worksheet", "webhook-http-api-pf.json", bench.pf2),
+                                                 ("bulk", "webhook-http-api-bulk-wp.json", wp2)):
+                    run = bench.ours(event_file, folder)
+                    bench.clear_pf2(folder)
+                    results.append((mode, rows, latency, run))
+                    print(f"   {mode:<9} {rows:>11,} rows at {latency:>2} ms/call: whole {run['whole_s']:7.2f} s "
+                          f"(fetch {run['fetch_s']:.2f}, stage {run['stage_s']:.2f}, deliver {run['deliver_s']:.2f}), "
+                          f"worker peak {run['vmhwm_mb']:.1f} MB, {run['bytes'] / 1e6:.0f} MB of CSV", flush=True)
+            finally:
+                bench.parts.stop(bench.sim)
+    print(f"\n== scale: worksheet pages of {bench.args.page_size} rows, bulk pages of "
+          f"{bench.env.get('KINAXIS_BULK_PAGE_SIZE', '20000 (default)')}; one run each")
+    print(f"   {'mode':<9} {'rows':>11} {'ms/call':>7} {'whole s':>8} {'rows/s':>11} {'peak MB':>8} "
+          f"{'Δ peak vs smallest':>19}")
+    for mode, rows, latency, run in results:
+        smallest = min((r for m, n, l, r in results if m == mode and l == latency),
+                       key=lambda r: r["rows"])
+        print(f"   {mode:<9} {rows:>11,} {latency:>7} {run['whole_s']:>8.2f} {rows / run['whole_s']:>11,.0f} "
+              f"{run['vmhwm_mb']:>8.1f} {run['vmhwm_mb'] - smallest['vmhwm_mb']:>+18.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("release_dir")
@@ -368,12 +405,16 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latencies", default="0,20")
+    parser.add_argument("--scale", default="", help="row counts: our worker alone, worksheet and bulk mode")
     args = parser.parse_args()
     bench = Bench(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         bench.start_stack()
         print(f"bench-e2e: {os.cpu_count()} cores; other work on the machine shows in these figures", flush=True)
+        if args.scale:
+            scale(bench, [int(v) for v in args.scale.split(",")], [int(v) for v in args.latencies.split(",")])
+            return
         for latency in (int(v) for v in args.latencies.split(",")):
             print(f"\n-- simulator at {latency} ms per call", flush=True)
             bench.measure(latency)
