@@ -173,8 +173,12 @@ fn authenticate_with_password(
     user: &str,
     password: &secrecy::SecretString,
 ) -> Result<()> {
-    // Asking (the `none` method) tells which methods the server offers for the user.
-    let offered = session.auth_methods(user).map(str::to_owned).unwrap_or_default();
+    // Asking (the `none` method) tells which methods the server offers for the user; a
+    // failure to ask is the connection's, not a refusal of the password.
+    let offered = session
+        .auth_methods(user)
+        .map(str::to_owned)
+        .map_err(|e| ssh_error(e, &format!("asking {endpoint} which authentication methods it offers {user}")))?;
     if session.authenticated() {
         return Ok(());
     }
@@ -185,7 +189,7 @@ fn authenticate_with_password(
             .map_err(|e| ssh_error(e, &format!("{endpoint} refused the password of {user}")));
     }
     if offers("keyboard-interactive") {
-        let mut prompter = PasswordPrompter { password, prompts: 0 };
+        let mut prompter = PasswordPrompter { password, prompts: 0, rounds: 0 };
         let result = session.userauth_keyboard_interactive(user, &mut prompter);
         return result.map_err(|e| {
             ssh_error(
@@ -206,13 +210,31 @@ fn authenticate_with_password(
 /// Answers each keyboard-interactive prompt with the password.
 struct PasswordPrompter<'a> {
     password: &'a secrecy::SecretString,
+    /// Prompts answered with the password.
     prompts: usize,
+    rounds: usize,
 }
+
+/// The password goes only to prompts that hide their answer (a password prompt); anything
+/// else (an echoed question, a one-time code) gets an empty answer, and after a few rounds
+/// every answer is empty, so a server asking for more than a password is refused, never
+/// sent the password again and again.
+const MAX_PASSWORD_ROUNDS: usize = 3;
 
 impl ssh2::KeyboardInteractivePrompt for PasswordPrompter<'_> {
     fn prompt<'b>(&mut self, _username: &str, _instructions: &str, prompts: &[ssh2::Prompt<'b>]) -> Vec<String> {
-        self.prompts += prompts.len();
-        prompts.iter().map(|_| self.password.expose_secret().to_owned()).collect()
+        self.rounds += 1;
+        prompts
+            .iter()
+            .map(|prompt| {
+                if prompt.echo || self.rounds > MAX_PASSWORD_ROUNDS {
+                    String::new()
+                } else {
+                    self.prompts += 1;
+                    self.password.expose_secret().to_owned()
+                }
+            })
+            .collect()
     }
 }
 
@@ -237,7 +259,7 @@ impl FileDrop for SftpDrop {
                 if options.create_dir {
                     create_dir_all(&sftp, credentials.remote_dir.trim_end_matches('/'))?;
                 }
-                Ok(Connection { session, sftp, options, posix: std::sync::OnceLock::new() })
+                Ok(Connection { session, sftp, options, posix: std::sync::Mutex::new(PosixState::Untried) })
             })
         })
         .await
@@ -260,7 +282,18 @@ struct Connection {
     sftp: Sftp,
     options: SftpOptions,
     /// The raw SFTP channel for `posix-rename@openssh.com`, opened at the first replace.
-    posix: std::sync::OnceLock<std::result::Result<PosixRename, String>>,
+    posix: std::sync::Mutex<PosixState>,
+}
+
+/// Whether this connection replaces files in one step.
+enum PosixState {
+    /// Not asked yet, or the channel was dropped after a failure that may have left it
+    /// mid-request: opened at the next replace.
+    Untried,
+    Open(PosixRename),
+    /// The server would not open a second SFTP channel (a server allowing one session per
+    /// connection, such as OpenSSH with `MaxSessions 1`): remove-then-rename.
+    Unavailable(String),
 }
 
 /// An open SFTP session on one remote directory. Each operation moves the connection onto
@@ -506,18 +539,33 @@ fn create_dir_all(sftp: &Sftp, dir: &str) -> Result<()> {
 /// Renames `from` onto `to` in one step with `posix-rename@openssh.com`; where the server
 /// does not offer it, removes `to` first and says so.
 fn replace(c: &Connection, from: &str, to: &str) -> Result<Replaced> {
-    let posix = c.posix.get_or_init(|| PosixRename::open(&c.session).map_err(|e| e.to_string()));
-    let posix = posix
-        .as_ref()
-        .map_err(|why| Error::transient(Step::Deliver, format!("opening an SFTP channel to replace {to}: {why}")))?;
-    let refusal = match posix.rename(from, to) {
-        Ok(()) => return Ok(Replaced::Atomically),
-        // OpenSSH answers an extension it lacks with OP_UNSUPPORTED, and one its
-        // `sftp-server -P` denies with PERMISSION_DENIED; the plain rename below then
-        // tells a real permission problem apart.
-        Err(err) if matches!(err.code(), ErrorCode::SFTP(OP_UNSUPPORTED | PERMISSION_DENIED)) => err,
-        Err(err) => return Err(ssh_error(err, &format!("replacing {to} with {from}"))),
+    let mut posix = c.posix.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if matches!(*posix, PosixState::Untried) {
+        *posix = match PosixRename::open(&c.session) {
+            Ok(channel) => PosixState::Open(channel),
+            Err(err) => PosixState::Unavailable(format!("no second SFTP channel: {err}")),
+        };
+    }
+    let refusal = match &*posix {
+        PosixState::Open(channel) => match channel.rename(from, to) {
+            Ok(()) => return Ok(Replaced::Atomically),
+            // OpenSSH answers an extension it lacks with OP_UNSUPPORTED, and one its
+            // `sftp-server -P` denies with PERMISSION_DENIED; the plain rename below then
+            // tells a real permission problem apart.
+            Err(err) if matches!(err.code(), ErrorCode::SFTP(OP_UNSUPPORTED | PERMISSION_DENIED)) => err.to_string(),
+            Err(err) => {
+                // A timeout or a cut connection can leave the channel waiting for the
+                // answer to this request: it is not used again.
+                if !matches!(err.code(), ErrorCode::SFTP(_)) {
+                    *posix = PosixState::Untried;
+                }
+                return Err(ssh_error(err, &format!("replacing {to} with {from}")));
+            }
+        },
+        PosixState::Unavailable(why) => why.clone(),
+        PosixState::Untried => "posix-rename not tried".to_owned(),
     };
+    drop(posix);
     tracing::warn!(
         remote = %to,
         refusal = %refusal,

@@ -303,6 +303,23 @@ async fn a_server_without_posix_rename_gets_remove_then_rename_and_the_record_sa
 }
 
 #[tokio::test]
+async fn a_server_allowing_one_channel_per_connection_gets_remove_then_rename_not_a_failure() {
+    // The atomic replace needs a second SFTP channel, which `MaxSessions 1` refuses.
+    let sshd = Sshd::start_configured(|config| format!("MaxSessions 1\n{config}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let creds = credentials(&sshd, "PF2");
+    let a = random_upload(&dir, "Old-PF.csv", 100_000, 32);
+    let mut b = random_upload(&dir, "New-PF.csv", 120_000, 33);
+    b.file_name = a.file_name.clone();
+    deliver(creds.clone(), options(ExistingFilePolicy::Fail), a.clone()).await.expect("first");
+    let record = deliver_record(creds, options(ExistingFilePolicy::Overwrite), b.clone(), None)
+        .await
+        .expect("replaced although no second channel opens");
+    assert_eq!(record.replaced, Some(Replaced::RemovedFirst));
+    assert_eq!(sha256_of(&sshd.folder("PF2").join(&a.file_name)), b.sha256);
+}
+
+#[tokio::test]
 async fn the_trigger_appears_only_after_the_complete_data_file_and_sha256sum_accepts_it() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().expect("dir");
