@@ -17,8 +17,9 @@ use crate::ports::{CreateOutcome, Guarded, ObjectStore};
 use crate::routing::Target;
 
 /// Where the counter of one day, target and file name lives (expired by a lifecycle rule).
+/// The name without `.csv`, as the delivered file is named: `X` and `X.csv` share a budget.
 pub fn key(day: time::Date, target: &Target, file_name: &str) -> String {
-    format!("budget/{day}/{target}/{file_name}.json")
+    format!("budget/{day}/{target}/{}.json", crate::routing::file_name_stem(file_name))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -106,6 +107,14 @@ pub fn until_next_utc_day(now: OffsetDateTime) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_name_with_and_without_csv_shares_one_budget() {
+        let day = time::macros::date!(2026 - 11 - 27);
+        let pf2 = Target::parse("PF2").unwrap();
+        assert_eq!(key(day, &pf2, "Orders-PF.csv"), key(day, &pf2, "Orders-PF"));
+        assert_eq!(key(day, &pf2, "Orders-PF"), "budget/2026-11-27/PF2/Orders-PF.json");
+    }
     use crate::memory::MemoryStore;
     use std::sync::Arc;
     use time::macros::datetime;

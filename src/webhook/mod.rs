@@ -102,11 +102,26 @@ pub struct Webhook<S, K> {
     store: S,
     secrets: CachedSecrets<K>,
     settings: WebhookSettings,
+    /// When a misconfigured secret was last dropped from the cache.
+    misconfigured_reread_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// A misconfigured secret is read again at most this often: the fix is picked up by the
+/// next request after it, while unauthenticated callers cannot turn every request into a
+/// Secrets Manager call.
+const MISCONFIGURED_REREAD: Duration = Duration::from_secs(10);
 
 impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
     pub fn new(store: S, secrets: CachedSecrets<K>, settings: WebhookSettings) -> Self {
-        Self { store, secrets, settings }
+        Self { store, secrets, settings, misconfigured_reread_at: std::sync::Mutex::new(None) }
+    }
+
+    fn reread_misconfigured_secret(&self, secret_id: &str) {
+        let mut last = self.misconfigured_reread_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= MISCONFIGURED_REREAD) {
+            self.secrets.invalidate(secret_id);
+            *last = Some(std::time::Instant::now());
+        }
     }
 
     /// The Lambda entry: an API Gateway request in, a response out; never an `Err`, so
@@ -270,12 +285,15 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
                 auth::check_credentials(self.settings.auth_mode, &credentials).map(|()| credentials)
             });
         checked.map_err(|problem| {
-            // Read again on the next request: the fix should not wait for the cache to expire.
-            self.secrets.invalidate(secret_id);
+            // Read again soon: the fix should not wait for the cache to expire; but not on
+            // every request, which anyone could send, each a Secrets Manager call.
+            self.reread_misconfigured_secret(secret_id);
             tracing::error!(problem = problem.class, detail = %problem.detail, "webhook misconfigured");
+            // The caller is not authenticated: the class only, the detail (which names the
+            // secret) stays in the log.
             let mut answer = Answer::problem(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("the webhook is misconfigured ({problem}); the operator must fix WEBHOOK_SECRET_ID"),
+                format!("the webhook is misconfigured ({}); the operator must fix WEBHOOK_SECRET_ID", problem.class),
             );
             answer.body["type"] = json!(format!("urn:maestro-relay:problem:{}", problem.class));
             answer.body["title"] = json!("Webhook misconfigured");

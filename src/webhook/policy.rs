@@ -102,19 +102,24 @@ impl ScopedName {
 #[serde(untagged)]
 enum TableRule {
     Any(String),
-    Limited {
-        name: String,
-        #[serde(default)]
-        fields: Option<Vec<String>>,
-        #[serde(default)]
-        filters: Option<Vec<String>>,
-    },
+    Limited(LimitedTable),
+}
+
+/// A misspelt key (`field`, `filter`) must stop the start, not silently admit everything.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitedTable {
+    name: String,
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+    #[serde(default)]
+    filters: Option<Vec<String>>,
 }
 
 impl TableRule {
     fn name(&self) -> &str {
         match self {
-            Self::Any(name) | Self::Limited { name, .. } => name,
+            Self::Any(name) | Self::Limited(LimitedTable { name, .. }) => name,
         }
     }
 }
@@ -194,6 +199,15 @@ impl AllowList {
         let Some(rule) = self.rules.get(target.as_str()).or_else(|| self.rules.get("*")) else {
             return refuse("fileName".into(), format!("target {target} accepts no request (no ALLOWED_REQUESTS rule)"));
         };
+        // The scenario goes to Kinaxis in both modes, so it is checked in both.
+        if let Some(allowed) = &rule.scenarios {
+            if !allowed.iter().any(|s| s.admits(&request.scenario)) {
+                return refuse(
+                    "scenario".into(),
+                    format!("{} is not allowed for target {target}", describe(&request.scenario)),
+                );
+            }
+        }
         let workbook = match request.source() {
             Some(DataSource::Workbook(workbook)) => workbook,
             Some(DataSource::Table(table)) => return check_table(rule, target, table),
@@ -210,14 +224,6 @@ impl AllowList {
                         format!("worksheet {sheet:?} is not allowed for target {target}"),
                     );
                 }
-            }
-        }
-        if let Some(allowed) = &rule.scenarios {
-            if !allowed.iter().any(|s| s.admits(&request.scenario)) {
-                return refuse(
-                    "scenario".into(),
-                    format!("{} is not allowed for target {target}", describe(&request.scenario)),
-                );
             }
         }
         if let (Some(allowed), Some(filter)) = (&rule.filters, &request.filter) {
@@ -237,7 +243,7 @@ fn check_table(rule: &TargetRule, target: &Target, table: &TableRequest) -> Resu
     let Some(entry) = rule.tables.iter().find(|t| t.name() == "*" || t.name() == qualified) else {
         return refuse("table".into(), format!("table {qualified:?} is not allowed for target {target}"));
     };
-    if let TableRule::Limited { fields, filters, .. } = entry {
+    if let TableRule::Limited(LimitedTable { fields, filters, .. }) = entry {
         if let Some(allowed) = fields {
             if let Some((i, field)) = table.fields.iter().enumerate().find(|(_, f)| !allowed.contains(f)) {
                 return refuse(
@@ -364,6 +370,17 @@ mod tests {
         assert_eq!(list.check(&pf2(), &table_request("Mfg::Other", &["X"], None)).unwrap_err().field, "table");
         let wp2 = Target::parse("WP2").unwrap();
         assert!(list.check(&wp2, &table_request("Mfg::Other", &["Any.Field"], Some("any"))).is_ok());
+        // A table job's scenario is checked like a workbook job's.
+        let scoped =
+            AllowList::parse(r#"{"*": {"tables": ["Mfg::PlannedOrder"], "scenarios": ["Enterprise Data"]}}"#, &[pf2()])
+                .unwrap();
+        let mut what_if = table_request("Mfg::PlannedOrder", &["Order.Id"], None);
+        assert!(scoped.check(&pf2(), &what_if).is_ok());
+        what_if.scenario = NamedScope { name: "Secret What-If".into(), scope: "Private".into() };
+        assert_eq!(scoped.check(&pf2(), &what_if).unwrap_err().field, "scenario");
+        // A misspelt key in a table entry stops the start.
+        let typo = AllowList::parse(r#"{"*": {"tables": [{"name": "Mfg::X", "field": ["a"]}]}}"#, &[pf2()]);
+        assert!(typo.is_err(), "{typo:?}");
         assert_eq!(list.check(&wp2, &request(PLANNED_ORDERS_WORKBOOK, "Public")).unwrap_err().field, "workbook");
     }
 

@@ -508,6 +508,10 @@ async fn a_webhook_secret_that_cannot_authenticate_anyone_is_a_503_naming_the_pr
     assert_eq!(webhook.handle_lambda_at(request(&event), at).await.status().as_u16(), 503);
     app.set_secret(&secret_id, json!({"hmac_secrets": [app.whsec]})).await;
     assert_eq!(webhook.handle_lambda_at(request(&event), at).await.status().as_u16(), 202);
+    // The unauthenticated caller learns the class, never which secret: the ARN stays in the log.
+    app.set_secret(&secret_id, json!(["not", "an", "object"])).await;
+    let (_, _, problem) = post_full(&app, &event, NOW).await;
+    assert!(!problem.to_string().contains(&secret_id), "{problem}");
 }
 
 #[tokio::test]
