@@ -560,7 +560,8 @@ fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
             }
         }
     };
-    let decimal_separator = match env.get("CSV_DECIMAL_SEPARATOR") {
+    let decimal = env.get("CSV_DECIMAL_SEPARATOR");
+    let decimal_separator = match &decimal {
         None => b'.',
         Some((_, d)) if d == "." || d == "," => d.as_bytes()[0],
         Some((var, other)) => {
@@ -569,6 +570,15 @@ fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
         }
     };
     let numeric_columns = env.list("CSV_NUMERIC_COLUMNS").map(|(_, l)| l);
+    // A decimal comma on every column would rewrite identifiers that look like numbers
+    // (`100.200`): the columns it applies to are named.
+    if decimal_separator != b'.' && numeric_columns.is_none() {
+        let var = decimal.as_ref().map_or("CSV_DECIMAL_SEPARATOR", |(var, _)| var.as_str());
+        env.problem(format!(
+            "{var}=\",\" needs CSV_NUMERIC_COLUMNS (for this target or all): the columns that hold quantities, \
+             so an identifier such as 100.200 is never rewritten"
+        ));
+    }
     CsvOptions {
         profile: "default".to_owned(),
         delimiter,
@@ -668,6 +678,16 @@ mod tests {
     }
 
     #[test]
+    fn a_decimal_comma_without_numeric_columns_is_refused_naming_the_variable() {
+        let mut vars = WORKER.to_vec();
+        vars.push(("CSV_DECIMAL_SEPARATOR_PF2", ","));
+        let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+        assert!(err.message.contains("CSV_DECIMAL_SEPARATOR_PF2=\",\" needs CSV_NUMERIC_COLUMNS"), "{}", err.message);
+        vars.push(("CSV_NUMERIC_COLUMNS", "Quantity"));
+        assert!(WorkerConfig::from_lookup(&lookup(&vars)).is_ok());
+    }
+
+    #[test]
     fn a_target_variable_wins_over_the_global_one_for_that_target_only() {
         let mut vars = WORKER.to_vec();
         vars.extend([
@@ -676,6 +696,7 @@ mod tests {
             ("CSV_ENCODING_PF2", "iso-8859-1"),
             ("CSV_REPLACEMENT_CHAR_PF2", "?"),
             ("CSV_DECIMAL_SEPARATOR_WP2", ","),
+            ("CSV_NUMERIC_COLUMNS_WP2", "Quantity"),
             ("FILE_NAME_TEMPLATE_WP2", "{fileName}.{timestamp}.csv"),
             ("TRIGGER_FILE_PF2", "sha256"),
             ("TRIGGER_FILE", "done"),

@@ -202,6 +202,10 @@ pub struct Reconciliation {
     /// Rows written equal `TotalRowCount`, and the server's size equals the bytes written
     /// (where it was seen).
     pub matches: bool,
+    /// Both comparisons could be made: `TotalRowCount` and the server's size were known.
+    /// `matches` without it is only as strong as the figures that were there.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 impl Reconciliation {
@@ -222,6 +226,7 @@ impl Reconciliation {
             profile: stats.profile.clone(),
             replaced_characters: stats.replaced_characters,
             matches: rows_match && size_matches,
+            verified: stats.kinaxis_total_row_count.is_some() && record.remote_size.is_some(),
         }
     }
 }
@@ -456,10 +461,11 @@ mod tests {
             trigger: None,
             updated_at: time::OffsetDateTime::UNIX_EPOCH,
         };
-        assert!(Reconciliation::of(&record).matches);
+        assert!(Reconciliation::of(&record).matches && Reconciliation::of(&record).verified);
         record.remote_size = Some(99);
         assert!(!Reconciliation::of(&record).matches);
         record.remote_size = None;
+        assert!(!Reconciliation::of(&record).verified, "no remote size seen: not verified");
         record.file.stats.kinaxis_total_row_count = Some(11);
         let line = Reconciliation::of(&record);
         assert!(!line.matches);

@@ -195,6 +195,7 @@ async fn each_target_gets_the_files_of_its_own_profile_with_a_reconciled_receipt
         ("CSV_REPLACEMENT_CHAR_PF2", "?"),
         ("CSV_DELIMITER_PF2", ";"),
         ("CSV_DECIMAL_SEPARATOR_PF2", ","),
+        ("CSV_NUMERIC_COLUMNS_PF2", "Quantity"),
         ("TRIGGER_FILE_PF2", "sha256"),
         ("CSV_ENCODING_WP2", "utf-8-bom"),
         ("FILE_NAME_TEMPLATE_WP2", "{fileName}-{timestamp}.csv"),
