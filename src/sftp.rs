@@ -119,7 +119,19 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
         .map_err(|e| ssh_error(e, "setting the host key algorithms"))?;
     session.set_tcp_stream(tcp);
     session.set_timeout(options.io_timeout.as_millis().min(u32::MAX as u128) as u32);
-    session.handshake().map_err(|e| ssh_error(e, &format!("SSH handshake with {endpoint}")))?;
+    session.handshake().map_err(|e| {
+        // KEX_FAILURE (-5) is also what a server offering only host key types we do not
+        // accept (SHA-1 `ssh-rsa`, DSA) looks like: said, so an operator need not guess.
+        let what = if e.code() == ErrorCode::Session(-5) {
+            format!(
+                "SSH handshake with {endpoint}: no key exchange agreed (a server offering only ssh-rsa with SHA-1 or DSA \
+                 host keys is refused; accepted: {HOST_KEY_ALGORITHMS})"
+            )
+        } else {
+            format!("SSH handshake with {endpoint}")
+        };
+        ssh_error(e, &what)
+    })?;
 
     let offered = session
         .host_key_hash(HashType::Sha256)

@@ -449,6 +449,20 @@ async fn with_both_an_ed25519_and_an_rsa_host_key_the_ed25519_key_is_the_one_che
 }
 
 #[tokio::test]
+async fn a_server_offering_only_sha1_ssh_rsa_host_keys_is_refused_with_a_message_that_says_so() {
+    let sshd =
+        Sshd::start_configured(|config| format!("HostKeyAlgorithms ssh-rsa\n{}", with_rsa_host_key(config, true)));
+    let dir = tempfile::tempdir().expect("dir");
+    let mut creds = credentials(&sshd, "PF2");
+    creds.host_key_sha256 = fingerprint_of(&sshd.dir.path().join("host_rsa.pub")).as_str().into();
+    let err = deliver(creds, options(ExistingFilePolicy::Fail), random_upload(&dir, "Sha1-PF.csv", 10, 35))
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("ssh-rsa with SHA-1"), "{}", err.chain());
+    assert!(sshd.files("PF2").is_empty());
+}
+
+#[tokio::test]
 async fn a_server_with_only_an_rsa_host_key_is_reached_with_rsa_sha2_signatures() {
     let sshd = Sshd::start_configured(|config| with_rsa_host_key(config, true));
     let dir = tempfile::tempdir().expect("dir");
