@@ -4,13 +4,16 @@
 //! in memory for tests that stop a job at any point.
 
 use std::future::Future;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use secrecy::SecretString;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result, Step};
 use crate::export::ExportedFile;
 use crate::job::Manifest;
 use crate::secrets::{KinaxisLogin, SftpCredentials};
@@ -76,6 +79,39 @@ pub trait ObjectStore: Send + Sync {
     fn upload_file(&self, key: &str, path: &Path, content_type: &str) -> impl Future<Output = Result<()>> + Send;
     /// Streams the object into a local file; `false` when there is no such key.
     fn download_file(&self, key: &str, path: &Path) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Starts a multipart upload written while the CSV is still being produced; its id. A
+    /// store without the capability says so, and the file is staged whole afterwards.
+    fn start_multipart(&self, key: &str, _content_type: &str) -> impl Future<Output = Result<String>> + Send {
+        let key = key.to_owned();
+        async move { Err(Error::transient(Step::Stage, format!("{key}: this store stages whole files only"))) }
+    }
+    /// Uploads part `number` (from 1) of an upload; the part's ETag. Parts may go up
+    /// concurrently; every part but the last holds at least 5 MiB.
+    fn upload_part(
+        &self,
+        key: &str,
+        _upload_id: &str,
+        number: u32,
+        _bytes: Bytes,
+    ) -> impl Future<Output = Result<String>> + Send {
+        let key = key.to_owned();
+        async move { Err(Error::transient(Step::Stage, format!("{key}: part {number}: no multipart uploads here"))) }
+    }
+    /// Joins the parts, in number order, into the object: only now does it exist.
+    fn complete_multipart(
+        &self,
+        key: &str,
+        _upload_id: &str,
+        _parts: &[(u32, String)],
+    ) -> impl Future<Output = Result<()>> + Send {
+        let key = key.to_owned();
+        async move { Err(Error::transient(Step::Stage, format!("{key}: no multipart uploads here"))) }
+    }
+    /// Drops an upload and its parts; nothing of it becomes an object.
+    fn abort_multipart(&self, _key: &str, _upload_id: &str) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Secrets Manager: a secret's string by its id.
@@ -84,7 +120,8 @@ pub trait SecretSource: Send + Sync {
 }
 
 /// Kinaxis: the job's worksheets, fetched and written as CSV files into `dir`, each with its
-/// row count, byte count and SHA-256.
+/// row count, byte count and SHA-256; while each file is written, its bytes also go to
+/// `outlets.open(…)` (a blocking writer: write it from a blocking thread, never the executor).
 pub trait WorkbookSource: Send + Sync {
     fn export(
         &self,
@@ -92,7 +129,101 @@ pub trait WorkbookSource: Send + Sync {
         login: KinaxisLogin,
         dir: &Path,
         deadline: Instant,
+        outlets: &Outlets,
     ) -> impl Future<Output = Result<Vec<ExportedFile>>> + Send;
+}
+
+/// One CSV on its way while the export writes it: the same bytes, in order, to the staging
+/// upload and to the SFTP temporary. A channel that ends without `Outlet::finish` having
+/// been called belongs to an export that failed.
+#[derive(Debug)]
+pub struct StreamedFile {
+    pub worksheet: String,
+    pub file_name: String,
+    pub staging: mpsc::Receiver<Bytes>,
+    pub remote: mpsc::Receiver<Bytes>,
+}
+
+/// Where the export announces each file it starts writing; `none()` streams nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Outlets {
+    files: Option<mpsc::UnboundedSender<StreamedFile>>,
+    chunk_bytes: usize,
+    depth: usize,
+}
+
+impl Outlets {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Files announced on the receiver; bytes handed on in chunks of `chunk_bytes`, at most
+    /// `depth` chunks waiting per destination (the writer blocks beyond that).
+    pub fn new(chunk_bytes: usize, depth: usize) -> (Self, mpsc::UnboundedReceiver<StreamedFile>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { files: Some(tx), chunk_bytes: chunk_bytes.max(1), depth: depth.max(1) }, rx)
+    }
+
+    /// The writer for a file that starts now.
+    pub fn open(&self, worksheet: &str, file_name: &str) -> Outlet {
+        let Some(files) = &self.files else { return Outlet::default() };
+        let (staging_tx, staging) = mpsc::channel(self.depth);
+        let (remote_tx, remote) = mpsc::channel(self.depth);
+        let announced = files.send(StreamedFile {
+            worksheet: worksheet.to_owned(),
+            file_name: file_name.to_owned(),
+            staging,
+            remote,
+        });
+        if announced.is_err() {
+            return Outlet::default();
+        }
+        Outlet { senders: vec![staging_tx, remote_tx], buffer: BytesMut::new(), chunk_bytes: self.chunk_bytes }
+    }
+}
+
+/// A blocking writer that hands its bytes on in chunks to every destination still
+/// listening. A destination that stops listening (its upload failed) is dropped; the
+/// writer itself never fails, so neither staging nor SFTP can fail the export.
+#[derive(Debug, Default)]
+pub struct Outlet {
+    senders: Vec<mpsc::Sender<Bytes>>,
+    buffer: BytesMut,
+    chunk_bytes: usize,
+}
+
+impl Outlet {
+    fn hand_on(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let chunk = self.buffer.split().freeze();
+        // Blocks while a destination is `depth` chunks behind: back-pressure on the export.
+        self.senders.retain(|sender| sender.blocking_send(chunk.clone()).is_ok());
+    }
+
+    /// The file is complete: the last bytes go, and the channels end.
+    pub fn finish(mut self) {
+        self.hand_on();
+    }
+}
+
+impl Write for Outlet {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.senders.is_empty() {
+            return Ok(buf.len());
+        }
+        self.buffer.extend_from_slice(buf);
+        if self.buffer.len() >= self.chunk_bytes {
+            self.hand_on();
+        }
+        Ok(buf.len())
+    }
+
+    /// Chunks go at their size or at `finish`: a flush sends nothing early.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// An SAP system's inbound folder (SFTP). `open` connects and checks the server is the
@@ -126,6 +257,15 @@ pub trait RemoteFolder: Send {
     /// Writes the local file to `name`. Stops at `deadline` (checked between chunks) and on
     /// any failure, removing what it wrote.
     fn upload(&mut self, local: &Path, name: &str, deadline: Instant) -> impl Future<Output = Result<()>> + Send;
+    /// Writes the chunks arriving on `chunks` to `name` until the channel ends; the bytes
+    /// written. Stops at `deadline` and on any failure, removing what it wrote; a failure
+    /// drops `chunks`, which tells the sender.
+    fn upload_stream(
+        &mut self,
+        chunks: mpsc::Receiver<Bytes>,
+        name: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Renames `from` to `to`; `Refused` when `to` exists (OpenSSH never overwrites on rename).
     fn rename(&mut self, from: &str, to: &str) -> impl Future<Output = Result<Guarded>> + Send;
     /// Renames `from` to `to`, replacing a file under `to`: in one step where the server
