@@ -400,8 +400,7 @@ where
                     drop(outlets);
                     exported
                 };
-                let (exported, (mut streamed, folder)) =
-                    tokio::join!(export, self.pump(run, manifest, announced));
+                let (exported, (mut streamed, folder)) = tokio::join!(export, self.pump(run, manifest, announced));
                 let files = match exported.and_then(|files| self.check_row_counts(&files).map(|()| files)) {
                     Ok(files) => files,
                     Err(err) => {

@@ -274,7 +274,11 @@ where
                         }
                     }
                 } else {
-                    tracing::warn!(streamed = pending.bytes, written = stats.bytes, "the staging stream is not the file; staging the file whole");
+                    tracing::warn!(
+                        streamed = pending.bytes,
+                        written = stats.bytes,
+                        "the staging stream is not the file; staging the file whole"
+                    );
                     self.abort(&pending.key, &pending.upload_id).await;
                 }
             }
@@ -291,7 +295,12 @@ where
                     temporaries.insert(file.file.file_name.clone(), temp);
                 }
                 Some((temp, bytes)) => {
-                    tracing::warn!(temp, streamed = bytes, written = stats.bytes, "the SFTP stream is not the file; it is sent from the staged copy");
+                    tracing::warn!(
+                        temp,
+                        streamed = bytes,
+                        written = stats.bytes,
+                        "the SFTP stream is not the file; it is sent from the staged copy"
+                    );
                 }
                 None => {}
             }
