@@ -203,11 +203,10 @@ impl Exporter<'_> {
         outlet: Outlet,
     ) -> Result<FileStats> {
         let source = format!("worksheet {:?}", sheet.name);
-        let named = |e: CsvError| convert_error(e, &source);
         let total = sheet.total_row_count;
         let what = format!("worksheet {:?}", sheet.name);
-        let sink = self.create_sink(path, &sheet.columns, &named, outlet)?;
-        let mut sink = Converter::start(sink, total, what.clone(), source.clone());
+        let plan = self.create_sink(path, &sheet.columns, outlet);
+        let mut sink = Converter::start(plan, total, what.clone(), source.clone()).await?;
         sink.send(first, first_rows).await?;
 
         if sink.rows() < total {
@@ -257,10 +256,9 @@ impl Exporter<'_> {
         let file_name = job::csv_file_name(self.names, manifest, &qualified, false);
         let path = dir.join(&file_name);
         let source = format!("table {qualified}");
-        let named = |e: CsvError| convert_error(e, &source);
         let total = started.total_rows;
-        let sink = self.create_sink(&path, &table.fields, &named, outlets.open(&qualified, &file_name))?;
-        let mut sink = Converter::start(sink, total, what.clone(), source.clone());
+        let plan = self.create_sink(&path, &table.fields, outlets.open(&qualified, &file_name));
+        let mut sink = Converter::start(plan, total, what.clone(), source.clone()).await?;
         let paged = Paged::Bulk { export_id: &started.export_id, total };
         let page_size = self.client.options().bulk_page_size;
         if total == 0 {
@@ -288,19 +286,10 @@ impl Exporter<'_> {
         Ok(ExportedFile { file: StagedFile { worksheet: qualified, file_name, stats }, path })
     }
 
-    fn create_sink(
-        &self,
-        path: &Path,
-        columns: &[String],
-        named: &impl Fn(CsvError) -> Error,
-        outlet: Outlet,
-    ) -> Result<CsvSink<Tee>> {
-        let file = File::create(path)
-            .map_err(|e| Error::transient(Step::Convert, format!("creating {}", path.display())).caused_by(e))?;
-        // The columns contract (CSV_COLUMNS, CSV_DATE_COLUMNS) is checked here, before any
-        // row is written.
-        let tee = Tee { file: BufWriter::with_capacity(256 * 1024, file), outlet };
-        CsvSink::new(tee, self.csv, columns).map_err(named)
+    /// What the converter's thread opens the file with: creating it, writing the header
+    /// and handing it to the outlet are blocking work, never done on the executor.
+    fn create_sink(&self, path: &Path, columns: &[String], outlet: Outlet) -> SinkPlan {
+        SinkPlan { path: path.to_owned(), csv: self.csv.clone(), columns: columns.to_vec(), outlet }
     }
 
     /// Reads rows `sink.rows()..end` (of `total`) in pages of `page_size`, a bounded number
@@ -486,6 +475,36 @@ struct Parsed {
 /// Parsed pages waiting for the converter, beyond the one it converts.
 const CONVERTER_QUEUE: usize = 4;
 
+/// The CSV file about to be written, opened on the converter's thread.
+struct SinkPlan {
+    path: PathBuf,
+    csv: CsvOptions,
+    columns: Vec<String>,
+    outlet: Outlet,
+}
+
+impl SinkPlan {
+    fn open(self, named: &impl Fn(CsvError) -> Error) -> Result<CsvSink<Tee>> {
+        let SinkPlan { path, csv, columns, outlet } = self;
+        let file = File::create(&path)
+            .map_err(|e| Error::transient(Step::Convert, format!("creating {}", path.display())).caused_by(e))?;
+        // The columns contract (CSV_COLUMNS, CSV_DATE_COLUMNS) is checked here, before any
+        // row is written.
+        let tee = Tee { file: BufWriter::with_capacity(256 * 1024, file), outlet };
+        CsvSink::new(tee, &csv, &columns).map_err(named)
+    }
+}
+
+/// The converter's thread ended without an answer: a panic is a defect, which a retry
+/// would only repeat; a cancelled thread (the runtime shutting down) may do better later.
+fn converter_stopped(err: tokio::task::JoinError) -> Error {
+    if err.is_panic() {
+        Error::permanent(Step::Convert, "the converter panicked (a defect; retrying would repeat it)").caused_by(err)
+    } else {
+        Error::transient(Step::Convert, "the converter thread stopped").caused_by(err)
+    }
+}
+
 /// The CSV writer on a blocking thread of its own, fed parsed pages through a bounded
 /// channel: mapping, encoding, hashing and writing (to the spool file and the outlets,
 /// which may block) never hold the executor, so the pages in flight keep arriving while a
@@ -498,15 +517,18 @@ struct Converter {
 }
 
 impl Converter {
-    /// Starts the thread; when the pages end it checks that `total` rows were written,
-    /// closes the file and only then sends the outlet's last bytes.
-    fn start(sink: CsvSink<Tee>, total: u64, what: String, source: String) -> Self {
+    /// Starts the thread, which opens the file (its header checked and written) before
+    /// this returns; when the pages end it checks that `total` rows were written, closes
+    /// the file and only then sends the outlet's last bytes.
+    async fn start(plan: SinkPlan, total: u64, what: String, source: String) -> Result<Self> {
         let (pages, mut received) = tokio::sync::mpsc::channel::<Parsed>(CONVERTER_QUEUE);
+        let (opened, ready) = tokio::sync::oneshot::channel::<()>();
         let span = tracing::Span::current();
-        let thread = tokio::task::spawn_blocking(move || {
+        let mut thread = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let named = |e: CsvError| convert_error(e, &source);
-            let mut sink = sink;
+            let mut sink = plan.open(&named)?;
+            let _ = opened.send(());
             while let Some(parsed) = received.blocking_recv() {
                 let page = parsed.buffer.parsed(&parsed.body, parsed.sheet).map_err(|e| {
                     Error::permanent(Step::Convert, format!("{source}: a page is not UTF-8")).caused_by(e)
@@ -517,7 +539,15 @@ impl Converter {
             tee.close().map_err(|e| named(CsvError::Io(e)))?;
             Ok(stats)
         });
-        Self { pages: Some(pages), thread, rows: 0 }
+        if ready.await.is_err() {
+            // The thread ended before the file was open: its error is the export's.
+            return Err(match (&mut thread).await {
+                Ok(Err(err)) => err,
+                Ok(Ok(_)) => Error::transient(Step::Convert, "the converter ended before opening its file"),
+                Err(err) => converter_stopped(err),
+            });
+        }
+        Ok(Self { pages: Some(pages), thread, rows: 0 })
     }
 
     fn rows(&self) -> u64 {
@@ -536,7 +566,7 @@ impl Converter {
             return Err(match (&mut self.thread).await {
                 Ok(Err(err)) => err,
                 Ok(Ok(_)) => Error::transient(Step::Convert, "the converter ended before its last page"),
-                Err(err) => Error::transient(Step::Convert, "the converter thread stopped").caused_by(err),
+                Err(err) => converter_stopped(err),
             });
         }
         self.rows += rows;
@@ -546,9 +576,7 @@ impl Converter {
     /// No more pages: the file's figures once the converter has written and checked it.
     async fn finish(mut self) -> Result<FileStats> {
         self.pages = None;
-        (&mut self.thread)
-            .await
-            .map_err(|e| Error::transient(Step::Convert, "the converter thread stopped").caused_by(e))?
+        (&mut self.thread).await.map_err(converter_stopped)?
     }
 }
 
