@@ -470,27 +470,27 @@ fn write_stream(
         .map_err(|e| ssh_error(e, &format!("creating {temp_path}")))?;
     let mut last_keepalive = Instant::now();
     let mut sent = 0u64;
-    use tokio::sync::mpsc::error::TryRecvError;
     loop {
         // Waiting for the export's next bytes must not outlast the deadline either, and a
-        // slow export must not let the connection idle out.
-        if Instant::now() >= deadline {
+        // slow export must not let the connection idle out: the thread sleeps until a chunk
+        // comes, the channel ends, the next keepalive is due or the deadline.
+        let now = Instant::now();
+        if now >= deadline {
             return Err(Error::transient(
                 Step::Deliver,
                 format!("the deadline was reached after {sent} bytes of {temp_path}; the upload stopped"),
             ));
         }
-        if last_keepalive.elapsed() >= c.options.keepalive_interval {
+        let keepalive_at = last_keepalive + c.options.keepalive_interval.max(Duration::from_secs(1));
+        if now >= keepalive_at {
             let _ = c.session.keepalive_send();
-            last_keepalive = Instant::now();
+            last_keepalive = now;
+            continue;
         }
-        let chunk = match chunks.try_recv() {
-            Ok(chunk) => chunk,
-            Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => {
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
+        let chunk = match crate::ports::block_within(chunks.recv(), keepalive_at.min(deadline) - now) {
+            Some(Some(chunk)) => chunk,
+            Some(None) => break,
+            None => continue,
         };
         remote
             .write_all(&chunk)
