@@ -153,9 +153,16 @@ pub struct MemoryStore {
     pub crash: Crash,
     faults: Faults,
     landed_faults: Faults,
+    /// Every call, as "operation key", in order.
+    calls: Mutex<Vec<String>>,
 }
 
 impl MemoryStore {
+    /// Calls made so far, as "operation key".
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -206,6 +213,7 @@ impl MemoryStore {
     async fn enter(&self, operation: &str, key: &str) -> Result<()> {
         // Every call gives way once, as a network call would: concurrent runs interleave.
         tokio::task::yield_now().await;
+        lock(&self.calls).push(format!("{operation} {key}"));
         self.crash.point(operation, key, false).await;
         self.faults.take(operation, key, Step::Stage)
     }

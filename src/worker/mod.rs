@@ -371,18 +371,17 @@ where
     }
 
     async fn steps(&self, run: &Run, manifest: &Manifest) -> Result<JobOutcome> {
-        let job_id = run.job_id.as_str();
         let spool = tempfile::TempDir::new_in(&self.config.spool_dir).map_err(|e| {
             Error::transient(Step::Convert, format!("creating a spool folder in {}", self.config.spool_dir.display()))
                 .caused_by(e)
         })?;
         let step_started = Instant::now();
         run.at(Step::Stage);
-        let (files, temporaries, folder) = match self.staged_files(run, spool.path()).await? {
+        let (files, temporaries, written, folder) = match self.staged_files(run, spool.path()).await? {
             Some(files) => {
                 tracing::info!(files = files.len(), "CSV already staged; resuming at delivery");
                 run.time("restore", step_started);
-                (files, stream::Temporaries::new(), None)
+                (files, stream::Temporaries::new(), Vec::new(), None)
             }
             None => {
                 // Nothing staged, so nothing sent: an older batch stops here, before the export.
@@ -393,7 +392,7 @@ where
                 let login = self.kinaxis_login().await?;
                 // The export and its streams run together; the export's end (its outlets
                 // dropped) ends the streams.
-                let (outlets, announced) = Outlets::new(self.stream.chunk_bytes, self.stream.depth);
+                let (outlets, announced) = Outlets::new(self.stream.chunk_bytes, self.stream.depth, self.stream.stall);
                 let dir = spool.path();
                 let export = async move {
                     let exported = self.source.export(manifest, login, dir, run.work_deadline, &outlets).await;
@@ -404,7 +403,7 @@ where
                 let files = match exported.and_then(|files| self.check_row_counts(&files).map(|()| files)) {
                     Ok(files) => files,
                     Err(err) => {
-                        self.discard(streamed, folder).await;
+                        self.discard(run, manifest, streamed, folder).await;
                         return Err(err);
                     }
                 };
@@ -414,29 +413,47 @@ where
                 let temporaries = match self.settle(run, &files, &mut streamed).await {
                     Ok(temporaries) => temporaries,
                     Err(err) => {
-                        self.discard(streamed, folder).await;
+                        self.discard(run, manifest, streamed, folder).await;
                         return Err(err);
                     }
                 };
                 run.time("stage", stage_started);
-                (files, temporaries, folder)
+                (files, temporaries, stream::streamed_temporaries(&streamed), folder)
             }
         };
 
+        // From here on a job that ends without renaming them leaves no streamed temporary.
+        let mut folder = folder;
+        let delivered = self.deliver_and_receipt(run, manifest, &files, &temporaries, &mut folder).await;
+        if !matches!(delivered, Ok(JobOutcome::Delivered(_))) && !written.is_empty() {
+            self.abandon_temporaries(run, manifest, &written, folder).await;
+        }
+        delivered
+    }
+
+    /// Delivery, then the receipt; the folder the export streamed into serves the first try.
+    async fn deliver_and_receipt(
+        &self,
+        run: &Run,
+        manifest: &Manifest,
+        files: &[ExportedFile],
+        temporaries: &stream::Temporaries,
+        folder: &mut Option<D::Folder>,
+    ) -> Result<JobOutcome> {
+        let job_id = run.job_id.as_str();
         let deliver_started = Instant::now();
         run.at(Step::Deliver);
-        let records = self.delivery_records(run, &files).await?;
+        let records = self.delivery_records(run, files).await?;
         // A newer batch may have been delivered meanwhile; but once a file of this job has
         // reached the rename, it is on its way to SAP and the job is finished, not refused.
         let started_sending =
             records.iter().flatten().any(|r| matches!(r.state, DeliveryState::Intent | DeliveryState::Delivered));
         if !started_sending {
             if let Some(skipped) = self.stale_batch(run, manifest).await? {
-                self.remove_temporaries(&temporaries, folder).await;
                 return Ok(skipped);
             }
         }
-        let (records, attempts) = self.deliver(run, manifest, &files, records, &temporaries, folder).await?;
+        let (records, attempts) = self.deliver(run, manifest, files, records, temporaries, folder.take()).await?;
         run.time("deliver", deliver_started);
 
         run.at(Step::Receipt);

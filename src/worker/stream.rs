@@ -7,6 +7,8 @@
 //! file is then staged whole from the spool, or delivered from the staged copy.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -31,6 +33,12 @@ pub struct StreamOptions {
     /// Bytes the converter hands on at a time, and how many may wait per destination.
     pub chunk_bytes: usize,
     pub depth: usize,
+    /// How long the converter waits on a full destination before dropping it: the most a
+    /// stream can hold the export back per chunk.
+    pub stall: Duration,
+    /// How long one staging call of the stream (start, a part) may take before the stream
+    /// gives up and the file is staged whole (the SDK sets no operation timeout).
+    pub call_timeout: Duration,
     /// Whether the SFTP temporary is written during the export (else only at delivery).
     pub sftp: bool,
 }
@@ -42,6 +50,8 @@ impl Default for StreamOptions {
             parts_in_flight: crate::aws::s3::PARTS_IN_FLIGHT,
             chunk_bytes: 256 * 1024,
             depth: 16,
+            stall: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(60),
             sftp: true,
         }
     }
@@ -64,6 +74,14 @@ pub(super) struct Streamed {
     staging: Option<PendingStage>,
     /// The SFTP temporary and the bytes it holds; `None`: delivery sends the file.
     temporary: Option<(String, u64)>,
+    /// The temporary named in a `streaming` record by this run, whether or not its
+    /// stream came through: what must go if the job ends without renaming it.
+    written: Option<String>,
+}
+
+/// The temporaries this run named in `streaming` records: (file name, temporary).
+pub(super) fn streamed_temporaries(streamed: &[Streamed]) -> Vec<(String, String)> {
+    streamed.iter().filter_map(|s| Some((s.file_name.clone(), s.written.clone()?))).collect()
 }
 
 /// The SFTP temporaries that came through whole, by file name, for delivery.
@@ -95,18 +113,19 @@ where
                     opened = true;
                     folder = self.open_folder(run, manifest).await;
                 }
-                let temporary = match folder.as_mut() {
+                let (temporary, written) = match folder.as_mut() {
                     Some(f) => self.stream_to_folder(run, f, &worksheet, &file_name, remote).await,
-                    None => None,
+                    None => (None, None),
                 };
-                if temporary.is_none() {
-                    // A folder whose stream failed may have lost its connection.
+                if written.is_some() && temporary.is_none() {
+                    // A folder whose stream failed may have lost its connection; the
+                    // temporaries written so far are removed on a folder opened anew.
                     folder = None;
                 }
-                temporary
+                (temporary, written)
             };
-            let (staging, temporary) = tokio::join!(self.stream_to_staging(run, &file_name, staging), sftp);
-            streamed.push(Streamed { file_name, staging, temporary });
+            let (staging, (temporary, written)) = tokio::join!(self.stream_to_staging(run, &file_name, staging), sftp);
+            streamed.push(Streamed { file_name, staging, temporary, written });
         }
         (streamed, folder)
     }
@@ -126,8 +145,9 @@ where
         }
     }
 
-    /// The file into a temporary, named in a `streaming` record first; `None` when it did
-    /// not come through (the temporary then removed by the folder).
+    /// The file into a temporary, named in a `streaming` record first: the temporary and
+    /// its bytes when it came through (else the folder removed it), and the temporary's
+    /// name once the record is written.
     async fn stream_to_folder(
         &self,
         run: &Run,
@@ -135,22 +155,14 @@ where
         worksheet: &str,
         file_name: &str,
         chunks: mpsc::Receiver<Bytes>,
-    ) -> Option<(String, u64)> {
+    ) -> (Option<(String, u64)>, Option<String>) {
         let warn = |err: Error| {
             tracing::warn!(file = file_name, error = %err.chain(), "streaming to the SFTP temporary failed; the file is sent from the staged copy");
         };
-        let earlier = delivery::record(&self.store, &run.job_id, file_name).await.map_err(warn).ok()?;
-        let attempt = match earlier {
-            None => 1,
-            Some(record) if matches!(record.state, DeliveryState::Streaming | DeliveryState::Abandoned) => {
-                // A cut stream of an earlier run: never renamed.
-                folder.remove(&record.temp_name).await.map_err(warn).ok()?;
-                record.attempt + 1
-            }
-            // An intent or a delivery stands: delivery decides from it, not a new stream.
-            Some(_) => return None,
+        let Some((temp, attempt)) = self.name_temporary(run, folder, file_name).await.map_err(warn).ok().flatten()
+        else {
+            return (None, None);
         };
-        let temp = delivery::temporary_name(file_name, attempt);
         let record = DeliveryRecord {
             state: DeliveryState::Streaming,
             file: StagedFile {
@@ -161,21 +173,46 @@ where
             remote_path: folder.path_of(file_name),
             temp_name: temp.clone(),
             attempt,
-            uploaded: true,
+            // Nothing is known of the file yet: it is being written.
+            uploaded: false,
             taken_by_sap: false,
             replaced: None,
             remote_size: None,
             trigger: None,
             updated_at: OffsetDateTime::now_utc(),
         };
-        delivery::write(&self.store, &run.job_id, &record).await.map_err(warn).ok()?;
+        if let Err(err) = delivery::write(&self.store, &run.job_id, &record).await {
+            warn(err);
+            return (None, None);
+        }
         match folder.upload_stream(chunks, &temp, run.work_deadline).await {
-            Ok(bytes) => Some((temp, bytes)),
+            Ok(bytes) => (Some((temp.clone(), bytes)), Some(temp)),
             Err(err) => {
                 warn(err);
-                None
+                (None, Some(temp))
             }
         }
+    }
+
+    /// This attempt's temporary name and number; `None` when an intent or a delivery
+    /// stands (delivery decides from it, not a new stream).
+    async fn name_temporary(
+        &self,
+        run: &Run,
+        folder: &mut D::Folder,
+        file_name: &str,
+    ) -> Result<Option<(String, u32)>> {
+        let earlier = delivery::record(&self.store, &run.job_id, file_name).await?;
+        let attempt = match earlier {
+            None => 1,
+            Some(record) if matches!(record.state, DeliveryState::Streaming | DeliveryState::Abandoned) => {
+                // A cut stream of an earlier run: never renamed.
+                folder.remove(&record.temp_name).await?;
+                record.attempt + 1
+            }
+            Some(_) => return Ok(None),
+        };
+        Ok(Some((delivery::temporary_name(file_name, attempt), attempt)))
     }
 
     /// The file as a multipart upload, parts going up while later bytes still arrive; not
@@ -187,14 +224,13 @@ where
         chunks: mpsc::Receiver<Bytes>,
     ) -> Option<PendingStage> {
         let key = keys::staged_file(&run.job_id, file_name);
-        let retry = &self.config.retry;
-        let started = retry
-            .run(run.work_deadline, Step::Stage, "start the staging upload", |_| {
-                self.store.start_multipart(&key, "text/csv")
-            })
-            .await;
-        let upload_id = match started {
-            Ok((id, _)) => id,
+        // No retries here: the file is on disk, so a failed or slow stream only falls back
+        // to staging it whole, and waiting out a retry would hold back the export.
+        let upload_id = match self
+            .bounded(run, "start the staging upload", self.store.start_multipart(&key, "text/csv"))
+            .await
+        {
+            Ok(id) => id,
             Err(err) => {
                 tracing::warn!(error = %err.chain(), "could not start the staging upload; the file is staged after the export");
                 return None;
@@ -207,11 +243,8 @@ where
                 let number = u32::try_from(index + 1)
                     .map_err(|_| Error::permanent(Step::Stage, format!("{key}: too many parts")))?;
                 let length = part.len() as u64;
-                let (etag, _) = retry
-                    .run(run.work_deadline, Step::Stage, "stage a part", |_| {
-                        self.store.upload_part(key, upload_id, number, part.clone())
-                    })
-                    .await?;
+                let etag =
+                    self.bounded(run, "stage a part", self.store.upload_part(key, upload_id, number, part)).await?;
                 Ok::<_, Error>((number, etag, length))
             })
             .buffer_unordered(self.stream.parts_in_flight.max(1))
@@ -231,6 +264,18 @@ where
                 self.abort(key, upload_id).await;
                 None
             }
+        }
+    }
+
+    /// One staging call of the stream, cut after `call_timeout` (or at the deadline).
+    async fn bounded<T>(&self, run: &Run, what: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let until = run.work_deadline.min(tokio::time::Instant::now() + self.stream.call_timeout);
+        match tokio::time::timeout_at(until, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::transient(
+                Step::Stage,
+                format!("{what}: no answer within {} ms; the stream gives up", self.stream.call_timeout.as_millis()),
+            )),
         }
     }
 
@@ -309,29 +354,68 @@ where
         Ok(temporaries)
     }
 
-    /// A failed export: its staging uploads aborted and its temporaries removed, so
+    /// A failed export: its staging uploads aborted and its temporaries abandoned, so
     /// nothing of it stays behind. Best effort: a later attempt finds the temporaries by
-    /// their `streaming` records, and the bucket's lifecycle rule removes parts.
-    pub(super) async fn discard(&self, streamed: Vec<Streamed>, folder: Option<D::Folder>) {
-        let mut folder = folder;
-        for entry in streamed {
-            if let Some(pending) = entry.staging {
+    /// their records, and the bucket's lifecycle rule removes parts.
+    pub(super) async fn discard(
+        &self,
+        run: &Run,
+        manifest: &Manifest,
+        streamed: Vec<Streamed>,
+        folder: Option<D::Folder>,
+    ) {
+        for entry in &streamed {
+            if let Some(pending) = &entry.staging {
                 self.abort(&pending.key, &pending.upload_id).await;
             }
-            if let (Some((temp, _)), Some(f)) = (entry.temporary, folder.as_mut()) {
-                if let Err(err) = f.remove(&temp).await {
-                    tracing::warn!(temp, error = %err.chain(), "could not remove the temporary of a failed export; the next attempt removes it");
-                }
-            }
         }
+        self.abandon_temporaries(run, manifest, &streamed_temporaries(&streamed), folder).await;
     }
 
-    /// Temporaries that will not be renamed (the job ends before delivery).
-    pub(super) async fn remove_temporaries(&self, temporaries: &Temporaries, folder: Option<D::Folder>) {
-        let Some(mut folder) = folder else { return };
-        for temp in temporaries.values() {
-            if let Err(err) = folder.remove(temp).await {
-                tracing::warn!(temp, error = %err.chain(), "could not remove a streamed temporary; the next attempt removes it");
+    /// The job ends without renaming them: each streamed temporary whose record still says
+    /// `streaming` is marked abandoned, then removed, on a folder opened anew when the
+    /// stream's own is gone. A temporary that reached the intent is left to the next
+    /// attempt, which decides from the intent. Best effort: the records let a later
+    /// attempt remove what is left.
+    pub(super) async fn abandon_temporaries(
+        &self,
+        run: &Run,
+        manifest: &Manifest,
+        temporaries: &[(String, String)],
+        folder: Option<D::Folder>,
+    ) {
+        let mut folder = folder;
+        for (file_name, temp) in temporaries {
+            let record = match delivery::record(&self.store, &run.job_id, file_name).await {
+                Ok(Some(record)) if record.state == DeliveryState::Streaming && record.temp_name == *temp => record,
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::warn!(temp, error = %err.chain(), "could not read a streamed temporary's record; the next attempt removes it");
+                    continue;
+                }
+            };
+            let abandoned =
+                DeliveryRecord { state: DeliveryState::Abandoned, updated_at: OffsetDateTime::now_utc(), ..record };
+            if let Err(err) = delivery::write(&self.store, &run.job_id, &abandoned).await {
+                // Still `streaming`, which a later attempt treats alike: never renamed.
+                tracing::warn!(temp, error = %err.chain(), "could not mark a streamed temporary abandoned");
+            }
+            if folder.is_none() {
+                folder = self.open_folder(run, manifest).await;
+            }
+            let Some(open) = folder.as_mut() else {
+                tracing::warn!(
+                    temp,
+                    "no SFTP folder to remove the streamed temporaries from; the next attempt removes them"
+                );
+                return;
+            };
+            match open.remove(temp).await {
+                Ok(()) => tracing::info!(temp, "removed a streamed temporary the job will not rename"),
+                Err(err) => {
+                    tracing::warn!(temp, error = %err.chain(), "could not remove a streamed temporary; the next attempt removes it");
+                    folder = None;
+                }
             }
         }
     }

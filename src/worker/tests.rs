@@ -30,7 +30,16 @@ struct World {
 
 /// Tiny chunks and parts, so that every file streams in several of each.
 fn small_streams() -> stream::StreamOptions {
-    stream::StreamOptions { part_bytes: 100, parts_in_flight: 3, chunk_bytes: 16, depth: 2, sftp: true }
+    stream::StreamOptions {
+        part_bytes: 100,
+        parts_in_flight: 3,
+        chunk_bytes: 16,
+        depth: 2,
+        // Long enough that a healthy stream on a loaded machine is never dropped.
+        stall: Duration::from_secs(2),
+        call_timeout: Duration::from_secs(2),
+        sftp: true,
+    }
 }
 
 const JOB_EVENT: &str = "planned-orders-0600";
@@ -78,6 +87,11 @@ impl World {
     /// The SFTP temporary written only at delivery, from the spool (as before streaming).
     fn without_sftp_stream(mut self) -> Self {
         self.stream.sftp = false;
+        self
+    }
+
+    fn streams(mut self, change: impl FnOnce(&mut stream::StreamOptions)) -> Self {
+        change(&mut self.stream);
         self
     }
 
@@ -612,16 +626,17 @@ async fn stale_temporaries_of_a_file_are_swept_and_young_ones_of_a_running_attem
 #[tokio::test]
 async fn the_deadline_mid_stream_stops_the_stream_removes_its_temporary_and_aborts_staging_before_the_deadline() {
     let world = World::new(MemorySource::new(50_000), MemoryDrop::slow(1024, Duration::from_millis(5)))
-        .set("RETRY_DEADLINE_MARGIN_SECS", "2");
+        .set("RETRY_DEADLINE_MARGIN_SECS", "2")
+        .streams(|o| o.stall = Duration::from_millis(50));
     let deadline = Instant::now() + Duration::from_millis(2300);
     let err = world.worker().run_job(&world.job_key(), deadline, queue(1)).await.unwrap_err();
     assert!(Instant::now() < deadline, "ended after the deadline");
-    // The slow link held the export back (the stream is bounded): time ran out staging.
-    assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Stage), "{}", err.chain());
+    // The slow link did not hold the export back (its stream was dropped): the export
+    // and staging finished, and time ran out delivering, where the slow link is.
+    assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Deliver), "{}", err.chain());
     assert!(world.drop.operations().iter().any(|o| o.starts_with("upload_stream ")), "the stream had begun");
     assert!(world.drop.all_files().is_empty(), "left behind: {:?}", world.drop.all_files());
     assert!(world.store.open_uploads().is_empty(), "{:?}", world.store.open_uploads());
-    assert!(world.store.object(&keys::staged_index(&world.job_id())).is_none());
     assert_eq!(world.failure().unwrap()["class"], "transient");
 }
 
@@ -702,4 +717,98 @@ async fn a_newer_batch_delivered_during_the_export_skips_this_one_and_its_stream
     assert!(world.drop.operations().iter().any(|o| o.starts_with("upload_stream ")), "the stream had begun");
     assert!(world.drop.all_files().is_empty(), "left behind: {:?}", world.drop.all_files());
     assert!(world.drop.appeared().is_empty());
+}
+
+/// Runs the job, failing the test (rather than hanging it) if the run never ends.
+async fn run_within(world: &World, seconds: u64) -> Result<JobOutcome> {
+    tokio::time::timeout(Duration::from_secs(seconds), world.run(queue(1))).await.expect("the run never ended")
+}
+
+#[tokio::test]
+async fn a_staging_part_that_never_answers_neither_holds_nor_fails_the_export_and_the_file_is_staged_whole() {
+    let world = World::new(MemorySource::new(200), MemoryDrop::new()).streams(|o| {
+        o.parts_in_flight = 1;
+        o.stall = Duration::from_millis(50);
+        o.call_timeout = Duration::from_millis(300);
+    });
+    // The first part's call hangs for good, as a connection that stopped answering.
+    world.store.crash.arm("upload_part", "staging/", false);
+    let JobOutcome::Delivered(receipt) = run_within(&world, 30).await.unwrap() else { panic!("not delivered") };
+    world.assert_delivered_exactly_once();
+    let file = &receipt.files[0].file;
+    let staged = world.store.object(&keys::staged_file(&world.job_id(), &file.file_name)).expect("staged whole");
+    assert_eq!(crate::job::sha256_hex(&staged), file.stats.sha256);
+    assert_eq!(world.data_uploads(), 1, "the streamed temporary was renamed: {:?}", world.drop.operations());
+}
+
+#[tokio::test]
+async fn a_staging_part_that_fails_once_ends_the_stream_at_once_without_retrying_and_the_file_is_staged_whole() {
+    let world = World::new(MemorySource::new(200), MemoryDrop::new());
+    // One failure: a retried part would complete the streamed upload.
+    world.store.fail("upload_part", "staging/", 1, true);
+    let JobOutcome::Delivered(receipt) = run_within(&world, 30).await.unwrap() else { panic!("not delivered") };
+    world.assert_delivered_exactly_once();
+    let file = &receipt.files[0].file;
+    let key = keys::staged_file(&world.job_id(), &file.file_name);
+    let staged = world.store.object(&key).expect("staged");
+    assert_eq!(crate::job::sha256_hex(&staged), file.stats.sha256);
+    let calls = world.store.calls();
+    let count = |operation: &str| calls.iter().filter(|c| **c == format!("{operation} {key}")).count();
+    assert_eq!(count("complete_multipart"), 0, "the failed part was not tried again: {calls:?}");
+    assert_eq!((count("abort_multipart"), count("upload_file")), (1, 1), "{calls:?}");
+}
+
+#[tokio::test]
+async fn an_sftp_folder_that_cannot_keep_up_is_dropped_from_the_export_and_the_file_goes_from_the_staged_copy() {
+    let world = World::new(MemorySource::new(300), MemoryDrop::slow(16, Duration::from_millis(20)))
+        .streams(|o| o.stall = Duration::from_millis(50));
+    let JobOutcome::Delivered(receipt) = run_within(&world, 60).await.unwrap() else { panic!("not delivered") };
+    world.assert_delivered_exactly_once();
+    let operations = world.drop.operations();
+    assert!(operations.iter().any(|o| o.starts_with("upload_stream ")), "{operations:?}");
+    assert!(operations.iter().any(|o| o.starts_with("upload ")), "sent from the staged copy: {operations:?}");
+    let name = &receipt.files[0].file.file_name;
+    let staged = world.store.object(&keys::staged_file(&world.job_id(), name)).unwrap();
+    assert_eq!(world.drop.file(name), Some(staged));
+}
+
+#[tokio::test]
+async fn a_permanent_failure_delivering_one_file_removes_the_later_files_streamed_temporaries_marked_abandoned() {
+    let source = MemorySource::with_worksheets(&[("Planned Orders", 40), ("Stock", 30), ("Routes", 20)]);
+    let world = World::new(source, MemoryDrop::new());
+    // The second file's first check of its final name fails for good, before any intent.
+    world.drop.fail("size", "_Stock_", 1, false);
+    let err = run_within(&world, 30).await.unwrap_err();
+    assert_eq!((err.class, err.step), (ErrorClass::Permanent, Step::Deliver), "{}", err.chain());
+    assert_eq!(world.drop.appeared().len(), 1, "the first file went");
+    let left = world.drop.all_files();
+    assert!(left.iter().all(|n| !n.ends_with(".part")), "temporaries left on SAP's server: {left:?}");
+    let routes = world.drop.operations().into_iter().find(|o| o.starts_with("upload_stream ") && o.contains("_Routes"));
+    assert!(routes.is_some(), "the third file had streamed");
+    let names: Vec<String> = world.store.keys("deliveries/").into_iter().filter(|k| !k.contains("_Planned")).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for key in names {
+        assert_eq!(world.store.json(&key).unwrap()["state"], "abandoned", "{key}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_stream_of_a_later_file_does_not_keep_an_earlier_files_temporary_on_the_server() {
+    let source = MemorySource::with_worksheets(&[("Planned Orders", 40), ("Stock", 30)]);
+    let world = World::new(source, MemoryDrop::new()).set("MIN_ROWS", "35");
+    // The second file's stream fails (its folder is then given up), and the export fails.
+    world.drop.fail("stream_chunk", "_Stock", 1, true);
+    let err = run_within(&world, 30).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
+    assert!(err.message.contains("MIN_ROWS"), "{}", err.message);
+    let left = world.drop.all_files();
+    assert!(left.is_empty(), "left on SAP's server: {left:?}");
+    let first = world.drop.operations().into_iter().find(|o| o.starts_with("upload_stream ") && o.contains("_Planned"));
+    assert!(first.is_some(), "the first file had streamed");
+    let records = world.store.keys("deliveries/");
+    assert!(!records.is_empty());
+    for key in records {
+        assert_eq!(world.store.json(&key).unwrap()["state"], "abandoned", "{key}");
+    }
+    assert!(world.store.open_uploads().is_empty(), "{:?}", world.store.open_uploads());
 }
