@@ -119,10 +119,12 @@ where
     Q: JobQueue,
 {
     pub fn new(store: S, secrets: CachedSecrets<K>, source: W, drop: D, queue: Q, config: WorkerConfig) -> Self {
-        Self { store, secrets: Arc::new(secrets), source, drop, queue, config, stream: Default::default() }
+        let stream = config.stream.clone();
+        Self { store, secrets: Arc::new(secrets), source, drop, queue, config, stream }
     }
 
-    /// How the export is streamed to staging and SFTP (part sizes, queue depths).
+    /// How the export is streamed to staging and SFTP (part sizes, queue depths), in place
+    /// of the configured `STREAM_*`.
     pub fn with_stream_options(mut self, options: stream::StreamOptions) -> Self {
         self.stream = options;
         self
