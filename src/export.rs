@@ -609,3 +609,20 @@ fn convert_error(err: CsvError, source: &str) -> Error {
         other => Error::permanent(Step::Convert, format!("{source}: {other}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorClass;
+
+    #[tokio::test]
+    async fn a_converter_that_panics_is_a_permanent_failure_and_one_cancelled_a_transient_one() {
+        let panicked = tokio::task::spawn_blocking(|| panic!("a defect")).await.unwrap_err();
+        let err = converter_stopped(panicked);
+        assert_eq!((err.class, err.step), (ErrorClass::Permanent, Step::Convert), "{}", err.chain());
+        let never = tokio::spawn(std::future::pending::<()>());
+        never.abort();
+        let err = converter_stopped(never.await.unwrap_err());
+        assert_eq!(err.class, ErrorClass::Transient, "{}", err.chain());
+    }
+}
