@@ -159,8 +159,9 @@ impl Outlets {
     }
 
     /// Files announced on the receiver; bytes handed on in chunks of `chunk_bytes`, at most
-    /// `depth` chunks waiting per destination; a destination still full after `stall` is
-    /// dropped (its stream then falls back), so the export never waits longer on it.
+    /// `depth` chunks waiting per destination; a destination that has kept the writer
+    /// waiting `stall` in all is dropped (its stream then falls back), so the export never
+    /// waits longer on it.
     pub fn new(chunk_bytes: usize, depth: usize, stall: Duration) -> (Self, mpsc::UnboundedReceiver<StreamedFile>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Self { files: Some(tx), chunk_bytes: chunk_bytes.max(1), depth: depth.max(1), stall }, rx)
