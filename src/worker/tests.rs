@@ -530,10 +530,13 @@ async fn the_deadline_mid_fetch_ends_the_job_as_a_transient_fetch_failure_record
 
 #[tokio::test]
 async fn the_deadline_mid_upload_stops_the_upload_removes_its_temporary_and_records_a_deliver_failure() {
+    // One staging part, and a second of work time: the export and staging end well
+    // within it on a loaded machine; the slow link's upload of ~450 kB does not.
     let world = World::new(MemorySource::new(50_000), MemoryDrop::slow(1024, Duration::from_millis(5)))
         .without_sftp_stream()
+        .streams(|o| o.part_bytes = 1 << 20)
         .set("RETRY_DEADLINE_MARGIN_SECS", "2");
-    let deadline = Instant::now() + Duration::from_millis(2300);
+    let deadline = Instant::now() + Duration::from_millis(3000);
     let err = world.worker().run_job(&world.job_key(), deadline, queue(1)).await.unwrap_err();
     assert!(Instant::now() < deadline, "ended after the deadline");
     assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Deliver), "{}", err.chain());
@@ -627,8 +630,11 @@ async fn stale_temporaries_of_a_file_are_swept_and_young_ones_of_a_running_attem
 async fn the_deadline_mid_stream_stops_the_stream_removes_its_temporary_and_aborts_staging_before_the_deadline() {
     let world = World::new(MemorySource::new(50_000), MemoryDrop::slow(1024, Duration::from_millis(5)))
         .set("RETRY_DEADLINE_MARGIN_SECS", "2")
-        .streams(|o| o.stall = Duration::from_millis(50));
-    let deadline = Instant::now() + Duration::from_millis(2300);
+        .streams(|o| {
+            o.stall = Duration::from_millis(50);
+            o.part_bytes = 1 << 20;
+        });
+    let deadline = Instant::now() + Duration::from_millis(3000);
     let err = world.worker().run_job(&world.job_key(), deadline, queue(1)).await.unwrap_err();
     assert!(Instant::now() < deadline, "ended after the deadline");
     // The slow link did not hold the export back (its stream was dropped): the export
