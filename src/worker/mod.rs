@@ -369,7 +369,9 @@ where
             tracing::info!("delivered by an earlier run; acknowledging");
             return Ok(JobOutcome::AlreadyDelivered);
         }
-        self.steps(run, &manifest).await
+        // Boxed: the steps' state is large (export, streams, delivery) and would otherwise sit on
+        // the stack of whatever polls the run (a debug-build test thread overflowed).
+        Box::pin(self.steps(run, &manifest)).await
     }
 
     async fn steps(&self, run: &Run, manifest: &Manifest) -> Result<JobOutcome> {
@@ -401,7 +403,8 @@ where
                     drop(outlets);
                     exported
                 };
-                let (exported, (mut streamed, folder)) = tokio::join!(export, self.pump(run, manifest, announced));
+                let (exported, (mut streamed, folder)) =
+                    tokio::join!(Box::pin(export), Box::pin(self.pump(run, manifest, announced)));
                 let files = match exported.and_then(|files| self.check_row_counts(&files).map(|()| files)) {
                     Ok(files) => files,
                     Err(err) => {
@@ -426,7 +429,7 @@ where
 
         // From here on a job that ends without renaming them leaves no streamed temporary.
         let mut folder = folder;
-        let delivered = self.deliver_and_receipt(run, manifest, &files, &temporaries, &mut folder).await;
+        let delivered = Box::pin(self.deliver_and_receipt(run, manifest, &files, &temporaries, &mut folder)).await;
         if !matches!(delivered, Ok(JobOutcome::Delivered(_))) && !written.is_empty() {
             self.abandon_temporaries(run, manifest, &written, folder).await;
         }
