@@ -431,7 +431,7 @@ where
         let mut folder = folder;
         let delivered = Box::pin(self.deliver_and_receipt(run, manifest, &files, &temporaries, &mut folder)).await;
         if !matches!(delivered, Ok(JobOutcome::Delivered(_))) && !written.is_empty() {
-            self.abandon_temporaries(run, manifest, &written, folder).await;
+            self.abandon_temporaries(run, manifest, &written, folder, true).await;
         }
         delivered
     }

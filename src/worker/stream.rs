@@ -369,36 +369,48 @@ where
                 self.abort(&pending.key, &pending.upload_id).await;
             }
         }
-        self.abandon_temporaries(run, manifest, &streamed_temporaries(&streamed), folder).await;
+        // Before delivery: no intent can name them, so they go even when S3 cannot say.
+        self.abandon_temporaries(run, manifest, &streamed_temporaries(&streamed), folder, false).await;
     }
 
     /// The job ends without renaming them: each streamed temporary whose record still says
     /// `streaming` is marked abandoned, then removed, on a folder opened anew when the
     /// stream's own is gone. A temporary that reached the intent is left to the next
-    /// attempt, which decides from the intent. Best effort: the records let a later
-    /// attempt remove what is left.
+    /// attempt, which decides from the intent; so once delivery may have begun
+    /// (`delivering`), a temporary whose record cannot be read is left too. Best effort:
+    /// the records let a later attempt remove what is left.
     pub(super) async fn abandon_temporaries(
         &self,
         run: &Run,
         manifest: &Manifest,
         temporaries: &[(String, String)],
         folder: Option<D::Folder>,
+        delivering: bool,
     ) {
         let mut folder = folder;
         for (file_name, temp) in temporaries {
-            let record = match delivery::record(&self.store, &run.job_id, file_name).await {
-                Ok(Some(record)) if record.state == DeliveryState::Streaming && record.temp_name == *temp => record,
-                Ok(_) => continue,
-                Err(err) => {
+            match delivery::record(&self.store, &run.job_id, file_name).await {
+                Ok(Some(record)) if record.state == DeliveryState::Streaming && record.temp_name == *temp => {
+                    let abandoned = DeliveryRecord {
+                        state: DeliveryState::Abandoned,
+                        updated_at: OffsetDateTime::now_utc(),
+                        ..record
+                    };
+                    if let Err(err) = delivery::write(&self.store, &run.job_id, &abandoned).await {
+                        // Still `streaming`, which a later attempt treats alike: never renamed.
+                        tracing::warn!(temp, error = %err.chain(), "could not mark a streamed temporary abandoned");
+                    }
+                }
+                // Delivery moved it on (an intent, a delivery) or took it: not ours to remove.
+                Ok(_) if delivering => continue,
+                Ok(_) => {}
+                Err(err) if delivering => {
                     tracing::warn!(temp, error = %err.chain(), "could not read a streamed temporary's record; the next attempt removes it");
                     continue;
                 }
-            };
-            let abandoned =
-                DeliveryRecord { state: DeliveryState::Abandoned, updated_at: OffsetDateTime::now_utc(), ..record };
-            if let Err(err) = delivery::write(&self.store, &run.job_id, &abandoned).await {
-                // Still `streaming`, which a later attempt treats alike: never renamed.
-                tracing::warn!(temp, error = %err.chain(), "could not mark a streamed temporary abandoned");
+                Err(err) => {
+                    tracing::warn!(temp, error = %err.chain(), "could not read a streamed temporary's record; removing it all the same (nothing was delivered)");
+                }
             }
             if folder.is_none() {
                 folder = self.open_folder(run, manifest).await;
