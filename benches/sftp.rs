@@ -35,7 +35,16 @@ async fn deliver(credentials: SftpCredentials, options: SftpOptions, upload: &he
     let mut folder = SftpDrop { options }.open(credentials, deadline).await.expect("connect");
     let store = MemoryStore::new();
     let file = upload.exported();
-    let one = FileDelivery { store: &store, job_id: "bench", file: &file, policy, attempt: 1, deadline, trigger: None };
+    let one = FileDelivery {
+        store: &store,
+        job_id: "bench",
+        file: &file,
+        policy,
+        attempt: 1,
+        deadline,
+        trigger: None,
+        streamed: None,
+    };
     one.run(&mut folder, None).await.expect("delivery").uploaded
 }
 

@@ -187,6 +187,8 @@ pub struct WorkerConfig {
     pub sftp: SftpOptions,
     /// Where CSVs are written before staging (Lambda's ephemeral `/tmp`).
     pub spool_dir: PathBuf,
+    /// How the export streams to staging and SFTP while it runs (`STREAM_*`).
+    pub stream: crate::worker::stream::StreamOptions,
 }
 
 impl WorkerConfig {
@@ -280,6 +282,23 @@ impl WorkerConfig {
             visibility_delays: visibility_delays(&mut env),
         };
         env.check(queue.max_receive_count >= 1, || "MAX_RECEIVE_COUNT must be at least 1".to_owned());
+        let defaults = crate::worker::stream::StreamOptions::default();
+        let part_mib: usize = env.parsed("STREAM_PART_MIB", defaults.part_bytes >> 20);
+        let stream = crate::worker::stream::StreamOptions {
+            part_bytes: part_mib << 20,
+            parts_in_flight: env.parsed("STREAM_PARTS_IN_FLIGHT", defaults.parts_in_flight),
+            stall: env.millis("STREAM_STALL_MS", defaults.stall.as_millis() as u64),
+            call_timeout: env.seconds("STREAM_CALL_TIMEOUT_SECS", defaults.call_timeout.as_secs()),
+            sftp: env.parsed("STREAM_SFTP", defaults.sftp),
+            ..defaults
+        };
+        // S3 refuses parts under 5 MiB but the last; 10,000 parts of 5 GiB bound the rest.
+        env.check((5..=5120).contains(&part_mib), || {
+            format!("STREAM_PART_MIB={part_mib} must be 5 to 5120 (S3's part sizes)")
+        });
+        env.check(stream.parts_in_flight >= 1 && !stream.call_timeout.is_zero(), || {
+            "STREAM_PARTS_IN_FLIGHT and STREAM_CALL_TIMEOUT_SECS must be at least 1".to_owned()
+        });
         let config = Self {
             stack_name: stack_name(&env),
             staging_bucket,
@@ -296,6 +315,7 @@ impl WorkerConfig {
             profiles,
             sftp,
             spool_dir: env.get("SPOOL_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
+            stream,
         };
         env.finish(config)
     }
@@ -625,6 +645,12 @@ mod tests {
         assert_eq!(config.stale_batch, StaleBatch::Fail);
         assert_eq!(config.min_rows, 1);
         assert_eq!(config.queue.max_receive_count, 5);
+        assert_eq!((config.stream.part_bytes, config.stream.parts_in_flight), (8 << 20, 4));
+        assert_eq!(
+            (config.stream.stall, config.stream.call_timeout),
+            (Duration::from_secs(1), Duration::from_secs(60))
+        );
+        assert!(config.stream.sftp);
         let minutes: Vec<u64> = (1..=4).map(|n| config.queue.delay_after(n).as_secs() / 60).collect();
         assert_eq!(minutes, [5, 20, 60, 60]);
     }
@@ -639,6 +665,19 @@ mod tests {
         // Later entries win in `lookup`: 30 s covers a 20 s SFTP call and the 2 s to record.
         vars.push(("SFTP_IO_TIMEOUT_SECS", "20"));
         assert!(WorkerConfig::from_lookup(&lookup(&vars)).is_ok());
+    }
+
+    #[test]
+    fn stream_settings_are_read_and_a_part_s3_would_refuse_is_named() {
+        let mut vars = WORKER.to_vec();
+        vars.extend([("STREAM_PART_MIB", "16"), ("STREAM_STALL_MS", "250"), ("STREAM_SFTP", "false")]);
+        let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
+        assert_eq!((config.stream.part_bytes, config.stream.stall), (16 << 20, Duration::from_millis(250)));
+        assert!(!config.stream.sftp);
+        vars.extend([("STREAM_PART_MIB", "4"), ("STREAM_PARTS_IN_FLIGHT", "0")]);
+        let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+        assert!(err.message.contains("STREAM_PART_MIB=4"), "{}", err.message);
+        assert!(err.message.contains("STREAM_PARTS_IN_FLIGHT"), "{}", err.message);
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! Fetch → CSV: the workbook's worksheets, or a table by bulk export, written as CSV files
-//! on local disk, page by page in order, a bounded number of pages in flight, memory
-//! independent of the row count; and `KinaxisExport`, the Kinaxis adapter of the
-//! `WorkbookSource` port.
+//! on local disk (and, as they are written, to the outlets that stream them on), page by
+//! page in order, a bounded number of pages in flight, memory independent of the row
+//! count; conversion runs on a blocking thread of its own fed by a bounded channel of
+//! parsed pages; and `KinaxisExport`, the Kinaxis adapter of the `WorkbookSource` port.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 
-use crate::csv_out::{CsvError, CsvOptions, CsvSink};
+use crate::csv_out::{CsvError, CsvOptions, CsvSink, FileStats};
 use crate::error::{Error, Result, Step};
 use crate::job::{self, DataSource, FileNameTemplate, Manifest, NamedScope, StagedFile, TableRequest};
 use crate::kinaxis::client::{data_fault, WorksheetRef};
@@ -19,7 +21,7 @@ use crate::kinaxis::model::{
 };
 use crate::kinaxis::page::{Page, PageBuffer, Reported, SheetHead};
 use crate::kinaxis::{KinaxisClient, KinaxisOptions};
-use crate::ports::WorkbookSource;
+use crate::ports::{Outlet, Outlets, WorkbookSource};
 use crate::retry::RetryPolicy;
 use crate::secrets::KinaxisLogin;
 
@@ -61,12 +63,13 @@ impl WorkbookSource for KinaxisExport {
         login: KinaxisLogin,
         dir: &Path,
         deadline: Instant,
+        outlets: &Outlets,
     ) -> Result<Vec<ExportedFile>> {
         let client = KinaxisClient::new(login, self.kinaxis.clone())?;
         let profile = self.profiles.for_target(&manifest.target);
         let exporter =
             Exporter { client: &client, csv: &profile.csv, names: &profile.file_names, retry: &self.retry, deadline };
-        exporter.export(manifest, dir).await
+        exporter.export_to(manifest, dir, outlets).await
     }
 }
 
@@ -126,9 +129,16 @@ fn reported_error(reported: &Reported, what: &str) -> Error {
 impl Exporter<'_> {
     /// Writes every worksheet of the job's workbook, or its table, into `dir`.
     pub async fn export(&self, manifest: &Manifest, dir: &Path) -> Result<Vec<ExportedFile>> {
+        self.export_to(manifest, dir, &Outlets::none()).await
+    }
+
+    /// As `export`, each file's bytes also handed to `outlets` as they are written.
+    pub async fn export_to(&self, manifest: &Manifest, dir: &Path, outlets: &Outlets) -> Result<Vec<ExportedFile>> {
         match manifest.request.source() {
-            Some(DataSource::Workbook(workbook)) => self.export_workbook(manifest, workbook, dir).await,
-            Some(DataSource::Table(table)) => self.export_table(manifest, table, dir).await.map(|file| vec![file]),
+            Some(DataSource::Workbook(workbook)) => self.export_workbook(manifest, workbook, dir, outlets).await,
+            Some(DataSource::Table(table)) => {
+                self.export_table(manifest, table, dir, outlets).await.map(|file| vec![file])
+            }
             None => Err(Error::permanent(
                 Step::Fetch,
                 "the job's manifest names both a workbook and a table, or neither: nothing to export",
@@ -141,6 +151,7 @@ impl Exporter<'_> {
         manifest: &Manifest,
         workbook: &NamedScope,
         dir: &Path,
+        outlets: &Outlets,
     ) -> Result<Vec<ExportedFile>> {
         let request = workbook_request(manifest, workbook);
         let what = format!("workbook {:?}", workbook.name);
@@ -161,18 +172,23 @@ impl Exporter<'_> {
         if let Some(reported) = answer.reported() {
             return Err(reported_error(reported, &what));
         }
-        let sheets = answer.sheets();
+        let sheets = answer.sheets().to_vec();
         if sheets.is_empty() {
             return Err(Error::permanent(Step::Fetch, format!("{what} returned no worksheets")));
         }
+        let first_rows: Vec<u64> = (0..sheets.len()).map(|index| answer.rows(index).len() as u64).collect();
+        // The answer and its parse, owned, so each sheet's first rows can go to the converter.
+        let parsed = Parsed { body, buffer: Arc::new(buffer), sheet: None };
         let several = sheets.len() > 1;
         let names: Vec<String> =
             sheets.iter().map(|sheet| job::csv_file_name(self.names, manifest, &sheet.name, several)).collect();
-        check_worksheets(&manifest.request.worksheets, sheets, &names, &what)?;
+        check_worksheets(&manifest.request.worksheets, &sheets, &names, &what)?;
         let mut files = Vec::with_capacity(sheets.len());
         for ((index, sheet), file_name) in sheets.iter().enumerate().zip(names) {
             let path = dir.join(&file_name);
-            let stats = self.write_worksheet(workbook, sheet, answer.rows(index), &path).await?;
+            let outlet = outlets.open(&sheet.name, &file_name);
+            let first = Parsed { sheet: Some(index), ..parsed.clone() };
+            let stats = self.write_worksheet(workbook, sheet, (first, first_rows[index]), &path, outlet).await?;
             tracing::info!(worksheet = %sheet.name, file = %file_name, rows = stats.rows, bytes = stats.bytes, "worksheet converted");
             files.push(ExportedFile { file: StagedFile { worksheet: sheet.name.clone(), file_name, stats }, path });
         }
@@ -183,15 +199,17 @@ impl Exporter<'_> {
         &self,
         workbook: &NamedScope,
         sheet: &SheetHead,
-        first: Page<'_>,
+        (first, first_rows): (Parsed, u64),
         path: &Path,
-    ) -> Result<crate::csv_out::FileStats> {
-        let named = |e: CsvError| convert_error(e, &format!("worksheet {:?}", sheet.name));
-        let mut sink = self.create_sink(path, &sheet.columns, &named)?;
-        first.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
-
+        outlet: Outlet,
+    ) -> Result<FileStats> {
+        let source = format!("worksheet {:?}", sheet.name);
         let total = sheet.total_row_count;
         let what = format!("worksheet {:?}", sheet.name);
+        let plan = self.create_sink(path, &sheet.columns, outlet);
+        let mut sink = Converter::start(plan, total, what.clone(), source.clone()).await?;
+        sink.send(first, first_rows).await?;
+
         if sink.rows() < total {
             let query_id = sheet.query_id.clone().ok_or_else(|| {
                 Error::permanent(Step::Fetch, format!("{what} has {total} rows but no QueryHandle to page them"))
@@ -203,14 +221,20 @@ impl Exporter<'_> {
                 query_id,
             };
             let page_size = self.client.options().page_size;
-            self.read_pages(&mut sink, Paged::Worksheet(&sheet_ref), total, page_size, &what, &named).await?;
+            self.read_pages(&mut sink, Paged::Worksheet(&sheet_ref), total, page_size, &what).await?;
         }
-        finish(sink, total, &what, &named)
+        sink.finish().await
     }
 
     /// A table by bulk export: started, then read page by page, the last request telling
     /// Kinaxis the export is finished.
-    async fn export_table(&self, manifest: &Manifest, table: &TableRequest, dir: &Path) -> Result<ExportedFile> {
+    async fn export_table(
+        &self,
+        manifest: &Manifest,
+        table: &TableRequest,
+        dir: &Path,
+        outlets: &Outlets,
+    ) -> Result<ExportedFile> {
         let request = bulk_export_request(manifest, table);
         let qualified = table.qualified_name();
         let what = format!("bulk export of table {qualified}");
@@ -230,24 +254,23 @@ impl Exporter<'_> {
         let (export_id, total) = bulk_started(&body, &what)?;
         tracing::info!(table = %qualified, rows = total, "bulk export started");
 
+        let file_name = job::csv_file_name(self.names, manifest, &qualified, false);
+        let path = dir.join(&file_name);
+        let source = format!("table {qualified}");
         let read = async {
-            let file_name = job::csv_file_name(self.names, manifest, &qualified, false);
-            let path = dir.join(&file_name);
-            let named = |e: CsvError| convert_error(e, &format!("table {qualified}"));
-            let mut sink = self.create_sink(&path, &table.fields, &named)?;
+            let plan = self.create_sink(&path, &table.fields, outlets.open(&qualified, &file_name));
+            let mut sink = Converter::start(plan, total, what.clone(), source.clone()).await?;
             let paged = Paged::Bulk { export_id: &export_id };
             let page_size = self.client.options().bulk_page_size;
-            self.read_pages(&mut sink, paged, total, page_size, &what, &named).await?;
-            let stats = finish(sink, total, &what, &named)?;
-            Ok(ExportedFile { file: StagedFile { worksheet: qualified.clone(), file_name, stats }, path })
+            self.read_pages(&mut sink, paged, total, page_size, &what).await?;
+            sink.finish().await
         };
-        let read: Result<ExportedFile> = read.await;
+        let read: Result<FileStats> = read.await;
         // Finished whether the read succeeded or not, so Kinaxis can release it at once.
         self.finish_bulk_export(&export_id, total, &what).await;
-        let exported = read?;
-        let stats = &exported.file.stats;
-        tracing::info!(table = %qualified, file = %exported.file.file_name, rows = stats.rows, bytes = stats.bytes, "table converted");
-        Ok(exported)
+        let stats = read?;
+        tracing::info!(table = %qualified, file = %file_name, rows = stats.rows, bytes = stats.bytes, "table converted");
+        Ok(ExportedFile { file: StagedFile { worksheet: qualified, file_name, stats }, path })
     }
 
     /// Tells Kinaxis the export is finished (`finishExport=true`), in a call of its own after
@@ -267,17 +290,10 @@ impl Exporter<'_> {
         }
     }
 
-    fn create_sink(
-        &self,
-        path: &Path,
-        columns: &[String],
-        named: &impl Fn(CsvError) -> Error,
-    ) -> Result<CsvSink<BufWriter<File>>> {
-        let file = File::create(path)
-            .map_err(|e| Error::transient(Step::Convert, format!("creating {}", path.display())).caused_by(e))?;
-        // The columns contract (CSV_COLUMNS, CSV_DATE_COLUMNS) is checked here, before any
-        // row is written.
-        CsvSink::new(BufWriter::with_capacity(256 * 1024, file), self.csv, columns).map_err(named)
+    /// What the converter's thread opens the file with: creating it, writing the header
+    /// and handing it to the outlet are blocking work, never done on the executor.
+    fn create_sink(&self, path: &Path, columns: &[String], outlet: Outlet) -> SinkPlan {
+        SinkPlan { path: path.to_owned(), csv: self.csv.clone(), columns: columns.to_vec(), outlet }
     }
 
     /// Reads rows `sink.rows()..total` in pages of `page_size`, a bounded number in flight,
@@ -285,12 +301,11 @@ impl Exporter<'_> {
     /// from where each page ended; a page of no rows before `total` ends the export short.
     async fn read_pages(
         &self,
-        sink: &mut CsvSink<BufWriter<File>>,
+        sink: &mut Converter,
         paged: Paged<'_>,
         total: u64,
         page_size: u64,
         what: &str,
-        named: &impl Fn(CsvError) -> Error,
     ) -> Result<()> {
         let page_size = page_size.max(1);
         let first = sink.rows();
@@ -301,29 +316,28 @@ impl Exporter<'_> {
                 async move { (start, rows, self.fetch_page(paged, start, rows).await) }
             })
             .buffered(self.client.options().pages_in_flight.max(1));
-        let mut buffer = PageBuffer::default();
         let mut cap_reported = false;
         while let Some((start, rows, body)) = pages.next().await {
             let page_what = format!("{what} rows from {start}");
-            let body = body?;
-            // Declared out here so a page fetched again outlives the match; the rare
-            // refetch parses into a buffer of its own, as `buffer` is still lent out.
-            let refetched;
-            let mut refetched_buffer = PageBuffer::default();
-            let page = match paged.parse(&mut buffer, &body) {
-                Ok(page) => page,
+            let mut body = body?;
+            // Each page parses into a buffer of its own: the parse goes to the converter
+            // with its body while the next page is read.
+            let mut buffer = PageBuffer::default();
+            let parsed = paged.parse(&mut buffer, &body).map(|page| page_rows(&page, rows, &page_what, total));
+            let got = match parsed {
+                Ok(got) => got?,
                 Err(err) => {
                     let err = data_fault(err, &page_what);
                     if !err.is_transient() {
                         return Err(err);
                     }
                     tracing::warn!(error = %err.chain(), "page unreadable, fetching it again");
-                    refetched = self.fetch_parsable_page(paged, start, rows).await?;
-                    paged.parse(&mut refetched_buffer, &refetched).map_err(|e| data_fault(e, &page_what))?
+                    body = self.fetch_parsable_page(paged, start, rows).await?;
+                    let page = paged.parse(&mut buffer, &body).map_err(|e| data_fault(e, &page_what))?;
+                    page_rows(&page, rows, &page_what, total)?
                 }
             };
-            let got = page_rows(&page, rows, &page_what, total)?;
-            page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
+            sink.send(Parsed { body, buffer: Arc::new(buffer), sheet: None }, got).await?;
             // A server may serve fewer rows than asked (a page cap): the rest of this
             // page's range is read from where the rows ended, before the next page.
             let mut next = start + got;
@@ -337,13 +351,13 @@ impl Exporter<'_> {
                      (set the page size to the server's cap to keep pages in flight)"
                 );
             }
-            let mut rest_buffer = PageBuffer::default();
             while next < start + rows {
                 let rest_what = format!("{what} rows from {next}");
                 let body = self.fetch_parsable_page(paged, next, start + rows - next).await?;
+                let mut rest_buffer = PageBuffer::default();
                 let rest = paged.parse(&mut rest_buffer, &body).map_err(|e| data_fault(e, &rest_what))?;
                 let got = page_rows(&rest, start + rows - next, &rest_what, total)?;
-                rest.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
+                sink.send(Parsed { body, buffer: Arc::new(rest_buffer), sheet: None }, got).await?;
                 next += got;
             }
         }
@@ -438,12 +452,12 @@ fn check_worksheets(asked: &[String], sheets: &[SheetHead], names: &[String], wh
 
 /// Closes the file once every row is there: fewer than `total` is an export that ended
 /// short, more is not the export Kinaxis described; both permanent.
-fn finish(
-    sink: CsvSink<BufWriter<File>>,
+fn finish<W: Write>(
+    sink: CsvSink<W>,
     total: u64,
     what: &str,
     named: &impl Fn(CsvError) -> Error,
-) -> Result<crate::csv_out::FileStats> {
+) -> Result<(W, FileStats)> {
     if sink.rows() != total {
         let relation = if sink.rows() > total { "more" } else { "fewer" };
         return Err(Error::permanent(
@@ -451,9 +465,154 @@ fn finish(
             format!("{what} returned {} rows, {relation} than its total row count {total}", sink.rows()),
         ));
     }
-    let (_, mut stats) = sink.finish().map_err(named)?;
+    let (inner, mut stats) = sink.finish().map_err(named)?;
     stats.kinaxis_total_row_count = Some(total);
-    Ok(stats)
+    Ok((inner, stats))
+}
+
+/// The spool file and the outlet, written together. Only the spool file can fail the
+/// export: the outlet drops a destination that stops listening.
+pub struct Tee {
+    file: BufWriter<File>,
+    outlet: Outlet,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buf)?;
+        self.outlet.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Tee {
+    /// The file is complete and verified: flushed, and the outlet's last bytes sent.
+    fn close(mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        self.outlet.finish();
+        Ok(())
+    }
+}
+
+/// A parsed answer on its way to the converter: the body and its parse, both owned;
+/// `sheet`: that worksheet's first rows of a workbook answer.
+#[derive(Clone)]
+struct Parsed {
+    body: bytes::Bytes,
+    buffer: Arc<PageBuffer>,
+    sheet: Option<usize>,
+}
+
+/// Parsed pages waiting for the converter, beyond the one it converts.
+const CONVERTER_QUEUE: usize = 4;
+
+/// The CSV file about to be written, opened on the converter's thread.
+struct SinkPlan {
+    path: PathBuf,
+    csv: CsvOptions,
+    columns: Vec<String>,
+    outlet: Outlet,
+}
+
+impl SinkPlan {
+    fn open(self, named: &impl Fn(CsvError) -> Error) -> Result<CsvSink<Tee>> {
+        let SinkPlan { path, csv, columns, outlet } = self;
+        let file = File::create(&path)
+            .map_err(|e| Error::transient(Step::Convert, format!("creating {}", path.display())).caused_by(e))?;
+        // The columns contract (CSV_COLUMNS, CSV_DATE_COLUMNS) is checked here, before any
+        // row is written.
+        let tee = Tee { file: BufWriter::with_capacity(256 * 1024, file), outlet };
+        CsvSink::new(tee, &csv, &columns).map_err(named)
+    }
+}
+
+/// The converter's thread ended without an answer: a panic is a defect, which a retry
+/// would only repeat; a cancelled thread (the runtime shutting down) may do better later.
+fn converter_stopped(err: tokio::task::JoinError) -> Error {
+    if err.is_panic() {
+        Error::permanent(Step::Convert, "the converter panicked (a defect; retrying would repeat it)").caused_by(err)
+    } else {
+        Error::transient(Step::Convert, "the converter thread stopped").caused_by(err)
+    }
+}
+
+/// The CSV writer on a blocking thread of its own, fed parsed pages through a bounded
+/// channel: mapping, encoding, hashing and writing (to the spool file and the outlets,
+/// which may block) never hold the executor, so the pages in flight keep arriving while a
+/// page converts.
+struct Converter {
+    pages: Option<tokio::sync::mpsc::Sender<Parsed>>,
+    thread: tokio::task::JoinHandle<Result<FileStats>>,
+    /// Rows handed over so far: what the reading side counts by.
+    rows: u64,
+}
+
+impl Converter {
+    /// Starts the thread, which opens the file (its header checked and written) before
+    /// this returns; when the pages end it checks that `total` rows were written, closes
+    /// the file and only then sends the outlet's last bytes.
+    async fn start(plan: SinkPlan, total: u64, what: String, source: String) -> Result<Self> {
+        let (pages, mut received) = tokio::sync::mpsc::channel::<Parsed>(CONVERTER_QUEUE);
+        let (opened, ready) = tokio::sync::oneshot::channel::<()>();
+        let span = tracing::Span::current();
+        let mut thread = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let named = |e: CsvError| convert_error(e, &source);
+            let mut sink = plan.open(&named)?;
+            let _ = opened.send(());
+            while let Some(parsed) = received.blocking_recv() {
+                let page = parsed.buffer.parsed(&parsed.body, parsed.sheet).map_err(|e| {
+                    Error::permanent(Step::Convert, format!("{source}: a page is not UTF-8")).caused_by(e)
+                })?;
+                page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
+            }
+            let (tee, stats) = finish(sink, total, &what, &named)?;
+            tee.close().map_err(|e| named(CsvError::Io(e)))?;
+            Ok(stats)
+        });
+        if ready.await.is_err() {
+            // The thread ended before the file was open: its error is the export's.
+            return Err(match (&mut thread).await {
+                Ok(Err(err)) => err,
+                Ok(Ok(_)) => Error::transient(Step::Convert, "the converter ended before opening its file"),
+                Err(err) => converter_stopped(err),
+            });
+        }
+        Ok(Self { pages: Some(pages), thread, rows: 0 })
+    }
+
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Hands a page of `rows` rows over; waits while the queue is full.
+    async fn send(&mut self, parsed: Parsed, rows: u64) -> Result<()> {
+        let sent = match &self.pages {
+            Some(pages) => pages.send(parsed).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The converter stopped on an error of its own: that error is the export's.
+            self.pages = None;
+            return Err(match (&mut self.thread).await {
+                Ok(Err(err)) => err,
+                Ok(Ok(_)) => Error::transient(Step::Convert, "the converter ended before its last page"),
+                Err(err) => converter_stopped(err),
+            });
+        }
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// No more pages: the file's figures once the converter has written and checked it.
+    async fn finish(mut self) -> Result<FileStats> {
+        self.pages = None;
+        (&mut self.thread).await.map_err(converter_stopped)?
+    }
 }
 
 /// The rows a page brought, when they are a usable answer to asking for `asked`: an error
@@ -483,5 +642,22 @@ fn convert_error(err: CsvError, source: &str) -> Error {
     match err {
         CsvError::Io(io) => Error::transient(Step::Convert, format!("writing the CSV of {source}")).caused_by(io),
         other => Error::permanent(Step::Convert, format!("{source}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorClass;
+
+    #[tokio::test]
+    async fn a_converter_that_panics_is_a_permanent_failure_and_one_cancelled_a_transient_one() {
+        let panicked = tokio::task::spawn_blocking(|| panic!("a defect")).await.unwrap_err();
+        let err = converter_stopped(panicked);
+        assert_eq!((err.class, err.step), (ErrorClass::Permanent, Step::Convert), "{}", err.chain());
+        let never = tokio::spawn(std::future::pending::<()>());
+        never.abort();
+        let err = converter_stopped(never.await.unwrap_err());
+        assert_eq!(err.class, ErrorClass::Transient, "{}", err.chain());
     }
 }

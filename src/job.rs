@@ -242,6 +242,10 @@ pub enum DeliveryState {
     Delivered,
     /// The temporary was removed on purpose: nothing of this attempt reached SAP.
     Abandoned,
+    /// The temporary is being written while the export runs (written before it is
+    /// created); nothing was renamed. A later attempt removes it, as an abandoned one;
+    /// the record's figures are not yet the file's.
+    Streaming,
 }
 
 /// `deliveries/{jobId}/{file}.json`: one file's delivery, written before and after the rename.

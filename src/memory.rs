@@ -18,8 +18,8 @@ use crate::error::{Error, Result, Step};
 use crate::export::ExportedFile;
 use crate::job::{self, Manifest, StagedFile};
 use crate::ports::{
-    CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, RemoteEntry, RemoteFolder, Replaced, SecretSource, Tagged,
-    WorkbookSource,
+    CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, Outlets, RemoteEntry, RemoteFolder, Replaced,
+    SecretSource, Tagged, WorkbookSource,
 };
 use crate::secrets::{KinaxisLogin, SftpCredentials};
 
@@ -99,6 +99,8 @@ impl Crash {
 struct Fault {
     operation: &'static str,
     name_contains: String,
+    /// Matching calls to let through first.
+    skip: u32,
     times: u32,
     transient: bool,
 }
@@ -108,7 +110,11 @@ struct Faults(Mutex<Vec<Fault>>);
 
 impl Faults {
     fn add(&self, operation: &'static str, name_contains: &str, times: u32, transient: bool) {
-        lock(&self.0).push(Fault { operation, name_contains: name_contains.to_owned(), times, transient });
+        self.add_nth(operation, name_contains, 0, times, transient);
+    }
+
+    fn add_nth(&self, operation: &'static str, name_contains: &str, skip: u32, times: u32, transient: bool) {
+        lock(&self.0).push(Fault { operation, name_contains: name_contains.to_owned(), skip, times, transient });
     }
 
     fn take(&self, operation: &str, name: &str, step: Step) -> Result<()> {
@@ -118,6 +124,10 @@ impl Faults {
         else {
             return Ok(());
         };
+        if fault.skip > 0 {
+            fault.skip -= 1;
+            return Ok(());
+        }
         fault.times -= 1;
         let message = format!("{operation} {name}: injected failure");
         Err(if fault.transient { Error::transient(step, message) } else { Error::permanent(step, message) })
@@ -126,17 +136,33 @@ impl Faults {
 
 // ------------------------------------------------------------------------ object store
 
-/// A bucket in memory, with S3's conditional writes (ETags as version numbers).
+/// A multipart upload under way: its key and the parts received so far.
+#[derive(Debug, Default)]
+struct OpenUpload {
+    key: String,
+    parts: BTreeMap<u32, (Vec<u8>, String)>,
+}
+
+/// A bucket in memory, with S3's conditional writes (ETags as version numbers) and its
+/// multipart uploads (an object only once completed).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, (Vec<u8>, u64)>>,
+    uploads: Mutex<BTreeMap<String, OpenUpload>>,
     versions: AtomicU64,
     pub crash: Crash,
     faults: Faults,
     landed_faults: Faults,
+    /// Every call, as "operation key", in order.
+    calls: Mutex<Vec<String>>,
 }
 
 impl MemoryStore {
+    /// Calls made so far, as "operation key".
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -153,6 +179,11 @@ impl MemoryStore {
         self.landed_faults.add(operation, key_contains, times, true);
     }
 
+    /// As `fail_after_landing`, after `skip` matching calls went through.
+    pub fn fail_after_landing_nth(&self, operation: &'static str, key_contains: &str, skip: u32, times: u32) {
+        self.landed_faults.add_nth(operation, key_contains, skip, times, true);
+    }
+
     pub fn object(&self, key: &str) -> Option<Vec<u8>> {
         lock(&self.objects).get(key).map(|(bytes, _)| bytes.clone())
     }
@@ -163,6 +194,11 @@ impl MemoryStore {
 
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         lock(&self.objects).keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+    }
+
+    /// Keys of the multipart uploads neither completed nor aborted (storage S3 would bill).
+    pub fn open_uploads(&self) -> Vec<String> {
+        lock(&self.uploads).values().map(|u| u.key.clone()).collect()
     }
 
     pub fn insert(&self, key: &str, bytes: Vec<u8>) {
@@ -177,6 +213,7 @@ impl MemoryStore {
     async fn enter(&self, operation: &str, key: &str) -> Result<()> {
         // Every call gives way once, as a network call would: concurrent runs interleave.
         tokio::task::yield_now().await;
+        lock(&self.calls).push(format!("{operation} {key}"));
         self.crash.point(operation, key, false).await;
         self.faults.take(operation, key, Step::Stage)
     }
@@ -257,6 +294,58 @@ impl ObjectStore for Arc<MemoryStore> {
         self.leave("upload_file", key).await
     }
 
+    async fn start_multipart(&self, key: &str, _content_type: &str) -> Result<String> {
+        self.enter("start_multipart", key).await?;
+        let id = format!("upload-{}", self.versions.fetch_add(1, Ordering::SeqCst) + 1);
+        lock(&self.uploads).insert(id.clone(), OpenUpload { key: key.to_owned(), parts: BTreeMap::new() });
+        self.leave("start_multipart", key).await?;
+        Ok(id)
+    }
+
+    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, bytes: bytes::Bytes) -> Result<String> {
+        self.enter("upload_part", key).await?;
+        let etag = job::sha256_hex(&bytes);
+        match lock(&self.uploads).get_mut(upload_id) {
+            Some(upload) if upload.key == key && number >= 1 => {
+                upload.parts.insert(number, (bytes.to_vec(), etag.clone()));
+            }
+            _ => return Err(Error::permanent(Step::Stage, format!("{key}: no such upload {upload_id}"))),
+        }
+        self.leave("upload_part", key).await?;
+        Ok(etag)
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()> {
+        self.enter("complete_multipart", key).await?;
+        let joined = {
+            let mut uploads = lock(&self.uploads);
+            let upload = uploads
+                .get(upload_id)
+                .filter(|u| u.key == key)
+                .ok_or_else(|| Error::permanent(Step::Stage, format!("{key}: no such upload {upload_id}")))?;
+            // As S3: the listed parts, numbered upwards, each as uploaded (its ETag).
+            let mut joined = Vec::new();
+            let mut previous = 0;
+            for (number, etag) in parts {
+                match upload.parts.get(number) {
+                    Some((bytes, tag)) if tag == etag && *number > previous => joined.extend_from_slice(bytes),
+                    _ => return Err(Error::permanent(Step::Stage, format!("{key}: part {number} is not as listed"))),
+                }
+                previous = *number;
+            }
+            uploads.remove(upload_id);
+            joined
+        };
+        self.insert(key, joined);
+        self.leave("complete_multipart", key).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        self.enter("abort_multipart", key).await?;
+        lock(&self.uploads).remove(upload_id);
+        self.leave("abort_multipart", key).await
+    }
+
     async fn download_file(&self, key: &str, path: &Path) -> Result<bool> {
         self.enter("download_file", key).await?;
         let Some(bytes) = self.object(key) else { return Ok(false) };
@@ -323,7 +412,17 @@ impl MemorySource {
     pub fn fail(&self, times: u32, transient: bool) {
         self.faults.add("export", "", times, transient);
     }
+
+    /// The next `times` exports fail halfway through writing their first file (a page
+    /// that never comes): what was streamed so far must not reach SAP.
+    pub fn fail_midway(&self, times: u32, transient: bool) {
+        self.faults.add("midway", "", times, transient);
+    }
 }
+
+/// The generated file is handed to the outlet in pieces of this size, as a converter
+/// writes a file page by page.
+const MEMORY_SOURCE_PIECE: usize = 64;
 
 impl WorkbookSource for Arc<MemorySource> {
     async fn export(
@@ -332,6 +431,7 @@ impl WorkbookSource for Arc<MemorySource> {
         _login: KinaxisLogin,
         dir: &Path,
         deadline: Instant,
+        outlets: &Outlets,
     ) -> Result<Vec<ExportedFile>> {
         let number = self.exports.fetch_add(1, Ordering::SeqCst) + 1;
         self.faults.take("export", "", Step::Fetch)?;
@@ -355,6 +455,25 @@ impl WorkbookSource for Arc<MemorySource> {
             let path = dir.join(&file_name);
             std::fs::write(&path, &csv)
                 .map_err(|e| Error::transient(Step::Convert, format!("writing {}", path.display())).caused_by(e))?;
+            // The outlet is a blocking writer: written from a blocking thread, as the
+            // converter writes it.
+            let mut outlet = outlets.open(worksheet, &file_name);
+            let midway = if files.is_empty() { self.faults.take("midway", "", Step::Fetch).err() } else { None };
+            let bytes = csv.clone().into_bytes();
+            let streamed = tokio::task::spawn_blocking(move || {
+                let half = bytes.len() / 2;
+                for (index, piece) in bytes.chunks(MEMORY_SOURCE_PIECE).enumerate() {
+                    if midway.is_some() && index * MEMORY_SOURCE_PIECE >= half {
+                        return Err(midway.unwrap_or_else(|| Error::transient(Step::Fetch, "cut")));
+                    }
+                    let _ = std::io::Write::write_all(&mut outlet, piece);
+                }
+                outlet.finish();
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::transient(Step::Convert, "the writing thread stopped").caused_by(e))?;
+            streamed?;
             let stats = FileStats {
                 rows: *rows,
                 bytes: csv.len() as u64,
@@ -516,6 +635,52 @@ impl RemoteFolder for MemoryFolder {
         }
         self.drop.crash.point("upload", name, true).await;
         Ok(())
+    }
+
+    /// Each chunk is a `stream_chunk` operation (crash and fault points within the stream).
+    async fn upload_stream(
+        &mut self,
+        mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<u64> {
+        self.drop.enter("upload_stream", name).await?;
+        {
+            let mut state = lock(&self.drop.state);
+            state.files.insert(name.to_owned(), Vec::new());
+            state.modified.insert(name.to_owned(), now_secs());
+        }
+        let mut sent = 0u64;
+        let written: Result<()> = async {
+            loop {
+                let chunk = match tokio::time::timeout_at(deadline, chunks.recv()).await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => return Ok(()),
+                    Err(_) => return Err(crate::retry::deadline_reached(Step::Deliver, &format!("streaming {name}"))),
+                };
+                self.drop.crash.point("stream_chunk", name, false).await;
+                self.drop.faults.take("stream_chunk", name, Step::Deliver)?;
+                for piece in chunk.chunks(self.drop.upload_chunk.max(1)) {
+                    if Instant::now() >= deadline {
+                        return Err(crate::retry::deadline_reached(Step::Deliver, &format!("streaming {name}")));
+                    }
+                    if let Some(file) = lock(&self.drop.state).files.get_mut(name) {
+                        file.extend_from_slice(piece);
+                    }
+                    sent += piece.len() as u64;
+                    if !self.drop.upload_pause.is_zero() {
+                        tokio::time::sleep(self.drop.upload_pause).await;
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(err) = written {
+            lock(&self.drop.state).files.remove(name);
+            return Err(err);
+        }
+        self.drop.crash.point("upload_stream", name, true).await;
+        Ok(sent)
     }
 
     async fn rename(&mut self, from: &str, to: &str) -> Result<Guarded> {

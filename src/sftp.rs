@@ -389,6 +389,25 @@ impl RemoteFolder for SftpFolder {
         .await
     }
 
+    async fn upload_stream(
+        &mut self,
+        chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        name: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64> {
+        let path = self.path_of(name);
+        let deadline = deadline.into_std();
+        // The connection's blocking thread for the whole file, fed by the bounded channel.
+        self.blocking(move |c| {
+            let written = write_stream(c, chunks, &path, deadline);
+            if written.is_err() {
+                let _ = c.sftp.unlink(Path::new(&path));
+            }
+            written
+        })
+        .await
+    }
+
     async fn rename(&mut self, from: &str, to: &str) -> Result<Guarded> {
         let (from, to) = (self.path_of(from), self.path_of(to));
         self.blocking(move |c| match c.sftp.rename(Path::new(&from), Path::new(&to), None) {
@@ -502,6 +521,58 @@ fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: In
 
 /// Bytes read into the window at a time: eight of libssh2's 30,000-byte write requests.
 const REFILL: usize = 8 * 30_000;
+
+/// As `write_remote`, the bytes taken from a channel as the export produces them; the
+/// channel is dropped on failure, which tells the export to stop sending here.
+fn write_stream(
+    c: &Connection,
+    mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    temp_path: &str,
+    deadline: Instant,
+) -> Result<u64> {
+    let mut remote = c
+        .sftp
+        .open_mode(
+            Path::new(temp_path),
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+            0o640,
+            OpenType::File,
+        )
+        .map_err(|e| ssh_error(e, &format!("creating {temp_path}")))?;
+    let mut last_keepalive = Instant::now();
+    let mut sent = 0u64;
+    loop {
+        // Waiting for the export's next bytes must not outlast the deadline either, and a
+        // slow export must not let the connection idle out: the thread sleeps until a chunk
+        // comes, the channel ends, the next keepalive is due or the deadline.
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::transient(
+                Step::Deliver,
+                format!("the deadline was reached after {sent} bytes of {temp_path}; the upload stopped"),
+            ));
+        }
+        let keepalive_at = last_keepalive + c.options.keepalive_interval.max(Duration::from_secs(1));
+        if now >= keepalive_at {
+            let _ = c.session.keepalive_send();
+            last_keepalive = now;
+            continue;
+        }
+        let chunk = match crate::ports::block_within(chunks.recv(), keepalive_at.min(deadline) - now) {
+            Some(Some(chunk)) => chunk,
+            Some(None) => break,
+            None => continue,
+        };
+        remote
+            .write_all(&chunk)
+            .map_err(|e| Error::transient(Step::Deliver, format!("writing {temp_path}")).caused_by(e))?;
+        sent += chunk.len() as u64;
+    }
+    if let Err(err) = remote.fsync() {
+        tracing::debug!(error = %err, "the server offers no fsync; relying on the size check");
+    }
+    Ok(sent)
+}
 
 fn fill(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;

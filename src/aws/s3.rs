@@ -1,5 +1,6 @@
 //! The staging bucket on S3: conditional create for job manifests, multipart upload of
-//! staged CSVs, streaming download for resumed jobs.
+//! staged CSVs (streamed while the export writes them, or from a file; parts a bounded
+//! number at a time), streaming download for resumed jobs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
 use super::classify;
@@ -16,6 +19,10 @@ use crate::ports::{CreateOutcome, Guarded, ObjectStore, Tagged};
 /// Files above this size go up in parts of this size: S3 needs parts of 5 MiB or more,
 /// and one PUT of a large file would be retried whole.
 pub const MULTIPART_PART_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Parts of one file uploaded at once: enough to hide a part's round trip, few enough that
+/// memory stays a few parts.
+pub const PARTS_IN_FLIGHT: usize = 4;
 
 #[derive(Clone)]
 pub struct S3Store {
@@ -37,21 +44,7 @@ impl S3Store {
     }
 
     async fn upload_multipart(&self, key: &str, path: &Path, size: u64, content_type: &str) -> Result<()> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .send()
-            .await
-            .map_err(|e| {
-                classify(e, Step::Stage, &format!("starting multipart upload of s3://{}/{key}", self.bucket))
-            })?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| Error::transient(Step::Stage, format!("S3 gave no upload id for {key}")))?
-            .to_owned();
+        let upload_id = self.start_multipart(key, content_type).await?;
         let result = self.upload_parts(key, path, size, &upload_id).await;
         if result.is_err() {
             // Parts of an abandoned upload cost storage until a lifecycle rule removes them.
@@ -61,12 +54,14 @@ impl S3Store {
         result
     }
 
+    /// The file's parts, `PARTS_IN_FLIGHT` at a time, each read from disk as it goes.
     async fn upload_parts(&self, key: &str, path: &Path, size: u64, upload_id: &str) -> Result<()> {
-        let mut parts = Vec::new();
-        let mut offset = 0;
-        let mut number = 1;
-        while offset < size {
+        let count = size.div_ceil(MULTIPART_PART_BYTES);
+        let part = |index: u64| async move {
+            let offset = index * MULTIPART_PART_BYTES;
             let length = MULTIPART_PART_BYTES.min(size - offset);
+            let number = i32::try_from(index + 1)
+                .map_err(|_| Error::permanent(Step::Stage, format!("{key}: too many parts")))?;
             let body = ByteStream::read_from()
                 .path(path)
                 .offset(offset)
@@ -74,33 +69,31 @@ impl S3Store {
                 .build()
                 .await
                 .map_err(|e| Error::permanent(Step::Stage, format!("reading {}", path.display())).caused_by(e))?;
-            let uploaded = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| classify(e, Step::Stage, &format!("uploading part {number} of {key}")))?;
-            parts.push(
-                CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag().map(str::to_owned)).build(),
-            );
-            offset += length;
-            number += 1;
-        }
-        self.client
-            .complete_multipart_upload()
+            let etag = self.send_part(key, upload_id, number, body).await?;
+            Ok::<_, Error>((number as u32, etag))
+        };
+        let mut parts: Vec<(u32, String)> =
+            stream::iter(0..count).map(part).buffer_unordered(PARTS_IN_FLIGHT).try_collect().await?;
+        parts.sort_unstable_by_key(|(number, _)| *number);
+        self.complete_multipart(key, upload_id, &parts).await
+    }
+
+    async fn send_part(&self, key: &str, upload_id: &str, number: i32, body: ByteStream) -> Result<String> {
+        let uploaded = self
+            .client
+            .upload_part()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .part_number(number)
+            .body(body)
             .send()
             .await
-            .map_err(|e| classify(e, Step::Stage, &format!("completing multipart upload of {key}")))?;
-        Ok(())
+            .map_err(|e| classify(e, Step::Stage, &format!("uploading part {number} of {key}")))?;
+        uploaded
+            .e_tag()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::transient(Step::Stage, format!("S3 gave no ETag for part {number} of {key}")))
     }
 }
 
@@ -230,6 +223,59 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| classify(e, Step::Stage, &format!("uploading s3://{}/{key}", self.bucket)))?;
+        Ok(())
+    }
+
+    async fn start_multipart(&self, key: &str, content_type: &str) -> Result<String> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| {
+                classify(e, Step::Stage, &format!("starting multipart upload of s3://{}/{key}", self.bucket))
+            })?;
+        created
+            .upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::transient(Step::Stage, format!("S3 gave no upload id for {key}")))
+    }
+
+    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, bytes: Bytes) -> Result<String> {
+        let number =
+            i32::try_from(number).map_err(|_| Error::permanent(Step::Stage, format!("{key}: too many parts")))?;
+        self.send_part(key, upload_id, number, ByteStream::from(bytes)).await
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()> {
+        let parts = parts
+            .iter()
+            .map(|(number, etag)| CompletedPart::builder().part_number(*number as i32).e_tag(etag).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Stage, &format!("completing multipart upload of {key}")))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Stage, &format!("aborting multipart upload of {key}")))?;
         Ok(())
     }
 

@@ -150,6 +150,18 @@ impl PageBuffer {
         Ok(Page { body: text, rows: 0..self.row_ends.len(), buffer: self })
     }
 
+    /// The rows parsed last into this buffer, viewed again over the same `body`: a parsed
+    /// answer (its body and this buffer, both owned) can so cross to the converter's
+    /// thread. `sheet`: that worksheet's first rows of a workbook answer.
+    pub fn parsed<'a>(&'a self, body: &'a [u8], sheet: Option<usize>) -> Result<Page<'a>, std::str::Utf8Error> {
+        let body = std::str::from_utf8(body)?;
+        let rows = match sheet {
+            None => 0..self.row_ends.len(),
+            Some(index) => self.sheets.get(index).map_or(0..0, |s| s.rows.clone()),
+        };
+        Ok(Page { body, buffer: self, rows })
+    }
+
     /// Parses the workbook answer, its first pages included.
     pub fn parse_workbook<'a>(&'a mut self, body: &'a [u8]) -> Result<Workbook<'a>, serde_json::Error> {
         let text = self.parse_as(body, Shape::Workbook, None)?;

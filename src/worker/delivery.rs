@@ -10,7 +10,9 @@
 //! - intent, temporary and final both gone → it was renamed and SAP took it: delivered, not
 //!   sent again (an abandoned temporary is recorded as such before it is removed, so its
 //!   absence is never read as a rename);
-//! - no record (or abandoned) → the existing-file policy, then upload, intent, rename, mark.
+//! - no record (or abandoned) → the existing-file policy, then upload, intent, rename, mark;
+//! - streaming (the temporary was written while the export ran) → this run's own, complete
+//!   temporary goes on as if just uploaded; another run's is removed and the file sent again.
 //!
 //! A file already under the name is replaced in one step where the server offers
 //! `posix-rename@openssh.com` (SAP never sees the name missing or short).
@@ -102,6 +104,12 @@ impl TriggerFile {
 /// Temporaries of cut uploads older than this are removed: no attempt still writes them.
 const STALE_TEMPORARY_SECS: u64 = 30 * 60;
 
+/// A temporary's name: hidden and not `.csv`, so SAP's pickup never takes it; unique per
+/// attempt.
+pub(super) fn temporary_name(file_name: &str, attempt: u32) -> String {
+    format!(".{file_name}.{attempt}-{:08x}.part", fastrand::u32(..))
+}
+
 /// The record of one file, `None` when no attempt got as far as the intent.
 pub async fn record(store: &impl ObjectStore, job_id: &str, file_name: &str) -> Result<Option<DeliveryRecord>> {
     let key = keys::delivery(job_id, file_name);
@@ -111,7 +119,7 @@ pub async fn record(store: &impl ObjectStore, job_id: &str, file_name: &str) -> 
         .map_err(|e| Error::permanent(Step::Deliver, format!("{key} is not a valid delivery record")).caused_by(e))
 }
 
-async fn write(store: &impl ObjectStore, job_id: &str, record: &DeliveryRecord) -> Result<()> {
+pub(super) async fn write(store: &impl ObjectStore, job_id: &str, record: &DeliveryRecord) -> Result<()> {
     let key = keys::delivery(job_id, &record.file.file_name);
     let bytes = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::permanent(Step::Deliver, "serialising a delivery record").caused_by(e))?;
@@ -136,6 +144,8 @@ pub struct FileDelivery<'a, S> {
     pub deadline: Instant,
     /// The trigger file the target's profile asks for.
     pub trigger: Option<&'a TriggerFile>,
+    /// The temporary this run streamed while the export ran, if it came through whole.
+    pub streamed: Option<&'a str>,
 }
 
 impl<S: ObjectStore> FileDelivery<'_, S> {
@@ -154,12 +164,20 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         match earlier {
             Some(record) if record.state == DeliveryState::Delivered => Ok(record),
             Some(record) if record.state == DeliveryState::Intent => self.resume(folder, record).await,
+            Some(record) if record.state == DeliveryState::Streaming => {
+                if self.streamed == Some(record.temp_name.as_str()) {
+                    return self.fresh(folder, Some(record.temp_name)).await;
+                }
+                // Another run's stream, cut: never renamed, nothing of it reached SAP.
+                folder.remove(&record.temp_name).await?;
+                self.fresh(folder, None).await
+            }
             Some(record) => {
                 // Abandoned: its temporary may still be there if the removal was cut.
                 folder.remove(&record.temp_name).await?;
-                self.fresh(folder).await
+                self.fresh(folder, None).await
             }
-            None => self.fresh(folder).await,
+            None => self.fresh(folder, None).await,
         }
     }
 
@@ -229,13 +247,13 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             Some(size) => {
                 tracing::warn!(temp, size, "the earlier attempt's temporary is incomplete; sending again");
                 self.abandon(folder, record).await?;
-                self.fresh(folder).await
+                self.fresh(folder, None).await
             }
             None if final_present => {
                 // Another file stands under the name and ours is not there to rename: the
                 // earlier rename cannot have happened. Send again under the policy.
                 self.abandon(folder, record).await?;
-                self.fresh(folder).await
+                self.fresh(folder, None).await
             }
             None => {
                 tracing::warn!(
@@ -260,14 +278,23 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         folder.remove(&record.temp_name).await
     }
 
-    async fn fresh(&self, folder: &mut impl RemoteFolder) -> Result<DeliveryRecord> {
+    /// Sends the file (or takes `streamed`, this run's complete temporary of it), then
+    /// intent, rename, mark.
+    async fn fresh(&self, folder: &mut impl RemoteFolder, streamed: Option<String>) -> Result<DeliveryRecord> {
         let name = self.name().to_owned();
         let mut replace = false;
         if folder.size(&name).await?.is_some() {
             match self.policy {
                 ExistingFilePolicy::Overwrite => replace = true,
                 ExistingFilePolicy::Fail | ExistingFilePolicy::SkipIfIdentical => {
-                    if self.identical(folder, &name).await? {
+                    let identical = self.identical(folder, &name).await?;
+                    if identical || self.policy == ExistingFilePolicy::Fail {
+                        // Not renamed, so not needed: the streamed temporary goes.
+                        if let Some(temp) = &streamed {
+                            folder.remove(temp).await?;
+                        }
+                    }
+                    if identical {
                         tracing::info!(remote = %folder.path_of(&name), "the identical file is already there");
                         let mut record = self.new_record(folder, DeliveryState::Delivered, "");
                         record.uploaded = false;
@@ -281,11 +308,29 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 }
             }
         }
-        self.remove_stale_temporaries(folder).await;
+        self.remove_stale_temporaries(folder, streamed.as_deref()).await;
 
-        // Hidden and not `.csv`, so SAP's pickup never takes it; unique per attempt.
-        let temp = format!(".{name}.{}-{:08x}.part", self.attempt, fastrand::u32(..));
-        folder.upload(&self.file.path, &temp, self.deadline).await?;
+        let bytes = self.file.file.stats.bytes;
+        let streamed = match streamed {
+            Some(temp) if folder.size(&temp).await? == Some(bytes) => Some(temp),
+            Some(temp) => {
+                tracing::warn!(temp, "the streamed temporary is not the file; sending it from the staged copy");
+                folder.remove(&temp).await?;
+                None
+            }
+            None => None,
+        };
+        let temp = match streamed {
+            Some(temp) => {
+                tracing::info!(temp, "the temporary streamed during the export is complete; not sent again");
+                temp
+            }
+            None => {
+                let temp = temporary_name(&name, self.attempt);
+                folder.upload(&self.file.path, &temp, self.deadline).await?;
+                temp
+            }
+        };
         let size = folder.size(&temp).await?;
         if size != Some(self.file.file.stats.bytes) {
             folder.remove(&temp).await?;
@@ -413,13 +458,14 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
 
     /// Temporaries of this file left by attempts whose connection was cut, once no attempt
     /// can still be writing them. Best effort: a failure here delays nothing.
-    async fn remove_stale_temporaries(&self, folder: &mut impl RemoteFolder) {
+    async fn remove_stale_temporaries(&self, folder: &mut impl RemoteFolder, keep: Option<&str>) {
         let prefix = format!(".{}.", self.name());
         let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
         let Ok(entries) = folder.list().await else { return };
         for entry in entries {
             let stale = entry.modified.is_some_and(|m| now.saturating_sub(m) > STALE_TEMPORARY_SECS);
-            if entry.name.starts_with(&prefix) && entry.name.ends_with(".part") && stale {
+            let ours = keep == Some(entry.name.as_str());
+            if entry.name.starts_with(&prefix) && entry.name.ends_with(".part") && stale && !ours {
                 tracing::info!(remote = %folder.path_of(&entry.name), "removing a stale temporary of a cut upload");
                 let _ = folder.remove(&entry.name).await;
             }

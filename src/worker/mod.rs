@@ -1,11 +1,13 @@
-//! The worker's job lifecycle: receipt? → lease → fetch → CSV → stage → deliver each file
-//! once → receipt, every step bounded by the invocation's deadline, every end reported; and
-//! what the jobs queue is told (retry later, or the dead-letter queue now).
+//! The worker's job lifecycle: receipt? → lease → fetch → CSV, streamed to staging and to
+//! the SFTP temporary as it is written → staging completed → deliver each file once (the
+//! rename) → receipt, every step bounded by the invocation's deadline, every end reported;
+//! and what the jobs queue is told (retry later, or the dead-letter queue now).
 
 pub mod delivery;
 pub mod event;
 pub mod lease;
 mod report;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,7 +27,7 @@ use crate::export::ExportedFile;
 use crate::job::{
     keys, DeliveryRecord, DeliveryState, FailureRecord, LatestDelivery, LeaseRecord, Manifest, Receipt, StagedFile,
 };
-use crate::ports::{CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, SecretSource, WorkbookSource};
+use crate::ports::{CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, Outlets, SecretSource, WorkbookSource};
 use crate::retry::deadline_reached;
 use crate::secrets::{CachedSecrets, KinaxisCredentials, KinaxisLogin, SftpCredentials};
 use crate::telemetry::{self, Metric, MetricScope};
@@ -71,6 +73,7 @@ pub struct Worker<S, K, W, D, Q> {
     drop: D,
     queue: Q,
     config: WorkerConfig,
+    stream: stream::StreamOptions,
 }
 
 /// What one run of a job knows while it runs; kept outside the steps so that a run cut by
@@ -116,7 +119,15 @@ where
     Q: JobQueue,
 {
     pub fn new(store: S, secrets: CachedSecrets<K>, source: W, drop: D, queue: Q, config: WorkerConfig) -> Self {
-        Self { store, secrets: Arc::new(secrets), source, drop, queue, config }
+        let stream = config.stream.clone();
+        Self { store, secrets: Arc::new(secrets), source, drop, queue, config, stream }
+    }
+
+    /// How the export is streamed to staging and SFTP (part sizes, queue depths), in place
+    /// of the configured `STREAM_*`.
+    pub fn with_stream_options(mut self, options: stream::StreamOptions) -> Self {
+        self.stream = options;
+        self
     }
 
     /// The Kinaxis credentials as cached, and a way past the cache for when Kinaxis refuses
@@ -358,22 +369,23 @@ where
             tracing::info!("delivered by an earlier run; acknowledging");
             return Ok(JobOutcome::AlreadyDelivered);
         }
-        self.steps(run, &manifest).await
+        // Boxed: the steps' state is large (export, streams, delivery) and would otherwise sit on
+        // the stack of whatever polls the run (a debug-build test thread overflowed).
+        Box::pin(self.steps(run, &manifest)).await
     }
 
     async fn steps(&self, run: &Run, manifest: &Manifest) -> Result<JobOutcome> {
-        let job_id = run.job_id.as_str();
         let spool = tempfile::TempDir::new_in(&self.config.spool_dir).map_err(|e| {
             Error::transient(Step::Convert, format!("creating a spool folder in {}", self.config.spool_dir.display()))
                 .caused_by(e)
         })?;
         let step_started = Instant::now();
         run.at(Step::Stage);
-        let files = match self.staged_files(run, spool.path()).await? {
+        let (files, temporaries, written, folder) = match self.staged_files(run, spool.path()).await? {
             Some(files) => {
                 tracing::info!(files = files.len(), "CSV already staged; resuming at delivery");
                 run.time("restore", step_started);
-                files
+                (files, stream::Temporaries::new(), Vec::new(), None)
             }
             None => {
                 // Nothing staged, so nothing sent: an older batch stops here, before the export.
@@ -382,20 +394,61 @@ where
                 }
                 run.at(Step::Fetch);
                 let login = self.kinaxis_login().await?;
-                let files = self.source.export(manifest, login, spool.path(), run.work_deadline).await?;
-                self.check_row_counts(&files)?;
+                // The export and its streams run together; the export's end (its outlets
+                // dropped) ends the streams.
+                let (outlets, announced) = Outlets::new(self.stream.chunk_bytes, self.stream.depth, self.stream.stall);
+                let dir = spool.path();
+                let export = async move {
+                    let exported = self.source.export(manifest, login, dir, run.work_deadline, &outlets).await;
+                    drop(outlets);
+                    exported
+                };
+                let (exported, (mut streamed, folder)) =
+                    tokio::join!(Box::pin(export), Box::pin(self.pump(run, manifest, announced)));
+                let files = match exported.and_then(|files| self.check_row_counts(&files).map(|()| files)) {
+                    Ok(files) => files,
+                    Err(err) => {
+                        self.discard(run, manifest, streamed, folder).await;
+                        return Err(err);
+                    }
+                };
                 run.time("fetch", step_started);
                 let stage_started = Instant::now();
                 run.at(Step::Stage);
-                self.stage(run, &files).await?;
+                let temporaries = match self.settle(run, &files, &mut streamed).await {
+                    Ok(temporaries) => temporaries,
+                    Err(err) => {
+                        self.discard(run, manifest, streamed, folder).await;
+                        return Err(err);
+                    }
+                };
                 run.time("stage", stage_started);
-                files
+                (files, temporaries, stream::streamed_temporaries(&streamed), folder)
             }
         };
 
+        // From here on a job that ends without renaming them leaves no streamed temporary.
+        let mut folder = folder;
+        let delivered = Box::pin(self.deliver_and_receipt(run, manifest, &files, &temporaries, &mut folder)).await;
+        if !matches!(delivered, Ok(JobOutcome::Delivered(_))) && !written.is_empty() {
+            self.abandon_temporaries(run, manifest, &written, folder, true).await;
+        }
+        delivered
+    }
+
+    /// Delivery, then the receipt; the folder the export streamed into serves the first try.
+    async fn deliver_and_receipt(
+        &self,
+        run: &Run,
+        manifest: &Manifest,
+        files: &[ExportedFile],
+        temporaries: &stream::Temporaries,
+        folder: &mut Option<D::Folder>,
+    ) -> Result<JobOutcome> {
+        let job_id = run.job_id.as_str();
         let deliver_started = Instant::now();
         run.at(Step::Deliver);
-        let records = self.delivery_records(run, &files).await?;
+        let records = self.delivery_records(run, files).await?;
         // A newer batch may have been delivered meanwhile; but once a file of this job has
         // reached the rename, it is on its way to SAP and the job is finished, not refused.
         let started_sending =
@@ -405,7 +458,7 @@ where
                 return Ok(skipped);
             }
         }
-        let (records, attempts) = self.deliver(run, manifest, &files, records).await?;
+        let (records, attempts) = self.deliver(run, manifest, files, records, temporaries, folder.take()).await?;
         run.time("deliver", deliver_started);
 
         run.at(Step::Receipt);
@@ -612,17 +665,9 @@ where
         Ok(Some(files))
     }
 
-    /// Uploads every CSV, then the index that marks staging complete.
-    async fn stage(&self, run: &Run, files: &[ExportedFile]) -> Result<()> {
+    /// The index that marks staging complete, once every CSV is staged.
+    async fn write_staged_index(&self, run: &Run, files: &[ExportedFile]) -> Result<()> {
         let retry = &self.config.retry;
-        for file in files {
-            let key = keys::staged_file(&run.job_id, &file.file.file_name);
-            retry
-                .run(run.work_deadline, Step::Stage, "stage CSV", |_| {
-                    self.store.upload_file(&key, &file.path, "text/csv")
-                })
-                .await?;
-        }
         let index: Vec<&StagedFile> = files.iter().map(|f| &f.file).collect();
         let bytes = serde_json::to_vec_pretty(&index)
             .map_err(|e| Error::permanent(Step::Stage, "serialising the staged index").caused_by(e))?;
@@ -656,6 +701,8 @@ where
         manifest: &Manifest,
         files: &[ExportedFile],
         records: Vec<Option<DeliveryRecord>>,
+        temporaries: &stream::Temporaries,
+        folder: Option<D::Folder>,
     ) -> Result<(Vec<DeliveryRecord>, u32)> {
         let job_id = run.job_id.as_str();
         let trigger = self.config.profiles.for_target(&manifest.target).trigger.as_ref();
@@ -677,14 +724,29 @@ where
         // attempt at that same instant would drop it before it can. So the attempt is cut a
         // little later, still well inside the margin, and no blocking SFTP call outlasts that.
         let cut_at = run.work_deadline + self.config.deadline_margin / 4;
+        // The folder the export streamed into serves the first try.
+        let streamed_into = Mutex::new(folder);
         let deliver_all = || async {
-            let credentials: SftpCredentials = self.secrets.get_json(secret_id).await?;
-            let mut folder = self.drop.open(credentials, cut_at).await?;
+            let reused = lock(&streamed_into).take();
+            let mut folder = match reused {
+                Some(folder) => folder,
+                None => {
+                    let credentials: SftpCredentials = self.secrets.get_json(secret_id).await?;
+                    self.drop.open(credentials, cut_at).await?
+                }
+            };
             // Read again: an earlier try of this run may have moved a record forward.
             let records = self.delivery_records(run, files).await?;
             let mut delivered = Vec::with_capacity(files.len());
             for (file, earlier) in files.iter().zip(records) {
-                let attempt = earlier.as_ref().map_or(1, |r| r.attempt + 1);
+                let streamed = temporaries.get(&file.file.file_name).map(String::as_str);
+                let attempt = match &earlier {
+                    // This run's own stream: the intent keeps its attempt number.
+                    Some(r) if r.state == DeliveryState::Streaming && streamed == Some(r.temp_name.as_str()) => {
+                        r.attempt
+                    }
+                    earlier => earlier.as_ref().map_or(1, |r| r.attempt + 1),
+                };
                 let one = FileDelivery {
                     store: &self.store,
                     job_id,
@@ -693,6 +755,7 @@ where
                     attempt,
                     deadline: run.work_deadline,
                     trigger,
+                    streamed,
                 };
                 let record = one.run(&mut folder, earlier).await?;
                 tracing::info!(remote = %record.remote_path, uploaded = record.uploaded, taken_by_sap = record.taken_by_sap, "file delivered");

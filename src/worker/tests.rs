@@ -25,6 +25,21 @@ struct World {
     drop: Arc<MemoryDrop>,
     queue: Arc<MemoryQueue>,
     env: Vec<(&'static str, String)>,
+    stream: stream::StreamOptions,
+}
+
+/// Tiny chunks and parts, so that every file streams in several of each.
+fn small_streams() -> stream::StreamOptions {
+    stream::StreamOptions {
+        part_bytes: 100,
+        parts_in_flight: 3,
+        chunk_bytes: 16,
+        depth: 2,
+        // Long enough that a healthy stream on a loaded machine is never dropped.
+        stall: Duration::from_secs(2),
+        call_timeout: Duration::from_secs(2),
+        sftp: true,
+    }
 }
 
 const JOB_EVENT: &str = "planned-orders-0600";
@@ -51,7 +66,14 @@ fn manifest(event_id: &str, received_at: OffsetDateTime) -> Manifest {
 
 impl World {
     fn new(source: Arc<MemorySource>, drop: Arc<MemoryDrop>) -> Self {
-        let world = Self { store: MemoryStore::new(), source, drop, queue: MemoryQueue::new(), env: Vec::new() };
+        let world = Self {
+            store: MemoryStore::new(),
+            source,
+            drop,
+            queue: MemoryQueue::new(),
+            env: Vec::new(),
+            stream: small_streams(),
+        };
         world.add_job(JOB_EVENT, OffsetDateTime::now_utc());
         world
     }
@@ -68,6 +90,17 @@ impl World {
         manifest.request.file_name = file_name.to_owned();
         self.store.insert(&keys::manifest(&manifest.job_id), serde_json::to_vec(&manifest).unwrap());
         keys::manifest(&manifest.job_id)
+    }
+
+    /// The SFTP temporary written only at delivery, from the spool (as before streaming).
+    fn without_sftp_stream(mut self) -> Self {
+        self.stream.sftp = false;
+        self
+    }
+
+    fn streams(mut self, change: impl FnOnce(&mut stream::StreamOptions)) -> Self {
+        change(&mut self.stream);
+        self
     }
 
     fn set(mut self, name: &'static str, value: &str) -> Self {
@@ -108,6 +141,7 @@ impl World {
             Arc::clone(&self.queue),
             config,
         )
+        .with_stream_options(self.stream.clone())
     }
 
     fn job_key(&self) -> String {
@@ -159,7 +193,29 @@ impl World {
         assert_eq!(receipt["files"][0]["fileName"], json!(appeared[0]));
         assert!(self.failure().is_none(), "a failure record beside the receipt: {:?}", self.failure());
         assert!(self.drop.all_files().iter().all(|n| !n.ends_with(".part")), "{:?}", self.drop.all_files());
+        assert!(self.store.open_uploads().is_empty(), "staging uploads left open: {:?}", self.store.open_uploads());
     }
+
+    /// As `assert_delivered_exactly_once`, for a job of `files` files.
+    fn assert_delivered_exactly_once_per_file(&self, files: usize) {
+        let appeared = self.drop.appeared();
+        assert_eq!(appeared.len(), files, "files that appeared: {appeared:?}");
+        let unique: std::collections::BTreeSet<_> = appeared.iter().collect();
+        assert_eq!(unique.len(), files, "{appeared:?}");
+        assert_eq!(self.receipt().expect("a receipt")["files"].as_array().map(Vec::len), Some(files));
+        assert!(self.failure().is_none());
+        assert!(self.drop.all_files().iter().all(|n| !n.ends_with(".part")), "{:?}", self.drop.all_files());
+        assert!(self.store.open_uploads().is_empty(), "{:?}", self.store.open_uploads());
+    }
+
+    /// Data-file uploads to the folder, streamed or from the spool.
+    fn data_uploads(&self) -> usize {
+        self.drop.operations().iter().filter(|o| is_upload(o) && !o.contains(".sha256.")).count()
+    }
+}
+
+fn is_upload(operation: &str) -> bool {
+    operation.starts_with("upload ") || operation.starts_with("upload_stream ")
 }
 
 fn far() -> Instant {
@@ -187,11 +243,17 @@ async fn a_job_runs_through_and_a_second_run_finds_it_delivered() {
 #[tokio::test]
 async fn a_crash_at_any_point_then_a_rerun_delivers_exactly_once_even_when_sap_took_the_file() {
     let cases: &[(&str, bool, &'static str, &str, bool, u32)] = &[
-        ("after export, before staging", false, "upload_file", "staging/", false, 0),
+        ("before the streaming record", false, "put", "deliveries/", false, 0),
+        ("after the streaming record, before the temporary", false, "put", "deliveries/", true, 0),
+        ("mid-stream, in the SFTP temporary", true, "stream_chunk", ".part", false, 2),
+        ("mid-stream, between staging parts", false, "upload_part", "staging/", true, 1),
+        ("after the temporary is streamed whole", true, "upload_stream", ".part", true, 0),
+        ("after the export, before staging completes", false, "complete_multipart", "staging/", false, 0),
+        ("after staging completes, before its index", false, "put", "_staged.json", false, 0),
         ("after staging", false, "put", "_staged.json", true, 0),
-        ("after the intent, before the rename", false, "put", "deliveries/", true, 0),
+        ("after the intent, before the rename", false, "put", "deliveries/", true, 1),
         ("after the rename", true, "rename", ".csv", true, 0),
-        ("after the delivered mark", false, "put", "deliveries/", true, 1),
+        ("after the delivered mark", false, "put", "deliveries/", true, 2),
         ("before the receipt", false, "put", "receipts/", false, 0),
     ];
     for &(point, in_folder, operation, name, after, skip) in cases {
@@ -217,6 +279,13 @@ async fn a_crash_at_any_point_then_a_rerun_delivers_exactly_once_even_when_sap_t
                 let left: Vec<String> = world.drop.all_files().into_iter().filter(|n| n.ends_with(".part")).collect();
                 assert!(left.is_empty(), "{case}: temporaries left {left:?}");
                 assert_eq!(world.store.keys("receipts/").len(), 1, "{case}");
+                // What SAP holds is the staged copy of the export the receipt describes.
+                let Ok(JobOutcome::Delivered(receipt)) = outcome else { continue };
+                let staged = world.store.object(&keys::staged_file(&world.job_id(), &appeared[0])).expect("staged");
+                assert_eq!(crate::job::sha256_hex(&staged), receipt.files[0].file.stats.sha256, "{case}");
+                if let Some(delivered) = world.drop.file(&appeared[0]) {
+                    assert_eq!(delivered, staged, "{case}");
+                }
             }
         }
     }
@@ -228,10 +297,10 @@ async fn a_crash_at_any_point_then_a_rerun_delivers_exactly_once_even_when_sap_t
 async fn a_crash_anywhere_around_the_trigger_then_a_rerun_writes_it_once_after_the_data_file_never_resending_it() {
     let cases: &[(&str, bool, &'static str, &str, bool, u32)] = &[
         ("after the data file's rename", true, "rename", ".csv", true, 0),
-        ("after the delivered mark, before the trigger", false, "put", "deliveries/", true, 1),
+        ("after the delivered mark, before the trigger", false, "put", "deliveries/", true, 2),
         ("after the trigger's temporary is written", true, "upload", ".sha256.", true, 0),
         ("after the trigger's rename", true, "rename", ".csv.sha256", true, 0),
-        ("after the trigger is recorded", false, "put", "deliveries/", true, 2),
+        ("after the trigger is recorded", false, "put", "deliveries/", true, 3),
         ("before the receipt", false, "put", "receipts/", false, 0),
     ];
     for &(point, in_folder, operation, name, after, skip) in cases {
@@ -252,9 +321,7 @@ async fn a_crash_anywhere_around_the_trigger_then_a_rerun_writes_it_once_after_t
                 appeared[0].ends_with(".csv") && appeared[1] == format!("{}.sha256", appeared[0]),
                 "{case}: {appeared:?}"
             );
-            let data_uploads =
-                world.drop.operations().iter().filter(|o| o.starts_with("upload ") && !o.contains(".sha256.")).count();
-            assert_eq!(data_uploads, 1, "{case}: the data file is sent once");
+            assert_eq!(world.data_uploads(), 1, "{case}: the data file is sent once");
             let trigger = receipt.files[0].trigger.as_ref().expect("a trigger record");
             assert!(trigger.written, "{case}");
             assert_eq!(world.source.exports(), 1, "{case}");
@@ -320,7 +387,8 @@ async fn after_a_crash_past_the_rename_with_the_file_gone_the_log_and_record_say
 async fn a_multi_file_job_whose_second_file_fails_resumes_with_only_that_file() {
     let source = MemorySource::with_worksheets(&[("Planned Orders", 4), ("Stock", 3)]);
     let world = World::new(source, MemoryDrop::new());
-    // Four failures: the first try and its three retries in this run.
+    // Its stream fails, then four uploads: the first try and its three retries in this run.
+    world.drop.fail("upload_stream", "_Stock_", 1, true);
     world.drop.fail("upload", "_Stock_", 4, true);
     let err = world.run(queue(1)).await.unwrap_err();
     assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Deliver), "{}", err.chain());
@@ -338,7 +406,8 @@ async fn a_multi_file_job_whose_second_file_fails_resumes_with_only_that_file() 
 #[tokio::test]
 async fn an_abandoned_incomplete_temporary_is_recorded_before_it_is_removed_and_never_read_as_a_rename() {
     let world = World::new(MemorySource::new(50), MemoryDrop::new());
-    world.store.crash.arm("put", "deliveries/", false);
+    // Before the intent (the record written before it is the streaming one).
+    world.store.crash.arm_nth("put", "deliveries/", false, 1);
     world.crash_run(&world.store.crash).await;
     // A temporary that is not complete, named by a hand-made intent (a cut upload).
     let name = world.drop.all_files().into_iter().find(|n| n.ends_with(".part")).expect("the temporary");
@@ -363,7 +432,7 @@ async fn an_abandoned_incomplete_temporary_is_recorded_before_it_is_removed_and_
     world.run(queue(2)).await.unwrap();
     let operations = world.drop.operations();
     let removed = operations.iter().position(|o| o == &format!("remove {name}")).expect("the temporary removed");
-    let uploaded_again = operations.iter().rposition(|o| o.starts_with("upload ")).expect("uploaded again");
+    let uploaded_again = operations.iter().rposition(|o| is_upload(o)).expect("uploaded again");
     assert!(removed < uploaded_again, "{operations:?}");
     world.assert_delivered_exactly_once();
 }
@@ -469,9 +538,13 @@ async fn the_deadline_mid_fetch_ends_the_job_as_a_transient_fetch_failure_record
 
 #[tokio::test]
 async fn the_deadline_mid_upload_stops_the_upload_removes_its_temporary_and_records_a_deliver_failure() {
+    // One staging part, and a second of work time: the export and staging end well
+    // within it on a loaded machine; the slow link's upload of ~450 kB does not.
     let world = World::new(MemorySource::new(50_000), MemoryDrop::slow(1024, Duration::from_millis(5)))
+        .without_sftp_stream()
+        .streams(|o| o.part_bytes = 1 << 20)
         .set("RETRY_DEADLINE_MARGIN_SECS", "2");
-    let deadline = Instant::now() + Duration::from_millis(2300);
+    let deadline = Instant::now() + Duration::from_millis(3000);
     let err = world.worker().run_job(&world.job_key(), deadline, queue(1)).await.unwrap_err();
     assert!(Instant::now() < deadline, "ended after the deadline");
     assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Deliver), "{}", err.chain());
@@ -528,11 +601,12 @@ async fn an_export_with_fewer_rows_than_min_rows_is_a_permanent_failure_naming_t
 #[tokio::test]
 async fn an_intent_whose_write_landed_but_reported_an_error_is_never_read_as_taken_by_sap() {
     let world = World::new(MemorySource::new(8), MemoryDrop::new());
-    world.store.fail_after_landing("put", "deliveries/", 1);
+    // The intent: the second record written (the first is the streaming one).
+    world.store.fail_after_landing_nth("put", "deliveries/", 1, 1);
     let JobOutcome::Delivered(receipt) = world.run(queue(1)).await.unwrap() else { panic!("not delivered") };
     assert!(!receipt.files[0].taken_by_sap, "{receipt:?}");
     world.assert_delivered_exactly_once();
-    assert!(world.drop.operations().iter().filter(|o| o.starts_with("upload ")).count() >= 2, "sent again, for real");
+    assert!(world.data_uploads() >= 2, "sent again, for real: {:?}", world.drop.operations());
 }
 
 #[tokio::test]
@@ -573,4 +647,197 @@ async fn stale_temporaries_of_a_file_are_swept_and_young_ones_of_a_running_attem
     let left = world.drop.all_files();
     assert!(!left.contains(&old), "{left:?}");
     assert!(left.contains(&young), "{left:?}");
+}
+
+#[tokio::test]
+async fn the_deadline_mid_stream_stops_the_stream_removes_its_temporary_and_aborts_staging_before_the_deadline() {
+    let world = World::new(MemorySource::new(50_000), MemoryDrop::slow(1024, Duration::from_millis(5)))
+        .set("RETRY_DEADLINE_MARGIN_SECS", "2")
+        .streams(|o| {
+            o.stall = Duration::from_millis(50);
+            o.part_bytes = 1 << 20;
+        });
+    let deadline = Instant::now() + Duration::from_millis(3000);
+    let err = world.worker().run_job(&world.job_key(), deadline, queue(1)).await.unwrap_err();
+    assert!(Instant::now() < deadline, "ended after the deadline");
+    // The slow link did not hold the export back (its stream was dropped): the export
+    // and staging finished, and time ran out delivering, where the slow link is.
+    assert_eq!((err.class, err.step), (ErrorClass::Transient, Step::Deliver), "{}", err.chain());
+    assert!(world.drop.operations().iter().any(|o| o.starts_with("upload_stream ")), "the stream had begun");
+    assert!(world.drop.all_files().is_empty(), "left behind: {:?}", world.drop.all_files());
+    assert!(world.store.open_uploads().is_empty(), "{:?}", world.store.open_uploads());
+    assert_eq!(world.failure().unwrap()["class"], "transient");
+}
+
+#[tokio::test]
+async fn a_job_streams_its_csv_into_staging_and_the_sftp_temporary_once_and_renames_it_after_staging() {
+    let world = World::new(MemorySource::with_worksheets(&[("Planned Orders", 40), ("Stock", 30)]), MemoryDrop::new());
+    let JobOutcome::Delivered(receipt) = world.run(queue(1)).await.unwrap() else { panic!("not delivered") };
+    world.assert_delivered_exactly_once_per_file(2);
+    let operations = world.drop.operations();
+    assert_eq!(operations.iter().filter(|o| o.starts_with("upload_stream ")).count(), 2, "{operations:?}");
+    assert!(!operations.iter().any(|o| o.starts_with("upload ")), "nothing sent twice: {operations:?}");
+    for file in &receipt.files {
+        let staged = world.store.object(&keys::staged_file(&world.job_id(), &file.file.file_name)).expect("staged");
+        assert!(staged.len() > 100, "{} bytes: more than one part of 100", staged.len());
+        assert_eq!(crate::job::sha256_hex(&staged), file.file.stats.sha256);
+        assert_eq!(world.drop.file(&file.file.file_name), Some(staged));
+        assert_eq!(file.state, DeliveryState::Delivered);
+    }
+}
+
+#[tokio::test]
+async fn an_export_that_fails_midway_removes_its_temporary_aborts_its_staging_and_a_rerun_delivers_once() {
+    let world = World::new(MemorySource::new(200), MemoryDrop::new());
+    world.source.fail_midway(1, true);
+    let err = world.run(queue(1)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient, "{}", err.chain());
+    assert!(world.drop.operations().iter().any(|o| o.starts_with("upload_stream ")), "the stream had begun");
+    assert!(world.drop.all_files().is_empty(), "left behind: {:?}", world.drop.all_files());
+    assert!(world.store.open_uploads().is_empty(), "{:?}", world.store.open_uploads());
+    assert!(world.store.keys("staging/").is_empty(), "nothing staged: {:?}", world.store.keys("staging/"));
+    assert!(world.drop.appeared().is_empty());
+
+    assert!(matches!(world.run(queue(2)).await.unwrap(), JobOutcome::Delivered(_)));
+    world.assert_delivered_exactly_once();
+    assert_eq!(world.source.exports(), 2);
+}
+
+#[tokio::test]
+async fn an_sftp_failure_mid_stream_does_not_fail_the_export_and_the_file_goes_from_the_staged_copy() {
+    let world = World::new(MemorySource::new(100), MemoryDrop::new());
+    world.drop.fail("stream_chunk", ".part", 1, true);
+    let JobOutcome::Delivered(receipt) = world.run(queue(1)).await.unwrap() else { panic!("not delivered") };
+    world.assert_delivered_exactly_once();
+    assert_eq!(world.source.exports(), 1);
+    let operations = world.drop.operations();
+    let streamed = operations.iter().position(|o| o.starts_with("upload_stream ")).expect("streamed");
+    let sent = operations.iter().position(|o| o.starts_with("upload ")).expect("sent after staging");
+    assert!(streamed < sent, "{operations:?}");
+    let staged = world.store.object(&keys::staged_file(&world.job_id(), &receipt.files[0].file.file_name)).unwrap();
+    assert_eq!(world.drop.file(&receipt.files[0].file.file_name), Some(staged));
+}
+
+#[tokio::test]
+async fn a_staging_failure_mid_stream_stages_the_file_whole_and_delivers_the_streamed_temporary() {
+    let world = World::new(MemorySource::new(100), MemoryDrop::new());
+    // Every retry of one part fails: the stream gives up, the upload is aborted.
+    world.store.fail("upload_part", "staging/", 10, true);
+    let JobOutcome::Delivered(receipt) = world.run(queue(1)).await.unwrap() else { panic!("not delivered") };
+    world.assert_delivered_exactly_once();
+    let staged = world.store.object(&keys::staged_file(&world.job_id(), &receipt.files[0].file.file_name)).unwrap();
+    assert_eq!(crate::job::sha256_hex(&staged), receipt.files[0].file.stats.sha256);
+    assert_eq!(world.data_uploads(), 1, "the streamed temporary was renamed: {:?}", world.drop.operations());
+}
+
+#[tokio::test]
+async fn a_newer_batch_delivered_during_the_export_skips_this_one_and_its_streamed_temporary_is_removed() {
+    let world = World::new(MemorySource::new(20).with_latency(Duration::from_millis(200)), MemoryDrop::new())
+        .set("STALE_BATCH", "skip");
+    let newer = manifest("planned-orders-1200", OffsetDateTime::now_utc() + time::Duration::hours(6));
+    let latest = crate::job::LatestDelivery { job_id: newer.job_id.clone(), received_at: newer.received_at };
+    let newer_lands = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let key = keys::latest(newer.target.as_str(), &newer.request.file_name);
+        world.store.insert(&key, serde_json::to_vec(&latest).unwrap());
+    };
+    let (outcome, ()) = tokio::join!(world.run(queue(1)), newer_lands);
+    assert!(matches!(outcome, Ok(JobOutcome::Skipped(_))), "{outcome:?}");
+    assert!(world.drop.operations().iter().any(|o| o.starts_with("upload_stream ")), "the stream had begun");
+    assert!(world.drop.all_files().is_empty(), "left behind: {:?}", world.drop.all_files());
+    assert!(world.drop.appeared().is_empty());
+}
+
+/// Runs the job, failing the test (rather than hanging it) if the run never ends.
+async fn run_within(world: &World, seconds: u64) -> Result<JobOutcome> {
+    tokio::time::timeout(Duration::from_secs(seconds), world.run(queue(1))).await.expect("the run never ended")
+}
+
+#[tokio::test]
+async fn a_staging_part_that_never_answers_neither_holds_nor_fails_the_export_and_the_file_is_staged_whole() {
+    let world = World::new(MemorySource::new(200), MemoryDrop::new()).streams(|o| {
+        o.parts_in_flight = 1;
+        o.stall = Duration::from_millis(50);
+        o.call_timeout = Duration::from_millis(300);
+    });
+    // The first part's call hangs for good, as a connection that stopped answering.
+    world.store.crash.arm("upload_part", "staging/", false);
+    let JobOutcome::Delivered(receipt) = run_within(&world, 30).await.unwrap() else { panic!("not delivered") };
+    world.assert_delivered_exactly_once();
+    let file = &receipt.files[0].file;
+    let staged = world.store.object(&keys::staged_file(&world.job_id(), &file.file_name)).expect("staged whole");
+    assert_eq!(crate::job::sha256_hex(&staged), file.stats.sha256);
+    assert_eq!(world.data_uploads(), 1, "the streamed temporary was renamed: {:?}", world.drop.operations());
+}
+
+#[tokio::test]
+async fn a_staging_part_that_fails_once_ends_the_stream_at_once_without_retrying_and_the_file_is_staged_whole() {
+    let world = World::new(MemorySource::new(200), MemoryDrop::new());
+    // One failure: a retried part would complete the streamed upload.
+    world.store.fail("upload_part", "staging/", 1, true);
+    let JobOutcome::Delivered(receipt) = run_within(&world, 30).await.unwrap() else { panic!("not delivered") };
+    world.assert_delivered_exactly_once();
+    let file = &receipt.files[0].file;
+    let key = keys::staged_file(&world.job_id(), &file.file_name);
+    let staged = world.store.object(&key).expect("staged");
+    assert_eq!(crate::job::sha256_hex(&staged), file.stats.sha256);
+    let calls = world.store.calls();
+    let count = |operation: &str| calls.iter().filter(|c| **c == format!("{operation} {key}")).count();
+    assert_eq!(count("complete_multipart"), 0, "the failed part was not tried again: {calls:?}");
+    assert_eq!((count("abort_multipart"), count("upload_file")), (1, 1), "{calls:?}");
+}
+
+#[tokio::test]
+async fn an_sftp_folder_that_cannot_keep_up_is_dropped_from_the_export_and_the_file_goes_from_the_staged_copy() {
+    let world = World::new(MemorySource::new(300), MemoryDrop::slow(16, Duration::from_millis(20)))
+        .streams(|o| o.stall = Duration::from_millis(50));
+    let JobOutcome::Delivered(receipt) = run_within(&world, 60).await.unwrap() else { panic!("not delivered") };
+    world.assert_delivered_exactly_once();
+    let operations = world.drop.operations();
+    assert!(operations.iter().any(|o| o.starts_with("upload_stream ")), "{operations:?}");
+    assert!(operations.iter().any(|o| o.starts_with("upload ")), "sent from the staged copy: {operations:?}");
+    let name = &receipt.files[0].file.file_name;
+    let staged = world.store.object(&keys::staged_file(&world.job_id(), name)).unwrap();
+    assert_eq!(world.drop.file(name), Some(staged));
+}
+
+#[tokio::test]
+async fn a_permanent_failure_delivering_one_file_removes_the_later_files_streamed_temporaries_marked_abandoned() {
+    let source = MemorySource::with_worksheets(&[("Planned Orders", 40), ("Stock", 30), ("Routes", 20)]);
+    let world = World::new(source, MemoryDrop::new());
+    // The second file's first check of its final name fails for good, before any intent.
+    world.drop.fail("size", "_Stock_", 1, false);
+    let err = run_within(&world, 30).await.unwrap_err();
+    assert_eq!((err.class, err.step), (ErrorClass::Permanent, Step::Deliver), "{}", err.chain());
+    assert_eq!(world.drop.appeared().len(), 1, "the first file went");
+    let left = world.drop.all_files();
+    assert!(left.iter().all(|n| !n.ends_with(".part")), "temporaries left on SAP's server: {left:?}");
+    let routes = world.drop.operations().into_iter().find(|o| o.starts_with("upload_stream ") && o.contains("_Routes"));
+    assert!(routes.is_some(), "the third file had streamed");
+    let names: Vec<String> = world.store.keys("deliveries/").into_iter().filter(|k| !k.contains("_Planned")).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for key in names {
+        assert_eq!(world.store.json(&key).unwrap()["state"], "abandoned", "{key}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_stream_of_a_later_file_does_not_keep_an_earlier_files_temporary_on_the_server() {
+    let source = MemorySource::with_worksheets(&[("Planned Orders", 40), ("Stock", 30)]);
+    let world = World::new(source, MemoryDrop::new()).set("MIN_ROWS", "35");
+    // The second file's stream fails (its folder is then given up), and the export fails.
+    world.drop.fail("stream_chunk", "_Stock", 1, true);
+    let err = run_within(&world, 30).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
+    assert!(err.message.contains("MIN_ROWS"), "{}", err.message);
+    let left = world.drop.all_files();
+    assert!(left.is_empty(), "left on SAP's server: {left:?}");
+    let first = world.drop.operations().into_iter().find(|o| o.starts_with("upload_stream ") && o.contains("_Planned"));
+    assert!(first.is_some(), "the first file had streamed");
+    let records = world.store.keys("deliveries/");
+    assert!(!records.is_empty());
+    for key in records {
+        assert_eq!(world.store.json(&key).unwrap()["state"], "abandoned", "{key}");
+    }
+    assert!(world.store.open_uploads().is_empty(), "{:?}", world.store.open_uploads());
 }

@@ -109,9 +109,9 @@ async fn a_worker_killed_between_the_rename_and_its_record_then_sap_taking_the_f
     let job_id = app.accepted_job("webhook-http-api-pf.json").await;
     let dir = tempfile::tempdir().expect("dir");
 
-    // S3 answers every call but the delivered mark (the second `deliveries/` PUT), which it
+    // S3 answers every call but the delivered mark (the third `deliveries/` PUT: streaming, intent, delivered), which it
     // holds: the worker is then stopped between the rename and its record, and killed there.
-    let stalling = StallingProxy::start(&app.endpoint, "PUT ", "/deliveries/", 1);
+    let stalling = StallingProxy::start(&app.endpoint, "PUT ", "/deliveries/", 2);
     let watcher = Watcher::start(app.sshd.folder("PF2"));
     let worker = spawn_worker_via(&stalling.endpoint, &app, &sqs_event_for(&job_id, "m-1"), 15, &dir, "killed");
     assert!(stalling.wait_for_stall(Duration::from_secs(12)), "the delivered mark was never written");

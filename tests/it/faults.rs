@@ -55,13 +55,15 @@ async fn kinaxis_503s_that_persist_fail_the_message_with_a_transient_record_and_
 async fn a_token_expiring_mid_export_and_a_truncated_answer_still_deliver() {
     let app = TestApp::start(&[
         "--rows",
-        "1500",
+        "6000",
         "--first-page",
         "100",
+        // A token lives several round trips, so a fresh one is never stale on arrival (a
+        // loaded machine could make that two refusals in a row), yet the export outlasts it.
         "--latency-ms",
-        "10",
-        "--expire-token-after-ms",
         "40",
+        "--expire-token-after-ms",
+        "150",
         "--truncate-calls",
         "3",
     ])
@@ -69,7 +71,9 @@ async fn a_token_expiring_mid_export_and_a_truncated_answer_still_deliver() {
     let job_id = app.accepted_job(PF).await;
     assert_delivered(&app, &job_id, &run_from_queue(&app, &job_id).await).await;
     let receipt = app.json_object(&format!("receipts/{job_id}.json")).await.expect("receipt");
-    assert_eq!(receipt["rows"], 1500);
+    assert_eq!(receipt["rows"], 6000);
+    let stats = app.sim.stats().await;
+    assert!(stats["unauthorized"].as_u64() >= Some(1), "no token expired during the export: {stats}");
 }
 
 #[tokio::test]

@@ -9,5 +9,6 @@ mod kinaxis;
 mod no_secrets;
 mod pipeline;
 mod sftp;
+mod streaming;
 mod template;
 mod webhook;

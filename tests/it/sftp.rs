@@ -33,7 +33,16 @@ async fn deliver_record(
     let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
     let store = MemoryStore::new();
     let file = upload.exported();
-    let one = FileDelivery { store: &store, job_id: "job", file: &file, policy, attempt: 1, deadline, trigger };
+    let one = FileDelivery {
+        store: &store,
+        job_id: "job",
+        file: &file,
+        policy,
+        attempt: 1,
+        deadline,
+        trigger,
+        streamed: None,
+    };
     one.run(&mut folder, None).await
 }
 
@@ -48,7 +57,16 @@ async fn deliver_until(
     let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
     let store = MemoryStore::new();
     let file = upload.exported();
-    let one = FileDelivery { store: &store, job_id: "job", file: &file, policy, attempt: 1, deadline, trigger: None };
+    let one = FileDelivery {
+        store: &store,
+        job_id: "job",
+        file: &file,
+        policy,
+        attempt: 1,
+        deadline,
+        trigger: None,
+        streamed: None,
+    };
     let record = one.run(&mut folder, None).await?;
     Ok(Delivery { remote_path: record.remote_path, uploaded: record.uploaded })
 }
