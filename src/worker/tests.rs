@@ -268,6 +268,51 @@ async fn a_crash_anywhere_around_the_trigger_then_a_rerun_writes_it_once_after_t
     }
 }
 
+/// SAP's usual semaphore: its inbound job deletes the trigger first and reads the data file
+/// later, leaving it there meanwhile. A crash at each point around the trigger, SAP taking
+/// only the trigger, then a rerun: one trigger ever appears, never a second announcing the
+/// batch again.
+#[tokio::test]
+async fn a_crash_around_the_trigger_then_sap_taking_only_the_trigger_never_gets_a_second_trigger() {
+    let cases: &[(&str, bool, &'static str, &str, bool, u32)] = &[
+        ("after the trigger's rename", true, "rename", ".csv.sha256", true, 0),
+        ("after the delivered mark, before the trigger", false, "put", "deliveries/", true, 1),
+        ("after the trigger's temporary is written", true, "upload", ".sha256.", true, 0),
+        ("after the trigger's intent, before its rename", true, "rename", ".csv.sha256", false, 0),
+        ("after the trigger's intent is recorded", false, "put", "deliveries/", true, 2),
+        ("before the trigger is recorded written", false, "put", "deliveries/", false, 3),
+        ("after the trigger is recorded written", false, "put", "deliveries/", true, 3),
+    ];
+    for &(point, in_folder, operation, name, after, skip) in cases {
+        let world = World::new(MemorySource::new(7), MemoryDrop::new()).set("TRIGGER_FILE", "sha256");
+        let crash = if in_folder { &world.drop.crash } else { &world.store.crash };
+        crash.arm_nth(operation, name, after, skip);
+        world.crash_run(crash).await;
+        let trigger_name = world.drop.files().into_iter().find(|n| n.ends_with(".csv.sha256"));
+        let took_trigger = trigger_name.is_some_and(|n| world.drop.take(&n));
+        world.expire_lease();
+        let case = format!("crash {point}, SAP took the trigger: {took_trigger}");
+        let outcome = world.run(queue(2)).await;
+        let Ok(JobOutcome::Delivered(receipt)) = outcome else { panic!("{case}: {outcome:?}") };
+        let appeared = world.drop.appeared();
+        let triggers = appeared.iter().filter(|n| n.ends_with(".csv.sha256")).count();
+        let data = appeared.iter().filter(|n| n.ends_with(".csv")).count();
+        assert_eq!((data, triggers), (1, 1), "{case}: appeared {appeared:?}, ops {:?}", world.drop.operations());
+        let data_uploads =
+            world.drop.operations().iter().filter(|o| o.starts_with("upload ") && !o.contains(".sha256.")).count();
+        assert_eq!(data_uploads, 1, "{case}: the data file is sent once");
+        let trigger = receipt.files[0].trigger.as_ref().expect("a trigger record");
+        assert!(trigger.written && trigger.not_written.is_none(), "{case}: {trigger:?}");
+        // A temporary cut before its intent was recorded is no attempt's to rename; it goes
+        // with the stale sweep (30 minutes), as the data file's do.
+        let left: Vec<String> = world.drop.all_files().into_iter().filter(|n| n.ends_with(".part")).collect();
+        let cut_upload = operation == "upload";
+        assert_eq!(left.len(), usize::from(cut_upload), "{case}: temporaries left {left:?}");
+        assert_eq!(world.source.exports(), 1, "{case}");
+        assert!(world.failure().is_none(), "{case}");
+    }
+}
+
 #[tokio::test]
 async fn with_the_file_already_there_overwrite_replaces_it_in_one_step_or_says_it_removed_it_first() {
     for atomic in [true, false] {
