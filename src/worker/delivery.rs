@@ -78,10 +78,18 @@ impl TriggerFile {
                 "{spec:?} is not none, done, sha256, or a name with {{name}} or {{stem}} and no '/' or other placeholder"
             ));
         }
-        if name_template == "{name}" || stripped.is_empty() {
-            return Err(format!("{spec:?} would name the trigger like the data file"));
+        let trigger = Self { name_template: name_template.to_owned(), content: content.unwrap_or(implied), existing };
+        // `{stem}.csv` gives back `x.csv` itself: an empty trigger would replace the data file.
+        // Compared without case, as a server may not tell `x.CSV` from `x.csv`.
+        let clash = ["x.csv", "x", "x.txt"].into_iter().find(|d| trigger.name_for(d).eq_ignore_ascii_case(d));
+        if stripped.is_empty() || clash.is_some() {
+            return Err(format!(
+                "{spec:?} would name the trigger like the data file ({} for {})",
+                trigger.name_for(clash.unwrap_or("x.csv")),
+                clash.unwrap_or("x.csv")
+            ));
         }
-        Ok(Some(Self { name_template: name_template.to_owned(), content: content.unwrap_or(implied), existing }))
+        Ok(Some(trigger))
     }
 
     /// The trigger's name for a data file.
@@ -363,7 +371,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             return Ok(record);
         }
         let name = self.name().to_owned();
-        if trigger.name == name {
+        if trigger.name.eq_ignore_ascii_case(&name) {
             return Err(Error::permanent(
                 Step::Deliver,
                 format!("the trigger's name {} is the data file's; the trigger is not written", trigger.name),
