@@ -328,6 +328,31 @@ async fn a_crash_around_the_trigger_then_sap_taking_only_the_trigger_never_gets_
     }
 }
 
+/// The trigger's intent write fails, or lands and answers an error: the intent is
+/// unrecorded before its temporary goes (or a landed intent would read the missing temporary
+/// as a rename), and the retry writes the one trigger.
+#[tokio::test]
+async fn a_failed_trigger_intent_write_is_unrecorded_before_its_temporary_goes_and_the_retry_writes_one_trigger() {
+    for landed in [false, true] {
+        let world = World::new(MemorySource::new(4), MemoryDrop::new()).set("TRIGGER_FILE", "sha256");
+        world.store.crash.arm_nth("put", "deliveries/", true, 1);
+        world.crash_run(&world.store.crash).await;
+        world.expire_lease();
+        if landed {
+            world.store.fail_after_landing("put", "deliveries/", 1);
+        } else {
+            world.store.fail("put", "deliveries/", 1, true);
+        }
+        let JobOutcome::Delivered(receipt) = world.run(queue(2)).await.unwrap() else { panic!("not delivered") };
+        let ops = world.drop.operations();
+        let triggers = world.drop.appeared().iter().filter(|n| n.ends_with(".sha256")).count();
+        assert_eq!(triggers, 1, "landed {landed}: appeared {:?}, ops {ops:?}", world.drop.appeared());
+        assert!(ops.iter().any(|o| o.starts_with("remove .") && o.ends_with(".part")), "landed {landed}: {ops:?}");
+        assert!(receipt.files[0].trigger.as_ref().is_some_and(|t| t.written && t.uploaded), "landed {landed}");
+        assert!(world.drop.all_files().iter().all(|n| !n.ends_with(".part")), "{:?}", world.drop.all_files());
+    }
+}
+
 /// SAP's pickup took the data file without waiting for its trigger: the record says no
 /// trigger was written and why, none is written later, and the job counts as done.
 #[tokio::test]
