@@ -15,9 +15,13 @@
 //! A file already under the name is replaced in one step where the server offers
 //! `posix-rename@openssh.com` (SAP never sees the name missing or short).
 //!
-//! The trigger file, when the profile asks for one, comes only after the delivered mark;
-//! the record says whether it is written, so a later attempt completes a missing trigger
-//! without sending the data file again.
+//! The trigger file, when the profile asks for one, comes only after the delivered mark, by
+//! the same protocol: its temporary recorded before its rename, written marked after. A
+//! later attempt completes a missing trigger without sending the data file again, finishes a
+//! begun rename, and counts a recorded temporary that is gone as written (SAP may already
+//! have taken the trigger): never a second one. A data file gone before its trigger was put
+//! in place gets none, and the record says why. A trigger already under the name before the
+//! data file is put in place is an earlier delivery's: removed (and recorded) first.
 
 use time::OffsetDateTime;
 use tokio::time::Instant;
