@@ -782,6 +782,21 @@ mod tests {
     }
 
     #[test]
+    fn a_trigger_template_that_names_the_data_file_itself_is_refused_by_its_variable() {
+        for (var, template) in [("TRIGGER_FILE_PF2", "{stem}.csv"), ("TRIGGER_FILE", "{stem}.CSV")] {
+            let mut vars = WORKER.to_vec();
+            vars.push((var, template));
+            let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+            assert!(err.message.contains(&format!("{var} is invalid")), "{}", err.message);
+            assert!(err.message.contains("like the data file"), "{}", err.message);
+        }
+        let mut vars = WORKER.to_vec();
+        vars.push(("TRIGGER_FILE", "{stem}.csv.ok"));
+        let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
+        assert_eq!(config.profiles.default.trigger.unwrap().name_for("a.csv"), "a.csv.ok");
+    }
+
+    #[test]
     fn the_legacy_bom_switch_means_utf_8_bom_and_clashes_with_a_single_byte_encoding() {
         let mut vars = WORKER.to_vec();
         vars.push(("CSV_BOM", "true"));

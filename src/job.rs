@@ -280,16 +280,40 @@ pub struct DeliveryRecord {
     pub updated_at: OffsetDateTime,
 }
 
-/// A trigger file of a delivery: named before the data file's rename, marked written once it
-/// is on the server.
+/// A trigger file of a delivery: named before the data file's rename; its temporary recorded
+/// before its own rename (the intent), as the data file's is; marked written once it is on the
+/// server, or settled as not written with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerRecord {
     pub name: String,
+    /// The trigger was put under its name for this delivery (or found there identical).
     pub written: bool,
     /// `false` when the identical trigger was found already there.
     #[serde(default)]
     pub uploaded: bool,
+    /// The hidden name the trigger was uploaded under, recorded before its rename: while
+    /// neither written nor settled, an intent a later attempt completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_name: Option<String>,
+    /// Why no trigger was written and none will be (the data file was gone before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_written: Option<String>,
+    /// A trigger of an earlier delivery stood under the name and was removed before this
+    /// data file was put in place.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale_removed: bool,
+}
+
+impl TriggerRecord {
+    pub fn new(name: String) -> Self {
+        Self { name, written: false, uploaded: false, temp_name: None, not_written: None, stale_removed: false }
+    }
+
+    /// Nothing is left to do for the trigger.
+    pub fn settled(&self) -> bool {
+        self.written || self.not_written.is_some()
+    }
 }
 
 /// `locks/{jobId}`: who runs the job, until when.

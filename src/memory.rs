@@ -557,6 +557,12 @@ impl MemoryDrop {
         visible
     }
 
+    /// SAP's inbound job takes one file away (a trigger it deletes before reading the data);
+    /// whether it was there.
+    pub fn take(&self, name: &str) -> bool {
+        lock(&self.state).files.remove(name).is_some()
+    }
+
     pub fn put_file(&self, name: &str, bytes: &[u8]) {
         let mut state = lock(&self.state);
         state.files.insert(name.to_owned(), bytes.to_vec());

@@ -17,9 +17,13 @@
 //! A file already under the name is replaced in one step where the server offers
 //! `posix-rename@openssh.com` (SAP never sees the name missing or short).
 //!
-//! The trigger file, when the profile asks for one, comes only after the delivered mark;
-//! the record says whether it is written, so a later attempt completes a missing trigger
-//! without sending the data file again.
+//! The trigger file, when the profile asks for one, comes only after the delivered mark, by
+//! the same protocol: its temporary recorded before its rename, written marked after. A
+//! later attempt completes a missing trigger without sending the data file again, finishes a
+//! begun rename, and counts a recorded temporary that is gone as written (SAP may already
+//! have taken the trigger): never a second one. A data file gone before its trigger was put
+//! in place gets none, and the record says why. A trigger already under the name before the
+//! data file is put in place is an earlier delivery's: removed (and recorded) first.
 
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -80,10 +84,18 @@ impl TriggerFile {
                 "{spec:?} is not none, done, sha256, or a name with {{name}} or {{stem}} and no '/' or other placeholder"
             ));
         }
-        if name_template == "{name}" || stripped.is_empty() {
-            return Err(format!("{spec:?} would name the trigger like the data file"));
+        let trigger = Self { name_template: name_template.to_owned(), content: content.unwrap_or(implied), existing };
+        // `{stem}.csv` gives back `x.csv` itself: an empty trigger would replace the data file.
+        // Compared without case, as a server may not tell `x.CSV` from `x.csv`.
+        let clash = ["x.csv", "x", "x.txt"].into_iter().find(|d| trigger.name_for(d).eq_ignore_ascii_case(d));
+        if stripped.is_empty() || clash.is_some() {
+            return Err(format!(
+                "{spec:?} would name the trigger like the data file ({} for {})",
+                trigger.name_for(clash.unwrap_or("x.csv")),
+                clash.unwrap_or("x.csv")
+            ));
         }
-        Ok(Some(Self { name_template: name_template.to_owned(), content: content.unwrap_or(implied), existing }))
+        Ok(Some(trigger))
     }
 
     /// The trigger's name for a data file.
@@ -202,7 +214,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     }
 
     fn trigger_record(&self) -> Option<TriggerRecord> {
-        self.trigger.map(|t| TriggerRecord { name: t.name_for(self.name()), written: false, uploaded: false })
+        self.trigger.map(|t| TriggerRecord::new(t.name_for(self.name())))
     }
 
     async fn delivered(&self, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
@@ -360,6 +372,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     /// Puts the temporary in place of the file under the name.
     async fn replace(&self, folder: &mut impl RemoteFolder, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
         let name = self.name().to_owned();
+        self.clear_stale_trigger(folder, &mut record).await?;
         let how = folder.replace(&record.temp_name, &name).await?;
         tracing::info!(remote = %record.remote_path, policy = ?self.policy, replaced = ?how, "replaced the existing remote file");
         record.replaced = Some(how);
@@ -367,8 +380,9 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         self.delivered(record).await
     }
 
-    async fn rename(&self, folder: &mut impl RemoteFolder, record: DeliveryRecord) -> Result<DeliveryRecord> {
+    async fn rename(&self, folder: &mut impl RemoteFolder, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
         let name = self.name().to_owned();
+        self.clear_stale_trigger(folder, &mut record).await?;
         match folder.rename(&record.temp_name, &name).await? {
             Guarded::Written => {
                 let mut record = record;
@@ -395,42 +409,69 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     }
 
     /// Writes the trigger file of a delivered data file, unless the record says it is
-    /// there. Only ever called with the delivered mark recorded: the trigger never
-    /// precedes the data file.
+    /// settled. Only ever called with the delivered mark recorded: the trigger never
+    /// precedes the data file. Its temporary is recorded (the intent) before its rename, so
+    /// a later attempt never writes a second trigger after SAP took the first.
     async fn complete_trigger(&self, folder: &mut impl RemoteFolder, record: DeliveryRecord) -> Result<DeliveryRecord> {
         let Some(spec) = self.trigger else { return Ok(record) };
         // A record from before the trigger was configured gets one now.
-        let trigger = record.trigger.clone().or_else(|| self.trigger_record()).unwrap_or_else(|| TriggerRecord {
-            name: spec.name_for(self.name()),
-            written: false,
-            uploaded: false,
-        });
-        if trigger.written {
+        let mut trigger = record.trigger.clone().unwrap_or_else(|| TriggerRecord::new(spec.name_for(self.name())));
+        if trigger.settled() {
             return Ok(record);
         }
         let name = self.name().to_owned();
+        if trigger.name.eq_ignore_ascii_case(&name) {
+            return Err(Error::permanent(
+                Step::Deliver,
+                format!("the trigger's name {} is the data file's; the trigger is not written", trigger.name),
+            ));
+        }
         let content = spec.content_for(&name, &record.file.stats.sha256);
-        let finished = |mut record: DeliveryRecord, mut trigger: TriggerRecord, uploaded: bool| {
-            trigger.written = true;
-            trigger.uploaded = uploaded;
-            record.trigger = Some(trigger);
-            record
-        };
-        if record.taken_by_sap || folder.size(&name).await?.is_none() {
-            // SAP's inbound job takes the data file only once the trigger is there: the
-            // attempt that was cut had written it. Writing it again would announce a file
-            // that is gone.
-            tracing::warn!(remote = %record.remote_path, trigger = %trigger.name, "the data file is gone (taken by SAP): its trigger was written before; not written again");
-            return self.delivered(finished(record, trigger, false)).await;
+        let data_there = !record.taken_by_sap && folder.size(&name).await?.is_some();
+        if let Some(temp) = trigger.temp_name.clone() {
+            match folder.size(&temp).await? {
+                None => {
+                    // The temporary goes only by its rename (an abandoned one is unrecorded
+                    // first): the trigger was put in place, and SAP may have taken it already.
+                    tracing::info!(trigger = %trigger.name, "the trigger's rename of an earlier attempt went through; not written again");
+                    return self.trigger_settled(record, trigger, Ok(true)).await;
+                }
+                Some(size) if size == content.len() as u64 && data_there => {
+                    tracing::info!(trigger = %trigger.name, "finishing the trigger's rename an earlier attempt began");
+                    self.put_trigger(folder, &temp, &trigger.name).await?;
+                    return self.trigger_settled(record, trigger, Ok(true)).await;
+                }
+                Some(_) => {
+                    // Incomplete, or its data file is gone: unrecorded before it is removed,
+                    // or its absence would read as a rename.
+                    trigger.temp_name = None;
+                    let mut unrecorded = record.clone();
+                    unrecorded.trigger = Some(trigger.clone());
+                    unrecorded.updated_at = OffsetDateTime::now_utc();
+                    write(self.store, self.job_id, &unrecorded).await?;
+                    folder.remove(&temp).await?;
+                }
+            }
+        }
+        if !data_there {
+            // The trigger was never put in place and the data file is gone (SAP took it
+            // without waiting, or someone moved it): a trigger now would announce a file
+            // that is not there.
+            let reason = if record.taken_by_sap {
+                "the data file was renamed and taken by SAP before its trigger was written"
+            } else {
+                "the data file was gone before its trigger was written"
+            };
+            tracing::warn!(remote = %record.remote_path, trigger = %trigger.name, reason, "trigger not written");
+            return self.trigger_settled(record, trigger, Err(reason.to_owned())).await;
         }
         if folder.size(&trigger.name).await? == Some(content.len() as u64)
             && folder.sha256(&trigger.name).await?.as_deref() == Some(crate::job::sha256_hex(&content).as_str())
         {
             tracing::info!(trigger = %trigger.name, "the identical trigger file is already there");
-            return self.delivered(finished(record, trigger, false)).await;
+            return self.trigger_settled(record, trigger, Ok(false)).await;
         }
-        let exists = folder.size(&trigger.name).await?.is_some();
-        if exists && spec.existing == ExistingFilePolicy::Fail {
+        if folder.size(&trigger.name).await?.is_some() && spec.existing == ExistingFilePolicy::Fail {
             return Err(Error::permanent(
                 Step::Deliver,
                 format!(
@@ -446,14 +487,86 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             .map_err(|e| Error::transient(Step::Deliver, format!("writing {}", local.display())).caused_by(e))?;
         let temp = format!(".{}.{}-{:08x}.part", trigger.name, self.attempt, fastrand::u32(..));
         folder.upload(&local, &temp, self.deadline).await?;
-        if exists {
-            folder.replace(&temp, &trigger.name).await?;
-        } else if folder.rename(&temp, &trigger.name).await? == Guarded::Refused {
-            // Appeared meanwhile: ours replaces it, as the data file it announces is ours.
-            folder.replace(&temp, &trigger.name).await?;
+        let mut record = record;
+        trigger.temp_name = Some(temp.clone());
+        record.trigger = Some(trigger.clone());
+        record.updated_at = OffsetDateTime::now_utc();
+        if let Err(err) = write(self.store, self.job_id, &record).await {
+            // The intent may have landed although the write reported an error: unrecord it
+            // before removing the temporary, or leave the temporary for the next attempt.
+            let mut unrecorded = record.clone();
+            unrecorded.trigger = Some(TriggerRecord { temp_name: None, ..trigger });
+            if write(self.store, self.job_id, &unrecorded).await.is_ok() {
+                let _ = folder.remove(&temp).await;
+            } else {
+                tracing::warn!(
+                    temp,
+                    "the trigger's intent could not be confirmed; the temporary stays for the next attempt"
+                );
+            }
+            return Err(err);
         }
+        self.put_trigger(folder, &temp, &trigger.name).await?;
         tracing::info!(trigger = %folder.path_of(&trigger.name), "trigger file written after the data file");
-        self.delivered(finished(record, trigger, true)).await
+        self.trigger_settled(record, trigger, Ok(true)).await
+    }
+
+    /// Renames the trigger's temporary into place, replacing one that stands there (the
+    /// existing-file policy was applied before the intent).
+    async fn put_trigger(&self, folder: &mut impl RemoteFolder, temp: &str, name: &str) -> Result<()> {
+        if folder.rename(temp, name).await? == Guarded::Refused {
+            // There (or appeared meanwhile): ours replaces it, as the data file it announces is ours.
+            folder.replace(temp, name).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the trigger settled: `Ok(uploaded)` written, `Err(reason)` not written.
+    async fn trigger_settled(
+        &self,
+        mut record: DeliveryRecord,
+        mut trigger: TriggerRecord,
+        outcome: std::result::Result<bool, String>,
+    ) -> Result<DeliveryRecord> {
+        match outcome {
+            Ok(uploaded) => {
+                trigger.written = true;
+                trigger.uploaded = uploaded;
+            }
+            Err(reason) => trigger.not_written = Some(reason),
+        }
+        record.trigger = Some(trigger);
+        self.delivered(record).await
+    }
+
+    /// Removes a trigger of an earlier delivery standing under this file's trigger name,
+    /// before the data file is put in place: ours comes only after the delivered mark, so any
+    /// trigger there now announces other content (a wrong hash, or no file at all while a
+    /// replace removes first). Recorded before the data file moves.
+    async fn clear_stale_trigger(&self, folder: &mut impl RemoteFolder, record: &mut DeliveryRecord) -> Result<()> {
+        let Some(spec) = self.trigger else { return Ok(()) };
+        let name = spec.name_for(self.name());
+        if folder.size(&name).await?.is_none() {
+            return Ok(());
+        }
+        if spec.existing == ExistingFilePolicy::Fail {
+            return Err(Error::permanent(
+                Step::Deliver,
+                format!(
+                    "trigger {} of an earlier delivery is there; TRIGGER_FILE_EXISTING=fail leaves it untouched, so \
+                     the data file {} is not put in place beside it",
+                    folder.path_of(&name),
+                    record.remote_path
+                ),
+            ));
+        }
+        folder.remove(&name).await?;
+        tracing::warn!(trigger = %folder.path_of(&name), "removed the trigger of an earlier delivery before putting the data file in place");
+        let mut trigger = record.trigger.clone().unwrap_or_else(|| TriggerRecord::new(name));
+        trigger.stale_removed = true;
+        record.trigger = Some(trigger);
+        record.updated_at = OffsetDateTime::now_utc();
+        write(self.store, self.job_id, record).await
     }
 
     /// Temporaries of this file left by attempts whose connection was cut, once no attempt

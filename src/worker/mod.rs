@@ -706,9 +706,10 @@ where
     ) -> Result<(Vec<DeliveryRecord>, u32)> {
         let job_id = run.job_id.as_str();
         let trigger = self.config.profiles.for_target(&manifest.target).trigger.as_ref();
-        // Done: every data file delivered, and its trigger written where one is asked for.
+        // Done: every data file delivered, and its trigger settled where one is asked for.
         let finished = |r: &DeliveryRecord| {
-            r.state == DeliveryState::Delivered && (trigger.is_none() || r.trigger.as_ref().is_some_and(|t| t.written))
+            r.state == DeliveryState::Delivered
+                && (trigger.is_none() || r.trigger.as_ref().is_some_and(|t| t.settled()))
         };
         if let Some(done) = records.iter().map(|r| r.clone().filter(finished)).collect::<Option<Vec<_>>>() {
             tracing::info!(files = done.len(), "every file was delivered by an earlier attempt");

@@ -148,6 +148,21 @@ impl World {
         keys::manifest(&crate::job::job_id(JOB_EVENT))
     }
 
+    /// The name the job's one data file gets.
+    fn data_name(&self) -> String {
+        let m: Manifest = serde_json::from_slice(&self.store.object(&self.job_key()).unwrap()).unwrap();
+        let t = m.received_at;
+        format!(
+            "PlannedOrders-PF_{:04}{:02}{:02}{:02}{:02}{:02}.csv",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+
     fn job_id(&self) -> String {
         crate::job::job_id(JOB_EVENT)
     }
@@ -335,25 +350,153 @@ async fn a_crash_anywhere_around_the_trigger_then_a_rerun_writes_it_once_after_t
     }
 }
 
+/// SAP's usual semaphore: its inbound job deletes the trigger first and reads the data file
+/// later, leaving it there meanwhile. A crash at each point around the trigger, SAP taking
+/// only the trigger, then a rerun: one trigger ever appears, never a second announcing the
+/// batch again.
+#[tokio::test]
+async fn a_crash_around_the_trigger_then_sap_taking_only_the_trigger_never_gets_a_second_trigger() {
+    let cases: &[(&str, bool, &'static str, &str, bool, u32)] = &[
+        ("after the trigger's rename", true, "rename", ".csv.sha256", true, 0),
+        ("after the delivered mark, before the trigger", false, "put", "deliveries/", true, 1),
+        ("after the trigger's temporary is written", true, "upload", ".sha256.", true, 0),
+        ("after the trigger's intent, before its rename", true, "rename", ".csv.sha256", false, 0),
+        ("after the trigger's intent is recorded", false, "put", "deliveries/", true, 2),
+        ("before the trigger is recorded written", false, "put", "deliveries/", false, 3),
+        ("after the trigger is recorded written", false, "put", "deliveries/", true, 3),
+    ];
+    for &(point, in_folder, operation, name, after, skip) in cases {
+        let world = World::new(MemorySource::new(7), MemoryDrop::new()).set("TRIGGER_FILE", "sha256");
+        let crash = if in_folder { &world.drop.crash } else { &world.store.crash };
+        crash.arm_nth(operation, name, after, skip);
+        world.crash_run(crash).await;
+        let trigger_name = world.drop.files().into_iter().find(|n| n.ends_with(".csv.sha256"));
+        let took_trigger = trigger_name.is_some_and(|n| world.drop.take(&n));
+        world.expire_lease();
+        let case = format!("crash {point}, SAP took the trigger: {took_trigger}");
+        let outcome = world.run(queue(2)).await;
+        let Ok(JobOutcome::Delivered(receipt)) = outcome else { panic!("{case}: {outcome:?}") };
+        let appeared = world.drop.appeared();
+        let triggers = appeared.iter().filter(|n| n.ends_with(".csv.sha256")).count();
+        let data = appeared.iter().filter(|n| n.ends_with(".csv")).count();
+        assert_eq!((data, triggers), (1, 1), "{case}: appeared {appeared:?}, ops {:?}", world.drop.operations());
+        let data_uploads =
+            world.drop.operations().iter().filter(|o| o.starts_with("upload ") && !o.contains(".sha256.")).count();
+        assert_eq!(data_uploads, 1, "{case}: the data file is sent once");
+        let trigger = receipt.files[0].trigger.as_ref().expect("a trigger record");
+        assert!(trigger.written && trigger.not_written.is_none(), "{case}: {trigger:?}");
+        // A temporary cut before its intent was recorded is no attempt's to rename; it goes
+        // with the stale sweep (30 minutes), as the data file's do.
+        let left: Vec<String> = world.drop.all_files().into_iter().filter(|n| n.ends_with(".part")).collect();
+        let cut_upload = operation == "upload";
+        assert_eq!(left.len(), usize::from(cut_upload), "{case}: temporaries left {left:?}");
+        assert_eq!(world.source.exports(), 1, "{case}");
+        assert!(world.failure().is_none(), "{case}");
+    }
+}
+
+/// The trigger's intent write fails, or lands and answers an error: the intent is
+/// unrecorded before its temporary goes (or a landed intent would read the missing temporary
+/// as a rename), and the retry writes the one trigger.
+#[tokio::test]
+async fn a_failed_trigger_intent_write_is_unrecorded_before_its_temporary_goes_and_the_retry_writes_one_trigger() {
+    for landed in [false, true] {
+        let world = World::new(MemorySource::new(4), MemoryDrop::new()).set("TRIGGER_FILE", "sha256");
+        world.store.crash.arm_nth("put", "deliveries/", true, 1);
+        world.crash_run(&world.store.crash).await;
+        world.expire_lease();
+        if landed {
+            world.store.fail_after_landing("put", "deliveries/", 1);
+        } else {
+            world.store.fail("put", "deliveries/", 1, true);
+        }
+        let JobOutcome::Delivered(receipt) = world.run(queue(2)).await.unwrap() else { panic!("not delivered") };
+        let ops = world.drop.operations();
+        let triggers = world.drop.appeared().iter().filter(|n| n.ends_with(".sha256")).count();
+        assert_eq!(triggers, 1, "landed {landed}: appeared {:?}, ops {ops:?}", world.drop.appeared());
+        assert!(ops.iter().any(|o| o.starts_with("remove .") && o.ends_with(".part")), "landed {landed}: {ops:?}");
+        assert!(receipt.files[0].trigger.as_ref().is_some_and(|t| t.written && t.uploaded), "landed {landed}");
+        assert!(world.drop.all_files().iter().all(|n| !n.ends_with(".part")), "{:?}", world.drop.all_files());
+    }
+}
+
+/// SAP's pickup took the data file without waiting for its trigger: the record says no
+/// trigger was written and why, none is written later, and the job counts as done.
+#[tokio::test]
+async fn with_the_data_file_taken_before_its_trigger_the_record_says_no_trigger_was_written_and_why() {
+    let cases: &[(&str, &'static str, u32, &str)] = &[
+        ("after the data file's rename", "rename", 0, "renamed and taken by SAP"),
+        ("after the delivered mark", "put", 1, "gone before its trigger"),
+    ];
+    for &(point, operation, skip, reason) in cases {
+        let world = World::new(MemorySource::new(4), MemoryDrop::new()).set("TRIGGER_FILE", "done");
+        let crash = if operation == "rename" { &world.drop.crash } else { &world.store.crash };
+        crash.arm_nth(operation, if operation == "rename" { ".csv" } else { "deliveries/" }, true, skip);
+        world.crash_run(crash).await;
+        assert_eq!(world.drop.take_all(), vec![world.data_name()], "{point}");
+        world.expire_lease();
+        let JobOutcome::Delivered(receipt) = world.run(queue(2)).await.unwrap() else {
+            panic!("{point}: not delivered")
+        };
+        let trigger = receipt.files[0].trigger.as_ref().expect("a trigger record");
+        assert!(!trigger.written && !trigger.uploaded, "{point}: {trigger:?}");
+        assert!(trigger.not_written.as_deref().is_some_and(|r| r.contains(reason)), "{point}: {trigger:?}");
+        assert_eq!(receipt.files[0].taken_by_sap, operation == "rename", "{point}");
+        assert_eq!(world.drop.appeared(), vec![world.data_name()], "{point}: no trigger for a file that is gone");
+        assert_eq!(world.run(queue(3)).await.unwrap(), JobOutcome::AlreadyDelivered, "{point}: settled");
+    }
+}
+
+/// With fixed names and `overwrite`, yesterday's `X.csv.sha256` must not stand beside
+/// today's `X.csv`: it names another hash, and while a replace removes first it announces no
+/// file at all. It goes, recorded, before the data file moves; `fail` refuses instead.
+#[tokio::test]
+async fn a_stale_trigger_is_removed_before_the_data_file_is_replaced_or_refused_under_fail() {
+    for atomic in [true, false] {
+        let drop = MemoryDrop::new();
+        drop.no_atomic_rename.store(!atomic, std::sync::atomic::Ordering::SeqCst);
+        let world =
+            World::new(MemorySource::new(3), drop).set("SFTP_EXISTING_FILE", "overwrite").set("TRIGGER_FILE", "sha256");
+        let name = world.data_name();
+        let trigger_name = format!("{name}.sha256");
+        world.drop.put_file(&name, b"yesterday's plan");
+        world
+            .drop
+            .put_file(&trigger_name, format!("{}  {name}\n", crate::job::sha256_hex(b"yesterday's plan")).as_bytes());
+        let JobOutcome::Delivered(receipt) = world.run(queue(1)).await.unwrap() else { panic!("not delivered") };
+        let ops = world.drop.operations();
+        let at = |op: &str| ops.iter().position(|o| o == op);
+        let stale_gone = at(&format!("remove {trigger_name}")).expect("the stale trigger removed");
+        let data_moved = at(&format!("replace {name}")).or(at(&format!("remove {name}"))).expect("the data replaced");
+        assert!(stale_gone < data_moved, "atomic {atomic}: {ops:?}");
+        let trigger = receipt.files[0].trigger.as_ref().expect("a trigger record");
+        assert!(trigger.stale_removed && trigger.written, "{trigger:?}");
+        let data = world.drop.file(&name).expect("the data file");
+        let expected = format!("{}  {name}\n", crate::job::sha256_hex(&data));
+        assert_eq!(world.drop.file(&trigger_name), Some(expected.into_bytes()), "atomic {atomic}");
+        let stored = world.store.json(&keys::delivery(&world.job_id(), &name)).unwrap();
+        assert_eq!(stored["trigger"]["staleRemoved"], json!(true));
+    }
+    let world = World::new(MemorySource::new(3), MemoryDrop::new())
+        .set("SFTP_EXISTING_FILE", "overwrite")
+        .set("TRIGGER_FILE", "sha256")
+        .set("TRIGGER_FILE_EXISTING", "fail");
+    let name = world.data_name();
+    world.drop.put_file(&name, b"yesterday's plan");
+    world.drop.put_file(&format!("{name}.sha256"), b"yesterday's hash");
+    let err = world.run(queue(1)).await.unwrap_err();
+    assert!(!err.is_transient() && err.message.contains("TRIGGER_FILE_EXISTING=fail"), "{err:?}");
+    assert_eq!(world.drop.file(&name), Some(b"yesterday's plan".to_vec()), "the data file is left as it was");
+    assert!(world.drop.appeared().is_empty(), "{:?}", world.drop.appeared());
+}
+
 #[tokio::test]
 async fn with_the_file_already_there_overwrite_replaces_it_in_one_step_or_says_it_removed_it_first() {
     for atomic in [true, false] {
         let drop = MemoryDrop::new();
         drop.no_atomic_rename.store(!atomic, std::sync::atomic::Ordering::SeqCst);
         let world = World::new(MemorySource::new(3), drop).set("SFTP_EXISTING_FILE", "overwrite");
-        let name = format!("PlannedOrders-PF_{}.csv", {
-            let m: Manifest = serde_json::from_slice(&world.store.object(&world.job_key()).unwrap()).unwrap();
-            let t = m.received_at;
-            format!(
-                "{:04}{:02}{:02}{:02}{:02}{:02}",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )
-        });
+        let name = world.data_name();
         world.drop.put_file(&name, b"yesterday's plan");
         let JobOutcome::Delivered(receipt) = world.run(queue(1)).await.unwrap() else { panic!("not delivered") };
         let record = &receipt.files[0];
