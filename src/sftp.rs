@@ -453,18 +453,22 @@ impl RemoteFolder for SftpFolder {
 /// SFTP status code of a missing file (SSH_FX_NO_SUCH_FILE).
 const NO_SUCH_FILE: i32 = 2;
 
-fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: Instant) -> Result<()> {
-    let mut local = std::fs::File::open(local_path)
-        .map_err(|e| Error::transient(Step::Deliver, format!("opening {}", local_path.display())).caused_by(e))?;
-    let mut remote = c
-        .sftp
+/// The hidden temporary a file is written under, emptied if an attempt left one.
+fn create_temporary(c: &Connection, temp_path: &str) -> Result<ssh2::File> {
+    c.sftp
         .open_mode(
             Path::new(temp_path),
             OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
             0o640,
             OpenType::File,
         )
-        .map_err(|e| ssh_error(e, &format!("creating {temp_path}")))?;
+        .map_err(|e| ssh_error(e, &format!("creating {temp_path}")))
+}
+
+fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: Instant) -> Result<()> {
+    let mut local = std::fs::File::open(local_path)
+        .map_err(|e| Error::transient(Step::Deliver, format!("opening {}", local_path.display())).caused_by(e))?;
+    let mut remote = create_temporary(c, temp_path)?;
     // A window of `write_chunk` bytes stays handed to libssh2, topped up as its head is
     // acknowledged. libssh2 turns every byte it is given beyond those already sent into
     // 30,000-byte write requests at once and returns as soon as the first is acknowledged,
@@ -530,15 +534,7 @@ fn write_stream(
     temp_path: &str,
     deadline: Instant,
 ) -> Result<u64> {
-    let mut remote = c
-        .sftp
-        .open_mode(
-            Path::new(temp_path),
-            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
-            0o640,
-            OpenType::File,
-        )
-        .map_err(|e| ssh_error(e, &format!("creating {temp_path}")))?;
+    let mut remote = create_temporary(c, temp_path)?;
     let mut last_keepalive = Instant::now();
     let mut sent = 0u64;
     loop {

@@ -497,14 +497,21 @@ async fn a_server_with_only_an_rsa_host_key_is_reached_with_rsa_sha2_signatures(
     assert!(err.message.contains("(rsa,"), "{}", err.chain());
 }
 
-#[tokio::test]
-async fn a_password_is_accepted_by_a_server_that_takes_passwords_and_a_wrong_one_refused_as_wrong() {
-    let (sshd, user) = Sshd::with_password_user("correct horse battery", false);
-    let dir = tempfile::tempdir().expect("dir");
+/// The password rig (`keyboard_interactive`: the only method it offers) and credentials of
+/// its throwaway user with the right password and no key.
+fn password_rig(keyboard_interactive: bool) -> (Sshd, maestro_relay::secrets::SftpCredentials) {
+    let (sshd, user) = Sshd::with_password_user("correct horse battery", keyboard_interactive);
     let mut creds = credentials(&sshd, "PF2");
     creds.username = user;
     creds.private_key = None;
     creds.password = Some(SecretString::from("correct horse battery"));
+    (sshd, creds)
+}
+
+#[tokio::test]
+async fn a_password_is_accepted_by_a_server_that_takes_passwords_and_a_wrong_one_refused_as_wrong() {
+    let (sshd, mut creds) = password_rig(false);
+    let dir = tempfile::tempdir().expect("dir");
     deliver(creds.clone(), options(ExistingFilePolicy::Fail), random_upload(&dir, "pw-PF.csv", 100, 40))
         .await
         .expect("delivered with the password");
@@ -522,12 +529,8 @@ async fn a_password_is_accepted_by_a_server_that_takes_passwords_and_a_wrong_one
 
 #[tokio::test]
 async fn a_password_is_accepted_by_keyboard_interactive_where_that_is_all_the_server_offers() {
-    let (sshd, user) = Sshd::with_password_user("correct horse battery", true);
+    let (sshd, mut creds) = password_rig(true);
     let dir = tempfile::tempdir().expect("dir");
-    let mut creds = credentials(&sshd, "PF2");
-    creds.username = user;
-    creds.private_key = None;
-    creds.password = Some(SecretString::from("correct horse battery"));
     deliver(creds.clone(), options(ExistingFilePolicy::Fail), random_upload(&dir, "kbd-PF.csv", 100, 42))
         .await
         .expect("delivered by keyboard-interactive");

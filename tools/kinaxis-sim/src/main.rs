@@ -487,19 +487,35 @@ async fn workbook(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>
     json_answer(state, call, &json!({ "Worksheets": sheets }))
 }
 
-fn page(state: &State, req: Request<Incoming>, path_id: Option<String>) -> Response<Full<Bytes>> {
+/// An answer of the simulator.
+type Reply = Response<Full<Bytes>>;
+
+/// What every page call goes through first, worksheet or bulk: counted, then the token,
+/// the injected unavailability and page status; `Ok` with the call's number and query.
+fn page_call(
+    state: &State,
+    req: &Request<Incoming>,
+    counter: &AtomicU64,
+) -> Result<(u64, HashMap<String, String>), Box<Reply>> {
     let call = state.counters.data_calls.fetch_add(1, Ordering::SeqCst) + 1;
-    state.counters.page_calls.fetch_add(1, Ordering::SeqCst);
-    if let Some(refused) = refuse_token(state, &req) {
-        return refused;
+    counter.fetch_add(1, Ordering::SeqCst);
+    if let Some(refused) = refuse_token(state, req) {
+        return Err(Box::new(refused));
     }
     if let Some(unavailable) = injected_unavailable(state, call) {
-        return unavailable;
+        return Err(Box::new(unavailable));
     }
     if let Some(status) = state.settings.page_status {
-        return error(status, "page status (injected)");
+        return Err(Box::new(error(status, "page status (injected)")));
     }
-    let params = query_params(&req);
+    Ok((call, query_params(req)))
+}
+
+fn page(state: &State, req: Request<Incoming>, path_id: Option<String>) -> Response<Full<Bytes>> {
+    let (call, params) = match page_call(state, &req, &state.counters.page_calls) {
+        Ok(call) => call,
+        Err(refused) => return *refused,
+    };
     let query_id = path_id.or_else(|| params.get("queryId").cloned()).unwrap_or_default();
     let Some(w) = query_id
         .trim_start_matches('#')
@@ -586,18 +602,10 @@ async fn bulk_export(state: &State, req: Request<Incoming>) -> Response<Full<Byt
 /// string each. The id is accepted with its `#` (sent as `%23`) or without, as the two
 /// public clients send it. A finishing call releases the export.
 fn bulk_page(state: &State, req: Request<Incoming>, id: &str) -> Response<Full<Bytes>> {
-    let call = state.counters.data_calls.fetch_add(1, Ordering::SeqCst) + 1;
-    state.counters.bulk_pages.fetch_add(1, Ordering::SeqCst);
-    if let Some(refused) = refuse_token(state, &req) {
-        return refused;
-    }
-    if let Some(unavailable) = injected_unavailable(state, call) {
-        return unavailable;
-    }
-    if let Some(status) = state.settings.page_status {
-        return error(status, "page status (injected)");
-    }
-    let params = query_params(&req);
+    let (call, params) = match page_call(state, &req, &state.counters.bulk_pages) {
+        Ok(call) => call,
+        Err(refused) => return *refused,
+    };
     let number = |key: &str| params.get(key).and_then(|v| v.parse::<u64>().ok());
     let (Some(start), Some(count)) = (number("startRow"), number("pageSize")) else {
         return error(400, "startRow and pageSize are required");
