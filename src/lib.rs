@@ -3,6 +3,7 @@
 //! All logic lives here; `src/bin/webhook.rs` and `src/bin/worker.rs` only wire it to the
 //! Lambda runtime and the AWS SDK clients.
 
+pub mod allocator;
 pub mod aws;
 pub mod config;
 pub mod csv_out;

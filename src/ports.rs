@@ -186,7 +186,7 @@ impl Outlets {
                 Destination { name: "staging", sender: staging_tx, waited: Duration::ZERO },
                 Destination { name: "sftp", sender: remote_tx, waited: Duration::ZERO },
             ],
-            buffer: BytesMut::new(),
+            buffer: BytesMut::with_capacity(self.chunk_bytes),
             chunk_bytes: self.chunk_bytes,
             stall: self.stall,
             file_name: file_name.to_owned(),
@@ -215,6 +215,9 @@ impl Outlet {
             return;
         }
         let chunk = self.buffer.split().freeze();
+        // A chunk is filled in place: a buffer grown write by write from nothing would be
+        // copied on each doubling.
+        self.buffer.reserve(self.chunk_bytes);
         let (stall, file_name) = (self.stall, &self.file_name);
         self.senders.retain_mut(|destination| {
             let started = std::time::Instant::now();
@@ -318,6 +321,9 @@ impl Write for Outlet {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.senders.is_empty() {
             return Ok(buf.len());
+        }
+        if !self.buffer.is_empty() && self.buffer.len() + buf.len() > self.buffer.capacity() {
+            self.hand_on();
         }
         self.buffer.extend_from_slice(buf);
         if self.buffer.len() >= self.chunk_bytes {

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    maestro_relay::allocator::keep_large_buffers();
     telemetry::init_logging();
     let config = WorkerConfig::from_env().inspect_err(|e| tracing::error!(error = %e.chain(), "cannot start"))?;
     let aws = sdk_config().await;

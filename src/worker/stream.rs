@@ -439,6 +439,8 @@ fn parts(chunks: mpsc::Receiver<Bytes>, part_bytes: usize) -> impl futures_util:
         if ended {
             return None;
         }
+        // A part is gathered in place: grown chunk by chunk it would be copied on each doubling.
+        buffer.reserve(part_bytes.saturating_sub(buffer.len()));
         while buffer.len() < part_bytes {
             match chunks.recv().await {
                 Some(chunk) => buffer.extend_from_slice(&chunk),
