@@ -115,6 +115,7 @@ def main() -> None:
                 "rows": rows,
                 "bytes": os.path.getsize(config["out"]),
                 "vmhwm_kib": vm_hwm_kib(),
+                "cpu_s": sum(os.times()[:2]),
             }
         )
     )

@@ -244,6 +244,7 @@ class Bench:
             "rows": summary["rows"],
             "bytes": summary["bytes"],
             "vmhwm_mb": timing.get("vmhwm_kib", -1) / 1024,
+            "cpu_s": timing.get("cpu_s", float("nan")),
         }
 
     # ------------------------------------------------------------------ Python
@@ -270,7 +271,8 @@ class Bench:
             sys.exit("bench-e2e: the Python pipeline's file is not in PF2")
         self.last_python_csv = out
         return {"whole_s": whole, "fetch_s": figures["fetch_csv_s"], "deliver_s": figures["sftp_s"],
-                "rows": figures["rows"], "bytes": figures["bytes"], "vmhwm_mb": figures["vmhwm_kib"] / 1024}
+                "rows": figures["rows"], "bytes": figures["bytes"], "vmhwm_mb": figures["vmhwm_kib"] / 1024,
+                "cpu_s": figures["cpu_s"]}
 
     # ------------------------------------------------------------------ limits
 
@@ -359,6 +361,8 @@ class Bench:
               f"{fmt([max(l.values()) for l in limits])}")
         print(f"   Python / ours, per round: {fmt(ratios)}x  (goal after overlapping: ≥ "
               f"{'5' if latency_ms == 0 else '4'}x)")
+        print(f"   CPU seconds of the process: worker {fmt(col(ours, 'cpu_s'))}, Python {fmt(col(python, 'cpu_s'))}  "
+              "(what sets the pace on Lambda, where 1024 MB is about 0.6 of a vCPU)")
         print(f"   peak RSS (VmHWM) MB: worker {fmt(col(ours, 'vmhwm_mb'), digits=1)}, "
               f"Python {fmt(col(python, 'vmhwm_mb'), digits=1)}")
         if python[0]["rows"] != rows:

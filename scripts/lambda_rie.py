@@ -22,8 +22,8 @@ PREFIX = "/2018-06-01/runtime"
 def run(event: bytes, command: list, timeout_s: float = 300.0, timing: dict = None, quiet: bool = False,
         log=None) -> tuple:
     """Returns (kind, body); `timing`, when given, gets `answered_after_s`: process start to
-    the function's answer (a cold start plus one invocation), and `vmhwm_kib`: the
-    function process's peak RSS, read before it is stopped. `log`, a file, gets the
+    the function's answer (a cold start plus one invocation), `vmhwm_kib`: the function
+    process's peak RSS, and `cpu_s`: the CPU seconds it used, both read before it is stopped. `log`, a file, gets the
     function's stdout and stderr."""
     request_id = str(uuid.uuid4())
     done = threading.Event()
@@ -103,6 +103,7 @@ def run(event: bytes, command: list, timeout_s: float = 300.0, timing: dict = No
                 break
         if timing is not None:
             timing["vmhwm_kib"] = vm_hwm_kib(process.pid)
+            timing["cpu_s"] = cpu_seconds(process.pid)
     finally:
         process.terminate()
         try:
@@ -125,6 +126,17 @@ def vm_hwm_kib(pid: int) -> int:
     except OSError:
         pass
     return -1
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system, all its threads) the process has used so far, or -1."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Fields after the command name, which is in parentheses and may hold spaces.
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return -1.0
 
 
 def main() -> None:
