@@ -576,9 +576,8 @@ fn random_bytes(size: usize, seed: u64) -> bytes::Bytes {
     bytes.into()
 }
 
-/// A window of 64 KiB: the writer's floor (one refill of eight 30,000-byte requests,
-/// 240,000 bytes) is what it keeps in flight, so chunks of 1 KiB, exactly 240,000 bytes and
-/// 1 MiB fall below, on and across the window's and the refill's boundaries.
+/// A window of 64 KiB: below the writer's floor of one refill (eight 30,000-byte requests,
+/// 240,000 bytes), so the window is exactly one refill.
 fn small_window() -> SftpOptions {
     SftpOptions { write_chunk: 64 * 1024, ..options(ExistingFilePolicy::Fail) }
 }
@@ -588,27 +587,26 @@ async fn a_streamed_temporary_is_byte_identical_to_the_stream_for_chunks_smaller
 ) {
     let sshd = Sshd::start();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut folder =
-        SftpDrop { options: small_window() }.open(credentials(&sshd, "PF2"), deadline).await.expect("open");
-    let default_window = SftpOptions { write_chunk: 2 * 1024 * 1024, ..options(ExistingFilePolicy::Fail) };
-    let mut wide = SftpDrop { options: default_window }.open(credentials(&sshd, "PF2"), deadline).await.expect("open");
+    // The floor (a window of one refill), a window of two and a half refills, which is
+    // topped up while bytes are in flight and moved with them, and the default.
+    let windows = [64 * 1024, 600_000, SftpOptions::default().write_chunk];
     // An odd total, so the last chunk and the last refill are short.
     let bytes = random_bytes(3 * 1024 * 1024 + 12_345, 21);
-    for (chunk, seed) in [(1024, 1u64), (240_000, 2), (1024 * 1024, 3), (100_003, 4)] {
-        let name = format!(".stream-{chunk}.part");
-        let sent = folder.upload_stream(send_in_chunks(bytes.clone(), chunk), &name, deadline).await.expect("streamed");
-        assert_eq!(sent, bytes.len() as u64, "chunks of {chunk} (case {seed})");
-        let written = std::fs::read(sshd.folder("PF2").join(&name)).expect("temporary");
-        assert!(
-            written == bytes[..],
-            "chunks of {chunk}: {} bytes on the server differ from the stream",
-            written.len()
-        );
+    for window in windows {
+        let options = SftpOptions { write_chunk: window, ..options(ExistingFilePolicy::Fail) };
+        let mut folder = SftpDrop { options }.open(credentials(&sshd, "PF2"), deadline).await.expect("open");
+        for chunk in [1024, 100_003, 240_000, 256 * 1024, 600_000, 1024 * 1024] {
+            let name = format!(".stream-{window}-{chunk}.part");
+            let sent = folder.upload_stream(send_in_chunks(bytes.clone(), chunk), &name, deadline).await;
+            assert_eq!(sent.expect("streamed"), bytes.len() as u64, "window {window}, chunks of {chunk}");
+            let written = std::fs::read(sshd.folder("PF2").join(&name)).expect("temporary");
+            assert!(
+                written == bytes[..],
+                "window {window}, chunks of {chunk}: the {} bytes on the server differ from the stream",
+                written.len()
+            );
+        }
     }
-    // The worker's own sizes: chunks of 256 KiB into the default window of 2 MiB.
-    let sent = wide.upload_stream(send_in_chunks(bytes.clone(), 256 * 1024), ".stream-default.part", deadline).await;
-    assert_eq!(sent.expect("streamed"), bytes.len() as u64);
-    assert!(std::fs::read(sshd.folder("PF2").join(".stream-default.part")).expect("temporary") == bytes[..]);
 }
 
 #[tokio::test]
