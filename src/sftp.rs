@@ -520,7 +520,7 @@ struct Exported {
 }
 
 impl Source for Exported {
-    fn fill(&mut self, into: &mut [u8], wait: Option<Duration>) -> Result<(usize, Flow)> {
+    fn fill(&mut self, into: &mut [u8], mut wait: Option<Duration>) -> Result<(usize, Flow)> {
         use tokio::sync::mpsc::error::TryRecvError;
         let mut filled = 0;
         loop {
@@ -530,12 +530,11 @@ impl Source for Exported {
             if filled == into.len() {
                 return Ok((filled, Flow::More));
             }
-            // Only with nothing in flight is waiting free: with requests out, the thread's
-            // place is in libssh2, collecting acknowledgements.
             let next = match self.chunks.try_recv() {
                 Ok(chunk) => Some(chunk),
                 Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => match wait {
+                // One wait per fill: an empty chunk must not stretch it past its bound.
+                Err(TryRecvError::Empty) => match wait.take() {
                     Some(bound) if filled == 0 => match crate::ports::block_within(self.chunks.recv(), bound) {
                         Some(next) => next,
                         None => return Ok((0, Flow::Dry)),
@@ -591,6 +590,8 @@ fn write_windowed(c: &Connection, source: &mut impl Source, temp_path: &str, dea
                 buffer.copy_within(head..tail, 0);
                 (head, tail) = (0, tail - head);
             }
+            // Only with nothing in flight is waiting free: with requests out, the thread's
+            // place is in libssh2, collecting acknowledgements while the export catches up.
             let wait = idle.then(|| keepalive_at.min(deadline) - now);
             let (filled, next) = source.fill(&mut buffer[tail..tail + REFILL], wait)?;
             (tail, flow) = (tail + filled, next);
