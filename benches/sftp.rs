@@ -7,9 +7,12 @@
 //!    by half the round trip (no bandwidth limit), at 25 and 50 ms RTT;
 //! 3. the write loop alone (ssh2 directly, upload only): 1 MiB handed to libssh2 and
 //!    drained before the next (the loop before issue 14) against the window kept topped
-//!    up (the loop now), at 0 and 50 ms RTT.
+//!    up (the loop now), at 0 and 50 ms RTT;
+//! 4. the streamed temporary (the export's path): the 64 MB file's bytes handed to
+//!    `upload_stream` in the export's 256 KiB chunks on a channel of its depth, then the
+//!    rename, beside our delivery from the file and OpenSSH, at 0, 25 and 50 ms RTT.
 //!
-//! `make bench-sftp`.
+//! `make bench-sftp`; `-- --write-loop` runs section 3 alone, `-- --stream` section 4 alone.
 
 #[path = "../tests/it/helpers.rs"]
 mod helpers;
@@ -22,10 +25,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use maestro_relay::memory::MemoryStore;
-use maestro_relay::ports::FileDrop;
+use maestro_relay::ports::{FileDrop, RemoteFolder};
 use maestro_relay::secrets::SftpCredentials;
 use maestro_relay::sftp::{ExistingFilePolicy, SftpDrop, SftpOptions};
 use maestro_relay::worker::delivery::FileDelivery;
+use maestro_relay::worker::stream::StreamOptions;
 
 /// One delivery as the worker makes it: connect, upload, intent, rename, delivered mark (the
 /// records go to memory here: the figure is the SFTP side's).
@@ -303,13 +307,78 @@ async fn loopback_and_distance(sshd: &helpers::Sshd, dir: &tempfile::TempDir, re
     }
 }
 
+/// The export's path: connect, `bytes` handed on in the export's chunks on a channel of its
+/// depth as fast as the writer takes them (an export that never waits on Kinaxis) while the
+/// temporary is written, then the rename. MB/s.
+async fn streamed(credentials: SftpCredentials, bytes: &bytes::Bytes) -> f64 {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let options = SftpOptions { io_timeout: Duration::from_secs(60), ..SftpOptions::default() };
+    let mut folder = SftpDrop { options }.open(credentials, deadline).await.expect("connect");
+    let export = StreamOptions::default();
+    let (sender, receiver) = tokio::sync::mpsc::channel(export.depth);
+    let (all, chunk) = (bytes.clone(), export.chunk_bytes);
+    let producer = tokio::spawn(async move {
+        for offset in (0..all.len()).step_by(chunk) {
+            let end = (offset + chunk).min(all.len());
+            sender.send(all.slice(offset..end)).await.expect("the writer takes every chunk");
+        }
+    });
+    let sent = folder.upload_stream(receiver, ".Bench-stream.part", deadline).await.expect("streamed");
+    producer.await.expect("export");
+    assert_eq!(sent, bytes.len() as u64);
+    folder.rename(".Bench-stream.part", "Bench-stream.csv").await.expect("rename");
+    bytes.len() as f64 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+/// Section 4: the streamed temporary beside the delivery from the file and OpenSSH.
+async fn stream_section(sshd: &helpers::Sshd, dir: &tempfile::TempDir, remote: &Path) {
+    const STREAM_ROUNDS: usize = 3;
+    let upload = helpers::random_upload(dir, "Bench-WAN.csv", 64 * 1024 * 1024, 43);
+    let bytes = bytes::Bytes::from(std::fs::read(&upload.local_path).expect("local file"));
+    let batch = batch(dir.path(), "openssh-stream-put-fsync", "-f", &upload.local_path, remote);
+    let key_path = sshd.dir.path().join("client_ed25519");
+    let mb = upload.bytes as f64 / 1e6;
+    println!(
+        "\n4. the streamed temporary, {mb:.0} MB in chunks of {} KiB (connect, stream, rename), {STREAM_ROUNDS} rounds \
+         alternating; ratio to OpenSSH",
+        StreamOptions::default().chunk_bytes / 1024
+    );
+    header();
+    for rtt_ms in [0u64, 25, 50] {
+        let port =
+            if rtt_ms == 0 { sshd.port } else { LatencyRelay::start(sshd.port, Duration::from_millis(rtt_ms)).port };
+        let mut credentials: SftpCredentials = serde_json::from_value(sshd.secret("PF2")).expect("credentials");
+        credentials.port = port;
+        let (mut theirs, mut from_file, mut stream) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..STREAM_ROUNDS {
+            clear(remote);
+            theirs.push(mb / openssh(&batch, &key_path, port));
+            clear(remote);
+            let options = SftpOptions { io_timeout: Duration::from_secs(60), ..SftpOptions::default() };
+            let started = Instant::now();
+            assert!(deliver(credentials.clone(), options, &upload).await);
+            from_file.push(mb / started.elapsed().as_secs_f64());
+            clear(remote);
+            stream.push(streamed(credentials.clone(), &bytes).await);
+        }
+        let reference = summary(&theirs).1;
+        line(&format!("{rtt_ms} ms RTT: OpenSSH sftp -b, put -f"), &theirs, reference);
+        line(&format!("{rtt_ms} ms RTT: ours from the file, 2048 KiB in flight"), &from_file, reference);
+        line(&format!("{rtt_ms} ms RTT: ours streamed, 2048 KiB in flight"), &stream, reference);
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let sshd = helpers::Sshd::start();
     let dir = tempfile::tempdir().expect("dir");
     let remote = sshd.folder("PF2");
 
-    // `-- --write-loop` runs section 3 alone.
+    if std::env::args().any(|a| a == "--stream") {
+        stream_section(&sshd, &dir, &remote).await;
+        return;
+    }
     let write_loop_only = std::env::args().any(|a| a == "--write-loop");
     if !write_loop_only {
         loopback_and_distance(&sshd, &dir, &remote).await;
@@ -336,5 +405,8 @@ async fn main() {
             line(&format!("{what}, {kib} KiB: each buffer drained (before)"), &drained, reference);
             line(&format!("{what}, {kib} KiB: window topped up (now)"), &topped, reference);
         }
+    }
+    if !write_loop_only {
+        stream_section(&sshd, &dir, &remote).await;
     }
 }

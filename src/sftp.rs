@@ -466,8 +466,92 @@ fn create_temporary(c: &Connection, temp_path: &str) -> Result<ssh2::File> {
 }
 
 fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: Instant) -> Result<()> {
-    let mut local = std::fs::File::open(local_path)
+    let local = std::fs::File::open(local_path)
         .map_err(|e| Error::transient(Step::Deliver, format!("opening {}", local_path.display())).caused_by(e))?;
+    write_windowed(c, &mut Staged { file: local, path: local_path }, temp_path, deadline).map(|_| ())
+}
+
+/// As `write_remote`, the bytes taken from a channel as the export produces them; the
+/// channel is dropped on failure, which tells the export to stop sending here.
+fn write_stream(
+    c: &Connection,
+    chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    temp_path: &str,
+    deadline: Instant,
+) -> Result<u64> {
+    write_windowed(c, &mut Exported { chunks, pending: bytes::Bytes::new() }, temp_path, deadline)
+}
+
+/// Whether a source may give more bytes after a fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    More,
+    /// Nothing at hand now; more may come.
+    Dry,
+    End,
+}
+
+/// Where the bytes of a temporary come from.
+trait Source {
+    /// Appends what is at hand to `into`, up to its length; with `wait`, waits at most that
+    /// long when nothing is. The bytes appended and whether more may come.
+    fn fill(&mut self, into: &mut [u8], wait: Option<Duration>) -> Result<(usize, Flow)>;
+}
+
+/// A staged file: everything is always at hand.
+struct Staged<'a> {
+    file: std::fs::File,
+    path: &'a Path,
+}
+
+impl Source for Staged<'_> {
+    fn fill(&mut self, into: &mut [u8], _wait: Option<Duration>) -> Result<(usize, Flow)> {
+        let filled = fill(&mut self.file, into)
+            .map_err(|e| Error::transient(Step::Deliver, format!("reading {}", self.path.display())).caused_by(e))?;
+        Ok((filled, if filled < into.len() { Flow::End } else { Flow::More }))
+    }
+}
+
+/// The export's chunks as they arrive; a chunk larger than the room in the window is
+/// taken in parts.
+struct Exported {
+    chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    pending: bytes::Bytes,
+}
+
+impl Source for Exported {
+    fn fill(&mut self, into: &mut [u8], mut wait: Option<Duration>) -> Result<(usize, Flow)> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        let mut filled = 0;
+        loop {
+            let n = self.pending.len().min(into.len() - filled);
+            into[filled..filled + n].copy_from_slice(&self.pending.split_to(n));
+            filled += n;
+            if filled == into.len() {
+                return Ok((filled, Flow::More));
+            }
+            let next = match self.chunks.try_recv() {
+                Ok(chunk) => Some(chunk),
+                Err(TryRecvError::Disconnected) => None,
+                // One wait per fill: an empty chunk must not stretch it past its bound.
+                Err(TryRecvError::Empty) => match wait.take() {
+                    Some(bound) if filled == 0 => match crate::ports::block_within(self.chunks.recv(), bound) {
+                        Some(next) => next,
+                        None => return Ok((0, Flow::Dry)),
+                    },
+                    _ => return Ok((filled, Flow::Dry)),
+                },
+            };
+            match next {
+                Some(chunk) => self.pending = chunk,
+                None => return Ok((filled, Flow::End)),
+            }
+        }
+    }
+}
+
+/// Writes `source` to a new temporary; the bytes acknowledged.
+fn write_windowed(c: &Connection, source: &mut impl Source, temp_path: &str, deadline: Instant) -> Result<u64> {
     let mut remote = create_temporary(c, temp_path)?;
     // A window of `write_chunk` bytes stays handed to libssh2, topped up as its head is
     // acknowledged. libssh2 turns every byte it is given beyond those already sent into
@@ -475,66 +559,12 @@ fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: In
     // expecting the unacknowledged rest again: handing back only the rest of one buffer
     // drains the pipeline to nothing before each refill, which costs a round trip per
     // buffer at a distance. Refills come in steps of `REFILL` so that the window is moved
-    // (compacted) about once per `write_chunk` bytes, not on every acknowledgement.
+    // (compacted) about once per `write_chunk` bytes, not on every acknowledgement; the
+    // bytes stay contiguous and in order from call to call, as libssh2 expects them.
     let window = c.options.write_chunk.max(REFILL);
     let mut buffer = vec![0u8; window + REFILL];
-    let (mut head, mut tail, mut eof) = (0usize, 0usize, false);
-    let mut last_keepalive = Instant::now();
-    let mut sent = 0u64;
-    loop {
-        if Instant::now() >= deadline {
-            return Err(Error::transient(
-                Step::Deliver,
-                format!("the deadline was reached after {sent} bytes of {temp_path}; the upload stopped"),
-            ));
-        }
-        if !eof && tail - head + REFILL <= window {
-            if tail + REFILL > buffer.len() {
-                buffer.copy_within(head..tail, 0);
-                (head, tail) = (0, tail - head);
-            }
-            let filled = fill(&mut local, &mut buffer[tail..tail + REFILL]).map_err(|e| {
-                Error::transient(Step::Deliver, format!("reading {}", local_path.display())).caused_by(e)
-            })?;
-            eof = filled < REFILL;
-            tail += filled;
-            continue;
-        }
-        if head == tail {
-            break;
-        }
-        // 0 is no error: libssh2 answers it when a request went out only in part (the
-        // channel window was full) before any was acknowledged; the next call goes on.
-        let acknowledged = match remote.write(&buffer[head..tail]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::transient(Step::Deliver, format!("writing {temp_path}")).caused_by(e)),
-        };
-        head += acknowledged;
-        sent += acknowledged as u64;
-        if last_keepalive.elapsed() >= c.options.keepalive_interval {
-            let _ = c.session.keepalive_send();
-            last_keepalive = Instant::now();
-        }
-    }
-    if let Err(err) = remote.fsync() {
-        tracing::debug!(error = %err, "the server offers no fsync; relying on the size check");
-    }
-    Ok(())
-}
-
-/// Bytes read into the window at a time: eight of libssh2's 30,000-byte write requests.
-const REFILL: usize = 8 * 30_000;
-
-/// As `write_remote`, the bytes taken from a channel as the export produces them; the
-/// channel is dropped on failure, which tells the export to stop sending here.
-fn write_stream(
-    c: &Connection,
-    mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-    temp_path: &str,
-    deadline: Instant,
-) -> Result<u64> {
-    let mut remote = create_temporary(c, temp_path)?;
+    let (mut head, mut tail, mut flow) = (0usize, 0usize, Flow::More);
+    let keepalive_interval = c.options.keepalive_interval.max(Duration::from_secs(1));
     let mut last_keepalive = Instant::now();
     let mut sent = 0u64;
     loop {
@@ -548,27 +578,51 @@ fn write_stream(
                 format!("the deadline was reached after {sent} bytes of {temp_path}; the upload stopped"),
             ));
         }
-        let keepalive_at = last_keepalive + c.options.keepalive_interval.max(Duration::from_secs(1));
+        let keepalive_at = last_keepalive + keepalive_interval;
         if now >= keepalive_at {
             let _ = c.session.keepalive_send();
             last_keepalive = now;
             continue;
         }
-        let chunk = match crate::ports::block_within(chunks.recv(), keepalive_at.min(deadline) - now) {
-            Some(Some(chunk)) => chunk,
-            Some(None) => break,
-            None => continue,
+        let idle = head == tail;
+        if flow != Flow::End && (flow == Flow::More || idle) && tail - head + REFILL <= window {
+            if tail + REFILL > buffer.len() {
+                buffer.copy_within(head..tail, 0);
+                (head, tail) = (0, tail - head);
+            }
+            // Only with nothing in flight is waiting free: with requests out, the thread's
+            // place is in libssh2, collecting acknowledgements while the export catches up.
+            let wait = idle.then(|| keepalive_at.min(deadline) - now);
+            let (filled, next) = source.fill(&mut buffer[tail..tail + REFILL], wait)?;
+            (tail, flow) = (tail + filled, next);
+            continue;
+        }
+        if idle {
+            break;
+        }
+        // 0 is no error: libssh2 answers it when a request went out only in part (the
+        // channel window was full) before any was acknowledged; the next call goes on.
+        let acknowledged = match remote.write(&buffer[head..tail]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::transient(Step::Deliver, format!("writing {temp_path}")).caused_by(e)),
         };
-        remote
-            .write_all(&chunk)
-            .map_err(|e| Error::transient(Step::Deliver, format!("writing {temp_path}")).caused_by(e))?;
-        sent += chunk.len() as u64;
+        head += acknowledged;
+        sent += acknowledged as u64;
+        // The write waited a round trip for an acknowledgement: the export may have sent
+        // more meanwhile.
+        if flow == Flow::Dry {
+            flow = Flow::More;
+        }
     }
     if let Err(err) = remote.fsync() {
         tracing::debug!(error = %err, "the server offers no fsync; relying on the size check");
     }
     Ok(sent)
 }
+
+/// Bytes read into the window at a time: eight of libssh2's 30,000-byte write requests.
+const REFILL: usize = 8 * 30_000;
 
 fn fill(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;

@@ -6,7 +6,7 @@ use maestro_relay::error::{ErrorClass, Result};
 use maestro_relay::job::DeliveryRecord;
 use maestro_relay::memory::MemoryStore;
 use maestro_relay::ports::FileDrop;
-use maestro_relay::ports::Replaced;
+use maestro_relay::ports::{RemoteFolder, Replaced};
 use maestro_relay::secrets::SftpCredentials;
 use maestro_relay::sftp::{ExistingFilePolicy, SftpDrop, SftpOptions};
 use maestro_relay::worker::delivery::{FileDelivery, TriggerContent, TriggerFile};
@@ -542,4 +542,124 @@ async fn a_password_is_accepted_by_keyboard_interactive_where_that_is_all_the_se
     assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
     assert!(err.message.contains("keyboard-interactive, 1 prompts answered"), "{}", err.chain());
     assert!(!err.chain().contains("staple"));
+}
+
+// ------------------------------------------------------------ the streamed temporary
+
+/// `bytes` sent on a channel of the export's depth in chunks of `chunk` (the last shorter),
+/// the sender dropped after the last; yields now and then so the writer also meets an empty
+/// channel with bytes in flight.
+fn send_in_chunks(bytes: bytes::Bytes, chunk: usize) -> tokio::sync::mpsc::Receiver<bytes::Bytes> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut offset = 0;
+        let mut sends = 0u32;
+        while offset < bytes.len() {
+            let end = (offset + chunk).min(bytes.len());
+            if sender.send(bytes.slice(offset..end)).await.is_err() {
+                return;
+            }
+            offset = end;
+            sends += 1;
+            if sends % 7 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    receiver
+}
+
+fn random_bytes(size: usize, seed: u64) -> bytes::Bytes {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut bytes = vec![0u8; size];
+    rng.fill(&mut bytes);
+    bytes.into()
+}
+
+/// A window of 64 KiB: below the writer's floor of one refill (eight 30,000-byte requests,
+/// 240,000 bytes), so the window is exactly one refill.
+fn small_window() -> SftpOptions {
+    SftpOptions { write_chunk: 64 * 1024, ..options(ExistingFilePolicy::Fail) }
+}
+
+#[tokio::test]
+async fn a_streamed_temporary_is_byte_identical_to_the_stream_for_chunks_smaller_than_equal_to_and_larger_than_the_window(
+) {
+    let sshd = Sshd::start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    // The floor (a window of one refill), a window of two and a half refills, which is
+    // topped up while bytes are in flight and moved with them, and the default.
+    let windows = [64 * 1024, 600_000, SftpOptions::default().write_chunk];
+    // An odd total, so the last chunk and the last refill are short.
+    let bytes = random_bytes(3 * 1024 * 1024 + 12_345, 21);
+    for window in windows {
+        let options = SftpOptions { write_chunk: window, ..options(ExistingFilePolicy::Fail) };
+        let mut folder = SftpDrop { options }.open(credentials(&sshd, "PF2"), deadline).await.expect("open");
+        for chunk in [1024, 100_003, 240_000, 256 * 1024, 600_000, 1024 * 1024] {
+            let name = format!(".stream-{window}-{chunk}.part");
+            let sent = folder.upload_stream(send_in_chunks(bytes.clone(), chunk), &name, deadline).await;
+            assert_eq!(sent.expect("streamed"), bytes.len() as u64, "window {window}, chunks of {chunk}");
+            let written = std::fs::read(sshd.folder("PF2").join(&name)).expect("temporary");
+            assert!(
+                written == bytes[..],
+                "window {window}, chunks of {chunk}: the {} bytes on the server differ from the stream",
+                written.len()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_empty_stream_leaves_an_empty_temporary_and_says_zero_bytes() {
+    let sshd = Sshd::start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut folder =
+        SftpDrop { options: small_window() }.open(credentials(&sshd, "PF2"), deadline).await.expect("open");
+    let sent = folder.upload_stream(send_in_chunks(bytes::Bytes::new(), 1024), ".empty.part", deadline).await;
+    assert_eq!(sent.expect("streamed"), 0);
+    assert_eq!(std::fs::metadata(sshd.folder("PF2").join(".empty.part")).expect("temporary").len(), 0);
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_early_leaves_exactly_the_bytes_sent_before_it_ended() {
+    let sshd = Sshd::start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut folder =
+        SftpDrop { options: small_window() }.open(credentials(&sshd, "PF2"), deadline).await.expect("open");
+    let bytes = random_bytes(2 * 1024 * 1024, 22);
+    // The export stops after 700,001 of its bytes (a failed page): the sender is dropped
+    // with chunks still queued and the window partly full.
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let export = tokio::spawn(async move {
+        for offset in (0..700_001).step_by(100_000) {
+            let end = (offset + 100_000).min(700_001);
+            sender.send(bytes.slice(offset..end)).await.expect("the writer takes the chunk");
+        }
+        bytes.slice(..700_001)
+    });
+    let sent = folder.upload_stream(receiver, ".short.part", deadline).await.expect("the stream ended");
+    let expected = export.await.expect("export");
+    assert_eq!(sent, 700_001);
+    assert!(std::fs::read(sshd.folder("PF2").join(".short.part")).expect("temporary") == expected[..]);
+}
+
+#[tokio::test]
+async fn the_deadline_reached_while_waiting_for_chunks_stops_the_stream_removes_the_temporary_and_closes_the_channel() {
+    let sshd = Sshd::start();
+    let opened_until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut folder =
+        SftpDrop { options: small_window() }.open(credentials(&sshd, "PF2"), opened_until).await.expect("open");
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    sender.send(random_bytes(300_000, 23)).await.expect("queued");
+    // The sender stays open and silent: only the deadline can end the wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let upload = folder.upload_stream(receiver, ".waiting.part", deadline);
+    let err = tokio::time::timeout(Duration::from_secs(30), upload)
+        .await
+        .expect("the writer gave up at the deadline, not never")
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient, "{}", err.chain());
+    assert!(err.message.contains("deadline was reached after 300000 bytes of"), "{}", err.chain());
+    assert!(sender.is_closed(), "the export still sees the stream open");
+    assert!(sshd.all_files("PF2").is_empty(), "left on the server: {:?}", sshd.all_files("PF2"));
 }
