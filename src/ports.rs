@@ -215,9 +215,6 @@ impl Outlet {
             return;
         }
         let chunk = self.buffer.split().freeze();
-        // A chunk is filled in place: a buffer grown write by write from nothing would be
-        // copied on each doubling.
-        self.buffer.reserve(self.chunk_bytes);
         let (stall, file_name) = (self.stall, &self.file_name);
         self.senders.retain_mut(|destination| {
             let started = std::time::Instant::now();
@@ -322,8 +319,12 @@ impl Write for Outlet {
         if self.senders.is_empty() {
             return Ok(buf.len());
         }
-        if !self.buffer.is_empty() && self.buffer.len() + buf.len() > self.buffer.capacity() {
+        // A chunk is filled in place, in a buffer allocated at its full size: grown write by
+        // write it would be copied on each doubling. What does not fit goes in the next one
+        // (chunks may so be a little short; staging regroups them into parts).
+        if self.buffer.capacity() - self.buffer.len() < buf.len() {
             self.hand_on();
+            self.buffer.reserve(self.chunk_bytes.max(buf.len()));
         }
         self.buffer.extend_from_slice(buf);
         if self.buffer.len() >= self.chunk_bytes {

@@ -600,6 +600,8 @@ fn write_windowed(c: &Connection, source: &mut impl Source, temp_path: &str, dea
         if idle {
             break;
         }
+        // A write blocks until an acknowledgement: bounded by the deadline like any call.
+        c.session.set_timeout(call_timeout(c.options.io_timeout, deadline));
         // 0 is no error: libssh2 answers it when a request went out only in part (the
         // channel window was full) before any was acknowledged; the next call goes on.
         let acknowledged = match remote.write(&buffer[head..tail]) {
@@ -799,6 +801,51 @@ impl Drop for PosixRename {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exported(chunks: &[&[u8]], open: bool) -> (Exported, Option<tokio::sync::mpsc::Sender<bytes::Bytes>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
+        for chunk in chunks {
+            tx.try_send(bytes::Bytes::copy_from_slice(chunk)).expect("room");
+        }
+        (Exported { chunks: rx, pending: bytes::Bytes::new() }, open.then_some(tx))
+    }
+
+    #[test]
+    fn the_exports_chunks_fill_the_window_across_chunk_boundaries_and_empty_chunks() {
+        let (mut source, _open) = exported(&[b"abc", b"", b"defgh", b"ij"], true);
+        let mut into = [0u8; 4];
+        assert_eq!(source.fill(&mut into, None).expect("fill"), (4, Flow::More));
+        assert_eq!(&into, b"abcd");
+        // What did not fit waits for the next fill; then nothing is at hand.
+        let mut into = [0u8; 16];
+        assert_eq!(source.fill(&mut into, None).expect("fill"), (6, Flow::Dry));
+        assert_eq!(&into[..6], b"efghij");
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_room_is_taken_in_parts_and_the_end_comes_after_its_last_byte() {
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut source, _) = exported(&[&big], false);
+        let mut taken = Vec::new();
+        loop {
+            let mut into = [0u8; 3_000];
+            let (n, flow) = source.fill(&mut into, None).expect("fill");
+            taken.extend_from_slice(&into[..n]);
+            if flow == Flow::End {
+                break;
+            }
+            assert_eq!(flow, Flow::More, "a closed channel with bytes pending is not dry");
+        }
+        assert_eq!(taken, big);
+    }
+
+    #[test]
+    fn waiting_for_a_chunk_is_bounded_and_says_dry_when_none_came() {
+        let (mut source, _open) = exported(&[], true);
+        let started = std::time::Instant::now();
+        assert_eq!(source.fill(&mut [0u8; 8], Some(Duration::from_millis(50))).expect("fill"), (0, Flow::Dry));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
 
     #[test]
     fn fingerprints_use_the_openssh_form_and_pins_are_normalised() {

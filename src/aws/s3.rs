@@ -38,8 +38,12 @@ impl S3Store {
     /// A client from the shared SDK config; path-style addressing when an endpoint
     /// override (a local emulator) is set.
     pub fn from_sdk_config(config: &aws_config::SdkConfig, bucket: impl Into<String>) -> Self {
-        let s3_config =
-            aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some()).build();
+        // Stated, not left to the default (or AWS_REQUEST_CHECKSUM_CALCULATION): staged
+        // bytes go unsigned (`send_part`), and the CRC32 is what S3 checks them by.
+        let s3_config = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(config.endpoint_url().is_some())
+            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenSupported)
+            .build();
         Self::new(Client::from_conf(s3_config), bucket)
     }
 

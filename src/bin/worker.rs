@@ -15,8 +15,11 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    maestro_relay::allocator::keep_large_buffers();
+    let buffers_kept = maestro_relay::allocator::keep_large_buffers();
     telemetry::init_logging();
+    if !buffers_kept {
+        tracing::warn!("the allocator did not take its thresholds; large buffers are mapped anew each time");
+    }
     let config = WorkerConfig::from_env().inspect_err(|e| tracing::error!(error = %e.chain(), "cannot start"))?;
     let aws = sdk_config().await;
     let secrets = CachedSecrets::new(SecretsManager::from_sdk_config(&aws), config.secret_cache_ttl);
