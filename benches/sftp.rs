@@ -24,32 +24,16 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use maestro_relay::memory::MemoryStore;
 use maestro_relay::ports::{FileDrop, RemoteFolder};
 use maestro_relay::secrets::SftpCredentials;
 use maestro_relay::sftp::{ExistingFilePolicy, SftpDrop, SftpOptions};
-use maestro_relay::worker::delivery::FileDelivery;
 use maestro_relay::worker::stream::StreamOptions;
 
 /// One delivery as the worker makes it: connect, upload, intent, rename, delivered mark (the
 /// records go to memory here: the figure is the SFTP side's).
 async fn deliver(credentials: SftpCredentials, options: SftpOptions, upload: &helpers::Upload) -> bool {
-    let policy = options.existing;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    let mut folder = SftpDrop { options }.open(credentials, deadline).await.expect("connect");
-    let store = MemoryStore::new();
-    let file = upload.exported();
-    let one = FileDelivery {
-        store: &store,
-        job_id: "bench",
-        file: &file,
-        policy,
-        attempt: 1,
-        deadline,
-        trigger: None,
-        streamed: None,
-    };
-    one.run(&mut folder, None).await.expect("delivery").uploaded
+    helpers::deliver_once(credentials, options, upload, None, deadline).await.expect("delivery").uploaded
 }
 
 /// A TCP relay on loopback to `upstream` that holds every byte for `one_way` in each

@@ -408,6 +408,33 @@ impl Upload {
     }
 }
 
+/// One file's first delivery through the SFTP adapter, as the worker makes it (connect,
+/// upload, intent, rename, delivered mark; the records in memory), until `deadline`.
+pub async fn deliver_once(
+    credentials: maestro_relay::secrets::SftpCredentials,
+    options: maestro_relay::sftp::SftpOptions,
+    upload: &Upload,
+    trigger: Option<&maestro_relay::worker::delivery::TriggerFile>,
+    deadline: tokio::time::Instant,
+) -> maestro_relay::error::Result<maestro_relay::job::DeliveryRecord> {
+    use maestro_relay::ports::FileDrop;
+    let policy = options.existing;
+    let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
+    let store = maestro_relay::memory::MemoryStore::new();
+    let file = upload.exported();
+    let one = maestro_relay::worker::delivery::FileDelivery {
+        store: &store,
+        job_id: "job",
+        file: &file,
+        policy,
+        attempt: 1,
+        deadline,
+        trigger,
+        streamed: None,
+    };
+    one.run(&mut folder, None).await
+}
+
 /// A local file of `size` pseudo-random bytes (seeded), as an SFTP upload.
 pub fn random_upload(dir: &tempfile::TempDir, name: &str, size: usize, seed: u64) -> Upload {
     use sha2::Digest;

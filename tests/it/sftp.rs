@@ -4,16 +4,15 @@ use std::time::Duration;
 
 use maestro_relay::error::{ErrorClass, Result};
 use maestro_relay::job::DeliveryRecord;
-use maestro_relay::memory::MemoryStore;
 use maestro_relay::ports::FileDrop;
 use maestro_relay::ports::{RemoteFolder, Replaced};
 use maestro_relay::secrets::SftpCredentials;
 use maestro_relay::sftp::{ExistingFilePolicy, SftpDrop, SftpOptions};
-use maestro_relay::worker::delivery::{FileDelivery, TriggerContent, TriggerFile};
+use maestro_relay::worker::delivery::{TriggerContent, TriggerFile};
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{free_port, random_upload, Sshd, Upload};
+use crate::helpers::{deliver_once, free_port, random_upload, Sshd, Upload};
 
 #[derive(Debug, PartialEq, Eq)]
 struct Delivery {
@@ -28,22 +27,7 @@ async fn deliver_record(
     upload: Upload,
     trigger: Option<&TriggerFile>,
 ) -> Result<DeliveryRecord> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let policy = options.existing;
-    let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
-    let store = MemoryStore::new();
-    let file = upload.exported();
-    let one = FileDelivery {
-        store: &store,
-        job_id: "job",
-        file: &file,
-        policy,
-        attempt: 1,
-        deadline,
-        trigger,
-        streamed: None,
-    };
-    one.run(&mut folder, None).await
+    deliver_once(credentials, options, &upload, trigger, tokio::time::Instant::now() + Duration::from_secs(120)).await
 }
 
 /// One file's first delivery through the SFTP adapter (no earlier record), until `deadline`.
@@ -53,21 +37,7 @@ async fn deliver_until(
     upload: Upload,
     deadline: tokio::time::Instant,
 ) -> Result<Delivery> {
-    let policy = options.existing;
-    let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
-    let store = MemoryStore::new();
-    let file = upload.exported();
-    let one = FileDelivery {
-        store: &store,
-        job_id: "job",
-        file: &file,
-        policy,
-        attempt: 1,
-        deadline,
-        trigger: None,
-        streamed: None,
-    };
-    let record = one.run(&mut folder, None).await?;
+    let record = deliver_once(credentials, options, &upload, None, deadline).await?;
     Ok(Delivery { remote_path: record.remote_path, uploaded: record.uploaded })
 }
 
