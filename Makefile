@@ -28,6 +28,7 @@ demo: build bootstrap
 ## Unit tests and the integration tests; the tests start moto_server, sshd and the
 ## simulator themselves and stop them when they end.
 test: bootstrap
+	python3 scripts/module_graph.py
 	cargo build -p kinaxis-sim
 	cargo test --workspace
 

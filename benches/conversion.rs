@@ -16,10 +16,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use maestro_relay::csv_out::{CsvOptions, CsvSink};
+use maestro_relay::export::kinaxis::page::PageBuffer;
+use maestro_relay::export::kinaxis::{KinaxisClient, KinaxisOptions};
 use maestro_relay::export::Exporter;
 use maestro_relay::job::FileNameTemplate;
-use maestro_relay::kinaxis::page::PageBuffer;
-use maestro_relay::kinaxis::{KinaxisClient, KinaxisOptions};
 use maestro_relay::retry::RetryPolicy;
 use maestro_relay::secrets::KinaxisCredentials;
 use secrecy::SecretString;
@@ -181,18 +181,19 @@ fn throughput() {
 fn sonic_rs(pages: &[Vec<u8>], columns: &[String], csv_bytes: u64) -> Option<(Spread, Spread)> {
     let mut buffer = PageBuffer::default();
     // sonic-rs through the same visitor: values borrowed from the body, escapes decoded.
-    let sonic = |buffer: &mut PageBuffer, body: &[u8], f: &mut dyn FnMut(&maestro_relay::kinaxis::page::Page)| {
-        let text = std::str::from_utf8(body).expect("UTF-8 page");
-        let page = buffer
-            .parse_with(text, |text, seed| {
-                use serde::de::DeserializeSeed;
-                let mut deserializer = sonic_rs::Deserializer::from_str(text);
-                seed.deserialize(&mut deserializer)?;
-                deserializer.end()
-            })
-            .expect("sonic-rs page");
-        f(&page);
-    };
+    let sonic =
+        |buffer: &mut PageBuffer, body: &[u8], f: &mut dyn FnMut(&maestro_relay::export::kinaxis::page::Page)| {
+            let text = std::str::from_utf8(body).expect("UTF-8 page");
+            let page = buffer
+                .parse_with(text, |text, seed| {
+                    use serde::de::DeserializeSeed;
+                    let mut deserializer = sonic_rs::Deserializer::from_str(text);
+                    seed.deserialize(&mut deserializer)?;
+                    deserializer.end()
+                })
+                .expect("sonic-rs page");
+            f(&page);
+        };
     let (sonic_parse, _) = runs_of(5, || {
         let mut rows = 0;
         for body in pages {

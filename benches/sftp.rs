@@ -24,16 +24,20 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use maestro_relay::delivery::sftp::{SftpDrop, SftpOptions};
+use maestro_relay::job::ExistingFilePolicy;
 use maestro_relay::ports::{FileDrop, RemoteFolder};
 use maestro_relay::secrets::SftpCredentials;
-use maestro_relay::sftp::{ExistingFilePolicy, SftpDrop, SftpOptions};
 use maestro_relay::worker::stream::StreamOptions;
 
 /// One delivery as the worker makes it: connect, upload, intent, rename, delivered mark (the
 /// records go to memory here: the figure is the SFTP side's).
 async fn deliver(credentials: SftpCredentials, options: SftpOptions, upload: &helpers::Upload) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    helpers::deliver_once(credentials, options, upload, None, deadline).await.expect("delivery").uploaded
+    helpers::deliver_once(credentials, options, ExistingFilePolicy::Fail, upload, None, deadline)
+        .await
+        .expect("delivery")
+        .uploaded
 }
 
 /// A TCP relay on loopback to `upstream` that holds every byte for `one_way` in each
@@ -156,12 +160,8 @@ async fn measure(
     for _ in 0..ROUNDS {
         for (i, window) in windows.iter().enumerate() {
             clear(&remote);
-            let options = SftpOptions {
-                write_chunk: *window,
-                existing: ExistingFilePolicy::Fail,
-                io_timeout: Duration::from_secs(60),
-                ..SftpOptions::default()
-            };
+            let options =
+                SftpOptions { write_chunk: *window, io_timeout: Duration::from_secs(60), ..SftpOptions::default() };
             let started = Instant::now();
             let uploaded = deliver(credentials.clone(), options, upload).await;
             ours[i].push(mb / started.elapsed().as_secs_f64());

@@ -1,22 +1,23 @@
-//! Configuration from environment variables, parsed once at cold start into typed values;
-//! every missing or invalid variable is reported by name before anything runs.
+//! Configuration from environment variables, read once at cold start into each part's own
+//! settings type; every missing or invalid variable is reported by name before anything
+//! runs. Imported only by the wiring (`app`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use crate::csv_out::{ColumnMapping, CsvOptions, Encoding, LineEnding, Quoting};
+use crate::delivery::sftp::SftpOptions;
 use crate::error::{Error, Step};
-use crate::job::FileNameTemplate;
-use crate::kinaxis::{KinaxisOptions, PagingStyle};
+use crate::export::kinaxis::{KinaxisOptions, PagingStyle};
+use crate::job::{ExistingFilePolicy, FileNameTemplate, Profile, Profiles, TriggerContent, TriggerFile};
 use crate::retry::RetryPolicy;
 use crate::routing::{RoutingTable, Target};
-use crate::sftp::{ExistingFilePolicy, SftpOptions};
 use crate::webhook::auth::AuthMode;
 use crate::webhook::policy::{self, AllowList, MAX_WORKSHEETS};
 use crate::webhook::WebhookSettings;
-use crate::worker::delivery::{TriggerContent, TriggerFile};
+use crate::worker::stream::StreamOptions;
+use crate::worker::{QueueSettings, StaleBatch, WorkerSettings, RECORD_OUTCOME_BUDGET};
 
 /// Reads variables through `lookup` and collects every problem, so one start-up failure
 /// lists them all.
@@ -160,35 +161,14 @@ impl WebhookConfig {
     }
 }
 
-/// The worker function's configuration.
+/// The worker function's configuration: what the wiring builds its parts from.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// The CloudFormation stack: a dimension of every metric.
-    pub stack_name: String,
     pub staging_bucket: String,
-    pub kinaxis_secret_id: String,
-    pub sftp_secret_ids: BTreeMap<Target, String>,
     pub secret_cache_ttl: Duration,
     pub kinaxis: KinaxisOptions,
-    pub retry: RetryPolicy,
-    /// Kept free before the function's timeout to record the outcome: every step stops
-    /// this long before it (`RETRY_DEADLINE_MARGIN_SECS`).
-    pub deadline_margin: Duration,
-    /// How the jobs queue is told about failures.
-    pub queue: QueueSettings,
-    /// A job older than the latest delivered batch of its file name and target.
-    pub stale_batch: StaleBatch,
-    /// A worksheet with fewer rows is not delivered (`MIN_ROWS`).
-    pub min_rows: u64,
-    /// How long past the function's deadline a lease still holds (`LEASE_GRACE_SECS`).
-    pub lease_grace: Duration,
-    /// The CSV dialect, encoding, file names and trigger file, per target.
-    pub profiles: Profiles,
     pub sftp: SftpOptions,
-    /// Where CSVs are written before staging (Lambda's ephemeral `/tmp`).
-    pub spool_dir: PathBuf,
-    /// How the export streams to staging and SFTP while it runs (`STREAM_*`).
-    pub stream: crate::worker::stream::StreamOptions,
+    pub worker: WorkerSettings,
 }
 
 impl WorkerConfig {
@@ -205,143 +185,139 @@ impl WorkerConfig {
         let mut env = Env::new(lookup);
         let staging_bucket = env.required("STAGING_BUCKET");
         let kinaxis_secret_id = env.required("KINAXIS_SECRET_ID");
-        let base_url = env.required("KINAXIS_BASE_URL");
-        env.check(base_url.is_empty() || base_url.starts_with("https://") || base_url.starts_with("http://"), || {
-            format!("KINAXIS_BASE_URL={base_url:?} must start with https:// (or http:// for a local simulator)")
-        });
+        let kinaxis = kinaxis_options(&mut env);
         let routes = routes(&mut env);
-        let mut sftp_secret_ids = BTreeMap::new();
-        for target in routes.targets() {
-            let name = format!("SFTP_SECRET_ID_{target}");
-            sftp_secret_ids.insert(target, env.required(&name));
-        }
-        let paging = match env.get("KINAXIS_PAGING").as_deref() {
-            None | Some("query") => PagingStyle::Query,
-            Some("path") => PagingStyle::Path,
-            Some(other) => {
-                env.problems.push(format!("KINAXIS_PAGING={other:?} is not query or path"));
-                PagingStyle::Query
-            }
-        };
-        let kinaxis = KinaxisOptions {
-            base_url,
-            page_size: env.parsed("KINAXIS_PAGE_SIZE", 5000),
-            bulk_page_size: env.parsed("KINAXIS_BULK_PAGE_SIZE", 20_000),
-            pages_in_flight: env.parsed("KINAXIS_PAGES_IN_FLIGHT", 4),
-            connect_timeout: env.seconds("KINAXIS_CONNECT_TIMEOUT_SECS", 10),
-            request_timeout: env.seconds("KINAXIS_REQUEST_TIMEOUT_SECS", 120),
-            paging,
-        };
-        env.check(kinaxis.page_size >= 1 && kinaxis.bulk_page_size >= 1 && kinaxis.pages_in_flight >= 1, || {
-            "KINAXIS_PAGE_SIZE, KINAXIS_BULK_PAGE_SIZE and KINAXIS_PAGES_IN_FLIGHT must be at least 1".to_owned()
-        });
-        let retry = RetryPolicy {
-            retries: env.parsed("RETRY_MAX", 3),
-            initial_delay: env.millis("RETRY_INITIAL_MS", 30_000),
-            factor: env.parsed("RETRY_FACTOR", 2.0),
-            max_delay: env.millis("RETRY_MAX_DELAY_MS", 300_000),
-            jitter: env.parsed("RETRY_JITTER", 0.2),
-        };
-        env.check(retry.factor >= 1.0 && (0.0..=1.0).contains(&retry.jitter), || {
-            "RETRY_FACTOR must be >= 1 and RETRY_JITTER within 0..1".to_owned()
-        });
-        let profiles = Profiles {
-            default: profile(&mut Scoped::new(&mut env, None)),
-            targets: routes
-                .targets()
-                .into_iter()
-                .map(|t| (t.clone(), profile(&mut Scoped::new(&mut env, Some(&t)))))
-                .collect(),
-        };
-        let sftp = SftpOptions {
-            connect_timeout: env.seconds("SFTP_CONNECT_TIMEOUT_SECS", 15),
-            io_timeout: env.seconds("SFTP_IO_TIMEOUT_SECS", 60),
-            keepalive_interval: env.seconds("SFTP_KEEPALIVE_SECS", 15),
-            write_chunk: env.parsed("SFTP_WRITE_CHUNK_BYTES", 2 * 1024 * 1024),
-            existing: env.parsed("SFTP_EXISTING_FILE", ExistingFilePolicy::Fail),
-            create_dir: env.parsed("SFTP_CREATE_DIR", false),
-        };
-        let deadline_margin = env.seconds("RETRY_DEADLINE_MARGIN_SECS", 90);
-        // Async steps are cut at the deadline; a blocking SFTP call is not, and may run one
-        // whole SFTP_IO_TIMEOUT_SECS past it. The margin must cover that and the writes of
-        // the failure record and metric after it.
-        let longest_uncut = sftp.io_timeout + RECORD_OUTCOME_BUDGET;
-        env.check(deadline_margin >= longest_uncut, || {
-            format!(
-                "RETRY_DEADLINE_MARGIN_SECS={} is shorter than SFTP_IO_TIMEOUT_SECS={} plus {} s to record the \
-                 outcome: a job cut by the deadline could die without its failure record",
-                deadline_margin.as_secs(),
-                sftp.io_timeout.as_secs(),
-                RECORD_OUTCOME_BUDGET.as_secs()
-            )
-        });
-        let queue = QueueSettings {
-            jobs_queue_url: env.required("JOBS_QUEUE_URL"),
-            dead_letter_queue_url: env.required("DEAD_LETTER_QUEUE_URL"),
-            max_receive_count: env.parsed("MAX_RECEIVE_COUNT", 5),
-            visibility_delays: visibility_delays(&mut env),
-        };
-        env.check(queue.max_receive_count >= 1, || "MAX_RECEIVE_COUNT must be at least 1".to_owned());
-        let defaults = crate::worker::stream::StreamOptions::default();
-        let part_mib: usize = env.parsed("STREAM_PART_MIB", defaults.part_bytes >> 20);
-        let stream = crate::worker::stream::StreamOptions {
-            part_bytes: part_mib << 20,
-            parts_in_flight: env.parsed("STREAM_PARTS_IN_FLIGHT", defaults.parts_in_flight),
-            stall: env.millis("STREAM_STALL_MS", defaults.stall.as_millis() as u64),
-            call_timeout: env.seconds("STREAM_CALL_TIMEOUT_SECS", defaults.call_timeout.as_secs()),
-            sftp: env.parsed("STREAM_SFTP", defaults.sftp),
-            ..defaults
-        };
-        // S3 refuses parts under 5 MiB but the last; 10,000 parts of 5 GiB bound the rest.
-        env.check((5..=5120).contains(&part_mib), || {
-            format!("STREAM_PART_MIB={part_mib} must be 5 to 5120 (S3's part sizes)")
-        });
-        env.check(stream.parts_in_flight >= 1 && !stream.call_timeout.is_zero(), || {
-            "STREAM_PARTS_IN_FLIGHT and STREAM_CALL_TIMEOUT_SECS must be at least 1".to_owned()
-        });
-        let config = Self {
+        let sftp_secret_ids =
+            routes.targets().into_iter().map(|t| (t.clone(), env.required(&format!("SFTP_SECRET_ID_{t}")))).collect();
+        let profiles = profiles(&mut env, &routes);
+        let sftp = sftp_options(&mut env);
+        let worker = WorkerSettings {
             stack_name: stack_name(&env),
-            staging_bucket,
             kinaxis_secret_id,
             sftp_secret_ids,
-            secret_cache_ttl: env.seconds("SECRET_CACHE_TTL_SECS", 300),
-            kinaxis,
-            retry,
-            deadline_margin,
-            queue,
+            retry: retry_policy(&mut env),
+            deadline_margin: deadline_margin(&mut env, &sftp),
+            queue: queue_settings(&mut env),
             stale_batch: env.parsed("STALE_BATCH", StaleBatch::Fail),
             min_rows: env.parsed("MIN_ROWS", 1),
             lease_grace: env.seconds("LEASE_GRACE_SECS", 60),
             profiles,
-            sftp,
             spool_dir: env.get("SPOOL_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
-            stream,
+            stream: stream_options(&mut env),
+            existing_file: env.parsed("SFTP_EXISTING_FILE", ExistingFilePolicy::Fail),
         };
-        env.finish(config)
+        let secret_cache_ttl = env.seconds("SECRET_CACHE_TTL_SECS", 300);
+        env.finish(Self { staging_bucket, secret_cache_ttl, kinaxis, sftp, worker })
     }
 }
 
-/// Time kept after the last step to write `failed/` and emit the metric.
-pub const RECORD_OUTCOME_BUDGET: Duration = Duration::from_secs(2);
-
-/// How failures reach the jobs queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueSettings {
-    pub jobs_queue_url: String,
-    pub dead_letter_queue_url: String,
-    /// The queue's `maxReceiveCount`: a transient failure on this receive is the last.
-    pub max_receive_count: u32,
-    /// How long a message waits before its next receive, by the receive that failed
-    /// (the last entry repeats): `RETRY_VISIBILITY_SECS`.
-    pub visibility_delays: Vec<Duration>,
+fn kinaxis_options(env: &mut Env<'_>) -> KinaxisOptions {
+    let base_url = env.required("KINAXIS_BASE_URL");
+    env.check(base_url.is_empty() || base_url.starts_with("https://") || base_url.starts_with("http://"), || {
+        format!("KINAXIS_BASE_URL={base_url:?} must start with https:// (or http:// for a local simulator)")
+    });
+    let paging = match env.get("KINAXIS_PAGING").as_deref() {
+        None | Some("query") => PagingStyle::Query,
+        Some("path") => PagingStyle::Path,
+        Some(other) => {
+            env.problems.push(format!("KINAXIS_PAGING={other:?} is not query or path"));
+            PagingStyle::Query
+        }
+    };
+    let kinaxis = KinaxisOptions {
+        base_url,
+        page_size: env.parsed("KINAXIS_PAGE_SIZE", 5000),
+        bulk_page_size: env.parsed("KINAXIS_BULK_PAGE_SIZE", 20_000),
+        pages_in_flight: env.parsed("KINAXIS_PAGES_IN_FLIGHT", 4),
+        connect_timeout: env.seconds("KINAXIS_CONNECT_TIMEOUT_SECS", 10),
+        request_timeout: env.seconds("KINAXIS_REQUEST_TIMEOUT_SECS", 120),
+        paging,
+    };
+    env.check(kinaxis.page_size >= 1 && kinaxis.bulk_page_size >= 1 && kinaxis.pages_in_flight >= 1, || {
+        "KINAXIS_PAGE_SIZE, KINAXIS_BULK_PAGE_SIZE and KINAXIS_PAGES_IN_FLIGHT must be at least 1".to_owned()
+    });
+    kinaxis
 }
 
-impl QueueSettings {
-    /// The wait before the receive after `receive_count` (1-based).
-    pub fn delay_after(&self, receive_count: u32) -> Duration {
-        let index = (receive_count.max(1) as usize - 1).min(self.visibility_delays.len().saturating_sub(1));
-        self.visibility_delays.get(index).copied().unwrap_or(Duration::from_secs(300))
+fn retry_policy(env: &mut Env<'_>) -> RetryPolicy {
+    let retry = RetryPolicy {
+        retries: env.parsed("RETRY_MAX", 3),
+        initial_delay: env.millis("RETRY_INITIAL_MS", 30_000),
+        factor: env.parsed("RETRY_FACTOR", 2.0),
+        max_delay: env.millis("RETRY_MAX_DELAY_MS", 300_000),
+        jitter: env.parsed("RETRY_JITTER", 0.2),
+    };
+    env.check(retry.factor >= 1.0 && (0.0..=1.0).contains(&retry.jitter), || {
+        "RETRY_FACTOR must be >= 1 and RETRY_JITTER within 0..1".to_owned()
+    });
+    retry
+}
+
+fn profiles(env: &mut Env<'_>, routes: &RoutingTable) -> Profiles {
+    Profiles {
+        default: profile(&mut Scoped::new(env, None)),
+        targets: routes.targets().into_iter().map(|t| (t.clone(), profile(&mut Scoped::new(env, Some(&t))))).collect(),
     }
+}
+
+fn sftp_options(env: &mut Env<'_>) -> SftpOptions {
+    SftpOptions {
+        connect_timeout: env.seconds("SFTP_CONNECT_TIMEOUT_SECS", 15),
+        io_timeout: env.seconds("SFTP_IO_TIMEOUT_SECS", 60),
+        keepalive_interval: env.seconds("SFTP_KEEPALIVE_SECS", 15),
+        write_chunk: env.parsed("SFTP_WRITE_CHUNK_BYTES", 2 * 1024 * 1024),
+        create_dir: env.parsed("SFTP_CREATE_DIR", false),
+    }
+}
+
+fn deadline_margin(env: &mut Env<'_>, sftp: &SftpOptions) -> Duration {
+    let deadline_margin = env.seconds("RETRY_DEADLINE_MARGIN_SECS", 90);
+    // Async steps are cut at the deadline; a blocking SFTP call is not, and may run one
+    // whole SFTP_IO_TIMEOUT_SECS past it. The margin must cover that and the writes of
+    // the failure record and metric after it.
+    let longest_uncut = sftp.io_timeout + RECORD_OUTCOME_BUDGET;
+    env.check(deadline_margin >= longest_uncut, || {
+        format!(
+            "RETRY_DEADLINE_MARGIN_SECS={} is shorter than SFTP_IO_TIMEOUT_SECS={} plus {} s to record the \
+             outcome: a job cut by the deadline could die without its failure record",
+            deadline_margin.as_secs(),
+            sftp.io_timeout.as_secs(),
+            RECORD_OUTCOME_BUDGET.as_secs()
+        )
+    });
+    deadline_margin
+}
+
+fn queue_settings(env: &mut Env<'_>) -> QueueSettings {
+    let queue = QueueSettings {
+        jobs_queue_url: env.required("JOBS_QUEUE_URL"),
+        dead_letter_queue_url: env.required("DEAD_LETTER_QUEUE_URL"),
+        max_receive_count: env.parsed("MAX_RECEIVE_COUNT", 5),
+        visibility_delays: visibility_delays(env),
+    };
+    env.check(queue.max_receive_count >= 1, || "MAX_RECEIVE_COUNT must be at least 1".to_owned());
+    queue
+}
+
+fn stream_options(env: &mut Env<'_>) -> StreamOptions {
+    let defaults = StreamOptions::default();
+    let part_mib: usize = env.parsed("STREAM_PART_MIB", defaults.part_bytes >> 20);
+    let stream = StreamOptions {
+        part_bytes: part_mib << 20,
+        parts_in_flight: env.parsed("STREAM_PARTS_IN_FLIGHT", defaults.parts_in_flight),
+        stall: env.millis("STREAM_STALL_MS", defaults.stall.as_millis() as u64),
+        call_timeout: env.seconds("STREAM_CALL_TIMEOUT_SECS", defaults.call_timeout.as_secs()),
+        sftp: env.parsed("STREAM_SFTP", defaults.sftp),
+        ..defaults
+    };
+    // S3 refuses parts under 5 MiB but the last; 10,000 parts of 5 GiB bound the rest.
+    env.check((5..=5120).contains(&part_mib), || {
+        format!("STREAM_PART_MIB={part_mib} must be 5 to 5120 (S3's part sizes)")
+    });
+    env.check(stream.parts_in_flight >= 1 && !stream.call_timeout.is_zero(), || {
+        "STREAM_PARTS_IN_FLIGHT and STREAM_CALL_TIMEOUT_SECS must be at least 1".to_owned()
+    });
+    stream
 }
 
 fn visibility_delays(env: &mut Env<'_>) -> Vec<Duration> {
@@ -357,65 +333,6 @@ fn visibility_delays(env: &mut Env<'_>) -> Vec<Duration> {
             ));
             vec![Duration::from_secs(300)]
         }
-    }
-}
-
-/// What to do with a job older than the latest batch already delivered for its file name
-/// and target: SAP MRP replaces planned orders with the newest file it reads, so an older
-/// batch delivered after a newer one rolls the plan back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StaleBatch {
-    /// Not delivered: a permanent failure naming both jobs.
-    Fail,
-    /// Not delivered: the job ends with a receipt that says why.
-    Skip,
-    /// Delivered anyway.
-    Deliver,
-}
-
-impl FromStr for StaleBatch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fail" => Ok(Self::Fail),
-            "skip" => Ok(Self::Skip),
-            "deliver" => Ok(Self::Deliver),
-            other => Err(format!("{other:?} is not one of fail, skip, deliver")),
-        }
-    }
-}
-
-/// What one target's files look like; a target without variables of its own has the
-/// `default` profile.
-#[derive(Debug, Clone, Default)]
-pub struct Profile {
-    pub csv: CsvOptions,
-    pub file_names: FileNameTemplate,
-    pub trigger: Option<TriggerFile>,
-}
-
-impl Profile {
-    pub fn name(&self) -> &str {
-        &self.csv.profile
-    }
-}
-
-/// Every target's profile: each CSV, file-name and trigger variable `X` can be set for one
-/// target as `X_<TARGET>` (`CSV_DELIMITER_PF2=;`), which wins over `X`.
-#[derive(Debug, Clone)]
-pub struct Profiles {
-    pub default: Profile,
-    pub targets: BTreeMap<Target, Profile>,
-}
-
-impl Profiles {
-    /// One profile for every target.
-    pub fn uniform(profile: Profile) -> Self {
-        Self { default: profile, targets: BTreeMap::new() }
-    }
-
-    pub fn for_target(&self, target: &Target) -> &Profile {
-        self.targets.get(target).unwrap_or(&self.default)
     }
 }
 
@@ -499,19 +416,42 @@ fn profile(env: &mut Scoped<'_, '_>) -> Profile {
 }
 
 fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
-    let defaults = CsvOptions::default();
-    let delimiter = match env.get("CSV_DELIMITER") {
-        None => defaults.delimiter,
+    let encoding = csv_encoding(env);
+    let (decimal_separator, numeric_columns) = csv_decimals(env);
+    let (date_columns, date_format) = csv_dates(env);
+    CsvOptions {
+        profile: "default".to_owned(),
+        delimiter: csv_delimiter(env),
+        quoting: csv_quoting(env),
+        header: env.parsed("CSV_HEADER", true),
+        line_ending: csv_line_ending(env),
+        encoding,
+        replacement: csv_replacement(env, encoding),
+        columns: csv_columns(env),
+        date_columns,
+        date_format,
+        decimal_separator,
+        numeric_columns,
+    }
+}
+
+fn csv_delimiter(env: &mut Scoped<'_, '_>) -> u8 {
+    let default = CsvOptions::default().delimiter;
+    match env.get("CSV_DELIMITER") {
+        None => default,
         Some((_, d)) if d == "\\t" || d == "tab" => b'\t',
         Some((_, d)) if d.len() == 1 && d != "\"" && d != "\r" && d != "\n" => d.as_bytes()[0],
         Some((var, other)) => {
             env.problem(format!(
                 "{var}={other:?} must be one ASCII character other than a quote or line break, or 'tab'"
             ));
-            defaults.delimiter
+            default
         }
-    };
-    let quoting = match env.get("CSV_QUOTING") {
+    }
+}
+
+fn csv_quoting(env: &mut Scoped<'_, '_>) -> Quoting {
+    match env.get("CSV_QUOTING") {
         None => Quoting::Necessary,
         Some((_, q)) if q == "necessary" => Quoting::Necessary,
         Some((_, q)) if q == "always" => Quoting::Always,
@@ -520,8 +460,11 @@ fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
             env.problem(format!("{var}={other:?} is not necessary, always or non-numeric"));
             Quoting::Necessary
         }
-    };
-    let line_ending = match env.get("CSV_LINE_ENDING") {
+    }
+}
+
+fn csv_line_ending(env: &mut Scoped<'_, '_>) -> LineEnding {
+    match env.get("CSV_LINE_ENDING") {
         None => LineEnding::Crlf,
         Some((_, l)) if l == "crlf" => LineEnding::Crlf,
         Some((_, l)) if l == "lf" => LineEnding::Lf,
@@ -529,16 +472,22 @@ fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
             env.problem(format!("{var}={other:?} is not crlf or lf"));
             LineEnding::Crlf
         }
-    };
-    // `Order,Part:MATNR,Quantity:MENGE`: selection and order, `:` renames.
-    let columns = env.list("CSV_COLUMNS").map(|(_, list)| {
+    }
+}
+
+/// `Order,Part:MATNR,Quantity:MENGE`: selection and order, `:` renames.
+fn csv_columns(env: &mut Scoped<'_, '_>) -> Option<Vec<ColumnMapping>> {
+    env.list("CSV_COLUMNS").map(|(_, list)| {
         list.iter()
             .map(|c| match c.split_once(':') {
                 Some((source, header)) => ColumnMapping { source: source.trim().into(), header: header.trim().into() },
                 None => ColumnMapping { source: c.clone(), header: c.clone() },
             })
-            .collect::<Vec<_>>()
-    });
+            .collect()
+    })
+}
+
+fn csv_dates(env: &mut Scoped<'_, '_>) -> (Vec<String>, Option<time::format_description::OwnedFormatItem>) {
     let date_format = env.get("CSV_DATE_FORMAT").and_then(|(var, f)| {
         time::format_description::parse_owned::<2>(&f)
             .map_err(|e| env.problem(format!("{var}={f:?} is invalid: {e}")))
@@ -548,38 +497,46 @@ fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
     if !date_columns.is_empty() && date_format.is_none() {
         env.problem("CSV_DATE_COLUMNS needs CSV_DATE_FORMAT".to_owned());
     }
-    let mut encoding = env.parsed("CSV_ENCODING", Encoding::Utf8);
+    (date_columns, date_format)
+}
+
+fn csv_encoding(env: &mut Scoped<'_, '_>) -> Encoding {
+    let encoding = env.parsed("CSV_ENCODING", Encoding::Utf8);
     // CSV_BOM=true, from before CSV_ENCODING, is utf-8-bom.
-    if env.parsed("CSV_BOM", false) {
-        match encoding {
-            Encoding::Utf8 | Encoding::Utf8Bom => encoding = Encoding::Utf8Bom,
-            other => env.problem(format!(
-                "CSV_BOM=true asks for a UTF-8 byte-order mark, but CSV_ENCODING is {}",
-                other.name()
-            )),
+    if !env.parsed("CSV_BOM", false) {
+        return encoding;
+    }
+    match encoding {
+        Encoding::Utf8 | Encoding::Utf8Bom => Encoding::Utf8Bom,
+        other => {
+            env.problem(format!("CSV_BOM=true asks for a UTF-8 byte-order mark, but CSV_ENCODING is {}", other.name()));
+            other
         }
     }
-    let replacement = match env.get("CSV_REPLACEMENT_CHAR") {
-        None => None,
-        Some((var, r)) => {
-            let mut chars = r.chars();
-            match (chars.next(), chars.next()) {
-                (Some(c), None)
-                    if encoding.single_byte(c).is_some() || matches!(encoding, Encoding::Utf8 | Encoding::Utf8Bom) =>
-                {
-                    Some(c)
-                }
-                (Some(_), None) => {
-                    env.problem(format!("{var}={r:?} cannot itself be written in {}", encoding.name()));
-                    None
-                }
-                _ => {
-                    env.problem(format!("{var}={r:?} must be one character"));
-                    None
-                }
-            }
+}
+
+fn csv_replacement(env: &mut Scoped<'_, '_>, encoding: Encoding) -> Option<char> {
+    let (var, r) = env.get("CSV_REPLACEMENT_CHAR")?;
+    let mut chars = r.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None)
+            if encoding.single_byte(c).is_some() || matches!(encoding, Encoding::Utf8 | Encoding::Utf8Bom) =>
+        {
+            Some(c)
         }
-    };
+        (Some(_), None) => {
+            env.problem(format!("{var}={r:?} cannot itself be written in {}", encoding.name()));
+            None
+        }
+        _ => {
+            env.problem(format!("{var}={r:?} must be one character"));
+            None
+        }
+    }
+}
+
+/// The decimal separator and the columns it applies to.
+fn csv_decimals(env: &mut Scoped<'_, '_>) -> (u8, Option<Vec<String>>) {
     let decimal = env.get("CSV_DECIMAL_SEPARATOR");
     let decimal_separator = match &decimal {
         None => b'.',
@@ -599,20 +556,7 @@ fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
              so an identifier such as 100.200 is never rewritten"
         ));
     }
-    CsvOptions {
-        profile: "default".to_owned(),
-        delimiter,
-        quoting,
-        header: env.parsed("CSV_HEADER", true),
-        line_ending,
-        encoding,
-        replacement,
-        columns,
-        date_columns,
-        date_format,
-        decimal_separator,
-        numeric_columns,
-    }
+    (decimal_separator, numeric_columns)
 }
 
 #[cfg(test)]
@@ -638,20 +582,20 @@ mod tests {
     #[test]
     fn a_complete_worker_environment_parses_with_the_documented_defaults() {
         let config = WorkerConfig::from_lookup(&lookup(WORKER)).unwrap();
-        assert_eq!(config.retry, RetryPolicy::default());
-        assert_eq!(config.sftp_secret_ids.len(), 2);
+        assert_eq!(config.worker.retry, RetryPolicy::default());
+        assert_eq!(config.worker.sftp_secret_ids.len(), 2);
         assert_eq!(config.kinaxis.pages_in_flight, 4);
-        assert_eq!(config.sftp.existing, ExistingFilePolicy::Fail);
-        assert_eq!(config.stale_batch, StaleBatch::Fail);
-        assert_eq!(config.min_rows, 1);
-        assert_eq!(config.queue.max_receive_count, 5);
-        assert_eq!((config.stream.part_bytes, config.stream.parts_in_flight), (8 << 20, 4));
+        assert_eq!(config.worker.existing_file, ExistingFilePolicy::Fail);
+        assert_eq!(config.worker.stale_batch, StaleBatch::Fail);
+        assert_eq!(config.worker.min_rows, 1);
+        assert_eq!(config.worker.queue.max_receive_count, 5);
+        assert_eq!((config.worker.stream.part_bytes, config.worker.stream.parts_in_flight), (8 << 20, 4));
         assert_eq!(
-            (config.stream.stall, config.stream.call_timeout),
+            (config.worker.stream.stall, config.worker.stream.call_timeout),
             (Duration::from_secs(1), Duration::from_secs(60))
         );
-        assert!(config.stream.sftp);
-        let minutes: Vec<u64> = (1..=4).map(|n| config.queue.delay_after(n).as_secs() / 60).collect();
+        assert!(config.worker.stream.sftp);
+        let minutes: Vec<u64> = (1..=4).map(|n| config.worker.queue.delay_after(n).as_secs() / 60).collect();
         assert_eq!(minutes, [5, 20, 60, 60]);
     }
 
@@ -672,8 +616,11 @@ mod tests {
         let mut vars = WORKER.to_vec();
         vars.extend([("STREAM_PART_MIB", "16"), ("STREAM_STALL_MS", "250"), ("STREAM_SFTP", "false")]);
         let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
-        assert_eq!((config.stream.part_bytes, config.stream.stall), (16 << 20, Duration::from_millis(250)));
-        assert!(!config.stream.sftp);
+        assert_eq!(
+            (config.worker.stream.part_bytes, config.worker.stream.stall),
+            (16 << 20, Duration::from_millis(250))
+        );
+        assert!(!config.worker.stream.sftp);
         vars.extend([("STREAM_PART_MIB", "4"), ("STREAM_PARTS_IN_FLIGHT", "0")]);
         let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
         assert!(err.message.contains("STREAM_PART_MIB=4"), "{}", err.message);
@@ -741,8 +688,8 @@ mod tests {
             ("TRIGGER_FILE", "done"),
         ]);
         let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
-        let pf2 = config.profiles.for_target(&Target::parse("PF2").unwrap());
-        let wp2 = config.profiles.for_target(&Target::parse("WP2").unwrap());
+        let pf2 = config.worker.profiles.for_target(&Target::parse("PF2").unwrap());
+        let wp2 = config.worker.profiles.for_target(&Target::parse("WP2").unwrap());
         assert_eq!((pf2.name(), wp2.name()), ("PF2", "WP2"));
         assert_eq!((pf2.csv.delimiter, wp2.csv.delimiter), (b';', b'\t'));
         assert_eq!((pf2.csv.encoding, wp2.csv.encoding), (Encoding::Latin1, Encoding::Utf8));
@@ -754,7 +701,7 @@ mod tests {
         assert_eq!(wp2.trigger.as_ref().map(|t| t.name_for("a.csv")).as_deref(), Some("a.csv.done"));
         // A target with nothing of its own is on the default profile.
         let plain = WorkerConfig::from_lookup(&lookup(WORKER)).unwrap();
-        assert_eq!(plain.profiles.for_target(&Target::parse("PF2").unwrap()).name(), "default");
+        assert_eq!(plain.worker.profiles.for_target(&Target::parse("PF2").unwrap()).name(), "default");
     }
 
     #[test]
@@ -793,7 +740,7 @@ mod tests {
         let mut vars = WORKER.to_vec();
         vars.push(("TRIGGER_FILE", "{stem}.csv.ok"));
         let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
-        assert_eq!(config.profiles.default.trigger.unwrap().name_for("a.csv"), "a.csv.ok");
+        assert_eq!(config.worker.profiles.default.trigger.unwrap().name_for("a.csv"), "a.csv.ok");
     }
 
     #[test]
@@ -801,7 +748,7 @@ mod tests {
         let mut vars = WORKER.to_vec();
         vars.push(("CSV_BOM", "true"));
         let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
-        assert_eq!(config.profiles.default.csv.encoding, Encoding::Utf8Bom);
+        assert_eq!(config.worker.profiles.default.csv.encoding, Encoding::Utf8Bom);
         vars.push(("CSV_ENCODING", "windows-1252"));
         let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
         assert!(err.message.contains("CSV_BOM=true"), "{}", err.message);

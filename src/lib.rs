@@ -1,24 +1,33 @@
 //! maestro-relay: Kinaxis Maestro planned orders → CSV → SFTP to SAP PF2/WP2.
 //!
-//! All logic lives here; `src/bin/webhook.rs` and `src/bin/worker.rs` only wire it to the
-//! Lambda runtime and the AWS SDK clients.
+//! Read in the order the data flows: `webhook` accepts a batch and stages its `job`;
+//! `worker` runs it: `export` (Kinaxis → CSV) then `delivery` (SFTP, exactly once). Each
+//! imports only what lies below it (`scripts/module_graph.py` prints the layers); `app`
+//! wires the functions from `config` for the binaries in `src/bin/` and for the tests.
 
-pub mod allocator;
-pub mod aws;
+pub mod app;
 pub mod config;
-pub mod csv_out;
-pub mod error;
-pub mod export;
-pub mod job;
-pub mod kinaxis;
-pub mod memory;
-pub mod ports;
-pub mod retry;
-pub mod routing;
-pub mod secrets;
-pub mod sftp;
-pub mod telemetry;
+
 pub mod webhook;
 pub mod worker;
+
+pub mod delivery;
+pub mod export;
+
+pub mod aws;
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory;
+
+pub mod job;
+pub mod outlet;
+pub mod ports;
+pub mod secrets;
+
+pub mod allocator;
+pub mod csv_out;
+pub mod error;
+pub mod retry;
+pub mod routing;
+pub mod telemetry;
 
 pub use error::{Error, ErrorClass, Step};

@@ -6,7 +6,7 @@
 //! time and a server's `Retry-After` travels inside our error type; both are a few lines here.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -98,6 +98,18 @@ pub fn deadline_reached(step: Step, what: &str) -> Error {
             "{what}: the invocation's deadline (its timeout less the margin kept to record the outcome) was reached"
         ),
     )
+}
+
+/// `Retry-After` as delay-seconds or as an HTTP date (RFC 9110), relative to `now`; a date
+/// in the past is no wait. Extreme values are the retry policy's to clamp; nothing here
+/// can overflow.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -265,7 +277,7 @@ mod tests {
             };
             let now = std::time::SystemTime::now();
             for value in [header.to_string(), text.clone(), "Sun, 06 Nov 1994 08:49:37 GMT".to_owned(), "Fri, 31 Dec 9999 23:59:59 GMT".to_owned()] {
-                let after = crate::kinaxis::client::retry_after(&value, now);
+                let after = retry_after(&value, now);
                 let pause = policy.pause(retry, after);
                 proptest::prop_assert!(pause <= policy.max_delay);
             }
@@ -274,7 +286,6 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {
-        use crate::kinaxis::client::retry_after;
         let now = httpdate::parse_http_date("Fri, 27 Nov 2026 12:00:00 GMT").unwrap();
         assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(retry_after("Fri, 27 Nov 2026 12:00:30 GMT", now), Some(Duration::from_secs(30)));

@@ -1,7 +1,9 @@
-//! Secret shapes (Kinaxis client, SFTP targets, webhook credentials) and a per-container
-//! cache with a TTL in front of any `SecretSource`.
+//! Secret shapes (Kinaxis client, SFTP targets, webhook credentials), the port they are read
+//! through (`SecretSource`) and a per-container
+//! cache with a TTL in front of it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,11 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::error::{Error, Result, Step};
-use crate::ports::SecretSource;
+
+/// Secrets Manager: a secret's string by its id.
+pub trait SecretSource: Send + Sync {
+    fn secret_string(&self, secret_id: &str) -> impl Future<Output = Result<SecretString>> + Send;
+}
 
 /// `KINAXIS_SECRET_ID`: the OAuth client of the Kinaxis integration user.
 #[derive(Debug, Clone, Deserialize)]

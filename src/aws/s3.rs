@@ -14,15 +14,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::classify;
 use crate::error::{Error, Result, Step};
-use crate::ports::{CreateOutcome, Guarded, ObjectStore, Tagged};
+use crate::ports::{CreateOutcome, Guarded, ObjectStore, Tagged, PARTS_IN_FLIGHT};
 
 /// Files above this size go up in parts of this size: S3 needs parts of 5 MiB or more,
 /// and one PUT of a large file would be retried whole.
 pub const MULTIPART_PART_BYTES: u64 = 16 * 1024 * 1024;
-
-/// Parts of one file uploaded at once: enough to hide a part's round trip, few enough that
-/// memory stays a few parts.
-pub const PARTS_IN_FLIGHT: usize = 4;
 
 #[derive(Clone)]
 pub struct S3Store {

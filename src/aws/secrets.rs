@@ -4,7 +4,7 @@ use secrecy::SecretString;
 
 use super::classify;
 use crate::error::{Error, Result, Step};
-use crate::ports::SecretSource;
+use crate::secrets::SecretSource;
 
 #[derive(Clone)]
 pub struct SecretsManager {

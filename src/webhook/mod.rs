@@ -17,10 +17,10 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::error::Step;
-use crate::job::{self, keys, Manifest};
-use crate::ports::{CreateOutcome, ObjectStore, SecretSource};
-use crate::routing::RoutingTable;
-use crate::secrets::{parse_secret, CachedSecrets, WebhookCredentials};
+use crate::job::{self, keys, JobRequest, Manifest};
+use crate::ports::{CreateOutcome, ObjectStore};
+use crate::routing::{RoutingTable, Target};
+use crate::secrets::{parse_secret, CachedSecrets, SecretSource, WebhookCredentials};
 use crate::telemetry::{self, Metric, MetricScope};
 use auth::AuthMode;
 use policy::{AllowList, Cidr};
@@ -175,73 +175,24 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
     }
 
     async fn decide(&self, source: Option<IpAddr>, headers: &HeaderMap, body: &[u8], now: OffsetDateTime) -> Answer {
-        // Before anything else, and before authentication: a caller from elsewhere learns
-        // nothing, not even whether its signature would have passed.
-        if !self.settings.allowed_sources.is_empty() {
-            let admitted = source.is_some_and(|ip| self.settings.allowed_sources.iter().any(|net| net.contains(ip)));
-            if !admitted {
-                return Answer::problem(
-                    StatusCode::FORBIDDEN,
-                    "the source address is not allowed to call this webhook",
-                );
-            }
+        match self.accept(source, headers, body, now).await {
+            Ok(manifest) => self.stage(manifest).await,
+            Err(refusal) => refusal,
         }
+    }
 
-        if body.len() > self.settings.max_body_bytes {
-            return Answer::problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is {} bytes; the limit is {}", body.len(), self.settings.max_body_bytes),
-            );
-        }
-
-        let credentials = match self.credentials().await {
-            Ok(credentials) => credentials,
-            Err(answer) => return answer,
-        };
-        let verdict = auth::verify(
-            self.settings.auth_mode,
-            &credentials,
-            headers,
-            body,
-            now.unix_timestamp(),
-            self.settings.timestamp_tolerance,
-        );
-        if let Err(failure) = verdict {
-            return Answer::problem(StatusCode::UNAUTHORIZED, failure.0);
-        }
-
-        if let Some(content_type) = headers.get("content-type") {
-            if !is_json_media_type(content_type.to_str().unwrap_or("")) {
-                return Answer::problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
-            }
-        }
-
-        let mut request = match request::parse(body) {
-            Ok(request) => request,
-            Err(err) => return Answer::field_problem(StatusCode::BAD_REQUEST, &err.field, err.to_string()),
-        };
-
-        // Kinaxis needs WorksheetNames: a job without them could only fail later, so it is
-        // not accepted unless configuration names the worksheets to take.
-        if request.workbook.is_some() && request.worksheets.is_empty() {
-            if self.settings.default_worksheets.is_empty() {
-                return Answer::field_problem(
-                    StatusCode::BAD_REQUEST,
-                    "worksheets",
-                    "worksheets: is required (no WORKSHEETS default is configured, and Kinaxis needs the names)",
-                );
-            }
-            request.worksheets = self.settings.default_worksheets.clone();
-        }
-
-        let target = match self.settings.routes.route(&request.file_name) {
-            Ok(target) => target,
-            Err(reason) => return Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, "fileName", reason),
-        };
-        if let Err(refused) = self.settings.allow_list.check(&target, &request) {
-            return Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, &refused.field, refused.to_string());
-        }
-
+    /// The job a request asks for, or the answer that refuses it; checked in this order, so
+    /// that nothing is learnt before authentication.
+    async fn accept(
+        &self,
+        source: Option<IpAddr>,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Manifest, Answer> {
+        self.admit(source, body)?;
+        self.authenticate(headers, body, now).await?;
+        let (request, target) = self.job_request(headers, body)?;
         let idempotency_key = headers
             .get("webhook-id")
             .and_then(|v| v.to_str().ok())
@@ -258,10 +209,79 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         };
         if let Some(limit) = self.settings.daily_job_budget {
             if let Some(refusal) = self.spend_budget(limit, &manifest, now).await {
-                return refusal;
+                return Err(refusal);
             }
         }
-        self.stage(manifest).await
+        Ok(manifest)
+    }
+
+    /// The source address and the body's size, before authentication: a caller from
+    /// elsewhere learns nothing, not even whether its signature would have passed.
+    fn admit(&self, source: Option<IpAddr>, body: &[u8]) -> Result<(), Answer> {
+        if !self.settings.allowed_sources.is_empty() {
+            let admitted = source.is_some_and(|ip| self.settings.allowed_sources.iter().any(|net| net.contains(ip)));
+            if !admitted {
+                return Err(Answer::problem(
+                    StatusCode::FORBIDDEN,
+                    "the source address is not allowed to call this webhook",
+                ));
+            }
+        }
+        if body.len() > self.settings.max_body_bytes {
+            return Err(Answer::problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is {} bytes; the limit is {}", body.len(), self.settings.max_body_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn authenticate(&self, headers: &HeaderMap, body: &[u8], now: OffsetDateTime) -> Result<(), Answer> {
+        let credentials = self.credentials().await?;
+        auth::verify(
+            self.settings.auth_mode,
+            &credentials,
+            headers,
+            body,
+            now.unix_timestamp(),
+            self.settings.timestamp_tolerance,
+        )
+        .map_err(|failure| Answer::problem(StatusCode::UNAUTHORIZED, failure.0))
+    }
+
+    /// The authenticated body as a job request, its target and the allow-list's consent.
+    fn job_request(&self, headers: &HeaderMap, body: &[u8]) -> Result<(JobRequest, Target), Answer> {
+        if let Some(content_type) = headers.get("content-type") {
+            if !is_json_media_type(content_type.to_str().unwrap_or("")) {
+                return Err(Answer::problem(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "Content-Type must be application/json",
+                ));
+            }
+        }
+        let mut request = request::parse(body)
+            .map_err(|err| Answer::field_problem(StatusCode::BAD_REQUEST, &err.field, err.to_string()))?;
+        // Kinaxis needs WorksheetNames: a job without them could only fail later, so it is
+        // not accepted unless configuration names the worksheets to take.
+        if request.workbook.is_some() && request.worksheets.is_empty() {
+            if self.settings.default_worksheets.is_empty() {
+                return Err(Answer::field_problem(
+                    StatusCode::BAD_REQUEST,
+                    "worksheets",
+                    "worksheets: is required (no WORKSHEETS default is configured, and Kinaxis needs the names)",
+                ));
+            }
+            request.worksheets = self.settings.default_worksheets.clone();
+        }
+        let target = self
+            .settings
+            .routes
+            .route(&request.file_name)
+            .map_err(|reason| Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, "fileName", reason))?;
+        self.settings.allow_list.check(&target, &request).map_err(|refused| {
+            Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, &refused.field, refused.to_string())
+        })?;
+        Ok((request, target))
     }
 
     /// The webhook credentials, checked for the active mode. A store that does not answer

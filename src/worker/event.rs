@@ -1,13 +1,14 @@
-//! What invokes the worker: an SQS batch of S3 notifications for `jobs/…`, or a console
-//! re-run `{"jobKey": "jobs/<jobId>.json"}`; decoded into typed events.
+//! The worker's Lambda boundary: what invokes it (an SQS batch of S3 notifications for
+//! `jobs/…`, or a console re-run `{"jobKey": "jobs/<jobId>.json"}`), decoded into typed
+//! events, and what it answers (`SqsBatchResponse`, or the console run's outcome).
 
 use aws_lambda_events::s3::S3Entity;
-use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
-use serde::Deserialize;
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result, Step};
-use crate::job::keys;
+use crate::job::{keys, Receipt};
 
 /// The worker's invocation.
 #[derive(Debug, Clone)]
@@ -17,6 +18,32 @@ pub enum WorkerEvent {
     Console {
         job_key: String,
     },
+}
+
+/// Decoded as `decode` does, so a malformed event fails with the same message whether it
+/// comes through the Lambda runtime or a test.
+impl<'de> Deserialize<'de> for WorkerEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let event = Value::deserialize(deserializer)?;
+        Self::decode(event).map_err(|e| serde::de::Error::custom(e.chain()))
+    }
+}
+
+/// The worker's answer: the messages SQS must hand out again, or a console run's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum WorkerResponse {
+    Queue(SqsBatchResponse),
+    Console(ConsoleOutcome),
+}
+
+/// What a console re-run did, as `{"status": …}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum ConsoleOutcome {
+    Delivered { receipt: Box<Receipt> },
+    AlreadyDelivered,
+    Skipped { receipt: Box<Receipt> },
 }
 
 #[derive(Deserialize)]

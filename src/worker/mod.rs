@@ -3,11 +3,13 @@
 //! rename) → receipt, every step bounded by the invocation's deadline, every end reported;
 //! and what the jobs queue is told (retry later, or the dead-letter queue now).
 
-pub mod delivery;
 pub mod event;
 pub mod lease;
 mod report;
+mod settings;
 pub mod stream;
+
+pub use settings::{QueueSettings, StaleBatch, WorkerSettings, RECORD_OUTCOME_BUDGET};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,24 +17,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_lambda_events::sqs::SqsMessage;
-use serde_json::{json, Value};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::config::{StaleBatch, WorkerConfig};
+use crate::delivery::{self, FileDelivery};
 use crate::error::{Error, ErrorClass, Result, Step};
-use crate::export::ExportedFile;
 use crate::job::{
-    keys, DeliveryRecord, DeliveryState, FailureRecord, LatestDelivery, LeaseRecord, Manifest, Receipt, StagedFile,
+    keys, DeliveryRecord, DeliveryState, ExportedFile, FailureRecord, LatestDelivery, LeaseRecord, Manifest, Receipt,
+    StagedFile,
 };
-use crate::ports::{CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, Outlets, SecretSource, WorkbookSource};
+use crate::outlet::Outlets;
+use crate::ports::{CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, WorkbookSource};
 use crate::retry::deadline_reached;
-use crate::secrets::{CachedSecrets, KinaxisCredentials, KinaxisLogin, SftpCredentials};
+use crate::secrets::{CachedSecrets, KinaxisCredentials, KinaxisLogin, SecretSource, SftpCredentials};
 use crate::telemetry::{self, Metric, MetricScope};
-use delivery::FileDelivery;
-use event::WorkerEvent;
+pub use event::{ConsoleOutcome, WorkerEvent, WorkerResponse};
 use lease::Lease;
 use report::JobEnd;
 
@@ -72,7 +73,7 @@ pub struct Worker<S, K, W, D, Q> {
     source: W,
     drop: D,
     queue: Q,
-    config: WorkerConfig,
+    settings: WorkerSettings,
     stream: stream::StreamOptions,
 }
 
@@ -118,9 +119,9 @@ where
     D: FileDrop,
     Q: JobQueue,
 {
-    pub fn new(store: S, secrets: CachedSecrets<K>, source: W, drop: D, queue: Q, config: WorkerConfig) -> Self {
-        let stream = config.stream.clone();
-        Self { store, secrets: Arc::new(secrets), source, drop, queue, config, stream }
+    pub fn new(store: S, secrets: CachedSecrets<K>, source: W, drop: D, queue: Q, settings: WorkerSettings) -> Self {
+        let stream = settings.stream.clone();
+        Self { store, secrets: Arc::new(secrets), source, drop, queue, settings, stream }
     }
 
     /// How the export is streamed to staging and SFTP (part sizes, queue depths), in place
@@ -133,9 +134,9 @@ where
     /// The Kinaxis credentials as cached, and a way past the cache for when Kinaxis refuses
     /// them: a secret rotated in the meantime is read again once.
     async fn kinaxis_login(&self) -> Result<KinaxisLogin> {
-        let credentials: KinaxisCredentials = self.secrets.get_json(&self.config.kinaxis_secret_id).await?;
+        let credentials: KinaxisCredentials = self.secrets.get_json(&self.settings.kinaxis_secret_id).await?;
         let secrets = self.secrets.clone();
-        let secret_id = self.config.kinaxis_secret_id.clone();
+        let secret_id = self.settings.kinaxis_secret_id.clone();
         let reread: crate::secrets::RereadCredentials = Arc::new(move || {
             let secrets = secrets.clone();
             let secret_id = secret_id.clone();
@@ -150,27 +151,41 @@ where
     /// The Lambda entry; `deadline` is the invocation's own. An SQS batch answers its
     /// failed items (`ReportBatchItemFailures`); a console re-run answers the outcome or
     /// fails the invocation.
-    pub async fn handle_event(&self, event: &Value, deadline: Instant) -> Result<Value> {
-        match WorkerEvent::decode(event.clone())? {
+    pub async fn handle_event(&self, event: WorkerEvent, deadline: Instant) -> Result<WorkerResponse> {
+        match event {
             WorkerEvent::Queue(batch) => {
-                let mut failures = Vec::new();
+                let mut response = SqsBatchResponse::default();
                 for message in &batch.records {
                     if !self.handle_message(message, deadline).await {
-                        failures.push(json!({"itemIdentifier": message.message_id.as_deref().unwrap_or_default()}));
+                        response.add_failure(message.message_id.as_deref().unwrap_or_default());
                     }
                 }
-                Ok(json!({"batchItemFailures": failures}))
+                Ok(WorkerResponse::Queue(response))
             }
-            WorkerEvent::Console { job_key } => match self.run_job(&job_key, deadline, Trigger::Console).await? {
-                JobOutcome::Delivered(receipt) => Ok(json!({"status": "delivered", "receipt": receipt})),
-                JobOutcome::AlreadyDelivered => Ok(json!({"status": "already-delivered"})),
-                JobOutcome::Skipped(receipt) => Ok(json!({"status": "skipped", "receipt": receipt})),
-                JobOutcome::Busy { owner, until } => Err(Error::transient(
-                    Step::Lease,
-                    format!("another run ({owner}) holds the job's lease until {until}; try again after it"),
-                )),
-            },
+            WorkerEvent::Console { job_key } => {
+                let outcome = match self.run_job(&job_key, deadline, Trigger::Console).await? {
+                    JobOutcome::Delivered(receipt) => ConsoleOutcome::Delivered { receipt: Box::new(receipt) },
+                    JobOutcome::AlreadyDelivered => ConsoleOutcome::AlreadyDelivered,
+                    JobOutcome::Skipped(receipt) => ConsoleOutcome::Skipped { receipt: Box::new(receipt) },
+                    JobOutcome::Busy { owner, until } => {
+                        return Err(Error::transient(
+                            Step::Lease,
+                            format!("another run ({owner}) holds the job's lease until {until}; try again after it"),
+                        ))
+                    }
+                };
+                Ok(WorkerResponse::Console(outcome))
+            }
         }
+    }
+
+    /// `handle_event` on the JSON the Lambda runtime hands over, answering the JSON it
+    /// sends back: for tests that drive the worker with the sample events.
+    #[cfg(any(test, feature = "test-support"))]
+    pub async fn handle_json(&self, event: &serde_json::Value, deadline: Instant) -> Result<serde_json::Value> {
+        let response = self.handle_event(WorkerEvent::decode(event.clone())?, deadline).await?;
+        serde_json::to_value(response)
+            .map_err(|e| Error::permanent(Step::Receipt, "serialising the worker's answer").caused_by(e))
     }
 
     /// One queue message; `true` when it is done with (acknowledged), `false` when SQS must
@@ -182,7 +197,7 @@ where
             Ok(keys) => keys,
             Err(err) => {
                 tracing::error!(error = %err.chain(), "a message that names no job; sent to the dead-letter queue");
-                let scope = MetricScope { stack: &self.config.stack_name, function: "worker", target: None };
+                let scope = MetricScope { stack: &self.settings.stack_name, function: "worker", target: None };
                 let metrics = [("JobsFailed", Metric::Count(1.0)), ("JobsFailedFinal", Metric::Count(1.0))];
                 telemetry::emit(&telemetry::emf_record(scope, &metrics, &[]));
                 return self.dead_letter(body, &err, deadline).await;
@@ -194,7 +209,7 @@ where
                 // On the last receive a failed message would reach the DLQ by the queue's
                 // redrive and raise its alarm although the lease holder is at work: it is
                 // acknowledged instead, and the holder's own outcome reaches people.
-                Ok(JobOutcome::Busy { owner, .. }) if receive_count >= self.config.queue.max_receive_count => {
+                Ok(JobOutcome::Busy { owner, .. }) if receive_count >= self.settings.queue.max_receive_count => {
                     tracing::warn!(lease_owner = %owner, receive_count, "the last receive found the job held by another run; acknowledged, that run owns the outcome");
                 }
                 Ok(JobOutcome::Busy { .. }) => return self.retry_later(message, receive_count, deadline).await,
@@ -212,7 +227,7 @@ where
         match trigger {
             _ if !err.is_transient() => true,
             Trigger::Console => true,
-            Trigger::Queue { receive_count } => receive_count >= self.config.queue.max_receive_count,
+            Trigger::Queue { receive_count } => receive_count >= self.settings.queue.max_receive_count,
         }
     }
 
@@ -235,7 +250,7 @@ where
 
     /// Fails the message and keeps it invisible for the configured wait.
     async fn retry_later(&self, message: &SqsMessage, receive_count: u32, deadline: Instant) -> bool {
-        let delay = self.config.queue.delay_after(receive_count);
+        let delay = self.settings.queue.delay_after(receive_count);
         if let Some(handle) = message.receipt_handle.as_deref() {
             match tokio::time::timeout_at(deadline, self.queue.retry_later(handle, delay)).await {
                 Ok(Ok(())) => {
@@ -262,7 +277,7 @@ where
         }
         async {
             let started = Instant::now();
-            let margin = self.config.deadline_margin;
+            let margin = self.settings.deadline_margin;
             let remaining = deadline.saturating_duration_since(started);
             let work_deadline = deadline.checked_sub(margin).unwrap_or(started);
             let run = Run {
@@ -290,7 +305,7 @@ where
             let timings = lock(&run.timings).clone();
             let target = lock(&run.target).clone();
             let end = JobEnd {
-                stack: &self.config.stack_name,
+                stack: &self.settings.stack_name,
                 job_id: &run.job_id,
                 target: target.as_deref(),
                 timings: &timings,
@@ -316,7 +331,7 @@ where
     }
 
     async fn run_steps(&self, run: &Run, job_key: &str) -> Result<JobOutcome> {
-        let retry = &self.config.retry;
+        let retry = &self.settings.retry;
         let job_id = run.job_id.as_str();
         run.at(Step::Manifest);
         let (manifest_bytes, _) = retry
@@ -347,7 +362,7 @@ where
         }
 
         run.at(Step::Lease);
-        let grace = time::Duration::try_from(self.config.lease_grace).unwrap_or(time::Duration::MINUTE);
+        let grace = time::Duration::try_from(self.settings.lease_grace).unwrap_or(time::Duration::MINUTE);
         let now = OffsetDateTime::now_utc();
         let record =
             LeaseRecord { owner: run.owner.clone(), acquired_at: now, expires_at: run.function_deadline_utc + grace };
@@ -375,8 +390,8 @@ where
     }
 
     async fn steps(&self, run: &Run, manifest: &Manifest) -> Result<JobOutcome> {
-        let spool = tempfile::TempDir::new_in(&self.config.spool_dir).map_err(|e| {
-            Error::transient(Step::Convert, format!("creating a spool folder in {}", self.config.spool_dir.display()))
+        let spool = tempfile::TempDir::new_in(&self.settings.spool_dir).map_err(|e| {
+            Error::transient(Step::Convert, format!("creating a spool folder in {}", self.settings.spool_dir.display()))
                 .caused_by(e)
         })?;
         let step_started = Instant::now();
@@ -483,7 +498,7 @@ where
     async fn has_receipt(&self, run: &Run) -> Result<bool> {
         let key = keys::receipt(&run.job_id);
         let (found, _) = self
-            .config
+            .settings
             .retry
             .run(run.work_deadline, Step::Receipt, "check receipt", |_| self.store.exists(&key))
             .await
@@ -495,7 +510,7 @@ where
         let bytes = serde_json::to_vec_pretty(receipt)
             .map_err(|e| Error::permanent(Step::Receipt, "serialising the receipt").caused_by(e))?;
         let key = keys::receipt(&run.job_id);
-        self.config
+        self.settings
             .retry
             .run(run.finish_deadline, Step::Receipt, "write receipt", |_| {
                 self.store.put(&key, bytes.clone(), "application/json")
@@ -505,7 +520,7 @@ where
         // A failure record of an earlier attempt no longer describes the job.
         let failure_key = keys::failure(&run.job_id);
         let removed = self
-            .config
+            .settings
             .retry
             .run(run.finish_deadline, Step::Receipt, "remove the failure record", |_| self.store.delete(&failure_key));
         if let Err(err) = removed.await {
@@ -524,13 +539,13 @@ where
     /// no rows, or fewer than `MIN_ROWS`, would wipe the plan.
     fn check_row_counts(&self, files: &[ExportedFile]) -> Result<()> {
         for file in files {
-            if file.file.stats.rows < self.config.min_rows {
+            if file.file.stats.rows < self.settings.min_rows {
                 return Err(Error::permanent(
                     Step::Fetch,
                     format!(
                         "worksheet {:?} has {} rows, fewer than MIN_ROWS={}: not delivered, as SAP would replace \
                          its planned orders with it",
-                        file.file.worksheet, file.file.stats.rows, self.config.min_rows
+                        file.file.worksheet, file.file.stats.rows, self.settings.min_rows
                     ),
                 ));
             }
@@ -541,12 +556,12 @@ where
     /// A job older than the latest batch delivered for its file name and target, per
     /// `STALE_BATCH`: `Some` when it ends here (skipped), an error when it fails.
     async fn stale_batch(&self, run: &Run, manifest: &Manifest) -> Result<Option<JobOutcome>> {
-        if self.config.stale_batch == StaleBatch::Deliver {
+        if self.settings.stale_batch == StaleBatch::Deliver {
             return Ok(None);
         }
         let key = keys::latest(manifest.target.as_str(), crate::routing::file_name_stem(&manifest.request.file_name));
         let (latest, _) = self
-            .config
+            .settings
             .retry
             .run(run.work_deadline, Step::Deliver, "read the latest delivery", |_| self.store.get(&key))
             .await?;
@@ -565,9 +580,9 @@ where
             latest.received_at,
             manifest.target,
             manifest.request.file_name,
-            if self.config.stale_batch == StaleBatch::Skip { "skip" } else { "fail" },
+            if self.settings.stale_batch == StaleBatch::Skip { "skip" } else { "fail" },
         );
-        if self.config.stale_batch == StaleBatch::Fail {
+        if self.settings.stale_batch == StaleBatch::Fail {
             return Err(Error::permanent(Step::Deliver, why));
         }
         let receipt = Receipt {
@@ -592,7 +607,7 @@ where
         let mine = LatestDelivery { job_id: manifest.job_id.clone(), received_at: manifest.received_at };
         let bytes = serde_json::to_vec(&mine)
             .map_err(|e| Error::permanent(Step::Receipt, "serialising the latest delivery").caused_by(e))?;
-        let retry = &self.config.retry;
+        let retry = &self.settings.retry;
         let deadline = run.finish_deadline;
         let at_receipt = |e: Error| e.at(Step::Receipt);
         for _ in 0..5 {
@@ -643,7 +658,7 @@ where
 
     /// The CSVs of an earlier attempt, when staging completed; downloaded into `dir`.
     async fn staged_files(&self, run: &Run, dir: &Path) -> Result<Option<Vec<ExportedFile>>> {
-        let retry = &self.config.retry;
+        let retry = &self.settings.retry;
         let index_key = keys::staged_index(&run.job_id);
         let (index, _) =
             retry.run(run.work_deadline, Step::Stage, "read staged index", |_| self.store.get(&index_key)).await?;
@@ -667,7 +682,7 @@ where
 
     /// The index that marks staging complete, once every CSV is staged.
     async fn write_staged_index(&self, run: &Run, files: &[ExportedFile]) -> Result<()> {
-        let retry = &self.config.retry;
+        let retry = &self.settings.retry;
         let index: Vec<&StagedFile> = files.iter().map(|f| &f.file).collect();
         let bytes = serde_json::to_vec_pretty(&index)
             .map_err(|e| Error::permanent(Step::Stage, "serialising the staged index").caused_by(e))?;
@@ -690,7 +705,7 @@ where
             Ok::<_, Error>(records)
         };
         let (records, _) =
-            self.config.retry.run(run.work_deadline, Step::Deliver, "read delivery records", |_| read()).await?;
+            self.settings.retry.run(run.work_deadline, Step::Deliver, "read delivery records", |_| read()).await?;
         Ok(records)
     }
 
@@ -705,7 +720,7 @@ where
         folder: Option<D::Folder>,
     ) -> Result<(Vec<DeliveryRecord>, u32)> {
         let job_id = run.job_id.as_str();
-        let trigger = self.config.profiles.for_target(&manifest.target).trigger.as_ref();
+        let trigger = self.settings.profiles.for_target(&manifest.target).trigger.as_ref();
         // Done: every data file delivered, and its trigger settled where one is asked for.
         let finished = |r: &DeliveryRecord| {
             r.state == DeliveryState::Delivered
@@ -715,7 +730,7 @@ where
             tracing::info!(files = done.len(), "every file was delivered by an earlier attempt");
             return Ok((done, 0));
         }
-        let secret_id = self.config.sftp_secret_ids.get(&manifest.target).ok_or_else(|| {
+        let secret_id = self.settings.sftp_secret_ids.get(&manifest.target).ok_or_else(|| {
             Error::permanent(
                 Step::Deliver,
                 format!("no SFTP_SECRET_ID_{} is configured for the job's target", manifest.target),
@@ -724,7 +739,7 @@ where
         // The upload stops itself at the work deadline and removes its temporary; cutting the
         // attempt at that same instant would drop it before it can. So the attempt is cut a
         // little later, still well inside the margin, and no blocking SFTP call outlasts that.
-        let cut_at = run.work_deadline + self.config.deadline_margin / 4;
+        let cut_at = run.work_deadline + self.settings.deadline_margin / 4;
         // The folder the export streamed into serves the first try.
         let streamed_into = Mutex::new(folder);
         let deliver_all = || async {
@@ -752,7 +767,7 @@ where
                     store: &self.store,
                     job_id,
                     file,
-                    policy: self.config.sftp.existing,
+                    policy: self.settings.existing_file,
                     attempt,
                     deadline: run.work_deadline,
                     trigger,
@@ -764,7 +779,7 @@ where
             }
             Ok::<_, Error>(delivered)
         };
-        self.config.retry.run(cut_at, Step::Deliver, "sftp deliver", |_| deliver_all()).await
+        self.settings.retry.run(cut_at, Step::Deliver, "sftp deliver", |_| deliver_all()).await
     }
 }
 

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::JobOutcome;
 use crate::error::{Error, Result};
-use crate::job::{keys, FailureRecord};
+use crate::job::{keys, FailureRecord, Receipt};
 use crate::ports::ObjectStore;
 use crate::telemetry::{self, capitalise, Metric, MetricScope};
 
@@ -27,7 +27,6 @@ pub(super) struct JobEnd<'a> {
 
 impl JobEnd<'_> {
     pub async fn report(&self, store: &impl ObjectStore, result: &Result<JobOutcome>) {
-        let timing = |step: &str| self.timings.get(step).copied();
         let durations: Vec<(String, Metric)> = self
             .timings
             .iter()
@@ -35,38 +34,7 @@ impl JobEnd<'_> {
             .collect();
         let mut metrics: Vec<(&str, Metric)> = durations.iter().map(|(n, m)| (n.as_str(), *m)).collect();
         match result {
-            Ok(JobOutcome::Delivered(receipt)) => {
-                for line in receipt.reconciliation.iter().filter(|r| !r.matches) {
-                    tracing::warn!(
-                        file = %line.file_name,
-                        kinaxis_total_rows = line.kinaxis_total_row_count,
-                        rows_written = line.rows_written,
-                        bytes = line.bytes,
-                        remote_size = line.remote_size_after_rename,
-                        "the receipt's figures do not reconcile: check this file before signing the batch off"
-                    );
-                }
-                tracing::info!(
-                    reconciled = receipt.reconciliation.iter().all(|r| r.matches),
-                    outcome = "delivered",
-                    target = %receipt.target,
-                    rows = receipt.rows,
-                    bytes = receipt.bytes,
-                    files = receipt.files.len(),
-                    attempts = receipt.attempts,
-                    total_ms = timing("total"),
-                    fetch_ms = timing("fetch"),
-                    stage_ms = timing("stage"),
-                    restore_ms = timing("restore"),
-                    deliver_ms = timing("deliver"),
-                    "job summary"
-                );
-                metrics.extend([
-                    ("JobsDelivered", Metric::Count(1.0)),
-                    ("Rows", Metric::Count(receipt.rows as f64)),
-                    ("Bytes", Metric::Bytes(receipt.bytes as f64)),
-                ]);
-            }
+            Ok(JobOutcome::Delivered(receipt)) => self.delivered(receipt, &mut metrics),
             Ok(JobOutcome::Skipped(receipt)) => {
                 tracing::warn!(outcome = "skipped", reason = receipt.skipped.as_deref().unwrap_or(""), "job summary");
                 metrics = vec![("JobsSkipped", Metric::Count(1.0))];
@@ -79,21 +47,7 @@ impl JobEnd<'_> {
                 tracing::info!(outcome = "busy", lease_owner = %owner, lease_until = %until, "job summary: another run holds the job's lease; not run now");
                 metrics = vec![("JobsBusy", Metric::Count(1.0))];
             }
-            Err(err) => {
-                tracing::error!(
-                    outcome = "failed",
-                    class = %err.class,
-                    step = %err.step,
-                    final_failure = self.final_failure,
-                    error = %err.chain(),
-                    total_ms = timing("total"),
-                    "job summary"
-                );
-                metrics.push(("JobsFailed", Metric::Count(1.0)));
-                if self.final_failure {
-                    metrics.push(("JobsFailedFinal", Metric::Count(1.0)));
-                }
-            }
+            Err(err) => self.failed(err, &mut metrics),
         }
         let target = match result {
             Ok(JobOutcome::Delivered(receipt)) => Some(receipt.target.as_str()),
@@ -107,6 +61,60 @@ impl JobEnd<'_> {
             if self.record_failure {
                 self.record_failure(store, err).await;
             }
+        }
+    }
+
+    fn timing(&self, step: &str) -> Option<u64> {
+        self.timings.get(step).copied()
+    }
+
+    /// The summary line of a delivered job, a warning per file that does not reconcile.
+    fn delivered(&self, receipt: &Receipt, metrics: &mut Vec<(&str, Metric)>) {
+        for line in receipt.reconciliation.iter().filter(|r| !r.matches) {
+            tracing::warn!(
+                file = %line.file_name,
+                kinaxis_total_rows = line.kinaxis_total_row_count,
+                rows_written = line.rows_written,
+                bytes = line.bytes,
+                remote_size = line.remote_size_after_rename,
+                "the receipt's figures do not reconcile: check this file before signing the batch off"
+            );
+        }
+        tracing::info!(
+            reconciled = receipt.reconciliation.iter().all(|r| r.matches),
+            outcome = "delivered",
+            target = %receipt.target,
+            rows = receipt.rows,
+            bytes = receipt.bytes,
+            files = receipt.files.len(),
+            attempts = receipt.attempts,
+            total_ms = self.timing("total"),
+            fetch_ms = self.timing("fetch"),
+            stage_ms = self.timing("stage"),
+            restore_ms = self.timing("restore"),
+            deliver_ms = self.timing("deliver"),
+            "job summary"
+        );
+        metrics.extend([
+            ("JobsDelivered", Metric::Count(1.0)),
+            ("Rows", Metric::Count(receipt.rows as f64)),
+            ("Bytes", Metric::Bytes(receipt.bytes as f64)),
+        ]);
+    }
+
+    fn failed(&self, err: &Error, metrics: &mut Vec<(&str, Metric)>) {
+        tracing::error!(
+            outcome = "failed",
+            class = %err.class,
+            step = %err.step,
+            final_failure = self.final_failure,
+            error = %err.chain(),
+            total_ms = self.timing("total"),
+            "job summary"
+        );
+        metrics.push(("JobsFailed", Metric::Count(1.0)));
+        if self.final_failure {
+            metrics.push(("JobsFailedFinal", Metric::Count(1.0)));
         }
     }
 

@@ -15,12 +15,15 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::{delivery, Run, Worker};
+use super::{Run, Worker};
 use crate::csv_out::FileStats;
+use crate::delivery;
 use crate::error::{Error, Result, Step};
-use crate::export::ExportedFile;
+use crate::job::ExportedFile;
 use crate::job::{keys, DeliveryRecord, DeliveryState, Manifest, StagedFile};
-use crate::ports::{FileDrop, JobQueue, ObjectStore, RemoteFolder, SecretSource, StreamedFile, WorkbookSource};
+use crate::outlet::StreamedFile;
+use crate::ports::{FileDrop, JobQueue, ObjectStore, RemoteFolder, WorkbookSource};
+use crate::secrets::SecretSource;
 use crate::secrets::SftpCredentials;
 
 /// How the export is streamed.
@@ -47,7 +50,7 @@ impl Default for StreamOptions {
     fn default() -> Self {
         Self {
             part_bytes: 8 * 1024 * 1024,
-            parts_in_flight: crate::aws::s3::PARTS_IN_FLIGHT,
+            parts_in_flight: crate::ports::PARTS_IN_FLIGHT,
             chunk_bytes: 256 * 1024,
             depth: 16,
             stall: Duration::from_secs(1),
@@ -131,10 +134,10 @@ where
     }
 
     async fn open_folder(&self, run: &Run, manifest: &Manifest) -> Option<D::Folder> {
-        let secret_id = self.config.sftp_secret_ids.get(&manifest.target)?;
+        let secret_id = self.settings.sftp_secret_ids.get(&manifest.target)?;
         let opened = async {
             let credentials: SftpCredentials = self.secrets.get_json(secret_id).await?;
-            self.drop.open(credentials, run.work_deadline + self.config.deadline_margin / 4).await
+            self.drop.open(credentials, run.work_deadline + self.settings.deadline_margin / 4).await
         };
         match opened.await {
             Ok(folder) => Some(folder),
@@ -294,7 +297,7 @@ where
         files: &[ExportedFile],
         streamed: &mut [Streamed],
     ) -> Result<Temporaries> {
-        let retry = &self.config.retry;
+        let retry = &self.settings.retry;
         let mut temporaries = Temporaries::new();
         for file in files {
             let stats = &file.file.stats;

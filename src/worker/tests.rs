@@ -139,7 +139,7 @@ impl World {
             Arc::clone(&self.source),
             Arc::clone(&self.drop),
             Arc::clone(&self.queue),
-            config,
+            config.worker,
         )
         .with_stream_options(self.stream.clone())
     }
@@ -507,10 +507,10 @@ async fn with_the_file_already_there_overwrite_replaces_it_in_one_step_or_says_i
         let record = &receipt.files[0];
         let ops = world.drop.operations();
         if atomic {
-            assert_eq!(record.replaced, Some(crate::ports::Replaced::Atomically));
+            assert_eq!(record.replaced, Some(crate::job::Replaced::Atomically));
             assert!(!ops.contains(&format!("remove {name}")), "{ops:?}");
         } else {
-            assert_eq!(record.replaced, Some(crate::ports::Replaced::RemovedFirst));
+            assert_eq!(record.replaced, Some(crate::job::Replaced::RemovedFirst));
             assert!(ops.contains(&format!("remove {name}")), "{ops:?}");
         }
         assert_eq!(record.remote_size, Some(record.file.stats.bytes));
@@ -592,7 +592,7 @@ async fn a_run_that_finds_the_lease_held_neither_exports_nor_records_a_failure_a
     world.crash_run(&world.store.crash).await;
     let exports = world.source.exports();
 
-    let answer = world.worker().handle_event(&sqs_event(&world.job_key(), 1), far()).await.unwrap();
+    let answer = world.worker().handle_json(&sqs_event(&world.job_key(), 1), far()).await.unwrap();
     assert_eq!(answer["batchItemFailures"].as_array().map(Vec::len), Some(1));
     assert_eq!(world.source.exports(), exports, "no export while another run holds the lease");
     assert!(world.failure().is_none());
@@ -601,7 +601,7 @@ async fn a_run_that_finds_the_lease_held_neither_exports_nor_records_a_failure_a
         [QueueCall::RetryLater { receipt_handle: "rh-1".into(), delay: Duration::from_secs(300) }]
     );
     // A console re-run honours the lease too, and says until when.
-    let err = world.worker().handle_event(&json!({"jobKey": world.job_key()}), far()).await.unwrap_err();
+    let err = world.worker().handle_json(&json!({"jobKey": world.job_key()}), far()).await.unwrap_err();
     assert_eq!(err.step, Step::Lease, "{}", err.chain());
 }
 
@@ -633,7 +633,7 @@ fn sqs_event(job_key: &str, receive_count: u32) -> Value {
 async fn a_permanent_failure_goes_to_the_dead_letter_queue_at_once_and_is_acknowledged() {
     let world = World::new(MemorySource::new(5), MemoryDrop::new());
     world.source.fail(1, false);
-    let answer = world.worker().handle_event(&sqs_event(&world.job_key(), 1), far()).await.unwrap();
+    let answer = world.worker().handle_json(&sqs_event(&world.job_key(), 1), far()).await.unwrap();
     assert_eq!(answer, json!({"batchItemFailures": []}));
     let calls = world.queue.calls();
     assert!(matches!(&calls[..], [QueueCall::DeadLetter { reason, .. }] if reason.contains("permanent")), "{calls:?}");
@@ -645,7 +645,7 @@ async fn a_transient_failure_waits_longer_each_receive_and_the_last_receive_goes
     let world = World::new(MemorySource::new(5), MemoryDrop::new());
     world.source.fail(100, true);
     for receive in 1..=5 {
-        let answer = world.worker().handle_event(&sqs_event(&world.job_key(), receive), far()).await.unwrap();
+        let answer = world.worker().handle_json(&sqs_event(&world.job_key(), receive), far()).await.unwrap();
         let failed = answer["batchItemFailures"].as_array().map(Vec::len);
         assert_eq!(failed, Some(if receive < 5 { 1 } else { 0 }), "receive {receive}");
     }
@@ -667,7 +667,7 @@ async fn when_the_dead_letter_queue_cannot_be_reached_the_message_fails_so_the_r
     let world = World::new(MemorySource::new(5), MemoryDrop::new());
     world.source.fail(1, false);
     world.queue.fail("dead_letter", 1);
-    let answer = world.worker().handle_event(&sqs_event(&world.job_key(), 1), far()).await.unwrap();
+    let answer = world.worker().handle_json(&sqs_event(&world.job_key(), 1), far()).await.unwrap();
     assert_eq!(answer["batchItemFailures"].as_array().map(Vec::len), Some(1));
 }
 

@@ -18,7 +18,7 @@ fn failed_items(answer: &Value) -> usize {
 }
 
 async fn run_from_queue(app: &TestApp, job_id: &str) -> Value {
-    app.worker().handle_event(&sqs_event_for(job_id, "m-1"), app.deadline()).await.expect("an SQS answer")
+    app.worker().handle_json(&sqs_event_for(job_id, "m-1"), app.deadline()).await.expect("an SQS answer")
 }
 
 /// Asserts the job was delivered, showing its failure record when it was not.
@@ -166,7 +166,7 @@ async fn a_wrong_host_key_is_permanent_is_not_refetched_from_the_queue_and_a_con
     app.set_secret(&secret_id, app.sshd.secret("PF2")).await;
     let rerun = app
         .worker()
-        .handle_event(&json!({"jobKey": format!("jobs/{job_id}.json")}), app.deadline())
+        .handle_json(&json!({"jobKey": format!("jobs/{job_id}.json")}), app.deadline())
         .await
         .expect("console re-run");
     assert_eq!(rerun["status"], "delivered");
@@ -211,7 +211,7 @@ async fn s3_unavailable_at_staging_fails_the_message_and_sends_nothing() {
     let app = TestApp::start(&["--rows", "20"]).await;
     let job_id = app.accepted_job(PF).await;
     let worker = app.worker_on(StagingOutage(S3Store::from_sdk_config(&app.sdk, &app.bucket)));
-    let answer = worker.handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("answer");
+    let answer = worker.handle_json(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("answer");
     assert_eq!(failed_items(&answer), 1);
     assert!(app.sshd.files("PF2").is_empty(), "nothing is sent before it is staged");
     let record = failure(&app, &job_id).await;

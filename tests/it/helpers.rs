@@ -12,14 +12,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{Credentials, Region};
-use maestro_relay::aws::{S3Store, SecretsManager, SqsQueue};
+use maestro_relay::app::{self, AppWebhook, AppWorker};
 use maestro_relay::config::{WebhookConfig, WorkerConfig};
-use maestro_relay::export::KinaxisExport;
+use maestro_relay::delivery::sftp::SftpDrop;
 use maestro_relay::ports::ObjectStore;
-use maestro_relay::secrets::CachedSecrets;
-use maestro_relay::sftp::SftpDrop;
-use maestro_relay::webhook::Webhook;
-use maestro_relay::worker::Worker;
 use serde_json::{json, Value};
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -395,9 +391,9 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub fn exported(&self) -> maestro_relay::export::ExportedFile {
+    pub fn exported(&self) -> maestro_relay::job::ExportedFile {
         use maestro_relay::csv_out::FileStats;
-        maestro_relay::export::ExportedFile {
+        maestro_relay::job::ExportedFile {
             file: maestro_relay::job::StagedFile {
                 worksheet: "Planned Orders".into(),
                 file_name: self.file_name.clone(),
@@ -412,17 +408,17 @@ impl Upload {
 /// upload, intent, rename, delivered mark; the records in memory), until `deadline`.
 pub async fn deliver_once(
     credentials: maestro_relay::secrets::SftpCredentials,
-    options: maestro_relay::sftp::SftpOptions,
+    options: maestro_relay::delivery::sftp::SftpOptions,
+    policy: maestro_relay::job::ExistingFilePolicy,
     upload: &Upload,
-    trigger: Option<&maestro_relay::worker::delivery::TriggerFile>,
+    trigger: Option<&maestro_relay::job::TriggerFile>,
     deadline: tokio::time::Instant,
 ) -> maestro_relay::error::Result<maestro_relay::job::DeliveryRecord> {
     use maestro_relay::ports::FileDrop;
-    let policy = options.existing;
     let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
     let store = maestro_relay::memory::MemoryStore::new();
     let file = upload.exported();
-    let one = maestro_relay::worker::delivery::FileDelivery {
+    let one = maestro_relay::delivery::FileDelivery {
         store: &store,
         job_id: "job",
         file: &file,
@@ -533,8 +529,6 @@ pub struct TestApp {
     pub env: HashMap<String, String>,
 }
 
-pub type AppWorker<S> = Worker<S, SecretsManager, KinaxisExport, SftpDrop, SqsQueue>;
-
 pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 impl TestApp {
@@ -629,32 +623,21 @@ impl TestApp {
         |name| self.env.get(name).cloned()
     }
 
-    pub fn webhook(&self) -> Webhook<S3Store, SecretsManager> {
-        let config = WebhookConfig::from_lookup(&self.lookup()).expect("webhook config");
-        Webhook::new(
-            S3Store::from_sdk_config(&self.sdk, &config.staging_bucket),
-            CachedSecrets::new(SecretsManager::from_sdk_config(&self.sdk), config.secret_cache_ttl),
-            config.settings,
-        )
+    pub fn webhook(&self) -> AppWebhook {
+        app::webhook(WebhookConfig::from_lookup(&self.lookup()).expect("webhook config"), &self.sdk)
     }
 
-    pub fn worker(&self) -> AppWorker<S3Store> {
-        self.worker_on(S3Store::from_sdk_config(&self.sdk, &self.bucket))
+    pub fn worker(&self) -> AppWorker {
+        app::worker(self.worker_config(), &self.sdk)
     }
 
     /// The worker as the binary wires it, on `store` in place of the app's bucket.
     pub fn worker_on<S: ObjectStore>(&self, store: S) -> AppWorker<S> {
-        let config = WorkerConfig::from_lookup(&self.lookup()).expect("worker config");
-        let queue =
-            SqsQueue::from_sdk_config(&self.sdk, &config.queue.jobs_queue_url, &config.queue.dead_letter_queue_url);
-        Worker::new(
-            store,
-            CachedSecrets::new(SecretsManager::from_sdk_config(&self.sdk), config.secret_cache_ttl),
-            KinaxisExport::new(&config),
-            SftpDrop { options: config.sftp.clone() },
-            queue,
-            config,
-        )
+        app::worker_on(self.worker_config(), &self.sdk, store)
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig::from_lookup(&self.lookup()).expect("worker config")
     }
 
     /// The messages on the app's dead-letter queue, with their failure reasons.

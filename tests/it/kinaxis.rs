@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use maestro_relay::csv_out::CsvOptions;
 use maestro_relay::error::{ErrorClass, Step};
-use maestro_relay::export::{ExportedFile, Exporter};
+use maestro_relay::export::kinaxis::{KinaxisClient, KinaxisOptions, PagingStyle};
+use maestro_relay::export::Exporter;
+use maestro_relay::job::ExportedFile;
 use maestro_relay::job::{FileNameTemplate, Manifest};
-use maestro_relay::kinaxis::{KinaxisClient, KinaxisOptions, PagingStyle};
 use maestro_relay::retry::RetryPolicy;
 use maestro_relay::secrets::{KinaxisCredentials, KinaxisLogin, RereadCredentials};
 use secrecy::SecretString;

@@ -71,7 +71,7 @@ async fn a_pf_file_travels_from_the_webhook_through_sqs_to_the_pf2_folder_identi
 
     let job_id = app.accepted_job("webhook-http-api-pf.json").await;
     let event = next_job_message(&app, &queue_url).await;
-    let answer = app.worker().handle_event(&event, app.deadline()).await.expect("worker answer");
+    let answer = app.worker().handle_json(&event, app.deadline()).await.expect("worker answer");
     assert_eq!(answer, json!({"batchItemFailures": []}));
 
     let delivered = app.sshd.files("PF2");
@@ -94,8 +94,7 @@ async fn a_pf_file_travels_from_the_webhook_through_sqs_to_the_pf2_folder_identi
 async fn a_wp_file_ends_in_the_wp2_folder() {
     let app = TestApp::start(&["--rows", "40", "--first-page", "40"]).await;
     let job_id = app.accepted_job("webhook-http-api-wp.json").await;
-    let answer =
-        app.worker().handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("worker answer");
+    let answer = app.worker().handle_json(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("worker answer");
     assert_eq!(answer, json!({"batchItemFailures": []}));
     assert!(app.sshd.files("PF2").is_empty());
     let delivered = app.sshd.files("WP2");
@@ -107,7 +106,7 @@ async fn a_wp_file_ends_in_the_wp2_folder() {
 async fn every_awkward_kinaxis_value_survives_the_round_trip_through_a_csv_reader() {
     let app = TestApp::start(&["--rows", "20", "--first-page", "7"]).await;
     let job_id = app.accepted_job("webhook-http-api-pf.json").await;
-    app.worker().handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("worker");
+    app.worker().handle_json(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("worker");
     let name = &app.sshd.files("PF2")[0];
     let bytes = std::fs::read(app.sshd.folder("PF2").join(name)).expect("file");
     assert!(bytes.ends_with(b"\r\n"));
@@ -138,14 +137,14 @@ async fn a_redelivered_message_of_a_delivered_job_is_acknowledged_without_a_seco
     let job_id = app.accepted_job("webhook-http-api-pf.json").await;
     let worker = app.worker();
     let event = sqs_event_for(&job_id, "m-1");
-    worker.handle_event(&event, app.deadline()).await.expect("first");
+    worker.handle_json(&event, app.deadline()).await.expect("first");
     let pages_after_first = app.sim.stats().await["dataCalls"].clone();
-    let again = worker.handle_event(&event, app.deadline()).await.expect("second");
+    let again = worker.handle_json(&event, app.deadline()).await.expect("second");
     assert_eq!(again, json!({"batchItemFailures": []}));
     assert_eq!(app.sshd.files("PF2").len(), 1);
     assert_eq!(app.sim.stats().await["dataCalls"], pages_after_first, "no second fetch");
     let direct = worker
-        .handle_event(&json!({"jobKey": format!("jobs/{job_id}.json")}), app.deadline())
+        .handle_json(&json!({"jobKey": format!("jobs/{job_id}.json")}), app.deadline())
         .await
         .expect("console re-run");
     assert_eq!(direct["status"], "already-delivered");
@@ -155,7 +154,7 @@ async fn a_redelivered_message_of_a_delivered_job_is_acknowledged_without_a_seco
 async fn the_s3_test_event_is_acknowledged_and_ignored() {
     let app = TestApp::start(&[]).await;
     let event = crate::helpers::load_event("worker-sqs-s3-test-event.json");
-    let answer = app.worker().handle_event(&event, app.deadline()).await.expect("answer");
+    let answer = app.worker().handle_json(&event, app.deadline()).await.expect("answer");
     assert_eq!(answer, json!({"batchItemFailures": []}));
     assert!(app.keys("").await.is_empty());
     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -167,7 +166,7 @@ async fn a_csv_larger_than_one_multipart_part_is_staged_in_parts_and_delivered_i
     let job_id = app.accepted_job("webhook-http-api-pf.json").await;
     app.env.insert("KINAXIS_PAGE_SIZE".into(), "5000".into());
     let worker = app.worker();
-    let answer = worker.handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("answer");
+    let answer = worker.handle_json(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("answer");
     let failure = app.json_object(&format!("failed/{job_id}.json")).await;
     assert_eq!(answer, json!({"batchItemFailures": []}), "{failure:?}");
     let name = &app.sshd.files("PF2")[0];
@@ -208,7 +207,7 @@ async fn each_target_gets_the_files_of_its_own_profile_with_a_reconciled_receipt
     assert_eq!(status, 202, "{body}");
     let wp = body["jobId"].as_str().expect("jobId").to_owned();
     for job_id in [&pf, &wp] {
-        let answer = app.worker().handle_event(&sqs_event_for(job_id, "m-1"), app.deadline()).await.expect("answer");
+        let answer = app.worker().handle_json(&sqs_event_for(job_id, "m-1"), app.deadline()).await.expect("answer");
         let failure = app.json_object(&format!("failed/{job_id}.json")).await;
         assert_eq!(answer, json!({"batchItemFailures": []}), "{failure:?}");
     }
@@ -269,7 +268,7 @@ async fn a_character_the_target_encoding_cannot_hold_fails_the_job_permanently_n
     let mut app = TestApp::start(&["--rows", "20", "--first-page", "7"]).await;
     app.env.insert("CSV_ENCODING_PF2".into(), "windows-1252".into());
     let job_id = app.accepted_job("webhook-http-api-pf.json").await;
-    app.worker().handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("answer");
+    app.worker().handle_json(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("answer");
     let failure = app.json_object(&format!("failed/{job_id}.json")).await.expect("failure record");
     assert_eq!(failure["class"], "permanent");
     let message = failure["message"].as_str().expect("message");
@@ -298,7 +297,7 @@ async fn a_table_job_is_read_by_bulk_export_and_delivered_to_wp2_with_every_row_
     assert_eq!(manifest["table"]["name"], "PlannedOrder", "{manifest}");
     assert!(manifest.get("workbook").is_none() && manifest["worksheets"] == json!([]), "{manifest}");
 
-    let answer = app.worker().handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("worker");
+    let answer = app.worker().handle_json(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("worker");
     assert_eq!(answer, json!({"batchItemFailures": []}));
     let delivered = app.sshd.files("WP2");
     assert_eq!(delivered.len(), 1, "{delivered:?}");
@@ -351,7 +350,7 @@ async fn a_kinaxis_secret_rotated_while_the_worker_runs_is_read_again_from_secre
         app.set_secret(&kinaxis, json!({"client_id": "relay-client", "client_secret": "rotated-in-flight"})).await;
     };
     let event = sqs_event_for(&job_id, "m-1");
-    let (answer, ()) = tokio::join!(worker.handle_event(&event, app.deadline()), rotate);
+    let (answer, ()) = tokio::join!(worker.handle_json(&event, app.deadline()), rotate);
     assert_eq!(answer.expect("worker"), json!({"batchItemFailures": []}));
     assert_eq!(app.sshd.files("PF2").len(), 1);
     let stats = app.sim.stats().await;

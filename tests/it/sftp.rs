@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
+use maestro_relay::delivery::sftp::{SftpDrop, SftpOptions};
 use maestro_relay::error::{ErrorClass, Result};
 use maestro_relay::job::DeliveryRecord;
+use maestro_relay::job::ExistingFilePolicy;
+use maestro_relay::job::Replaced;
+use maestro_relay::job::{TriggerContent, TriggerFile};
 use maestro_relay::ports::FileDrop;
-use maestro_relay::ports::{RemoteFolder, Replaced};
+use maestro_relay::ports::RemoteFolder;
 use maestro_relay::secrets::SftpCredentials;
-use maestro_relay::sftp::{ExistingFilePolicy, SftpDrop, SftpOptions};
-use maestro_relay::worker::delivery::{TriggerContent, TriggerFile};
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
@@ -23,25 +25,33 @@ struct Delivery {
 /// The whole record of one delivery, for the tests that look past path and upload.
 async fn deliver_record(
     credentials: SftpCredentials,
-    options: SftpOptions,
+    options: Options,
     upload: Upload,
     trigger: Option<&TriggerFile>,
 ) -> Result<DeliveryRecord> {
-    deliver_once(credentials, options, &upload, trigger, tokio::time::Instant::now() + Duration::from_secs(120)).await
+    deliver_once(
+        credentials,
+        options.sftp,
+        options.existing,
+        &upload,
+        trigger,
+        tokio::time::Instant::now() + Duration::from_secs(120),
+    )
+    .await
 }
 
 /// One file's first delivery through the SFTP adapter (no earlier record), until `deadline`.
 async fn deliver_until(
     credentials: SftpCredentials,
-    options: SftpOptions,
+    options: Options,
     upload: Upload,
     deadline: tokio::time::Instant,
 ) -> Result<Delivery> {
-    let record = deliver_once(credentials, options, &upload, None, deadline).await?;
+    let record = deliver_once(credentials, options.sftp, options.existing, &upload, None, deadline).await?;
     Ok(Delivery { remote_path: record.remote_path, uploaded: record.uploaded })
 }
 
-async fn deliver(credentials: SftpCredentials, options: SftpOptions, upload: Upload) -> Result<Delivery> {
+async fn deliver(credentials: SftpCredentials, options: Options, upload: Upload) -> Result<Delivery> {
     deliver_until(credentials, options, upload, tokio::time::Instant::now() + Duration::from_secs(120)).await
 }
 
@@ -49,13 +59,20 @@ fn credentials(sshd: &Sshd, target: &str) -> SftpCredentials {
     serde_json::from_value(sshd.secret(target)).expect("credentials")
 }
 
-fn options(existing: ExistingFilePolicy) -> SftpOptions {
-    SftpOptions {
+/// The adapter's options, and the existing-file policy the worker passes to the delivery.
+#[derive(Clone)]
+struct Options {
+    sftp: SftpOptions,
+    existing: ExistingFilePolicy,
+}
+
+fn options(existing: ExistingFilePolicy) -> Options {
+    let sftp = SftpOptions {
         connect_timeout: Duration::from_secs(5),
         io_timeout: Duration::from_secs(20),
-        existing,
         ..SftpOptions::default()
-    }
+    };
+    Options { sftp, existing }
 }
 
 fn sha256_of(path: &std::path::Path) -> String {
@@ -205,7 +222,8 @@ async fn a_missing_remote_directory_is_permanent_unless_creation_is_configured()
     let upload = random_upload(&dir, "Dir-PF.csv", 1000, 10);
     let err = deliver(creds.clone(), options(ExistingFilePolicy::Fail), upload.clone()).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{}", err.chain());
-    let create = SftpOptions { create_dir: true, ..options(ExistingFilePolicy::Fail) };
+    let fail = options(ExistingFilePolicy::Fail);
+    let create = Options { sftp: SftpOptions { create_dir: true, ..fail.sftp.clone() }, ..fail };
     deliver(creds, create, upload.clone()).await.expect("delivered into the created directory");
     assert_eq!(sha256_of(&nested.join("Dir-PF.csv")), upload.sha256);
 }
@@ -549,7 +567,7 @@ fn random_bytes(size: usize, seed: u64) -> bytes::Bytes {
 /// A window of 64 KiB: below the writer's floor of one refill (eight 30,000-byte requests,
 /// 240,000 bytes), so the window is exactly one refill.
 fn small_window() -> SftpOptions {
-    SftpOptions { write_chunk: 64 * 1024, ..options(ExistingFilePolicy::Fail) }
+    SftpOptions { write_chunk: 64 * 1024, ..options(ExistingFilePolicy::Fail).sftp }
 }
 
 #[tokio::test]
@@ -563,7 +581,7 @@ async fn a_streamed_temporary_is_byte_identical_to_the_stream_for_chunks_smaller
     // An odd total, so the last chunk and the last refill are short.
     let bytes = random_bytes(3 * 1024 * 1024 + 12_345, 21);
     for window in windows {
-        let options = SftpOptions { write_chunk: window, ..options(ExistingFilePolicy::Fail) };
+        let options = SftpOptions { write_chunk: window, ..options(ExistingFilePolicy::Fail).sftp };
         let mut folder = SftpDrop { options }.open(credentials(&sshd, "PF2"), deadline).await.expect("open");
         for chunk in [1024, 100_003, 240_000, 256 * 1024, 600_000, 1024 * 1024] {
             let name = format!(".stream-{window}-{chunk}.part");

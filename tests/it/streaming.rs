@@ -121,7 +121,7 @@ async fn a_file_of_several_parts_streams_into_staging_and_its_sftp_temporary_and
     let job_id = app.accepted_job(PF).await;
     let store = Recording::new(&app);
     let worker = app.worker_on(store.clone()).with_stream_options(several_parts(64 * 1024));
-    let answer = worker.handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("an answer");
+    let answer = worker.handle_json(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("an answer");
     let failure = app.json_object(&format!("failed/{job_id}.json")).await;
     assert_eq!(failed_items(&answer), 0, "{answer}: {failure:?}");
 
@@ -161,7 +161,7 @@ async fn a_byte_order_mark_longer_than_a_chunk_is_handed_on_off_the_executor() {
     app.env.insert("CSV_ENCODING".into(), "utf-8-bom".into());
     let job_id = app.accepted_job(PF).await;
     let worker = app.worker().with_stream_options(several_parts(2));
-    let answer = worker.handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("an answer");
+    let answer = worker.handle_json(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("an answer");
     let failure = app.json_object(&format!("failed/{job_id}.json")).await;
     assert_eq!(failed_items(&answer), 0, "{answer}: {failure:?}");
     let files = app.sshd.files("PF2");
@@ -178,7 +178,7 @@ async fn an_export_that_ends_short_renames_nothing_aborts_its_staging_upload_and
     let job_id = app.accepted_job(PF).await;
     let store = Recording::new(&app);
     let worker = app.worker_on(store.clone()).with_stream_options(several_parts(64 * 1024));
-    let answer = worker.handle_event(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("an answer");
+    let answer = worker.handle_json(&sqs_event_for(&job_id, "m-1"), app.deadline()).await.expect("an answer");
     assert_eq!(failed_items(&answer), 0, "permanent: to the dead-letter queue at once: {answer}");
     let failure = app.json_object(&format!("failed/{job_id}.json")).await.expect("a failure record");
     assert_eq!(failure["class"], "permanent", "{failure}");

@@ -1,7 +1,11 @@
-//! The job: its id, its manifest, the S3 key layout, and the records kept of it (per-file
-//! deliveries, the lease, the latest delivered batch, the receipt, the failure).
+//! The job contract: its id, its manifest, the S3 key layout, the records kept of it (the
+//! exported and staged files, per-file deliveries, the lease, the latest delivered batch,
+//! the receipt, the failure) and, in `profile`, what each target's files look like.
+
+pub mod profile;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -10,6 +14,10 @@ use time::OffsetDateTime;
 use crate::csv_out::FileStats;
 use crate::error::{ErrorClass, Step};
 use crate::routing::Target;
+
+pub use profile::{
+    csv_file_name, ExistingFilePolicy, FileNameTemplate, Profile, Profiles, TriggerContent, TriggerFile,
+};
 
 /// The first 32 hex digits of SHA-256 of the idempotency key.
 pub fn job_id(idempotency_key: &str) -> String {
@@ -268,7 +276,7 @@ pub struct DeliveryRecord {
     pub taken_by_sap: bool,
     /// How a file already under the name was replaced, when one was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaced: Option<crate::ports::Replaced>,
+    pub replaced: Option<Replaced>,
     /// The final file's size as the server reported it right after the rename (`None`
     /// when SAP had taken it by then, or the delivery was concluded without the file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,47 +356,21 @@ pub struct FailureRecord {
     pub failed_at: OffsetDateTime,
 }
 
-/// The CSV file name for a worksheet: `{fileName}_{yyyyMMddHHmmss}.csv`, with the
-/// worksheet (reduced to `A-Za-z0-9_-`) when the job has several. The timestamp is the
-/// job's `receivedAt`, so a redelivered job produces the same name. `{fileName}` is the
-/// name without a trailing `.csv`, which the template adds back once.
-pub fn csv_file_name(template: &FileNameTemplate, manifest: &Manifest, worksheet: &str, several: bool) -> String {
-    let stamp = format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}",
-        manifest.received_at.year(),
-        u8::from(manifest.received_at.month()),
-        manifest.received_at.day(),
-        manifest.received_at.hour(),
-        manifest.received_at.minute(),
-        manifest.received_at.second()
-    );
-    let sheet: String =
-        worksheet.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
-    let pattern = if several { &template.several } else { &template.single };
-    pattern
-        .replace("{fileName}", crate::routing::file_name_stem(&manifest.request.file_name))
-        .replace("{worksheet}", &sheet)
-        .replace("{timestamp}", &stamp)
-        .replace("{jobId}", &manifest.job_id)
+/// A CSV written to local disk, ready to stage.
+#[derive(Debug, Clone)]
+pub struct ExportedFile {
+    pub file: StagedFile,
+    pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileNameTemplate {
-    pub single: String,
-    pub several: String,
-}
-
-impl Default for FileNameTemplate {
-    fn default() -> Self {
-        Self {
-            single: "{fileName}_{timestamp}.csv".to_owned(),
-            several: "{fileName}_{worksheet}_{timestamp}.csv".to_owned(),
-        }
-    }
-}
-
-impl FileNameTemplate {
-    pub const PLACEHOLDERS: [&'static str; 4] = ["{fileName}", "{worksheet}", "{timestamp}", "{jobId}"];
+/// How `RemoteFolder::replace` replaced the file that stood under the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Replaced {
+    /// In one step (`posix-rename@openssh.com`): a reader always saw one complete file.
+    Atomically,
+    /// The server lacks an atomic rename: removed, then renamed; for a moment there was none.
+    RemovedFirst,
 }
 
 #[cfg(test)]

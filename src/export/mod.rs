@@ -4,6 +4,8 @@
 //! count; conversion runs on a blocking thread of its own fed by a bounded channel of
 //! parsed pages; and `KinaxisExport`, the Kinaxis adapter of the `WorkbookSource` port.
 
+pub mod kinaxis;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -12,25 +14,21 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 
-use crate::csv_out::{CsvError, CsvOptions, CsvSink, FileStats};
-use crate::error::{Error, Result, Step};
-use crate::job::{self, DataSource, FileNameTemplate, Manifest, NamedScope, StagedFile, TableRequest};
-use crate::kinaxis::client::{data_fault, WorksheetRef};
-use crate::kinaxis::model::{
+use self::kinaxis::client::{data_fault, WorksheetRef};
+use self::kinaxis::model::{
     BulkExportAnswer, BulkExportRequest, NameScope, TableName, WorkbookParameters, WorkbookRequest,
 };
-use crate::kinaxis::page::{Page, PageBuffer, Reported, SheetHead};
-use crate::kinaxis::{KinaxisClient, KinaxisOptions};
-use crate::ports::{Outlet, Outlets, WorkbookSource};
+use self::kinaxis::page::{Page, PageBuffer, Reported, SheetHead};
+use self::kinaxis::{KinaxisClient, KinaxisOptions};
+use crate::csv_out::{CsvError, CsvOptions, CsvSink, FileStats};
+use crate::error::{Error, Result, Step};
+use crate::job::{
+    self, DataSource, ExportedFile, FileNameTemplate, Manifest, NamedScope, Profiles, StagedFile, TableRequest,
+};
+use crate::outlet::{Outlet, Outlets};
+use crate::ports::WorkbookSource;
 use crate::retry::RetryPolicy;
 use crate::secrets::KinaxisLogin;
-
-/// A CSV written to local disk, ready to stage.
-#[derive(Debug, Clone)]
-pub struct ExportedFile {
-    pub file: StagedFile,
-    pub path: PathBuf,
-}
 
 pub struct Exporter<'a> {
     pub client: &'a KinaxisClient,
@@ -46,13 +44,13 @@ pub struct Exporter<'a> {
 pub struct KinaxisExport {
     pub kinaxis: KinaxisOptions,
     /// The CSV dialect and file names, per target.
-    pub profiles: crate::config::Profiles,
+    pub profiles: Profiles,
     pub retry: RetryPolicy,
 }
 
 impl KinaxisExport {
-    pub fn new(config: &crate::config::WorkerConfig) -> Self {
-        Self { kinaxis: config.kinaxis.clone(), profiles: config.profiles.clone(), retry: config.retry.clone() }
+    pub fn new(kinaxis: KinaxisOptions, profiles: Profiles, retry: RetryPolicy) -> Self {
+        Self { kinaxis, profiles, retry }
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::model::{BulkExportRequest, TokenAnswer, WorkbookRequest};
 use crate::error::{Error, Result, Step};
+use crate::retry::retry_after;
 use crate::secrets::{KinaxisCredentials, KinaxisLogin, RereadCredentials};
 
 /// Where worksheet pages are read: community clients disagree, so it is configuration.
@@ -327,18 +328,6 @@ fn unshared(err: &Error) -> Error {
         cause = inner.source();
     }
     Error::new(err.class, err.step, message).with_retry_after(err.retry_after)
-}
-
-/// `Retry-After` as delay-seconds or as an HTTP date (RFC 9110), relative to `now`; a date
-/// in the past is no wait. Extreme values are the retry policy's to clamp; nothing here
-/// can overflow.
-pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// A network-level failure: always worth another try.

@@ -14,32 +14,10 @@ use sha2::{Digest, Sha256};
 use ssh2::{ErrorCode, HashType, OpenFlags, OpenType, Session, Sftp};
 
 use crate::error::{Error, ErrorClass, Result, Step};
-use crate::ports::{FileDrop, Guarded, RemoteEntry, RemoteFolder, Replaced};
+use crate::job::Replaced;
+use crate::outlet::block_within;
+use crate::ports::{FileDrop, Guarded, RemoteEntry, RemoteFolder};
 use crate::secrets::SftpCredentials;
-
-/// What to do when the final file is already on the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExistingFilePolicy {
-    /// Identical (size and SHA-256): recorded as delivered, nothing sent. Different: a
-    /// permanent error, the remote file untouched.
-    Fail,
-    /// Removed and uploaded again, without reading it first.
-    Overwrite,
-    /// Identical: recorded as delivered. Different: removed and uploaded again.
-    SkipIfIdentical,
-}
-
-impl std::str::FromStr for ExistingFilePolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fail" => Ok(Self::Fail),
-            "overwrite" => Ok(Self::Overwrite),
-            "skip-if-identical" => Ok(Self::SkipIfIdentical),
-            other => Err(format!("{other:?} is not one of fail, overwrite, skip-if-identical")),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct SftpOptions {
@@ -50,7 +28,6 @@ pub struct SftpOptions {
     /// Bytes kept in SFTP write requests in flight (libssh2 makes 30,000-byte requests of
     /// them); at a distance, the upload runs at about this much per round trip.
     pub write_chunk: usize,
-    pub existing: ExistingFilePolicy,
     pub create_dir: bool,
 }
 
@@ -61,7 +38,6 @@ impl Default for SftpOptions {
             io_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(15),
             write_chunk: 2 * 1024 * 1024,
-            existing: ExistingFilePolicy::Fail,
             create_dir: false,
         }
     }
@@ -535,7 +511,7 @@ impl Source for Exported {
                 Err(TryRecvError::Disconnected) => None,
                 // One wait per fill: an empty chunk must not stretch it past its bound.
                 Err(TryRecvError::Empty) => match wait.take() {
-                    Some(bound) if filled == 0 => match crate::ports::block_within(self.chunks.recv(), bound) {
+                    Some(bound) if filled == 0 => match block_within(self.chunks.recv(), bound) {
                         Some(next) => next,
                         None => return Ok((0, Flow::Dry)),
                     },
@@ -853,11 +829,5 @@ mod tests {
         assert_eq!(fingerprint(&hash), "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
         assert_eq!(normalize_fingerprint(" AAAA= "), "SHA256:AAAA");
         assert_eq!(normalize_fingerprint("SHA256:AAAA"), "SHA256:AAAA");
-    }
-
-    #[test]
-    fn existing_file_policies_parse_from_their_documented_names() {
-        assert_eq!("skip-if-identical".parse(), Ok(ExistingFilePolicy::SkipIfIdentical));
-        assert!("replace".parse::<ExistingFilePolicy>().is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Exactly-once delivery of one file into an SAP folder that SAP empties on its own.
+//! Step two: exactly-once delivery of one file into an SAP folder that SAP empties on its
+//! own, over the SFTP adapter in `sftp`.
 //!
 //! The remote folder cannot tell whether a file was delivered (SAP's pickup moves it within
 //! minutes), so what was sent is recorded in S3: the intent (temporary name, final name,
@@ -25,100 +26,21 @@
 //! in place gets none, and the record says why. A trigger already under the name before the
 //! data file is put in place is an earlier delivery's: removed (and recorded) first.
 
+pub mod sftp;
+
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result, Step};
-use crate::export::ExportedFile;
-use crate::job::{keys, DeliveryRecord, DeliveryState, TriggerRecord};
+use crate::job::{keys, DeliveryRecord, DeliveryState, ExistingFilePolicy, ExportedFile, TriggerFile, TriggerRecord};
 use crate::ports::{Guarded, ObjectStore, RemoteFolder};
-use crate::sftp::ExistingFilePolicy;
-
-/// What a trigger file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TriggerContent {
-    Empty,
-    /// sha256sum's line for the data file: `<hex>  <name>\n`.
-    Sha256,
-}
-
-impl std::str::FromStr for TriggerContent {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "empty" => Ok(Self::Empty),
-            "sha256" => Ok(Self::Sha256),
-            other => Err(format!("{other:?} is not empty or sha256")),
-        }
-    }
-}
-
-/// The file SAP's inbound job waits for: written after the data file's rename, and only then.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TriggerFile {
-    /// `{name}`: the data file's name; `{stem}`: the same without `.csv`.
-    pub name_template: String,
-    pub content: TriggerContent,
-    /// What to do when a trigger of that name is already there.
-    pub existing: ExistingFilePolicy,
-}
-
-impl TriggerFile {
-    pub const PLACEHOLDERS: [&'static str; 2] = ["{name}", "{stem}"];
-
-    /// `done`, `sha256` or a name template; `None` for `none`.
-    pub fn parse(
-        spec: &str,
-        content: Option<TriggerContent>,
-        existing: ExistingFilePolicy,
-    ) -> Result<Option<Self>, String> {
-        let (name_template, implied) = match spec {
-            "none" => return Ok(None),
-            "done" => ("{name}.done", TriggerContent::Empty),
-            "sha256" => ("{name}.sha256", TriggerContent::Sha256),
-            template => (template, TriggerContent::Empty),
-        };
-        let stripped = Self::PLACEHOLDERS.iter().fold(name_template.to_owned(), |t, p| t.replace(p, ""));
-        if !Self::PLACEHOLDERS.iter().any(|p| name_template.contains(p)) || stripped.contains(['{', '}', '/']) {
-            return Err(format!(
-                "{spec:?} is not none, done, sha256, or a name with {{name}} or {{stem}} and no '/' or other placeholder"
-            ));
-        }
-        let trigger = Self { name_template: name_template.to_owned(), content: content.unwrap_or(implied), existing };
-        // `{stem}.csv` gives back `x.csv` itself: an empty trigger would replace the data file.
-        // Compared without case, as a server may not tell `x.CSV` from `x.csv`.
-        let clash = ["x.csv", "x", "x.txt"].into_iter().find(|d| trigger.name_for(d).eq_ignore_ascii_case(d));
-        if stripped.is_empty() || clash.is_some() {
-            return Err(format!(
-                "{spec:?} would name the trigger like the data file ({} for {})",
-                trigger.name_for(clash.unwrap_or("x.csv")),
-                clash.unwrap_or("x.csv")
-            ));
-        }
-        Ok(Some(trigger))
-    }
-
-    /// The trigger's name for a data file.
-    pub fn name_for(&self, data_name: &str) -> String {
-        let stem = data_name.strip_suffix(".csv").unwrap_or(data_name);
-        self.name_template.replace("{name}", data_name).replace("{stem}", stem)
-    }
-
-    /// The trigger's bytes for a data file.
-    pub fn content_for(&self, data_name: &str, sha256: &str) -> Vec<u8> {
-        match self.content {
-            TriggerContent::Empty => Vec::new(),
-            TriggerContent::Sha256 => format!("{sha256}  {data_name}\n").into_bytes(),
-        }
-    }
-}
 
 /// Temporaries of cut uploads older than this are removed: no attempt still writes them.
 const STALE_TEMPORARY_SECS: u64 = 30 * 60;
 
 /// A temporary's name: hidden and not `.csv`, so SAP's pickup never takes it; unique per
 /// attempt.
-pub(super) fn temporary_name(file_name: &str, attempt: u32) -> String {
+pub fn temporary_name(file_name: &str, attempt: u32) -> String {
     format!(".{file_name}.{attempt}-{:08x}.part", fastrand::u32(..))
 }
 
@@ -131,7 +53,7 @@ pub async fn record(store: &impl ObjectStore, job_id: &str, file_name: &str) -> 
         .map_err(|e| Error::permanent(Step::Deliver, format!("{key} is not a valid delivery record")).caused_by(e))
 }
 
-pub(super) async fn write(store: &impl ObjectStore, job_id: &str, record: &DeliveryRecord) -> Result<()> {
+pub async fn write(store: &impl ObjectStore, job_id: &str, record: &DeliveryRecord) -> Result<()> {
     let key = keys::delivery(job_id, &record.file.file_name);
     let bytes = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::permanent(Step::Deliver, "serialising a delivery record").caused_by(e))?;
@@ -428,29 +350,9 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         }
         let content = spec.content_for(&name, &record.file.stats.sha256);
         let data_there = !record.taken_by_sap && folder.size(&name).await?.is_some();
-        if let Some(temp) = trigger.temp_name.clone() {
-            match folder.size(&temp).await? {
-                None => {
-                    // The temporary goes only by its rename (an abandoned one is unrecorded
-                    // first): the trigger was put in place, and SAP may have taken it already.
-                    tracing::info!(trigger = %trigger.name, "the trigger's rename of an earlier attempt went through; not written again");
-                    return self.trigger_settled(record, trigger, Ok(true)).await;
-                }
-                Some(size) if size == content.len() as u64 && data_there => {
-                    tracing::info!(trigger = %trigger.name, "finishing the trigger's rename an earlier attempt began");
-                    self.put_trigger(folder, &temp, &trigger.name).await?;
-                    return self.trigger_settled(record, trigger, Ok(true)).await;
-                }
-                Some(_) => {
-                    // Incomplete, or its data file is gone: unrecorded before it is removed,
-                    // or its absence would read as a rename.
-                    trigger.temp_name = None;
-                    let mut unrecorded = record.clone();
-                    unrecorded.trigger = Some(trigger.clone());
-                    unrecorded.updated_at = OffsetDateTime::now_utc();
-                    write(self.store, self.job_id, &unrecorded).await?;
-                    folder.remove(&temp).await?;
-                }
+        if trigger.temp_name.is_some() {
+            if let Some(settled) = self.resume_trigger(folder, &record, &mut trigger, &content, data_there).await? {
+                return self.trigger_settled(record, trigger, Ok(settled)).await;
             }
         }
         if !data_there {
@@ -465,29 +367,94 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             tracing::warn!(remote = %record.remote_path, trigger = %trigger.name, reason, "trigger not written");
             return self.trigger_settled(record, trigger, Err(reason.to_owned())).await;
         }
-        if folder.size(&trigger.name).await? == Some(content.len() as u64)
-            && folder.sha256(&trigger.name).await?.as_deref() == Some(crate::job::sha256_hex(&content).as_str())
-        {
+        if self.identical_trigger_there(folder, spec, &record, &trigger.name, &content).await? {
             tracing::info!(trigger = %trigger.name, "the identical trigger file is already there");
             return self.trigger_settled(record, trigger, Ok(false)).await;
         }
-        if folder.size(&trigger.name).await?.is_some() && spec.existing == ExistingFilePolicy::Fail {
+        let record = self.write_trigger(folder, record, &mut trigger, &content).await?;
+        self.trigger_settled(record, trigger, Ok(true)).await
+    }
+
+    /// An earlier attempt's recorded trigger temporary: `Some(true)` when the trigger is in
+    /// place (renamed then, or now); `None` when the temporary was unrecorded and removed,
+    /// and the trigger is still to be written.
+    async fn resume_trigger(
+        &self,
+        folder: &mut impl RemoteFolder,
+        record: &DeliveryRecord,
+        trigger: &mut TriggerRecord,
+        content: &[u8],
+        data_there: bool,
+    ) -> Result<Option<bool>> {
+        let Some(temp) = trigger.temp_name.clone() else { return Ok(None) };
+        match folder.size(&temp).await? {
+            None => {
+                // The temporary goes only by its rename (an abandoned one is unrecorded
+                // first): the trigger was put in place, and SAP may have taken it already.
+                tracing::info!(trigger = %trigger.name, "the trigger's rename of an earlier attempt went through; not written again");
+                Ok(Some(true))
+            }
+            Some(size) if size == content.len() as u64 && data_there => {
+                tracing::info!(trigger = %trigger.name, "finishing the trigger's rename an earlier attempt began");
+                self.put_trigger(folder, &temp, &trigger.name).await?;
+                Ok(Some(true))
+            }
+            Some(_) => {
+                // Incomplete, or its data file is gone: unrecorded before it is removed,
+                // or its absence would read as a rename.
+                trigger.temp_name = None;
+                let mut unrecorded = record.clone();
+                unrecorded.trigger = Some(trigger.clone());
+                unrecorded.updated_at = OffsetDateTime::now_utc();
+                write(self.store, self.job_id, &unrecorded).await?;
+                folder.remove(&temp).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether the trigger already stands there with these bytes; another one under the name
+    /// under `TRIGGER_FILE_EXISTING=fail` is a permanent failure.
+    async fn identical_trigger_there(
+        &self,
+        folder: &mut impl RemoteFolder,
+        spec: &TriggerFile,
+        record: &DeliveryRecord,
+        name: &str,
+        content: &[u8],
+    ) -> Result<bool> {
+        if folder.size(name).await? == Some(content.len() as u64)
+            && folder.sha256(name).await?.as_deref() == Some(crate::job::sha256_hex(content).as_str())
+        {
+            return Ok(true);
+        }
+        if folder.size(name).await?.is_some() && spec.existing == ExistingFilePolicy::Fail {
             return Err(Error::permanent(
                 Step::Deliver,
                 format!(
                     "trigger {} exists with other content; TRIGGER_FILE_EXISTING=fail leaves it untouched (the data \
                      file {} is delivered)",
-                    folder.path_of(&trigger.name),
+                    folder.path_of(name),
                     record.remote_path
                 ),
             ));
         }
-        let local = self.file.path.with_file_name(format!("{}.trigger", name));
-        std::fs::write(&local, &content)
+        Ok(false)
+    }
+
+    /// Uploads the trigger to a temporary, records it (the intent), renames it into place.
+    async fn write_trigger(
+        &self,
+        folder: &mut impl RemoteFolder,
+        mut record: DeliveryRecord,
+        trigger: &mut TriggerRecord,
+        content: &[u8],
+    ) -> Result<DeliveryRecord> {
+        let local = self.file.path.with_file_name(format!("{}.trigger", self.name()));
+        std::fs::write(&local, content)
             .map_err(|e| Error::transient(Step::Deliver, format!("writing {}", local.display())).caused_by(e))?;
         let temp = format!(".{}.{}-{:08x}.part", trigger.name, self.attempt, fastrand::u32(..));
         folder.upload(&local, &temp, self.deadline).await?;
-        let mut record = record;
         trigger.temp_name = Some(temp.clone());
         record.trigger = Some(trigger.clone());
         record.updated_at = OffsetDateTime::now_utc();
@@ -495,7 +462,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             // The intent may have landed although the write reported an error: unrecord it
             // before removing the temporary, or leave the temporary for the next attempt.
             let mut unrecorded = record.clone();
-            unrecorded.trigger = Some(TriggerRecord { temp_name: None, ..trigger });
+            unrecorded.trigger = Some(TriggerRecord { temp_name: None, ..trigger.clone() });
             if write(self.store, self.job_id, &unrecorded).await.is_ok() {
                 let _ = folder.remove(&temp).await;
             } else {
@@ -508,7 +475,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         }
         self.put_trigger(folder, &temp, &trigger.name).await?;
         tracing::info!(trigger = %folder.path_of(&trigger.name), "trigger file written after the data file");
-        self.trigger_settled(record, trigger, Ok(true)).await
+        Ok(record)
     }
 
     /// Renames the trigger's temporary into place, replacing one that stands there (the

@@ -1,0 +1,230 @@
+//! The staging bucket in memory (`ObjectStore`), conditional writes and multipart included.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::error::{Error, Result, Step};
+use crate::job::{self};
+use crate::ports::{CreateOutcome, Guarded, ObjectStore, Tagged};
+
+/// A multipart upload under way: its key and the parts received so far.
+#[derive(Debug, Default)]
+struct OpenUpload {
+    key: String,
+    parts: BTreeMap<u32, (Vec<u8>, String)>,
+}
+
+/// A bucket in memory, with S3's conditional writes (ETags as version numbers) and its
+/// multipart uploads (an object only once completed).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, (Vec<u8>, u64)>>,
+    uploads: Mutex<BTreeMap<String, OpenUpload>>,
+    versions: AtomicU64,
+    pub crash: Crash,
+    faults: Faults,
+    landed_faults: Faults,
+    /// Every call, as "operation key", in order.
+    calls: Mutex<Vec<String>>,
+}
+
+impl MemoryStore {
+    /// Calls made so far, as "operation key".
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The next `times` calls of `operation` (`get`, `put`, `create`, `replace`, `delete`,
+    /// `upload_file`, …) on keys containing `key_contains` fail, transient or permanent.
+    pub fn fail(&self, operation: &'static str, key_contains: &str, times: u32, transient: bool) {
+        self.faults.add(operation, key_contains, times, transient);
+    }
+
+    /// As `fail`, but the write lands first: S3 took it, the answer was lost (a timeout
+    /// after the PUT, a reset connection).
+    pub fn fail_after_landing(&self, operation: &'static str, key_contains: &str, times: u32) {
+        self.landed_faults.add(operation, key_contains, times, true);
+    }
+
+    /// As `fail_after_landing`, after `skip` matching calls went through.
+    pub fn fail_after_landing_nth(&self, operation: &'static str, key_contains: &str, skip: u32, times: u32) {
+        self.landed_faults.add_nth(operation, key_contains, skip, times, true);
+    }
+
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        lock(&self.objects).get(key).map(|(bytes, _)| bytes.clone())
+    }
+
+    pub fn json(&self, key: &str) -> Option<serde_json::Value> {
+        self.object(key).and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    }
+
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        lock(&self.objects).keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+    }
+
+    /// Keys of the multipart uploads neither completed nor aborted (storage S3 would bill).
+    pub fn open_uploads(&self) -> Vec<String> {
+        lock(&self.uploads).values().map(|u| u.key.clone()).collect()
+    }
+
+    pub fn insert(&self, key: &str, bytes: Vec<u8>) {
+        let version = self.versions.fetch_add(1, Ordering::SeqCst) + 1;
+        lock(&self.objects).insert(key.to_owned(), (bytes, version));
+    }
+
+    pub fn remove(&self, key: &str) {
+        lock(&self.objects).remove(key);
+    }
+
+    async fn enter(&self, operation: &str, key: &str) -> Result<()> {
+        // Every call gives way once, as a network call would: concurrent runs interleave.
+        tokio::task::yield_now().await;
+        lock(&self.calls).push(format!("{operation} {key}"));
+        self.crash.point(operation, key, false).await;
+        self.faults.take(operation, key, Step::Stage)
+    }
+
+    async fn leave(&self, operation: &str, key: &str) -> Result<()> {
+        self.crash.point(operation, key, true).await;
+        self.landed_faults.take(operation, key, Step::Stage)
+    }
+}
+
+impl ObjectStore for Arc<MemoryStore> {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.enter("get", key).await?;
+        Ok(self.object(key))
+    }
+
+    async fn get_tagged(&self, key: &str) -> Result<Option<Tagged>> {
+        self.enter("get", key).await?;
+        let found = lock(&self.objects).get(key).map(|(bytes, v)| Tagged { bytes: bytes.clone(), etag: v.to_string() });
+        Ok(found)
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, _content_type: &str) -> Result<()> {
+        self.enter("put", key).await?;
+        self.insert(key, bytes);
+        self.leave("put", key).await
+    }
+
+    async fn create(&self, key: &str, bytes: Vec<u8>, _content_type: &str) -> Result<CreateOutcome> {
+        self.enter("create", key).await?;
+        let version = self.versions.fetch_add(1, Ordering::SeqCst) + 1;
+        let outcome = {
+            let mut objects = lock(&self.objects);
+            if objects.contains_key(key) {
+                CreateOutcome::AlreadyExists
+            } else {
+                objects.insert(key.to_owned(), (bytes, version));
+                CreateOutcome::Created
+            }
+        };
+        self.leave("create", key).await?;
+        Ok(outcome)
+    }
+
+    async fn replace(&self, key: &str, bytes: Vec<u8>, _content_type: &str, etag: &str) -> Result<Guarded> {
+        self.enter("replace", key).await?;
+        let version = self.versions.fetch_add(1, Ordering::SeqCst) + 1;
+        let outcome = {
+            let mut objects = lock(&self.objects);
+            match objects.get(key) {
+                Some((_, current)) if current.to_string() == etag => {
+                    objects.insert(key.to_owned(), (bytes, version));
+                    Guarded::Written
+                }
+                _ => Guarded::Refused,
+            }
+        };
+        self.leave("replace", key).await?;
+        Ok(outcome)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.enter("exists", key).await?;
+        Ok(lock(&self.objects).contains_key(key))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.enter("delete", key).await?;
+        self.remove(key);
+        self.leave("delete", key).await
+    }
+
+    async fn upload_file(&self, key: &str, path: &Path, _content_type: &str) -> Result<()> {
+        self.enter("upload_file", key).await?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::transient(Step::Stage, format!("reading {}", path.display())).caused_by(e))?;
+        self.insert(key, bytes);
+        self.leave("upload_file", key).await
+    }
+
+    async fn start_multipart(&self, key: &str, _content_type: &str) -> Result<String> {
+        self.enter("start_multipart", key).await?;
+        let id = format!("upload-{}", self.versions.fetch_add(1, Ordering::SeqCst) + 1);
+        lock(&self.uploads).insert(id.clone(), OpenUpload { key: key.to_owned(), parts: BTreeMap::new() });
+        self.leave("start_multipart", key).await?;
+        Ok(id)
+    }
+
+    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, bytes: bytes::Bytes) -> Result<String> {
+        self.enter("upload_part", key).await?;
+        let etag = job::sha256_hex(&bytes);
+        match lock(&self.uploads).get_mut(upload_id) {
+            Some(upload) if upload.key == key && number >= 1 => {
+                upload.parts.insert(number, (bytes.to_vec(), etag.clone()));
+            }
+            _ => return Err(Error::permanent(Step::Stage, format!("{key}: no such upload {upload_id}"))),
+        }
+        self.leave("upload_part", key).await?;
+        Ok(etag)
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()> {
+        self.enter("complete_multipart", key).await?;
+        let joined = {
+            let mut uploads = lock(&self.uploads);
+            let upload = uploads
+                .get(upload_id)
+                .filter(|u| u.key == key)
+                .ok_or_else(|| Error::permanent(Step::Stage, format!("{key}: no such upload {upload_id}")))?;
+            // As S3: the listed parts, numbered upwards, each as uploaded (its ETag).
+            let mut joined = Vec::new();
+            let mut previous = 0;
+            for (number, etag) in parts {
+                match upload.parts.get(number) {
+                    Some((bytes, tag)) if tag == etag && *number > previous => joined.extend_from_slice(bytes),
+                    _ => return Err(Error::permanent(Step::Stage, format!("{key}: part {number} is not as listed"))),
+                }
+                previous = *number;
+            }
+            uploads.remove(upload_id);
+            joined
+        };
+        self.insert(key, joined);
+        self.leave("complete_multipart", key).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        self.enter("abort_multipart", key).await?;
+        lock(&self.uploads).remove(upload_id);
+        self.leave("abort_multipart", key).await
+    }
+
+    async fn download_file(&self, key: &str, path: &Path) -> Result<bool> {
+        self.enter("download_file", key).await?;
+        let Some(bytes) = self.object(key) else { return Ok(false) };
+        std::fs::write(path, bytes)
+            .map_err(|e| Error::transient(Step::Stage, format!("writing {}", path.display())).caused_by(e))?;
+        Ok(true)
+    }
+}
