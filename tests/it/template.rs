@@ -335,21 +335,36 @@ fn anchor(heading: &str) -> String {
 }
 
 #[test]
-fn every_alarm_links_to_a_section_of_the_runbook_and_the_readme_lists_it() {
+fn every_alarm_links_to_a_section_of_its_own_in_the_runbooks_alarms_that_names_it() {
     let template = template();
     let runbook = std::fs::read_to_string(format!("{ROOT}/docs/runbook.md")).expect("docs/runbook.md");
     let anchors: BTreeSet<String> =
         runbook.lines().filter_map(|l| l.strip_prefix('#')).map(|l| anchor(l.trim_start_matches('#'))).collect();
-    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).expect("README.md");
-    let alarms_section = readme.split("\n## Alarms").nth(1).and_then(|s| s.split("\n## ").next()).unwrap_or_default();
+    // The `### ` sections of the `## Alarms` chapter, by anchor, with their text: the alarms
+    // are described there and nowhere else.
+    let chapter = runbook.split("\n## Alarms").nth(1).and_then(|s| s.split("\n## ").next()).unwrap_or_default();
+    let sections: BTreeMap<String, &str> = chapter
+        .split("\n### ")
+        .skip(1)
+        .map(|s| s.split_once('\n').unwrap_or((s, "")))
+        .map(|(title, body)| (anchor(title), body))
+        .collect();
     let mut problems = Vec::new();
     for (alarm, resource) in of_type(&template, "AWS::CloudWatch::Alarm") {
         let description = text(&resource["Properties"]["AlarmDescription"]).unwrap_or_default();
+        let name = text(&resource["Properties"]["AlarmName"]).and_then(|n| n.strip_prefix("${AWS::StackName}-"));
         match description.split_once("${RunbookUrl}#") {
             Some((_, section)) if anchors.contains(section.trim()) => {
-                if !alarms_section.contains(&format!("runbook.md#{}", section.trim())) {
-                    problems
-                        .push(format!("{alarm}: README's Alarms table does not link runbook.md#{}", section.trim()));
+                let section = section.trim();
+                match (sections.get(section), name) {
+                    (None, _) => problems.push(format!("{alarm}: #{section} is not a section of the runbook's Alarms")),
+                    (Some(_), None) => {
+                        problems.push(format!("{alarm}: its AlarmName is not !Sub \"${{AWS::StackName}}-NAME\""))
+                    }
+                    (Some(body), Some(name)) if !body.contains(&format!("`STACK-{name}`")) => {
+                        problems.push(format!("{alarm}: the runbook's section #{section} does not name `STACK-{name}`"))
+                    }
+                    _ => {}
                 }
             }
             Some((_, section)) => problems.push(format!("{alarm}: docs/runbook.md has no section #{section}")),
