@@ -11,7 +11,7 @@ const KEPT_BLOCK_BYTES: i32 = 32 << 20;
 /// KiB, raised only as large ones are freed) from the kernel and unmaps it when freed, so
 /// page bodies, chunks and staging parts are faulted in and zeroed anew. The cost: freed
 /// memory stays with the process until it ends, which the function's memory size allows
-/// for (README, memory).
+/// for (docs/performance.md, fixed memory cost of the overlapped export).
 pub fn keep_large_buffers() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

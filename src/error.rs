@@ -124,6 +124,23 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A foreign failure as ours, classed and placed, its cause kept:
+/// `.or_transient(Step::Fetch, "reading the workbook")` for `.map_err(|e| Error::transient(…).caused_by(e))`.
+pub trait ResultExt<T> {
+    fn or_transient(self, step: Step, what: impl Into<String>) -> Result<T>;
+    fn or_permanent(self, step: Step, what: impl Into<String>) -> Result<T>;
+}
+
+impl<T, E: Into<Cause>> ResultExt<T> for std::result::Result<T, E> {
+    fn or_transient(self, step: Step, what: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::transient(step, what).caused_by(e))
+    }
+
+    fn or_permanent(self, step: Step, what: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::permanent(step, what).caused_by(e))
+    }
+}
+
 /// What the Lambda console shows for a failed invocation: `Permanent.Deliver`, say, and
 /// the message with its causes.
 impl From<Error> for lambda_runtime::Diagnostic {

@@ -13,7 +13,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
 use super::classify;
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::ports::{CreateOutcome, Guarded, ObjectStore, Tagged, PARTS_IN_FLIGHT};
 
 /// Files above this size go up in parts of this size: S3 needs parts of 5 MiB or more,
@@ -68,7 +68,7 @@ impl S3Store {
                 .length(Length::Exact(length))
                 .build()
                 .await
-                .map_err(|e| Error::permanent(Step::Stage, format!("reading {}", path.display())).caused_by(e))?;
+                .or_permanent(Step::Stage, format!("reading {}", path.display()))?;
             let etag = self.send_part(key, upload_id, number, body).await?;
             Ok::<_, Error>((number as u32, etag))
         };
@@ -114,11 +114,7 @@ impl ObjectStore for S3Store {
             Err(err) => return Err(classify(err, Step::Stage, &format!("reading s3://{}/{key}", self.bucket))),
         };
         let etag = output.e_tag().unwrap_or_default().to_owned();
-        let bytes = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::transient(Step::Stage, format!("reading the body of {key}")).caused_by(e))?;
+        let bytes = output.body.collect().await.or_transient(Step::Stage, format!("reading the body of {key}"))?;
         Ok(Some(Tagged { bytes: bytes.into_bytes().to_vec(), etag }))
     }
 
@@ -209,16 +205,13 @@ impl ObjectStore for S3Store {
     }
 
     async fn upload_file(&self, key: &str, path: &Path, content_type: &str) -> Result<()> {
-        let size = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| Error::permanent(Step::Stage, format!("reading {}", path.display())).caused_by(e))?
-            .len();
+        let size =
+            tokio::fs::metadata(path).await.or_permanent(Step::Stage, format!("reading {}", path.display()))?.len();
         if size > MULTIPART_PART_BYTES {
             return self.upload_multipart(key, path, size, content_type).await;
         }
-        let body = ByteStream::from_path(path)
-            .await
-            .map_err(|e| Error::permanent(Step::Stage, format!("reading {}", path.display())).caused_by(e))?;
+        let body =
+            ByteStream::from_path(path).await.or_permanent(Step::Stage, format!("reading {}", path.display()))?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -296,9 +289,9 @@ impl ObjectStore for S3Store {
             |e: std::io::Error| Error::transient(Step::Stage, format!("writing {}", path.display())).caused_by(e);
         let mut file = tokio::fs::File::create(path).await.map_err(local)?;
         let mut body = output.body.into_async_read();
-        tokio::io::copy(&mut body, &mut file).await.map_err(|e| {
-            Error::transient(Step::Stage, format!("downloading s3://{}/{key}", self.bucket)).caused_by(e)
-        })?;
+        tokio::io::copy(&mut body, &mut file)
+            .await
+            .or_transient(Step::Stage, format!("downloading s3://{}/{key}", self.bucket))?;
         file.flush().await.map_err(local)?;
         Ok(true)
     }

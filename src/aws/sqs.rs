@@ -7,7 +7,7 @@ use aws_sdk_sqs::types::MessageAttributeValue;
 use aws_sdk_sqs::Client;
 
 use super::classify;
-use crate::error::{Error, Result, Step};
+use crate::error::{Result, ResultExt, Step};
 use crate::ports::JobQueue;
 
 /// SQS caps a message's visibility at 12 hours.
@@ -56,7 +56,7 @@ impl JobQueue for SqsQueue {
             .data_type("String")
             .string_value(reason)
             .build()
-            .map_err(|e| Error::permanent(Step::Queue, "building the dead-letter reason").caused_by(e))?;
+            .or_permanent(Step::Queue, "building the dead-letter reason")?;
         self.client
             .send_message()
             .queue_url(&self.dead_letter_queue_url)

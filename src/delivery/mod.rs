@@ -31,7 +31,7 @@ pub mod sftp;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{keys, DeliveryRecord, DeliveryState, ExistingFilePolicy, ExportedFile, TriggerFile, TriggerRecord};
 use crate::ports::{Guarded, ObjectStore, RemoteFolder};
 
@@ -50,13 +50,12 @@ pub async fn record(store: &impl ObjectStore, job_id: &str, file_name: &str) -> 
     let Some(bytes) = store.get(&key).await.map_err(|e| e.at(Step::Deliver))? else { return Ok(None) };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| Error::permanent(Step::Deliver, format!("{key} is not a valid delivery record")).caused_by(e))
+        .or_permanent(Step::Deliver, format!("{key} is not a valid delivery record"))
 }
 
 pub async fn write(store: &impl ObjectStore, job_id: &str, record: &DeliveryRecord) -> Result<()> {
     let key = keys::delivery(job_id, &record.file.file_name);
-    let bytes = serde_json::to_vec_pretty(record)
-        .map_err(|e| Error::permanent(Step::Deliver, "serialising a delivery record").caused_by(e))?;
+    let bytes = serde_json::to_vec_pretty(record).or_permanent(Step::Deliver, "serialising a delivery record")?;
     store.put(&key, bytes, "application/json").await.map_err(|e| e.at(Step::Deliver))
 }
 
@@ -451,8 +450,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         content: &[u8],
     ) -> Result<DeliveryRecord> {
         let local = self.file.path.with_file_name(format!("{}.trigger", self.name()));
-        std::fs::write(&local, content)
-            .map_err(|e| Error::transient(Step::Deliver, format!("writing {}", local.display())).caused_by(e))?;
+        std::fs::write(&local, content).or_transient(Step::Deliver, format!("writing {}", local.display()))?;
         let temp = format!(".{}.{}-{:08x}.part", trigger.name, self.attempt, fastrand::u32(..));
         folder.upload(&local, &temp, self.deadline).await?;
         trigger.temp_name = Some(temp.clone());

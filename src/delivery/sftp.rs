@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use ssh2::{ErrorCode, HashType, OpenFlags, OpenType, Session, Sftp};
 
-use crate::error::{Error, ErrorClass, Result, Step};
+use crate::error::{Error, ErrorClass, Result, ResultExt, Step};
 use crate::job::Replaced;
 use crate::outlet::block_within;
 use crate::ports::{FileDrop, Guarded, RemoteEntry, RemoteFolder};
@@ -84,11 +84,11 @@ fn connect(credentials: &SftpCredentials, options: &SftpOptions) -> Result<Sessi
     let endpoint = format!("{}:{}", credentials.host, credentials.port);
     let address = (credentials.host.as_str(), credentials.port)
         .to_socket_addrs()
-        .map_err(|e| Error::transient(Step::Deliver, format!("resolving {endpoint}")).caused_by(e))?
+        .or_transient(Step::Deliver, format!("resolving {endpoint}"))?
         .next()
         .ok_or_else(|| Error::transient(Step::Deliver, format!("{endpoint} resolves to no address")))?;
     let tcp = TcpStream::connect_timeout(&address, options.connect_timeout)
-        .map_err(|e| Error::transient(Step::Deliver, format!("connecting to {endpoint}")).caused_by(e))?;
+        .or_transient(Step::Deliver, format!("connecting to {endpoint}"))?;
     let mut session = Session::new().map_err(|e| ssh_error(e, "starting an SSH session"))?;
     session
         .method_pref(ssh2::MethodType::HostKey, HOST_KEY_ALGORITHMS)
@@ -251,7 +251,7 @@ impl FileDrop for SftpDrop {
             })
         })
         .await
-        .map_err(|e| Error::transient(Step::Deliver, "the SFTP task stopped").caused_by(e))??;
+        .or_transient(Step::Deliver, "the SFTP task stopped")??;
         Ok(SftpFolder { dir, connection: Some(connection), deadline })
     }
 }
@@ -310,7 +310,7 @@ impl SftpFolder {
             (connection, result)
         })
         .await
-        .map_err(|e| Error::transient(Step::Deliver, "the SFTP task stopped").caused_by(e))?;
+        .or_transient(Step::Deliver, "the SFTP task stopped")?;
         self.connection = Some(connection);
         result
     }
@@ -442,8 +442,8 @@ fn create_temporary(c: &Connection, temp_path: &str) -> Result<ssh2::File> {
 }
 
 fn write_remote(c: &Connection, local_path: &Path, temp_path: &str, deadline: Instant) -> Result<()> {
-    let local = std::fs::File::open(local_path)
-        .map_err(|e| Error::transient(Step::Deliver, format!("opening {}", local_path.display())).caused_by(e))?;
+    let local =
+        std::fs::File::open(local_path).or_transient(Step::Deliver, format!("opening {}", local_path.display()))?;
     write_windowed(c, &mut Staged { file: local, path: local_path }, temp_path, deadline).map(|_| ())
 }
 
@@ -482,8 +482,8 @@ struct Staged<'a> {
 
 impl Source for Staged<'_> {
     fn fill(&mut self, into: &mut [u8], _wait: Option<Duration>) -> Result<(usize, Flow)> {
-        let filled = fill(&mut self.file, into)
-            .map_err(|e| Error::transient(Step::Deliver, format!("reading {}", self.path.display())).caused_by(e))?;
+        let filled =
+            fill(&mut self.file, into).or_transient(Step::Deliver, format!("reading {}", self.path.display()))?;
         Ok((filled, if filled < into.len() { Flow::End } else { Flow::More }))
     }
 }
@@ -623,7 +623,7 @@ fn remote_sha256(sftp: &Sftp, path: &str) -> Result<Option<String>> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
-        let n = remote.read(&mut buffer).map_err(|e| Error::transient(Step::Deliver, what.clone()).caused_by(e))?;
+        let n = remote.read(&mut buffer).or_transient(Step::Deliver, what.clone())?;
         if n == 0 {
             break;
         }

@@ -21,7 +21,7 @@ use self::kinaxis::model::{
 use self::kinaxis::page::{Page, PageBuffer, Reported, SheetHead};
 use self::kinaxis::{KinaxisClient, KinaxisOptions};
 use crate::csv_out::{CsvError, CsvOptions, CsvSink, FileStats};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{
     self, DataSource, ExportedFile, FileNameTemplate, Manifest, NamedScope, Profiles, StagedFile, TableRequest,
 };
@@ -96,7 +96,7 @@ pub fn bulk_export_request(manifest: &Manifest, table: &TableRequest) -> BulkExp
     }
 }
 
-/// Bulk rows come as one string each, values split by this (kinaxis-api.md: tab).
+/// Bulk rows come as one string each, values split by this (docs/kinaxis-api.md: tab).
 pub const BULK_DELIMITER: char = '\t';
 
 /// What a run of pages is read from.
@@ -519,8 +519,7 @@ struct SinkPlan {
 impl SinkPlan {
     fn open(self, named: &impl Fn(CsvError) -> Error) -> Result<CsvSink<Tee>> {
         let SinkPlan { path, csv, columns, outlet } = self;
-        let file = File::create(&path)
-            .map_err(|e| Error::transient(Step::Convert, format!("creating {}", path.display())).caused_by(e))?;
+        let file = File::create(&path).or_transient(Step::Convert, format!("creating {}", path.display()))?;
         // The columns contract (CSV_COLUMNS, CSV_DATE_COLUMNS) is checked here, before any
         // row is written.
         let tee = Tee { file: BufWriter::with_capacity(256 * 1024, file), outlet };
@@ -563,9 +562,10 @@ impl Converter {
             let mut sink = plan.open(&named)?;
             let _ = opened.send(());
             while let Some(parsed) = received.blocking_recv() {
-                let page = parsed.buffer.parsed(&parsed.body, parsed.sheet).map_err(|e| {
-                    Error::permanent(Step::Convert, format!("{source}: a page is not UTF-8")).caused_by(e)
-                })?;
+                let page = parsed
+                    .buffer
+                    .parsed(&parsed.body, parsed.sheet)
+                    .or_permanent(Step::Convert, format!("{source}: a page is not UTF-8"))?;
                 page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
             }
             let (tee, stats) = finish(sink, total, &what, &named)?;

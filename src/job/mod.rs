@@ -19,11 +19,54 @@ pub use profile::{
     csv_file_name, ExistingFilePolicy, FileNameTemplate, Profile, Profiles, TriggerContent, TriggerFile,
 };
 
+/// A job's id: 32 lowercase or uppercase hex digits, made from the idempotency key by
+/// `job_id` or parsed once from a manifest's key; every key of the job is built from it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    /// `Some` for 32 hex digits, the only ids `job_id` makes.
+    pub fn parse(id: &str) -> Option<Self> {
+        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Keys are built from `&str`: a `JobId` is one wherever a key is made.
+impl std::ops::Deref for JobId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for JobId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<JobId> for String {
+    fn eq(&self, other: &JobId) -> bool {
+        *self == other.0
+    }
+}
+
 /// The first 32 hex digits of SHA-256 of the idempotency key.
-pub fn job_id(idempotency_key: &str) -> String {
+pub fn job_id(idempotency_key: &str) -> JobId {
     let mut id = hex::encode(Sha256::digest(idempotency_key.as_bytes()));
     id.truncate(32);
-    id
+    JobId(id)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -65,9 +108,8 @@ pub mod keys {
     }
 
     /// The job id in a manifest key, `jobs/{jobId}.json`.
-    pub fn job_id_of_manifest(key: &str) -> Option<&str> {
-        let id = key.strip_prefix(JOBS_PREFIX)?.strip_suffix(".json")?;
-        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    pub fn job_id_of_manifest(key: &str) -> Option<super::JobId> {
+        super::JobId::parse(key.strip_prefix(JOBS_PREFIX)?.strip_suffix(".json")?)
     }
 }
 
@@ -82,7 +124,7 @@ pub fn public_scope() -> String {
     "Public".to_owned()
 }
 
-/// A Kinaxis table read by bulk export (kinaxis-api.md, "Bulk export").
+/// A Kinaxis table read by bulk export (docs/kinaxis-api.md, "Bulk export").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TableRequest {
@@ -146,7 +188,7 @@ impl JobRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
-    pub job_id: String,
+    pub job_id: JobId,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
     pub target: Target,
@@ -170,7 +212,7 @@ pub struct StagedFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Receipt {
-    pub job_id: String,
+    pub job_id: JobId,
     pub target: Target,
     /// Built from the per-file delivery records.
     pub files: Vec<DeliveryRecord>,
@@ -339,7 +381,7 @@ pub struct LeaseRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LatestDelivery {
-    pub job_id: String,
+    pub job_id: JobId,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
 }
@@ -348,7 +390,7 @@ pub struct LatestDelivery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FailureRecord {
-    pub job_id: String,
+    pub job_id: JobId,
     pub class: ErrorClass,
     pub step: Step,
     pub message: String,
@@ -403,7 +445,7 @@ mod tests {
         assert_eq!(id.len(), 32);
         assert_eq!(id, job_id("2026-11-24T06:00:00Z-planned-orders"));
         assert_ne!(id, job_id("other"));
-        assert_eq!(keys::job_id_of_manifest(&keys::manifest(&id)), Some(id.as_str()));
+        assert_eq!(keys::job_id_of_manifest(&keys::manifest(&id)), Some(id.clone()));
         assert_eq!(keys::job_id_of_manifest("jobs/../x.json"), None);
     }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::*;
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::Replaced;
 use crate::ports::{FileDrop, Guarded, RemoteEntry, RemoteFolder};
 use crate::secrets::SftpCredentials;
@@ -146,8 +146,7 @@ impl RemoteFolder for MemoryFolder {
 
     async fn upload(&mut self, local: &Path, name: &str, deadline: Instant) -> Result<()> {
         self.drop.enter("upload", name).await?;
-        let bytes = std::fs::read(local)
-            .map_err(|e| Error::transient(Step::Deliver, format!("reading {}", local.display())).caused_by(e))?;
+        let bytes = std::fs::read(local).or_transient(Step::Deliver, format!("reading {}", local.display()))?;
         {
             let mut state = lock(&self.drop.state);
             state.files.insert(name.to_owned(), Vec::new());

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::csv_out::FileStats;
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{self, ExportedFile, Manifest, StagedFile};
 use crate::outlet::Outlets;
 use crate::ports::WorkbookSource;
@@ -96,8 +96,7 @@ impl WorkbookSource for Arc<MemorySource> {
                 csv.push_str(&format!("PO-{row},{number}\r\n"));
             }
             let path = dir.join(&file_name);
-            std::fs::write(&path, &csv)
-                .map_err(|e| Error::transient(Step::Convert, format!("writing {}", path.display())).caused_by(e))?;
+            std::fs::write(&path, &csv).or_transient(Step::Convert, format!("writing {}", path.display()))?;
             // The outlet is a blocking writer: written from a blocking thread, as the
             // converter writes it.
             let mut outlet = outlets.open(worksheet, &file_name);
@@ -115,7 +114,7 @@ impl WorkbookSource for Arc<MemorySource> {
                 Ok(())
             })
             .await
-            .map_err(|e| Error::transient(Step::Convert, "the writing thread stopped").caused_by(e))?;
+            .or_transient(Step::Convert, "the writing thread stopped")?;
             streamed?;
             let stats = FileStats {
                 rows: *rows,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{self};
 use crate::ports::{CreateOutcome, Guarded, ObjectStore, Tagged};
 
@@ -162,8 +162,7 @@ impl ObjectStore for Arc<MemoryStore> {
 
     async fn upload_file(&self, key: &str, path: &Path, _content_type: &str) -> Result<()> {
         self.enter("upload_file", key).await?;
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::transient(Step::Stage, format!("reading {}", path.display())).caused_by(e))?;
+        let bytes = std::fs::read(path).or_transient(Step::Stage, format!("reading {}", path.display()))?;
         self.insert(key, bytes);
         self.leave("upload_file", key).await
     }
@@ -223,8 +222,7 @@ impl ObjectStore for Arc<MemoryStore> {
     async fn download_file(&self, key: &str, path: &Path) -> Result<bool> {
         self.enter("download_file", key).await?;
         let Some(bytes) = self.object(key) else { return Ok(false) };
-        std::fs::write(path, bytes)
-            .map_err(|e| Error::transient(Step::Stage, format!("writing {}", path.display())).caused_by(e))?;
+        std::fs::write(path, bytes).or_transient(Step::Stage, format!("writing {}", path.display()))?;
         Ok(true)
     }
 }

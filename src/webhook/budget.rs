@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::ports::{CreateOutcome, Guarded, ObjectStore};
 use crate::routing::Target;
 
@@ -62,10 +62,8 @@ pub async fn reserve<S: ObjectStore>(
             // Gone between the two calls (a lifecycle expiry): create it again.
             None => false,
             Some(tagged) => {
-                let mut counter: Counter = serde_json::from_slice(&tagged.bytes).map_err(|e| {
-                    Error::transient(Step::Webhook, format!("the budget counter {key} is not the expected JSON"))
-                        .caused_by(e)
-                })?;
+                let mut counter: Counter = serde_json::from_slice(&tagged.bytes)
+                    .or_transient(Step::Webhook, format!("the budget counter {key} is not the expected JSON"))?;
                 if counter.jobs.iter().any(|id| id == job_id) {
                     return Ok(Spent::Within);
                 }
@@ -94,7 +92,7 @@ pub async fn reserve<S: ObjectStore>(
 }
 
 fn encode(counter: &Counter) -> Result<Vec<u8>> {
-    serde_json::to_vec(counter).map_err(|e| Error::permanent(Step::Webhook, "encoding the budget counter").caused_by(e))
+    serde_json::to_vec(counter).or_permanent(Step::Webhook, "encoding the budget counter")
 }
 
 /// Seconds to the next UTC midnight, at least one.

@@ -177,7 +177,7 @@ impl AllowList {
     /// silently leave a target on the `"*"` rule.
     pub fn parse(json: &str, targets: &[Target]) -> Result<Self, String> {
         let rules: BTreeMap<String, TargetRule> = serde_json::from_str(json)
-            .map_err(|e| format!("is not the expected JSON ({e}); see README, Allow-lists"))?;
+            .map_err(|e| format!("is not the expected JSON ({e}); see docs/design.md, Webhook limits"))?;
         for key in rules.keys() {
             if key != "*" && !targets.iter().any(|t| t.as_str() == key) {
                 let known: Vec<&str> = targets.iter().map(Target::as_str).collect();

@@ -7,7 +7,7 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{keys, Receipt};
 
 /// The worker's invocation.
@@ -55,14 +55,13 @@ struct ConsoleRerun {
 impl WorkerEvent {
     pub fn decode(event: Value) -> Result<Self> {
         if event.get("Records").is_some() {
-            let batch: SqsEvent = serde_json::from_value(event)
-                .map_err(|e| Error::permanent(Step::Manifest, "the event is not an SQS batch").caused_by(e))?;
+            let batch: SqsEvent =
+                serde_json::from_value(event).or_permanent(Step::Manifest, "the event is not an SQS batch")?;
             return Ok(Self::Queue(batch));
         }
         if event.get("jobKey").is_some() {
-            let rerun: ConsoleRerun = serde_json::from_value(event).map_err(|e| {
-                Error::permanent(Step::Manifest, "jobKey must be a string such as \"jobs/<jobId>.json\"").caused_by(e)
-            })?;
+            let rerun: ConsoleRerun = serde_json::from_value(event)
+                .or_permanent(Step::Manifest, "jobKey must be a string such as \"jobs/<jobId>.json\"")?;
             return Ok(Self::Console { job_key: rerun.job_key });
         }
         Err(Error::permanent(
@@ -96,9 +95,8 @@ pub fn receive_count(message: &SqsMessage) -> u32 {
 /// The job manifests a queue message names: none for S3's `s3:TestEvent`; keys of other
 /// objects are skipped with a warning.
 pub fn job_keys(body: &str) -> Result<Vec<String>> {
-    let notification: Notification = serde_json::from_str(body).map_err(|e| {
-        Error::permanent(Step::Manifest, "the SQS message is not an S3 event notification").caused_by(e)
-    })?;
+    let notification: Notification =
+        serde_json::from_str(body).or_permanent(Step::Manifest, "the SQS message is not an S3 event notification")?;
     if notification.event.as_deref() == Some("s3:TestEvent") {
         tracing::info!("S3 test event acknowledged");
         return Ok(Vec::new());

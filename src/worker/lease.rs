@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{keys, LeaseRecord};
 use crate::ports::{CreateOutcome, Guarded, ObjectStore};
 
@@ -21,8 +21,7 @@ pub enum Lease {
 
 pub async fn acquire(store: &impl ObjectStore, job_id: &str, record: &LeaseRecord) -> Result<Lease> {
     let key = keys::lease(job_id);
-    let bytes =
-        serde_json::to_vec(record).map_err(|e| Error::permanent(Step::Lease, "serialising the lease").caused_by(e))?;
+    let bytes = serde_json::to_vec(record).or_permanent(Step::Lease, "serialising the lease")?;
     // Twice: a lease released between our create and our read is simply free again.
     for _ in 0..2 {
         let created = store.create(&key, bytes.clone(), "application/json").await.map_err(|e| e.at(Step::Lease))?;
@@ -48,9 +47,8 @@ pub async fn acquire(store: &impl ObjectStore, job_id: &str, record: &LeaseRecor
             // Somebody else took it over first.
             Guarded::Refused => match store.get(&key).await.map_err(|e| e.at(Step::Lease))? {
                 Some(bytes) => {
-                    let held: LeaseRecord = serde_json::from_slice(&bytes).map_err(|e| {
-                        Error::transient(Step::Lease, "the lease changed hands and cannot be read").caused_by(e)
-                    })?;
+                    let held: LeaseRecord = serde_json::from_slice(&bytes)
+                        .or_transient(Step::Lease, "the lease changed hands and cannot be read")?;
                     Ok(Lease::Busy { owner: held.owner, until: held.expires_at })
                 }
                 None => Err(Error::transient(Step::Lease, "the lease changed hands twice while being taken")),

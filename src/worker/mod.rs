@@ -23,10 +23,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::delivery::{self, FileDelivery};
-use crate::error::{Error, ErrorClass, Result, Step};
+use crate::error::{Error, ErrorClass, Result, ResultExt, Step};
 use crate::job::{
-    keys, DeliveryRecord, DeliveryState, ExportedFile, FailureRecord, LatestDelivery, LeaseRecord, Manifest, Receipt,
-    StagedFile,
+    keys, DeliveryRecord, DeliveryState, ExportedFile, FailureRecord, JobId, LatestDelivery, LeaseRecord, Manifest,
+    Receipt, StagedFile,
 };
 use crate::outlet::Outlets;
 use crate::ports::{CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, WorkbookSource};
@@ -80,7 +80,7 @@ pub struct Worker<S, K, W, D, Q> {
 /// What one run of a job knows while it runs; kept outside the steps so that a run cut by
 /// the deadline can still report where it was.
 struct Run {
-    job_id: String,
+    job_id: JobId,
     /// This run's name on the lease.
     owner: String,
     started: Instant,
@@ -184,8 +184,7 @@ where
     #[cfg(any(test, feature = "test-support"))]
     pub async fn handle_json(&self, event: &serde_json::Value, deadline: Instant) -> Result<serde_json::Value> {
         let response = self.handle_event(WorkerEvent::decode(event.clone())?, deadline).await?;
-        serde_json::to_value(response)
-            .map_err(|e| Error::permanent(Step::Receipt, "serialising the worker's answer").caused_by(e))
+        serde_json::to_value(response).or_permanent(Step::Receipt, "serialising the worker's answer")
     }
 
     /// One queue message; `true` when it is done with (acknowledged), `false` when SQS must
@@ -269,8 +268,7 @@ where
     /// failed with a record; or not at all while another run holds it.
     pub async fn run_job(&self, job_key: &str, deadline: Instant, trigger: Trigger) -> Result<JobOutcome> {
         let job_id = keys::job_id_of_manifest(job_key)
-            .ok_or_else(|| Error::permanent(Step::Manifest, format!("{job_key:?} is not jobs/<32 hex digits>.json")))?
-            .to_owned();
+            .ok_or_else(|| Error::permanent(Step::Manifest, format!("{job_key:?} is not jobs/<32 hex digits>.json")))?;
         let span = tracing::info_span!("job", jobId = %job_id, requestId = tracing::field::Empty);
         if let Ok(request_id) = REQUEST_ID.try_with(Clone::clone) {
             span.record("requestId", request_id.as_str());
@@ -340,10 +338,9 @@ where
             .map_err(|e| e.at(Step::Manifest))?;
         let manifest_bytes =
             manifest_bytes.ok_or_else(|| Error::permanent(Step::Manifest, format!("no job manifest at {job_key}")))?;
-        let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
-            Error::permanent(Step::Manifest, format!("{job_key} is not a valid job manifest")).caused_by(e)
-        })?;
-        if manifest.job_id != job_id {
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+            .or_permanent(Step::Manifest, format!("{job_key} is not a valid job manifest"))?;
+        if manifest.job_id != run.job_id {
             return Err(Error::permanent(Step::Manifest, format!("{job_key} holds jobId {}", manifest.job_id)));
         }
         *lock(&run.target) = Some(manifest.target.to_string());
@@ -390,10 +387,8 @@ where
     }
 
     async fn steps(&self, run: &Run, manifest: &Manifest) -> Result<JobOutcome> {
-        let spool = tempfile::TempDir::new_in(&self.settings.spool_dir).map_err(|e| {
-            Error::transient(Step::Convert, format!("creating a spool folder in {}", self.settings.spool_dir.display()))
-                .caused_by(e)
-        })?;
+        let spool = tempfile::TempDir::new_in(&self.settings.spool_dir)
+            .or_transient(Step::Convert, format!("creating a spool folder in {}", self.settings.spool_dir.display()))?;
         let step_started = Instant::now();
         run.at(Step::Stage);
         let (files, temporaries, written, folder) = match self.staged_files(run, spool.path()).await? {
@@ -460,7 +455,6 @@ where
         temporaries: &stream::Temporaries,
         folder: &mut Option<D::Folder>,
     ) -> Result<JobOutcome> {
-        let job_id = run.job_id.as_str();
         let deliver_started = Instant::now();
         run.at(Step::Deliver);
         let records = self.delivery_records(run, files).await?;
@@ -480,7 +474,7 @@ where
         self.record_latest(run, manifest).await?;
         run.time("total", run.started);
         let receipt = Receipt {
-            job_id: job_id.to_owned(),
+            job_id: run.job_id.clone(),
             target: manifest.target.clone(),
             rows: records.iter().map(|r| r.file.stats.rows).sum(),
             bytes: records.iter().map(|r| r.file.stats.bytes).sum(),
@@ -507,8 +501,7 @@ where
     }
 
     async fn write_receipt(&self, run: &Run, receipt: &Receipt) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(receipt)
-            .map_err(|e| Error::permanent(Step::Receipt, "serialising the receipt").caused_by(e))?;
+        let bytes = serde_json::to_vec_pretty(receipt).or_permanent(Step::Receipt, "serialising the receipt")?;
         let key = keys::receipt(&run.job_id);
         self.settings
             .retry
@@ -605,8 +598,7 @@ where
     async fn record_latest(&self, run: &Run, manifest: &Manifest) -> Result<()> {
         let key = keys::latest(manifest.target.as_str(), crate::routing::file_name_stem(&manifest.request.file_name));
         let mine = LatestDelivery { job_id: manifest.job_id.clone(), received_at: manifest.received_at };
-        let bytes = serde_json::to_vec(&mine)
-            .map_err(|e| Error::permanent(Step::Receipt, "serialising the latest delivery").caused_by(e))?;
+        let bytes = serde_json::to_vec(&mine).or_permanent(Step::Receipt, "serialising the latest delivery")?;
         let retry = &self.settings.retry;
         let deadline = run.finish_deadline;
         let at_receipt = |e: Error| e.at(Step::Receipt);
@@ -663,8 +655,8 @@ where
         let (index, _) =
             retry.run(run.work_deadline, Step::Stage, "read staged index", |_| self.store.get(&index_key)).await?;
         let Some(index) = index else { return Ok(None) };
-        let staged: Vec<StagedFile> = serde_json::from_slice(&index)
-            .map_err(|e| Error::permanent(Step::Stage, "the staged index is not valid").caused_by(e))?;
+        let staged: Vec<StagedFile> =
+            serde_json::from_slice(&index).or_permanent(Step::Stage, "the staged index is not valid")?;
         let mut files = Vec::with_capacity(staged.len());
         for file in staged {
             let path = dir.join(&file.file_name);
@@ -684,8 +676,7 @@ where
     async fn write_staged_index(&self, run: &Run, files: &[ExportedFile]) -> Result<()> {
         let retry = &self.settings.retry;
         let index: Vec<&StagedFile> = files.iter().map(|f| &f.file).collect();
-        let bytes = serde_json::to_vec_pretty(&index)
-            .map_err(|e| Error::permanent(Step::Stage, "serialising the staged index").caused_by(e))?;
+        let bytes = serde_json::to_vec_pretty(&index).or_permanent(Step::Stage, "serialising the staged index")?;
         let index_key = keys::staged_index(&run.job_id);
         retry
             .run(run.work_deadline, Step::Stage, "stage index", |_| {

@@ -8,14 +8,14 @@ use time::OffsetDateTime;
 
 use super::JobOutcome;
 use crate::error::{Error, Result};
-use crate::job::{keys, FailureRecord, Receipt};
+use crate::job::{keys, FailureRecord, JobId, Receipt};
 use crate::ports::ObjectStore;
 use crate::telemetry::{self, capitalise, Metric, MetricScope};
 
 /// What is known of a job when it ends.
 pub(super) struct JobEnd<'a> {
     pub stack: &'a str,
-    pub job_id: &'a str,
+    pub job_id: &'a JobId,
     /// Known once the manifest was read.
     pub target: Option<&'a str>,
     pub timings: &'a BTreeMap<String, u64>,
@@ -120,7 +120,7 @@ impl JobEnd<'_> {
 
     async fn record_failure(&self, store: &impl ObjectStore, err: &Error) {
         let record = FailureRecord {
-            job_id: self.job_id.to_owned(),
+            job_id: self.job_id.clone(),
             class: err.class,
             step: err.step,
             message: err.chain(),

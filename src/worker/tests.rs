@@ -164,7 +164,7 @@ impl World {
     }
 
     fn job_id(&self) -> String {
-        crate::job::job_id(JOB_EVENT)
+        crate::job::job_id(JOB_EVENT).to_string()
     }
 
     fn receipt(&self) -> Option<Value> {
@@ -708,7 +708,10 @@ async fn an_older_batch_after_a_newer_one_is_refused_naming_both_jobs_or_skipped
     world.run(queue(1)).await.unwrap();
     let err = world.worker().run_job(&older, far(), queue(1)).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent);
-    assert!(err.message.contains(&world.job_id()) && err.message.contains(&crate::job::job_id("planned-orders-0000")));
+    assert!(
+        err.message.contains(&world.job_id())
+            && err.message.contains(crate::job::job_id("planned-orders-0000").as_str())
+    );
     assert_eq!(world.drop.appeared().len(), 1);
 
     let world = World::new(MemorySource::new(5), MemoryDrop::new()).set("STALE_BATCH", "skip");

@@ -141,7 +141,7 @@ async fn an_invalid_manifest_is_permanent_and_recorded() {
     assert_eq!((record["class"].as_str(), record["step"].as_str()), (Some("permanent"), Some("manifest")));
     let dead = app.dead_letters().await;
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert!(dead[0].0.contains(&job_id) && dead[0].1.contains("not a valid job manifest"), "{dead:?}");
+    assert!(dead[0].0.contains(job_id.as_str()) && dead[0].1.contains("not a valid job manifest"), "{dead:?}");
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ async fn a_signed_delivery_is_accepted_and_staged_as_a_manifest_with_its_target(
     assert_eq!(body["status"], "accepted");
     assert_eq!(body["target"], "PF2");
     let job_id = body["jobId"].as_str().expect("jobId");
-    assert_eq!(job_id, maestro_relay::job::job_id("msg_planned_orders_pf_0600"));
+    assert_eq!(job_id, maestro_relay::job::job_id("msg_planned_orders_pf_0600").as_str());
     let manifest = app.json_object(&format!("jobs/{job_id}.json")).await.expect("manifest");
     assert_eq!(manifest["target"], "PF2");
     assert_eq!(manifest["fileName"], "PlannedOrders-PF");

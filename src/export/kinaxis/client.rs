@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
 use super::model::{BulkExportRequest, TokenAnswer, WorkbookRequest};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, Result, ResultExt, Step};
 use crate::retry::retry_after;
 use crate::secrets::{KinaxisCredentials, KinaxisLogin, RereadCredentials};
 
@@ -102,7 +102,7 @@ impl KinaxisClient {
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
             .build()
-            .map_err(|e| Error::permanent(Step::Config, "building the Kinaxis HTTP client").caused_by(e))?;
+            .or_permanent(Step::Config, "building the Kinaxis HTTP client")?;
         let token = TokenState { credentials: login.credentials, current: None, in_flight: None };
         Ok(Self { http, reread: login.reread, options, token: Mutex::new(token) })
     }
@@ -244,7 +244,7 @@ impl KinaxisClient {
     }
 
     /// The page request in the configured paging style, without its token. The handle
-    /// goes without its leading `#` (as kinaxis-api.md's query form has it), encoded.
+    /// goes without its leading `#` (as docs/kinaxis-api.md's query form has it), encoded.
     fn page_request(&self, sheet: &WorksheetRef, start_row: u64, rows: u64) -> reqwest::RequestBuilder {
         let query_id = sheet.query_id.trim_start_matches('#');
         match self.options.paging {

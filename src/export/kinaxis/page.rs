@@ -17,7 +17,7 @@ enum Span {
     Decoded(Range<usize>),
 }
 
-/// An error Kinaxis answered with HTTP 200 (kinaxis-api.md, "Errors inside a 200").
+/// An error Kinaxis answered with HTTP 200 (docs/kinaxis-api.md, "Errors inside a 200").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reported {
     /// `ScriptError {Code, Message}`.
