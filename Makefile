@@ -97,6 +97,12 @@ smoke-built: sam-build
 	$(MAKE) package CARGO_TARGET_DIR="$(LAMBDA_TARGET_DIR)" ARCH=$(ARCH)
 	PACKAGE_DIR="$(LAMBDA_TARGET_DIR)/lambda" scripts/smoke_built.sh
 
+## Dependencies checked offline: RustSec advisories (../shared/advisory-db), licences, sources.
+.PHONY: deny
+deny:
+	scripts/bootstrap.sh deny
+	scripts/deny.sh
+
 ## Security findings in the template; each suppression in template.yaml says why.
 security-lint:
 	scripts/bootstrap.sh security

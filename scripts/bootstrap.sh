@@ -6,7 +6,8 @@
 # nothing when all is there. Extra kinds, several at once (`scripts/bootstrap.sh ci package`):
 # `ci` the template checkers and the SAM CLI (a venv of their own: their pins clash with
 # moto's), `package` cargo-lambda and zig for `make package` and `sam build`, `security`
-# checkov (its own venv again: its pins clash with the SAM CLI's).
+# checkov (its own venv again: its pins clash with the SAM CLI's), `deny` cargo-deny (built
+# once into ~/.cache/maestro-relay/tools, outside the clone, so CI reuses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,13 @@ venv .venv scripts/requirements.txt
 ! wants ci || venv .venv-ci scripts/requirements-ci.txt
 ! wants package || venv .venv-pkg scripts/requirements-package.txt
 ! wants security || venv .venv-sec scripts/requirements-security.txt
+
+DENY_VERSION=0.20.2
+deny_root="$HOME/.cache/maestro-relay/tools"
+if wants deny && ! "$deny_root/bin/cargo-deny" --version 2>/dev/null | grep -qx "cargo-deny $DENY_VERSION"; then
+  echo "bootstrap: installing cargo-deny $DENY_VERSION into $deny_root"
+  cargo install cargo-deny --locked --version "$DENY_VERSION" --root "$deny_root" --quiet
+fi
 
 need_apt=()
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
