@@ -128,6 +128,23 @@ pub fn verify(
     }
 }
 
+/// The longest `webhook-id` accepted.
+pub const MAX_WEBHOOK_ID_LEN: usize = 256;
+
+/// The `webhook-id` header, read one way for the signature and the job id: 1–256 visible
+/// ASCII characters (`!`..=`~`), nothing trimmed; `None` when the header is absent.
+pub fn webhook_id(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
+    let Some(value) = headers.get("webhook-id") else { return Ok(None) };
+    let id = value.to_str().map_err(|_| "webhook-id must be visible ASCII characters")?;
+    if id.is_empty() || id.len() > MAX_WEBHOOK_ID_LEN {
+        return Err("webhook-id must be 1 to 256 characters");
+    }
+    if !id.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
+        return Err("webhook-id must be visible ASCII characters, without whitespace");
+    }
+    Ok(Some(id))
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
@@ -194,7 +211,7 @@ fn verify_hmac(
     now_unix: i64,
     tolerance: Duration,
 ) -> Result<(), AuthFailure> {
-    let id = header(headers, "webhook-id").ok_or(AuthFailure("missing webhook-id header"))?;
+    let id = webhook_id(headers).map_err(AuthFailure)?.ok_or(AuthFailure("missing webhook-id header"))?;
     let timestamp = header(headers, "webhook-timestamp").ok_or(AuthFailure("missing webhook-timestamp header"))?;
     let signatures = header(headers, "webhook-signature").ok_or(AuthFailure("missing webhook-signature header"))?;
     let sent_at: i64 =
@@ -482,7 +499,7 @@ mod tests {
             let h = signed("m", NOW, &entries.join(" "));
             assert_eq!(verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300)), Ok(()));
         }
-        assert!(MAX_SIGNATURES_PER_SCHEME == 8, "the refusal's detail says 8");
+        const { assert!(MAX_SIGNATURES_PER_SCHEME == 8, "the refusal's detail says 8") };
     }
 
     #[test]
@@ -520,5 +537,19 @@ mod tests {
         entries.extend([v1a.clone(), v1a]);
         let h = signed("m", NOW, &entries.join(" "));
         assert_eq!(verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300)), Ok(()));
+    }
+
+    #[test]
+    fn a_webhook_id_is_one_to_256_visible_ascii_characters_read_untrimmed() {
+        let id_of = |id: &str| webhook_id(&signed(id, NOW, "v1,AAAA")).map(|v| v.map(str::to_owned));
+        assert_eq!(id_of("msg_1"), Ok(Some("msg_1".to_owned())));
+        assert_eq!(id_of(&"a".repeat(256)), Ok(Some("a".repeat(256))));
+        for bad in ["", "msg 1", " msg_1", "msg_1\t", &"a".repeat(257)] {
+            assert!(id_of(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(webhook_id(&HeaderMap::new()), Ok(None));
+        // The signature is checked over the id as sent, not a trimmed copy.
+        let sig = sign(SECRET, "msg_1", NOW, b"{}").unwrap();
+        assert!(check(&signed(" msg_1", NOW, &sig), b"{}").is_err());
     }
 }

@@ -634,3 +634,27 @@ async fn a_hundred_junk_v1a_entries_get_401_at_once_even_beside_a_valid_one_and_
     let (status, answer) = post_at(&app, &event, NOW).await;
     assert_eq!(status, 202, "{answer}");
 }
+
+#[tokio::test]
+async fn a_webhook_id_with_whitespace_or_over_256_characters_gets_400_naming_it_and_nothing_is_staged() {
+    let app = TestApp::start(&[]).await;
+    let body = event_body(&load_event(PF_EVENT));
+    for id in ["msg planned".to_owned(), " msg_planned".to_owned(), "m".repeat(257)] {
+        let mut event = load_event(PF_EVENT);
+        event["headers"]["webhook-id"] = json!(id);
+        event["headers"]["webhook-timestamp"] = json!(NOW.to_string());
+        let signature = maestro_relay::webhook::auth::sign(&app.whsec, &id, NOW, &body).expect("sign");
+        event["headers"]["webhook-signature"] = json!(signature);
+        let (status, problem) = post_at(&app, &event, NOW).await;
+        assert_eq!(status, 400, "{id:?}: {problem}");
+        assert_eq!(problem["field"], "webhook-id", "{id:?}: {problem}");
+    }
+    assert_no_job(&app).await;
+    let id = "m".repeat(256);
+    let mut event = load_event(PF_EVENT);
+    event["headers"]["webhook-id"] = json!(id);
+    sign_event(&mut event, &app.whsec, &body, NOW);
+    let (status, answer) = post_at(&app, &event, NOW).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(app.keys("jobs/").await.len(), 1);
+}
