@@ -128,8 +128,80 @@ pub fn verify(
     }
 }
 
+/// The longest `webhook-id` accepted.
+pub const MAX_WEBHOOK_ID_LEN: usize = 256;
+
+/// The `webhook-id` header, read one way for the signature and the job id: 1–256 visible
+/// ASCII characters (`!`..=`~`), nothing trimmed; `None` when the header is absent.
+pub fn webhook_id(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
+    let Some(value) = headers.get("webhook-id") else { return Ok(None) };
+    let id = value.to_str().map_err(|_| "webhook-id must be visible ASCII characters")?;
+    if id.is_empty() || id.len() > MAX_WEBHOOK_ID_LEN {
+        return Err("webhook-id must be 1 to 256 characters");
+    }
+    if !id.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
+        return Err("webhook-id must be visible ASCII characters, without whitespace");
+    }
+    Ok(Some(id))
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// The most signatures of one scheme a request may carry; more is refused before any
+/// hashing, so that an unauthenticated caller cannot buy CPU with a long header.
+pub const MAX_SIGNATURES_PER_SCHEME: usize = 8;
+
+/// The `v1` and `v1a` entries of `webhook-signature` worth verifying: each decoded to its
+/// scheme's length (32 bytes HMAC-SHA256, 64 bytes ed25519), the others dropped, duplicates
+/// once.
+struct Signatures {
+    v1: Vec<[u8; 32]>,
+    v1a: Vec<[u8; 64]>,
+}
+
+fn signatures_of(header: &str) -> Result<Signatures, AuthFailure> {
+    let mut v1_entries: Vec<&str> = Vec::new();
+    let mut v1a_entries: Vec<&str> = Vec::new();
+    for entry in header.split(' ') {
+        let (entries, b64) = if let Some(b64) = entry.strip_prefix("v1,") {
+            (&mut v1_entries, b64)
+        } else if let Some(b64) = entry.strip_prefix("v1a,") {
+            (&mut v1a_entries, b64)
+        } else {
+            continue;
+        };
+        if !entries.contains(&b64) {
+            if entries.len() == MAX_SIGNATURES_PER_SCHEME {
+                return Err(AuthFailure("webhook-signature holds more than 8 signatures of one scheme"));
+            }
+            entries.push(b64);
+        }
+    }
+    fn decoded<const N: usize>(entries: &[&str]) -> Vec<[u8; N]> {
+        let mut out: Vec<[u8; N]> = Vec::new();
+        for sig in entries.iter().filter_map(|b64| STANDARD.decode(b64).ok()?.try_into().ok()) {
+            if !out.contains(&sig) {
+                out.push(sig);
+            }
+        }
+        out
+    }
+    Ok(Signatures { v1: decoded(&v1_entries), v1a: decoded(&v1a_entries) })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many HMACs and ed25519 verifications this thread ran: the tests' proof that a
+    /// refused or dropped entry cost nothing.
+    static VERIFICATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[inline]
+fn counted_verification() {
+    #[cfg(test)]
+    VERIFICATIONS.with(|n| n.set(n.get() + 1));
 }
 
 fn verify_hmac(
@@ -139,7 +211,7 @@ fn verify_hmac(
     now_unix: i64,
     tolerance: Duration,
 ) -> Result<(), AuthFailure> {
-    let id = header(headers, "webhook-id").ok_or(AuthFailure("missing webhook-id header"))?;
+    let id = webhook_id(headers).map_err(AuthFailure)?.ok_or(AuthFailure("missing webhook-id header"))?;
     let timestamp = header(headers, "webhook-timestamp").ok_or(AuthFailure("missing webhook-timestamp header"))?;
     let signatures = header(headers, "webhook-signature").ok_or(AuthFailure("missing webhook-signature header"))?;
     let sent_at: i64 =
@@ -147,17 +219,9 @@ fn verify_hmac(
     if now_unix.abs_diff(sent_at) > tolerance.as_secs() {
         return Err(AuthFailure("webhook-timestamp is outside the accepted window"));
     }
-    let mut v1 = Vec::new();
-    let mut v1a = Vec::new();
-    for signature in signatures.split(' ') {
-        if let Some(b64) = signature.strip_prefix("v1,") {
-            v1.extend(STANDARD.decode(b64).ok());
-        } else if let Some(b64) = signature.strip_prefix("v1a,") {
-            v1a.extend(STANDARD.decode(b64).ok());
-        }
-    }
+    let Signatures { v1, v1a } = signatures_of(signatures)?;
     if v1.is_empty() && v1a.is_empty() {
-        return Err(AuthFailure("webhook-signature holds no v1 or v1a signature"));
+        return Err(AuthFailure("webhook-signature holds no v1 or v1a signature of the right length"));
     }
     let mut signed = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
     signed.extend_from_slice(id.as_bytes());
@@ -170,6 +234,7 @@ fn verify_hmac(
             // `check_credentials` refused a secret that does not decode before we get here.
             let Some(key) = hmac_key(secret.expose_secret()) else { continue };
             let Ok(mut mac) = HmacSha256::new_from_slice(&key) else { continue };
+            counted_verification();
             mac.update(&signed);
             let expected = mac.finalize().into_bytes();
             if v1.iter().any(|sig| bool::from(sig.as_slice().ct_eq(expected.as_slice()))) {
@@ -179,7 +244,10 @@ fn verify_hmac(
     }
     for key in credentials.ed25519_public_keys.iter().filter_map(|k| public_key(k)) {
         let key = UnparsedPublicKey::new(&ED25519, key);
-        if v1a.iter().any(|sig| key.verify(&signed, sig).is_ok()) {
+        if v1a.iter().any(|sig| {
+            counted_verification();
+            key.verify(&signed, sig).is_ok()
+        }) {
             return Ok(());
         }
     }
@@ -393,5 +461,95 @@ mod tests {
         }
         let detail = check_credentials(AuthMode::Hmac, &bad_hmac).unwrap_err().detail;
         assert!(detail.contains("hmac_secrets[1]") && !detail.contains("not base64"), "{detail}");
+    }
+
+    fn verifications_during(f: impl FnOnce()) -> usize {
+        let before = VERIFICATIONS.with(|n| n.get());
+        f();
+        VERIFICATIONS.with(|n| n.get()) - before
+    }
+
+    /// `v1` (32 bytes) or `v1a` (64 bytes) entries of the right length that match nothing.
+    fn junk(scheme: &str, count: usize) -> Vec<String> {
+        let len = if scheme == "v1" { 32 } else { 64 };
+        (0..count).map(|i| format!("{scheme},{}", STANDARD.encode(vec![i as u8 + 1; len]))).collect()
+    }
+
+    fn with_v1a_key() -> (WebhookCredentials, String) {
+        let (sig, public) = sign_v1a(&SEED, "m", NOW, b"{}").unwrap();
+        (WebhookCredentials { ed25519_public_keys: vec![public], ..creds() }, sig)
+    }
+
+    #[test]
+    fn nine_signatures_of_one_scheme_are_refused_before_any_verification_even_with_a_valid_one() {
+        let (credentials, v1a) = with_v1a_key();
+        let v1 = sign(SECRET, "m", NOW, b"{}").unwrap();
+        for (scheme, valid) in [("v1", &v1), ("v1a", &v1a)] {
+            let mut entries = junk(scheme, 8);
+            entries.push(valid.clone());
+            let h = signed("m", NOW, &entries.join(" "));
+            let mut answer = Ok(());
+            let spent = verifications_during(|| {
+                answer = verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300));
+            });
+            assert_eq!(answer, Err(AuthFailure("webhook-signature holds more than 8 signatures of one scheme")));
+            assert_eq!(spent, 0, "{scheme}");
+            // Eight are still looked at, the valid one among them.
+            entries.remove(0);
+            let h = signed("m", NOW, &entries.join(" "));
+            assert_eq!(verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300)), Ok(()));
+        }
+        const { assert!(MAX_SIGNATURES_PER_SCHEME == 8, "the refusal's detail says 8") };
+    }
+
+    #[test]
+    fn entries_of_the_wrong_length_are_dropped_before_any_hashing() {
+        let (credentials, _) = with_v1a_key();
+        let short_and_long =
+            format!("v1,AAAA v1a,AAAA v1,{} v1a,{}", STANDARD.encode([1; 64]), STANDARD.encode([1; 32]));
+        let h = signed("m", NOW, &short_and_long);
+        let mut answer = Ok(());
+        let spent = verifications_during(|| {
+            answer = verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300));
+        });
+        assert_eq!(answer, Err(AuthFailure("webhook-signature holds no v1 or v1a signature of the right length")));
+        assert_eq!(spent, 0);
+        // Beside a valid v1 entry the wrong-length v1a ones cost no ed25519 verification.
+        let v1 = sign(SECRET, "m", NOW, b"{}").unwrap();
+        let h = signed("m", NOW, &format!("{short_and_long} {v1}"));
+        let spent = verifications_during(|| {
+            answer = verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300));
+        });
+        assert_eq!((answer, spent), (Ok(()), 1), "one HMAC for the one secret");
+    }
+
+    #[test]
+    fn duplicate_entries_are_counted_and_verified_once() {
+        let (credentials, v1a) = with_v1a_key();
+        let repeated = vec![junk("v1a", 1)[0].clone(); 20].join(" ");
+        let h = signed("m", NOW, &repeated);
+        let spent = verifications_during(|| {
+            assert!(verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300)).is_err());
+        });
+        assert_eq!(spent, 1, "one ed25519 verification for one distinct entry and one key");
+        // Seven distinct junk entries, the valid one twice: eight, not nine.
+        let mut entries = junk("v1a", 7);
+        entries.extend([v1a.clone(), v1a]);
+        let h = signed("m", NOW, &entries.join(" "));
+        assert_eq!(verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300)), Ok(()));
+    }
+
+    #[test]
+    fn a_webhook_id_is_one_to_256_visible_ascii_characters_read_untrimmed() {
+        let id_of = |id: &str| webhook_id(&signed(id, NOW, "v1,AAAA")).map(|v| v.map(str::to_owned));
+        assert_eq!(id_of("msg_1"), Ok(Some("msg_1".to_owned())));
+        assert_eq!(id_of(&"a".repeat(256)), Ok(Some("a".repeat(256))));
+        for bad in ["", "msg 1", " msg_1", "msg_1\t", &"a".repeat(257)] {
+            assert!(id_of(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(webhook_id(&HeaderMap::new()), Ok(None));
+        // The signature is checked over the id as sent, not a trimmed copy.
+        let sig = sign(SECRET, "msg_1", NOW, b"{}").unwrap();
+        assert!(check(&signed(" msg_1", NOW, &sig), b"{}").is_err());
     }
 }

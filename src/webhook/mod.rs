@@ -191,15 +191,12 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         now: OffsetDateTime,
     ) -> Result<Manifest, Answer> {
         self.admit(source, body)?;
+        let webhook_id = auth::webhook_id(headers)
+            .map_err(|detail| Answer::field_problem(StatusCode::BAD_REQUEST, "webhook-id", detail))?;
         self.authenticate(headers, body, now).await?;
         let (request, target) = self.job_request(headers, body)?;
-        let idempotency_key = headers
-            .get("webhook-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .filter(|v| !v.is_empty())
-            .or_else(|| request.event_id.clone())
-            .unwrap_or_else(|| job::sha256_hex(body));
+        let idempotency_key =
+            webhook_id.map(str::to_owned).or_else(|| request.event_id.clone()).unwrap_or_else(|| job::sha256_hex(body));
         let manifest = Manifest {
             job_id: job::job_id(&idempotency_key),
             received_at: now.replace_nanosecond(0).unwrap_or(now),

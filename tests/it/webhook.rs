@@ -606,3 +606,55 @@ async fn a_table_request_is_refused_by_the_default_allow_list_and_one_naming_bot
     assert_eq!((status, problem["field"].as_str()), (400, Some("table")), "{problem}");
     assert_no_job(&app).await;
 }
+
+#[tokio::test]
+async fn a_hundred_junk_v1a_entries_get_401_at_once_even_beside_a_valid_one_and_stage_nothing() {
+    use base64::Engine;
+    let app = TestApp::start(&[]).await;
+    let secret_id = app.env["WEBHOOK_SECRET_ID"].clone();
+    let mut event = load_event(PF_EVENT);
+    let body = event_body(&event);
+    let id = event["headers"]["webhook-id"].as_str().expect("webhook-id").to_owned();
+    let (valid, public_key) = maestro_relay::webhook::auth::sign_v1a(&[9; 32], &id, NOW, &body).expect("sign");
+    app.set_secret(&secret_id, json!({"ed25519_public_keys": [public_key]})).await;
+    event["headers"]["webhook-timestamp"] = json!(NOW.to_string());
+    // Of the right length (64 bytes), each different: nothing but the count refuses them.
+    let junk: Vec<String> =
+        (0..100u8).map(|i| format!("v1a,{}", base64::engine::general_purpose::STANDARD.encode([i; 64]))).collect();
+    for (case, header) in
+        [("100 junk", junk.join(" ")), ("100 junk and a valid one", format!("{} {valid}", junk.join(" ")))]
+    {
+        event["headers"]["webhook-signature"] = json!(header);
+        let (status, problem) = post_at(&app, &event, NOW).await;
+        assert_eq!(status, 401, "{case}: {problem}");
+        assert!(problem["detail"].as_str().unwrap_or_default().contains("more than 8"), "{case}: {problem}");
+    }
+    assert_no_job(&app).await;
+    event["headers"]["webhook-signature"] = json!(valid);
+    let (status, answer) = post_at(&app, &event, NOW).await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+#[tokio::test]
+async fn a_webhook_id_with_whitespace_or_over_256_characters_gets_400_naming_it_and_nothing_is_staged() {
+    let app = TestApp::start(&[]).await;
+    let body = event_body(&load_event(PF_EVENT));
+    for id in ["msg planned".to_owned(), " msg_planned".to_owned(), "m".repeat(257)] {
+        let mut event = load_event(PF_EVENT);
+        event["headers"]["webhook-id"] = json!(id);
+        event["headers"]["webhook-timestamp"] = json!(NOW.to_string());
+        let signature = maestro_relay::webhook::auth::sign(&app.whsec, &id, NOW, &body).expect("sign");
+        event["headers"]["webhook-signature"] = json!(signature);
+        let (status, problem) = post_at(&app, &event, NOW).await;
+        assert_eq!(status, 400, "{id:?}: {problem}");
+        assert_eq!(problem["field"], "webhook-id", "{id:?}: {problem}");
+    }
+    assert_no_job(&app).await;
+    let id = "m".repeat(256);
+    let mut event = load_event(PF_EVENT);
+    event["headers"]["webhook-id"] = json!(id);
+    sign_event(&mut event, &app.whsec, &body, NOW);
+    let (status, answer) = post_at(&app, &event, NOW).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(app.keys("jobs/").await.len(), 1);
+}
