@@ -211,10 +211,19 @@ impl WorkerConfig {
     }
 }
 
+/// `http://` to 127.0.0.0/8, `::1` or `localhost`: the simulator's, never a real Kinaxis.
+fn is_loopback_http(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else { return false };
+    let host = parsed.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    parsed.scheme() == "http"
+        && (host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+}
+
 fn kinaxis_options(env: &mut Env<'_>) -> KinaxisOptions {
     let base_url = env.required("KINAXIS_BASE_URL");
-    env.check(base_url.is_empty() || base_url.starts_with("https://") || base_url.starts_with("http://"), || {
-        format!("KINAXIS_BASE_URL={base_url:?} must start with https:// (or http:// for a local simulator)")
+    env.check(base_url.is_empty() || base_url.starts_with("https://") || is_loopback_http(&base_url), || {
+        format!("KINAXIS_BASE_URL={base_url:?} must start with https:// (http:// only for a loopback simulator)")
     });
     let paging = match env.get("KINAXIS_PAGING").as_deref() {
         None | Some("query") => PagingStyle::Query,
@@ -771,5 +780,13 @@ mod tests {
         let ok = WebhookConfig::from_lookup(&lookup(&[("STAGING_BUCKET", "b"), ("WEBHOOK_SECRET_ID", "w")])).unwrap();
         assert_eq!(ok.settings.auth_mode, AuthMode::Hmac);
         assert_eq!(ok.settings.max_body_bytes, 262_144);
+    }
+
+    #[test]
+    fn kinaxis_over_plain_http_is_refused_except_to_a_loopback_simulator() {
+        assert!(!is_loopback_http("http://kinaxis.example.com/ACME"));
+        for url in ["http://127.0.0.1:8080/ACME", "http://localhost:9/x", "http://[::1]:9/x"] {
+            assert!(is_loopback_http(url), "{url}");
+        }
     }
 }

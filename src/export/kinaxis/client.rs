@@ -101,6 +101,7 @@ impl KinaxisClient {
         let http = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .or_permanent(Step::Config, "building the Kinaxis HTTP client")?;
         let token = TokenState { credentials: login.credentials, current: None, in_flight: None };
@@ -368,6 +369,21 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry_after(v, SystemTime::now()));
+    if status.is_redirection() {
+        // Never followed: the token request carries the client credentials. Host only, as a
+        // redirect's query may hold anything.
+        let host = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| reqwest::Url::parse(v).ok())
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_else(|| "no absolute Location".to_owned());
+        return Err(Error::permanent(
+            Step::Fetch,
+            format!("{what}: Kinaxis answered {status} redirecting to {host}; redirects are not followed"),
+        ));
+    }
     let body = response.text().await.unwrap_or_default();
     let snippet: String = body.chars().take(200).collect();
     let transient =
