@@ -112,7 +112,7 @@ impl World {
         let mut vars: HashMap<&str, String> = [
             ("STAGING_BUCKET", "b"),
             ("KINAXIS_SECRET_ID", "kinaxis"),
-            ("KINAXIS_BASE_URL", "http://kinaxis.invalid"),
+            ("KINAXIS_BASE_URL", "https://kinaxis.invalid"),
             ("SFTP_SECRET_ID_PF2", "pf2"),
             ("SFTP_SECRET_ID_WP2", "wp2"),
             ("JOBS_QUEUE_URL", "jobs"),
