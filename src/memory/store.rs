@@ -27,6 +27,7 @@ pub struct MemoryStore {
     pub crash: Crash,
     faults: Faults,
     landed_faults: Faults,
+    landed_refusals: Faults,
     /// Every call, as "operation key", in order.
     calls: Mutex<Vec<String>>,
 }
@@ -56,6 +57,12 @@ impl MemoryStore {
     /// As `fail_after_landing`, after `skip` matching calls went through.
     pub fn fail_after_landing_nth(&self, operation: &'static str, key_contains: &str, skip: u32, times: u32) {
         self.landed_faults.add_nth(operation, key_contains, skip, times, true);
+    }
+
+    /// The next `times` conditional writes of `operation` (`replace`) on matching keys land
+    /// and answer `Refused`: the SDK retried a write whose answer was lost and met its own ETag.
+    pub fn refuse_after_landing(&self, operation: &'static str, key_contains: &str, times: u32) {
+        self.landed_refusals.add(operation, key_contains, times, true);
     }
 
     pub fn object(&self, key: &str) -> Option<Vec<u8>> {
@@ -146,6 +153,9 @@ impl ObjectStore for Arc<MemoryStore> {
             }
         };
         self.leave("replace", key).await?;
+        if self.landed_refusals.take("replace", key, Step::Stage).is_err() {
+            return Ok(Guarded::Refused);
+        }
         Ok(outcome)
     }
 

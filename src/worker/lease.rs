@@ -38,21 +38,26 @@ pub async fn acquire(store: &impl ObjectStore, job_id: &str, record: &LeaseRecor
             Ok(held) => tracing::warn!(owner = %held.owner, expired = %held.expires_at, "taking over an expired lease"),
             Err(err) => tracing::warn!(error = %err, "taking over an unreadable lease"),
         }
-        return match store
-            .replace(&key, bytes, "application/json", &current.etag)
-            .await
-            .map_err(|e| e.at(Step::Lease))?
-        {
-            Guarded::Written => Ok(Lease::Held),
-            // Somebody else took it over first.
-            Guarded::Refused => match store.get(&key).await.map_err(|e| e.at(Step::Lease))? {
-                Some(bytes) => {
-                    let held: LeaseRecord = serde_json::from_slice(&bytes)
-                        .or_transient(Step::Lease, "the lease changed hands and cannot be read")?;
+        let replaced = store.replace(&key, bytes, "application/json", &current.etag).await;
+        if let Ok(Guarded::Written) = replaced {
+            return Ok(Lease::Held);
+        }
+        // Refused or no answer: our replace may have landed and its answer been lost (the
+        // SDK's retry then meets our own ETag and gets 412). The lease read back tells.
+        let read_back = store.get(&key).await.map_err(|e| e.at(Step::Lease));
+        return match (replaced, read_back) {
+            (_, Ok(Some(bytes))) => {
+                let held: LeaseRecord = serde_json::from_slice(&bytes)
+                    .or_transient(Step::Lease, "the lease changed hands and cannot be read")?;
+                if held.owner == record.owner {
+                    Ok(Lease::Held)
+                } else {
                     Ok(Lease::Busy { owner: held.owner, until: held.expires_at })
                 }
-                None => Err(Error::transient(Step::Lease, "the lease changed hands twice while being taken")),
-            },
+            }
+            (Err(err), _) => Err(err.at(Step::Lease)),
+            (Ok(_), Ok(None)) => Err(Error::transient(Step::Lease, "the lease changed hands twice while being taken")),
+            (Ok(_), Err(err)) => Err(err),
         };
     }
     Err(Error::transient(Step::Lease, "the lease kept appearing and disappearing while being taken"))
@@ -111,5 +116,22 @@ mod tests {
         let (b, c) = tokio::join!(acquire(&store, "j", &b_lease), acquire(&store, "j", &c_lease));
         let held = [b.unwrap(), c.unwrap()].iter().filter(|l| **l == Lease::Held).count();
         assert_eq!(held, 1);
+    }
+
+    #[tokio::test]
+    async fn a_takeover_whose_answer_is_lost_is_still_held_by_the_run_that_wrote_it() {
+        let store = MemoryStore::new();
+        let then = OffsetDateTime::now_utc() - Duration::hours(2);
+        assert_eq!(acquire(&store, "j", &lease("dead", then, 900)).await.unwrap(), Lease::Held);
+        let now = OffsetDateTime::now_utc();
+        // The replace lands and reports an error.
+        store.fail_after_landing("replace", "locks/", 1);
+        assert_eq!(acquire(&store, "j", &lease("b", now, 900)).await.unwrap(), Lease::Held);
+        // The replace lands and reports a refusal (the SDK's retry met b's own ETag).
+        let later = now + Duration::hours(2);
+        store.refuse_after_landing("replace", "locks/", 1);
+        assert_eq!(acquire(&store, "j", &lease("c", later, 900)).await.unwrap(), Lease::Held);
+        let held: LeaseRecord = serde_json::from_slice(&store.object("locks/j").unwrap()).unwrap();
+        assert_eq!(held.owner, "c");
     }
 }
