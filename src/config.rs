@@ -205,6 +205,7 @@ impl WorkerConfig {
             spool_dir: env.get("SPOOL_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
             stream: stream_options(&mut env),
             existing_file: env.parsed("SFTP_EXISTING_FILE", ExistingFilePolicy::Fail),
+            destination_poll: crate::delivery::destination::HOLDER_POLL,
         };
         let secret_cache_ttl = env.seconds("SECRET_CACHE_TTL_SECS", 300);
         env.finish(Self { staging_bucket, secret_cache_ttl, kinaxis, sftp, worker })
@@ -297,12 +298,17 @@ fn deadline_margin(env: &mut Env<'_>, sftp: &SftpOptions) -> Duration {
     deadline_margin
 }
 
+/// Checks of a job still held by another run on its queue's last receive: a quarter of an
+/// hour apart (SQS's longest delay), past any lease (15 minutes plus the grace).
+const LEASE_CHECKS: u32 = 4;
+
 fn queue_settings(env: &mut Env<'_>) -> QueueSettings {
     let queue = QueueSettings {
         jobs_queue_url: env.required("JOBS_QUEUE_URL"),
         dead_letter_queue_url: env.required("DEAD_LETTER_QUEUE_URL"),
         max_receive_count: env.parsed("MAX_RECEIVE_COUNT", 5),
         visibility_delays: visibility_delays(env),
+        lease_checks: LEASE_CHECKS,
     };
     env.check(queue.max_receive_count >= 1, || "MAX_RECEIVE_COUNT must be at least 1".to_owned());
     queue

@@ -40,6 +40,8 @@ pub enum Guarded {
 pub struct Tagged {
     pub bytes: Vec<u8>,
     pub etag: String,
+    /// When the object was last written, when the store tells.
+    pub modified: Option<time::OffsetDateTime>,
 }
 
 /// The staging bucket: job manifests, staged CSVs, delivery records, leases, receipts and
@@ -67,6 +69,9 @@ pub trait ObjectStore: Send + Sync {
     ) -> impl Future<Output = Result<Guarded>> + Send;
     fn exists(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes the object only while it still has `etag` (`If-Match`); `Refused` when it
+    /// changed or is gone.
+    fn delete_if_match(&self, key: &str, etag: &str) -> impl Future<Output = Result<Guarded>> + Send;
     /// Uploads a local file (multipart when large) without reading it into memory.
     fn upload_file(&self, key: &str, path: &Path, content_type: &str) -> impl Future<Output = Result<()>> + Send;
     /// Streams the object into a local file; `false` when there is no such key.
@@ -176,4 +181,7 @@ pub trait JobQueue: Send + Sync {
     fn retry_later(&self, receipt_handle: &str, delay: Duration) -> impl Future<Output = Result<()>> + Send;
     /// Puts the message on the dead-letter queue now, with `reason` as an attribute.
     fn dead_letter(&self, body: &str, reason: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Puts a new message with `body` on the jobs queue, handed out after `delay` (SQS caps
+    /// it at 15 minutes).
+    fn send_later(&self, body: &str, delay: Duration) -> impl Future<Output = Result<()>> + Send;
 }

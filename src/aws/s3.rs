@@ -114,8 +114,9 @@ impl ObjectStore for S3Store {
             Err(err) => return Err(classify(err, Step::Stage, &format!("reading s3://{}/{key}", self.bucket))),
         };
         let etag = output.e_tag().unwrap_or_default().to_owned();
+        let modified = output.last_modified().and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.secs()).ok());
         let bytes = output.body.collect().await.or_transient(Step::Stage, format!("reading the body of {key}"))?;
-        Ok(Some(Tagged { bytes: bytes.into_bytes().to_vec(), etag }))
+        Ok(Some(Tagged { bytes: bytes.into_bytes().to_vec(), etag, modified }))
     }
 
     async fn replace(&self, key: &str, bytes: Vec<u8>, content_type: &str, etag: &str) -> Result<Guarded> {
@@ -202,6 +203,18 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify(e, Step::Stage, &format!("deleting s3://{}/{key}", self.bucket)))?;
         Ok(())
+    }
+
+    async fn delete_if_match(&self, key: &str, etag: &str) -> Result<Guarded> {
+        let sent = self.client.delete_object().bucket(&self.bucket).key(key).if_match(etag).send().await;
+        match sent {
+            Ok(_) => Ok(Guarded::Written),
+            Err(err) if matches!(precondition_status(&err), Some(412 | 409)) => Ok(Guarded::Refused),
+            Err(err) if err.as_service_error().is_some_and(|e| e.meta().code() == Some("NoSuchKey")) => {
+                Ok(Guarded::Refused)
+            }
+            Err(err) => Err(classify(err, Step::Stage, &format!("deleting s3://{}/{key} if unchanged", self.bucket))),
+        }
     }
 
     async fn upload_file(&self, key: &str, path: &Path, content_type: &str) -> Result<()> {

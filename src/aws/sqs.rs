@@ -10,6 +10,8 @@ use super::classify;
 use crate::error::{Result, ResultExt, Step};
 use crate::ports::JobQueue;
 
+/// SQS caps a message's delay at 15 minutes.
+const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 /// SQS caps a message's visibility at 12 hours.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 /// SQS caps a message attribute value, and ops need only the head of the reason.
@@ -65,6 +67,19 @@ impl JobQueue for SqsQueue {
             .send()
             .await
             .map_err(|e| classify(e, Step::Queue, "sending the message to the dead-letter queue"))?;
+        Ok(())
+    }
+
+    async fn send_later(&self, body: &str, delay: Duration) -> Result<()> {
+        let seconds = delay.min(MAX_DELAY).as_secs() as i32;
+        self.client
+            .send_message()
+            .queue_url(&self.jobs_queue_url)
+            .message_body(body)
+            .delay_seconds(seconds)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Queue, "queueing a later check of the job"))?;
         Ok(())
     }
 }

@@ -7,16 +7,24 @@
 //! after it. A later attempt decides from the record and the folder:
 //! - delivered mark → nothing to do;
 //! - intent, final file there and identical → delivered;
-//! - intent, temporary there and complete → finish the rename;
-//! - intent, temporary and final both gone → it was renamed and SAP took it: delivered, not
-//!   sent again (an abandoned temporary is recorded as such before it is removed, so its
-//!   absence is never read as a rename);
+//! - intent, temporary there and complete → claim the destination again (a newer batch
+//!   refuses it), then finish the rename;
+//! - intent, temporary and final both gone → it was renamed and SAP took it, when no other
+//!   job claimed the destination since (`destination`): delivered, not sent again; otherwise
+//!   unknown, a permanent failure (an abandoned temporary is recorded as such before it is
+//!   removed, so its absence is never read as a rename);
 //! - no record (or abandoned) → the existing-file policy, then upload, intent, rename, mark;
 //! - streaming (the temporary was written while the export ran) → this run's own, complete
 //!   temporary goes on as if just uploaded; another run's is removed and the file sent again.
 //!
-//! A file already under the name is replaced in one step where the server offers
-//! `posix-rename@openssh.com` (SAP never sees the name missing or short).
+//! Every rename comes after the job claimed its SAP destination (`destination::Destination`),
+//! and the file-exists policy is decided under that claim. A file already under the name is
+//! replaced in one step where the server offers `posix-rename@openssh.com` (SAP never sees the
+//! name missing or short).
+//!
+//! Temporaries carry the job's id in their name; an attempt removes this job's temporaries of
+//! the file it sends (any age: the job's lease keeps other runs of it out), and never another
+//! job's.
 //!
 //! The trigger file, when the profile asks for one, comes only after the delivered mark, by
 //! the same protocol: its temporary recorded before its rename, written marked after. A
@@ -26,6 +34,7 @@
 //! in place gets none, and the record says why. A trigger already under the name before the
 //! data file is put in place is an earlier delivery's: removed (and recorded) first.
 
+pub mod destination;
 pub mod sftp;
 
 use time::OffsetDateTime;
@@ -34,14 +43,27 @@ use tokio::time::Instant;
 use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{keys, DeliveryRecord, DeliveryState, ExistingFilePolicy, ExportedFile, TriggerFile, TriggerRecord};
 use crate::ports::{Guarded, ObjectStore, RemoteFolder};
+pub use destination::{Destination, DestinationRun, Refusal};
 
-/// Temporaries of cut uploads older than this are removed: no attempt still writes them.
-const STALE_TEMPORARY_SECS: u64 = 30 * 60;
+/// A temporary's name: hidden and not `.csv`, so SAP's pickup never takes it; the job's id
+/// in it, so the job's next attempt knows it for its own; unique per attempt.
+pub fn temporary_name(file_name: &str, job_id: &str, attempt: u32) -> String {
+    format!("{}{attempt}-{:08x}.part", own_temporary_prefix(file_name, job_id), fastrand::u32(..))
+}
 
-/// A temporary's name: hidden and not `.csv`, so SAP's pickup never takes it; unique per
-/// attempt.
-pub fn temporary_name(file_name: &str, attempt: u32) -> String {
-    format!(".{file_name}.{attempt}-{:08x}.part", fastrand::u32(..))
+/// How this job's temporaries of `file_name` begin.
+fn own_temporary_prefix(file_name: &str, job_id: &str) -> String {
+    format!(".{file_name}.{job_id}.")
+}
+
+/// What stands under the final name, as the existing-file policy reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    Absent,
+    /// This very file: nothing to send.
+    Identical,
+    /// Another file the policy lets this one replace.
+    Replace,
 }
 
 /// The record of one file, `None` when no attempt got as far as the intent.
@@ -79,6 +101,8 @@ pub struct FileDelivery<'a, S> {
     pub trigger: Option<&'a TriggerFile>,
     /// The temporary this run streamed while the export ran, if it came through whole.
     pub streamed: Option<&'a str>,
+    /// The job's SAP destination, claimed before any rename.
+    pub destination: &'a Destination<'a, S>,
 }
 
 impl<S: ObjectStore> FileDelivery<'_, S> {
@@ -130,6 +154,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             replaced: None,
             remote_size: None,
             trigger: self.trigger_record(),
+            claim: None,
             updated_at: OffsetDateTime::now_utc(),
         }
     }
@@ -171,11 +196,9 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         }
         match folder.size(&temp).await? {
             Some(size) if size == self.file.file.stats.bytes => {
+                // Not sent yet: the batch order is checked again before the rename.
                 tracing::info!(remote = %record.remote_path, "finishing the rename an earlier attempt began");
-                if final_present {
-                    return self.replace(folder, record).await;
-                }
-                self.rename(folder, record).await
+                self.put_in_place(folder, record).await
             }
             Some(size) => {
                 tracing::warn!(temp, size, "the earlier attempt's temporary is incomplete; sending again");
@@ -188,18 +211,84 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 self.abandon(folder, record).await?;
                 self.fresh(folder, None).await
             }
-            None => {
-                tracing::warn!(
-                    remote = %record.remote_path,
-                    attempt = record.attempt,
-                    "the intent was recorded and neither the temporary nor the file is there: the rename went \
-                     through and SAP has taken the file; not sent again"
-                );
-                let mut record = record;
-                record.taken_by_sap = true;
+            None => self.taken_by_sap(record).await,
+        }
+    }
+
+    /// The intent is recorded and neither the temporary nor the file is there: renamed and
+    /// taken by SAP, when no other job claimed the destination since; else nobody can tell.
+    async fn taken_by_sap(&self, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
+        if !self.destination.unchanged_since(record.claim).await? {
+            return Err(Error::permanent(
+                Step::Deliver,
+                format!(
+                    "{}: the intent of attempt {} was recorded and neither its temporary nor the file is there, but \
+                     the destination was claimed by another job since (or the record predates claims): whether SAP \
+                     got this job's file is unknown, so no receipt is written; check SAP's inbound log",
+                    record.remote_path, record.attempt
+                ),
+            ));
+        }
+        tracing::warn!(
+            remote = %record.remote_path,
+            attempt = record.attempt,
+            "the intent was recorded and neither the temporary nor the file is there, and no other job wrote the \
+             name since: the rename went through and SAP has taken the file; not sent again"
+        );
+        record.taken_by_sap = true;
+        self.delivered(record).await
+    }
+
+    /// Claims the destination for the recorded intent's temporary, then puts it under the
+    /// name as the policy says; a refused claim abandons the temporary.
+    async fn put_in_place(&self, folder: &mut impl RemoteFolder, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
+        let generation = match self.destination.claim().await {
+            Ok(generation) => generation,
+            Err(err) => {
+                if self.destination.refusal().is_some() {
+                    self.abandon(folder, record).await?;
+                }
+                return Err(err);
+            }
+        };
+        if record.claim != Some(generation) {
+            record.claim = Some(generation);
+            record.updated_at = OffsetDateTime::now_utc();
+            write(self.store, self.job_id, &record).await?;
+        }
+        match self.existing(folder).await {
+            Ok(Existing::Absent) => self.rename(folder, record).await,
+            Ok(Existing::Replace) => self.replace(folder, record).await,
+            Ok(Existing::Identical) => {
+                tracing::info!(remote = %record.remote_path, "the identical file is already there");
+                folder.remove(&record.temp_name).await?;
+                record.uploaded = false;
+                record.remote_size = Some(self.file.file.stats.bytes);
                 self.delivered(record).await
             }
+            Err(err) => {
+                self.abandon(folder, record).await?;
+                Err(err)
+            }
         }
+    }
+
+    /// What the existing-file policy makes of the file under the name now.
+    async fn existing(&self, folder: &mut impl RemoteFolder) -> Result<Existing> {
+        let name = self.name().to_owned();
+        if folder.size(&name).await?.is_none() {
+            return Ok(Existing::Absent);
+        }
+        if self.policy == ExistingFilePolicy::Overwrite {
+            return Ok(Existing::Replace);
+        }
+        if self.identical(folder, &name).await? {
+            return Ok(Existing::Identical);
+        }
+        if self.policy == ExistingFilePolicy::Fail {
+            return Err(exists_with_other_content(&folder.path_of(&name)));
+        }
+        Ok(Existing::Replace)
     }
 
     /// Records the temporary as abandoned, then removes it: never the other way round, or
@@ -212,58 +301,28 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     }
 
     /// Sends the file (or takes `streamed`, this run's complete temporary of it), then
-    /// intent, rename, mark.
+    /// claim, intent, rename, mark.
     async fn fresh(&self, folder: &mut impl RemoteFolder, streamed: Option<String>) -> Result<DeliveryRecord> {
-        let name = self.name().to_owned();
-        let mut replace = false;
-        if folder.size(&name).await?.is_some() {
-            match self.policy {
-                ExistingFilePolicy::Overwrite => replace = true,
-                ExistingFilePolicy::Fail | ExistingFilePolicy::SkipIfIdentical => {
-                    let identical = self.identical(folder, &name).await?;
-                    if identical || self.policy == ExistingFilePolicy::Fail {
-                        // Not renamed, so not needed: the streamed temporary goes.
-                        if let Some(temp) = &streamed {
-                            folder.remove(temp).await?;
-                        }
-                    }
-                    if identical {
-                        tracing::info!(remote = %folder.path_of(&name), "the identical file is already there");
-                        let mut record = self.new_record(folder, DeliveryState::Delivered, "");
-                        record.uploaded = false;
-                        record.remote_size = Some(self.file.file.stats.bytes);
-                        return self.delivered(record).await;
-                    }
-                    if self.policy == ExistingFilePolicy::Fail {
-                        return Err(exists_with_other_content(&folder.path_of(&name)));
-                    }
-                    replace = true;
+        // Before sending anything: the file may be there already, or the policy refuse it.
+        // (Decided again under the claim, as another job may write the name meanwhile.)
+        if self.policy != ExistingFilePolicy::Overwrite {
+            let existing = self.existing(folder).await;
+            if matches!(existing, Ok(Existing::Identical) | Err(_)) {
+                // Not renamed, so not needed: the streamed temporary goes.
+                if let Some(temp) = &streamed {
+                    folder.remove(temp).await?;
                 }
             }
+            if existing? == Existing::Identical {
+                tracing::info!(remote = %folder.path_of(self.name()), "the identical file is already there");
+                let mut record = self.new_record(folder, DeliveryState::Delivered, "");
+                record.uploaded = false;
+                record.remote_size = Some(self.file.file.stats.bytes);
+                return self.delivered(record).await;
+            }
         }
-        self.remove_stale_temporaries(folder, streamed.as_deref()).await;
-
-        let bytes = self.file.file.stats.bytes;
-        let streamed = match streamed {
-            Some(temp) if folder.size(&temp).await? == Some(bytes) => Some(temp),
-            Some(temp) => {
-                tracing::warn!(temp, "the streamed temporary is not the file; sending it from the staged copy");
-                folder.remove(&temp).await?;
-                None
-            }
-            None => None,
-        };
-        let temp = match streamed {
-            Some(temp) => {
-                tracing::info!(temp, "the temporary streamed during the export is complete; not sent again");
-                temp
-            }
-            None => {
-                let temp = temporary_name(&name, self.attempt);
-                folder.upload(&self.file.path, &temp, self.deadline).await?;
-                temp
-            }
-        };
+        self.remove_own_temporaries(folder, self.name(), streamed.as_deref()).await;
+        let temp = self.temporary(folder, streamed).await?;
         let size = folder.size(&temp).await?;
         if size != Some(self.file.file.stats.bytes) {
             folder.remove(&temp).await?;
@@ -272,22 +331,47 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 format!("{temp} holds {size:?} bytes after upload, {} sent", self.file.file.stats.bytes),
             ));
         }
-        let record = self.new_record(folder, DeliveryState::Intent, &temp);
+        let mut record = self.new_record(folder, DeliveryState::Intent, &temp);
+        match self.destination.claim().await {
+            Ok(generation) => record.claim = Some(generation),
+            Err(err) => {
+                if self.destination.refusal().is_some() {
+                    self.abandon(folder, record).await?;
+                } else {
+                    // Not recorded: the job's next attempt removes it by its name.
+                    folder.remove(&temp).await?;
+                }
+                return Err(err);
+            }
+        }
         if let Err(err) = write(self.store, self.job_id, &record).await {
             // The write may have landed although it reported an error: removing the
             // temporary now would make a recorded intent with nothing behind it read as
             // "renamed and taken by SAP". Mark it abandoned first; if that cannot be
             // written either, leave the temporary: a later attempt renames it (intent
-            // landed) or sweeps it as stale (it did not).
+            // landed) or removes it as its own (it did not).
             if self.abandon(folder, record).await.is_err() {
                 tracing::warn!(temp, "the intent could not be confirmed; the temporary stays for the next attempt");
             }
             return Err(err);
         }
-        if replace {
-            return self.replace(folder, record).await;
+        self.put_in_place(folder, record).await
+    }
+
+    /// The complete temporary to rename: `streamed` when it holds the file, else uploaded now.
+    async fn temporary(&self, folder: &mut impl RemoteFolder, streamed: Option<String>) -> Result<String> {
+        let bytes = self.file.file.stats.bytes;
+        if let Some(temp) = streamed {
+            if folder.size(&temp).await? == Some(bytes) {
+                tracing::info!(temp, "the temporary streamed during the export is complete; not sent again");
+                return Ok(temp);
+            }
+            tracing::warn!(temp, "the streamed temporary is not the file; sending it from the staged copy");
+            folder.remove(&temp).await?;
         }
-        self.rename(folder, record).await
+        let temp = temporary_name(self.name(), self.job_id, self.attempt);
+        folder.upload(&self.file.path, &temp, self.deadline).await?;
+        Ok(temp)
     }
 
     /// Puts the temporary in place of the file under the name.
@@ -340,6 +424,9 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         if trigger.settled() {
             return Ok(record);
         }
+        // The trigger goes under the destination's claim too: a resumed job whose claim ran
+        // out may meet a newer batch, and then announces nothing.
+        self.destination.claim().await?;
         let name = self.name().to_owned();
         if trigger.name.eq_ignore_ascii_case(&name) {
             return Err(Error::permanent(
@@ -451,7 +538,8 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     ) -> Result<DeliveryRecord> {
         let local = self.file.path.with_file_name(format!("{}.trigger", self.name()));
         std::fs::write(&local, content).or_transient(Step::Deliver, format!("writing {}", local.display()))?;
-        let temp = format!(".{}.{}-{:08x}.part", trigger.name, self.attempt, fastrand::u32(..));
+        self.remove_own_temporaries(folder, &trigger.name, None).await;
+        let temp = temporary_name(&trigger.name, self.job_id, self.attempt);
         folder.upload(&local, &temp, self.deadline).await?;
         trigger.temp_name = Some(temp.clone());
         record.trigger = Some(trigger.clone());
@@ -534,17 +622,16 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         write(self.store, self.job_id, record).await
     }
 
-    /// Temporaries of this file left by attempts whose connection was cut, once no attempt
-    /// can still be writing them. Best effort: a failure here delays nothing.
-    async fn remove_stale_temporaries(&self, folder: &mut impl RemoteFolder, keep: Option<&str>) {
-        let prefix = format!(".{}.", self.name());
-        let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    /// This job's temporaries of `name` left by earlier attempts that were cut, whatever
+    /// their age (the job's lease keeps its other runs out); never another job's, and never
+    /// `keep`. Best effort: a failure here delays nothing.
+    async fn remove_own_temporaries(&self, folder: &mut impl RemoteFolder, name: &str, keep: Option<&str>) {
+        let prefix = own_temporary_prefix(name, self.job_id);
         let Ok(entries) = folder.list().await else { return };
         for entry in entries {
-            let stale = entry.modified.is_some_and(|m| now.saturating_sub(m) > STALE_TEMPORARY_SECS);
             let ours = keep == Some(entry.name.as_str());
-            if entry.name.starts_with(&prefix) && entry.name.ends_with(".part") && stale && !ours {
-                tracing::info!(remote = %folder.path_of(&entry.name), "removing a stale temporary of a cut upload");
+            if entry.name.starts_with(&prefix) && entry.name.ends_with(".part") && !ours {
+                tracing::info!(remote = %folder.path_of(&entry.name), "removing this job's temporary of a cut attempt");
                 let _ = folder.remove(&entry.name).await;
             }
         }

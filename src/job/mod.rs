@@ -101,9 +101,10 @@ pub mod keys {
     pub fn lease(job_id: &str) -> String {
         format!("locks/{job_id}")
     }
-    /// The newest batch delivered for a file name to a target, so an older one retried
-    /// later cannot roll SAP's plan back.
-    pub fn latest(target: &str, file_name: &str) -> String {
+    /// One SAP destination's claim: who writes the name now and the newest batch that
+    /// claimed it, so an older one cannot roll SAP's plan back. Under `latest/`, the key of
+    /// earlier versions' newest-delivered record, which keeps counting.
+    pub fn destination(target: &str, file_name: &str) -> String {
         format!("latest/{target}/{file_name}.json")
     }
 
@@ -326,6 +327,10 @@ pub struct DeliveryRecord {
     /// The trigger file, when the profile asks for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerRecord>,
+    /// The destination's generation this job claimed before the rename (see
+    /// `DestinationRecord`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<u64>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
@@ -377,13 +382,42 @@ pub struct LeaseRecord {
     pub expires_at: OffsetDateTime,
 }
 
-/// `latest/{target}/{fileName}.json`: the newest batch delivered for that name.
+/// `latest/{target}/{fileName}.json`: one SAP destination (a target and a file-name stem),
+/// claimed by one job at a time before any rename. The first two fields are the newest batch
+/// that ever claimed it (earlier versions wrote them for the newest delivered batch, so their
+/// records keep counting).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LatestDelivery {
+pub struct DestinationRecord {
     pub job_id: JobId,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+    /// The run writing to the destination now, from its order check to its latest file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<DestinationHolder>,
+    /// Counts the changes of writing job: a job that finds the generation it claimed under
+    /// knows no other job wrote the name since.
+    #[serde(default)]
+    pub generation: u64,
+    /// The job of this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<JobId>,
+}
+
+/// The run holding a destination, until its lease runs out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationHolder {
+    pub job_id: JobId,
+    /// The run's name on the job's lease.
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
+/// Batch order: by `receivedAt`, the job id breaking a tie within one second.
+pub fn batch_order(received_at: OffsetDateTime, job_id: &JobId) -> (OffsetDateTime, &str) {
+    (received_at, job_id.as_str())
 }
 
 /// `failed/{jobId}.json`: why the job did not deliver.
@@ -511,6 +545,7 @@ mod tests {
             replaced: None,
             remote_size: Some(100),
             trigger: None,
+            claim: None,
             updated_at: time::OffsetDateTime::UNIX_EPOCH,
         };
         assert!(Reconciliation::of(&record).matches && Reconciliation::of(&record).verified);

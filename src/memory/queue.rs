@@ -12,6 +12,7 @@ use crate::ports::JobQueue;
 pub enum QueueCall {
     RetryLater { receipt_handle: String, delay: Duration },
     DeadLetter { body: String, reason: String },
+    SendLater { body: String, delay: Duration },
 }
 
 #[derive(Debug, Default)]
@@ -29,7 +30,7 @@ impl MemoryQueue {
         lock(&self.calls).clone()
     }
 
-    /// The next `times` calls of `retry_later` or `dead_letter` fail (transient).
+    /// The next `times` calls of `retry_later`, `dead_letter` or `send_later` fail (transient).
     pub fn fail(&self, operation: &'static str, times: u32) {
         self.faults.add(operation, "", times, true);
     }
@@ -45,6 +46,12 @@ impl JobQueue for Arc<MemoryQueue> {
     async fn dead_letter(&self, body: &str, reason: &str) -> Result<()> {
         self.faults.take("dead_letter", "", Step::Queue)?;
         lock(&self.calls).push(QueueCall::DeadLetter { body: body.to_owned(), reason: reason.to_owned() });
+        Ok(())
+    }
+
+    async fn send_later(&self, body: &str, delay: Duration) -> Result<()> {
+        self.faults.take("send_later", "", Step::Queue)?;
+        lock(&self.calls).push(QueueCall::SendLater { body: body.to_owned(), delay });
         Ok(())
     }
 }

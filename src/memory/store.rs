@@ -22,6 +22,8 @@ struct OpenUpload {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, (Vec<u8>, u64)>>,
+    /// When each key was last written; a test may set it back (`age`).
+    modified: Mutex<BTreeMap<String, time::OffsetDateTime>>,
     uploads: Mutex<BTreeMap<String, OpenUpload>>,
     versions: AtomicU64,
     pub crash: Crash,
@@ -84,7 +86,23 @@ impl MemoryStore {
 
     pub fn insert(&self, key: &str, bytes: Vec<u8>) {
         let version = self.versions.fetch_add(1, Ordering::SeqCst) + 1;
-        lock(&self.objects).insert(key.to_owned(), (bytes, version));
+        self.written(key, bytes, version);
+    }
+
+    fn written(&self, key: &str, bytes: Vec<u8>, version: u64) {
+        self.written_in(&mut lock(&self.objects), key, bytes, version);
+    }
+
+    /// As `written`, under the objects' lock already taken (a conditional write decides and
+    /// writes in one step).
+    fn written_in(&self, objects: &mut BTreeMap<String, (Vec<u8>, u64)>, key: &str, bytes: Vec<u8>, version: u64) {
+        objects.insert(key.to_owned(), (bytes, version));
+        lock(&self.modified).insert(key.to_owned(), time::OffsetDateTime::now_utc());
+    }
+
+    /// Time passes for `key`: it was last written `seconds` ago.
+    pub fn age(&self, key: &str, seconds: i64) {
+        lock(&self.modified).insert(key.to_owned(), time::OffsetDateTime::now_utc() - time::Duration::seconds(seconds));
     }
 
     pub fn remove(&self, key: &str) {
@@ -113,7 +131,12 @@ impl ObjectStore for Arc<MemoryStore> {
 
     async fn get_tagged(&self, key: &str) -> Result<Option<Tagged>> {
         self.enter("get", key).await?;
-        let found = lock(&self.objects).get(key).map(|(bytes, v)| Tagged { bytes: bytes.clone(), etag: v.to_string() });
+        let modified = lock(&self.modified).get(key).copied();
+        let found = lock(&self.objects).get(key).map(|(bytes, v)| Tagged {
+            bytes: bytes.clone(),
+            etag: v.to_string(),
+            modified,
+        });
         Ok(found)
     }
 
@@ -131,7 +154,7 @@ impl ObjectStore for Arc<MemoryStore> {
             if objects.contains_key(key) {
                 CreateOutcome::AlreadyExists
             } else {
-                objects.insert(key.to_owned(), (bytes, version));
+                self.written_in(&mut objects, key, bytes, version);
                 CreateOutcome::Created
             }
         };
@@ -146,7 +169,7 @@ impl ObjectStore for Arc<MemoryStore> {
             let mut objects = lock(&self.objects);
             match objects.get(key) {
                 Some((_, current)) if current.to_string() == etag => {
-                    objects.insert(key.to_owned(), (bytes, version));
+                    self.written_in(&mut objects, key, bytes, version);
                     Guarded::Written
                 }
                 _ => Guarded::Refused,
@@ -168,6 +191,22 @@ impl ObjectStore for Arc<MemoryStore> {
         self.enter("delete", key).await?;
         self.remove(key);
         self.leave("delete", key).await
+    }
+
+    async fn delete_if_match(&self, key: &str, etag: &str) -> Result<Guarded> {
+        self.enter("delete_if_match", key).await?;
+        let outcome = {
+            let mut objects = lock(&self.objects);
+            match objects.get(key) {
+                Some((_, current)) if current.to_string() == etag => {
+                    objects.remove(key);
+                    Guarded::Written
+                }
+                _ => Guarded::Refused,
+            }
+        };
+        self.leave("delete_if_match", key).await?;
+        Ok(outcome)
     }
 
     async fn upload_file(&self, key: &str, path: &Path, _content_type: &str) -> Result<()> {

@@ -121,6 +121,28 @@ pub fn job_keys(body: &str) -> Result<Vec<String>> {
     Ok(job_keys)
 }
 
+/// The field a re-queued check of a held job carries: how many checks came before it.
+const LEASE_CHECKS_FIELD: &str = "leaseChecks";
+
+/// How many times this message was re-queued as a later check of a job another run held.
+pub fn lease_checks(body: &str) -> u32 {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get(LEASE_CHECKS_FIELD)?.as_u64())
+        .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32)
+}
+
+/// The body again, counting one more check: the re-queued message names the same jobs.
+pub fn with_one_more_lease_check(body: &str) -> Result<String> {
+    let mut value: Value =
+        serde_json::from_str(body).or_permanent(Step::Queue, "the SQS message is not an S3 event notification")?;
+    let checks = lease_checks(body) + 1;
+    let object =
+        value.as_object_mut().ok_or_else(|| Error::permanent(Step::Queue, "the SQS message is not a JSON object"))?;
+    object.insert(LEASE_CHECKS_FIELD.to_owned(), Value::from(checks));
+    Ok(value.to_string())
+}
+
 /// S3 notifications carry the key form-URL-encoded (`jobs%2F….json`, `+` for a space).
 fn decode_s3_key(encoded: &str) -> String {
     // `+` first: an encoded plus (`%2B`) must survive as `+`.
@@ -176,5 +198,15 @@ mod tests {
         }
         assert!(job_keys("not json").is_err());
         assert!(job_keys(r#"{"Records": []}"#).is_err());
+    }
+
+    #[test]
+    fn a_requeued_check_counts_its_checks_and_still_names_the_same_job() {
+        let body = r#"{"Records":[{"s3":{"bucket":{"name":"b"},"object":{"key":"jobs%2F0123456789abcdef0123456789abcdef.json"}}}]}"#;
+        assert_eq!(lease_checks(body), 0);
+        let once = with_one_more_lease_check(body).unwrap();
+        let twice = with_one_more_lease_check(&once).unwrap();
+        assert_eq!((lease_checks(&once), lease_checks(&twice)), (1, 2));
+        assert_eq!(job_keys(&twice).unwrap(), job_keys(body).unwrap());
     }
 }

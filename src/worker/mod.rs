@@ -22,14 +22,13 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::delivery::{self, FileDelivery};
+use crate::delivery::{self, Destination, DestinationRun, FileDelivery, Refusal};
 use crate::error::{Error, ErrorClass, Result, ResultExt, Step};
 use crate::job::{
-    keys, DeliveryRecord, DeliveryState, ExportedFile, FailureRecord, JobId, LatestDelivery, LeaseRecord, Manifest,
-    Receipt, StagedFile,
+    keys, DeliveryRecord, DeliveryState, ExportedFile, FailureRecord, JobId, LeaseRecord, Manifest, Receipt, StagedFile,
 };
 use crate::outlet::Outlets;
-use crate::ports::{CreateOutcome, FileDrop, Guarded, JobQueue, ObjectStore, WorkbookSource};
+use crate::ports::{FileDrop, JobQueue, ObjectStore, WorkbookSource};
 use crate::retry::deadline_reached;
 use crate::secrets::{CachedSecrets, KinaxisCredentials, KinaxisLogin, SecretSource, SftpCredentials};
 use crate::telemetry::{self, Metric, MetricScope};
@@ -90,12 +89,15 @@ struct Run {
     /// The receipt's small writes after a delivery that ran to its cut may use until then:
     /// halfway into the margin, where the backstop cuts the job.
     finish_deadline: Instant,
-    /// The function's own deadline, on the wall clock (for the lease).
-    function_deadline_utc: OffsetDateTime,
+    /// When this run's lease (and a destination claim it takes) runs out: the function's
+    /// deadline on the wall clock, plus the grace.
+    lease_until: OffsetDateTime,
     step: Mutex<Step>,
     target: Mutex<Option<String>>,
     timings: Mutex<BTreeMap<String, u64>>,
     lease_held: AtomicBool,
+    /// The job was refused as older than a batch that claimed its destination first.
+    stale: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -206,10 +208,10 @@ where
             let trigger = Trigger::Queue { receive_count };
             match self.run_job(&job_key, deadline, trigger).await {
                 // On the last receive a failed message would reach the DLQ by the queue's
-                // redrive and raise its alarm although the lease holder is at work: it is
-                // acknowledged instead, and the holder's own outcome reaches people.
-                Ok(JobOutcome::Busy { owner, .. }) if receive_count >= self.settings.queue.max_receive_count => {
-                    tracing::warn!(lease_owner = %owner, receive_count, "the last receive found the job held by another run; acknowledged, that run owns the outcome");
+                // redrive although the holder may well finish; acknowledging it would lose the
+                // job if the holder dies. So a check comes back after the lease runs out.
+                Ok(JobOutcome::Busy { owner, until }) if receive_count >= self.settings.queue.max_receive_count => {
+                    return self.check_later(body, &owner, until, deadline).await;
                 }
                 Ok(JobOutcome::Busy { .. }) => return self.retry_later(message, receive_count, deadline).await,
                 Ok(_) => {}
@@ -218,6 +220,44 @@ where
             }
         }
         true
+    }
+
+    /// The last receive of a job another run holds: a new message, the same body counting
+    /// one more check, comes back once the lease has run out (at most 15 minutes later, and
+    /// again while it is held); after `lease_checks` of them the message goes to the
+    /// dead-letter queue saying so. `true` when the message is done with.
+    async fn check_later(&self, body: &str, owner: &str, until: OffsetDateTime, deadline: Instant) -> bool {
+        let checks = event::lease_checks(body);
+        if checks >= self.settings.queue.lease_checks {
+            let reason = format!(
+                "the job was still held by another run ({owner}, until {until}) after {checks} later checks: re-run it \
+                 from the console if it has no receipt"
+            );
+            tracing::error!(lease_owner = %owner, checks, "{reason}");
+            return self.dead_letter(body, &Error::transient(Step::Lease, reason), deadline).await;
+        }
+        let wait = (until - OffsetDateTime::now_utc()).max(time::Duration::ZERO) + time::Duration::SECOND;
+        let delay = Duration::try_from(wait).unwrap_or(Duration::from_secs(1));
+        let sent = match event::with_one_more_lease_check(body) {
+            Ok(next) => tokio::time::timeout_at(deadline, self.queue.send_later(&next, delay)).await,
+            Err(err) => Ok(Err(err)),
+        };
+        match sent {
+            Ok(Ok(())) => {
+                tracing::warn!(lease_owner = %owner, lease_until = %until, check = checks + 1, "the last receive found the job held by another run; checked again after its lease");
+                true
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err.chain(), "could not queue a later check of the held job; failing the message so the redrive keeps it");
+                false
+            }
+            Err(_) => {
+                tracing::error!(
+                    "no time left to queue a later check of the held job; failing the message so the redrive keeps it"
+                );
+                false
+            }
+        }
     }
 
     /// A failure no automatic retry will follow: permanent, a console run, or the queue's
@@ -285,12 +325,14 @@ where
                 trigger,
                 work_deadline,
                 finish_deadline: work_deadline + margin / 2,
-                function_deadline_utc: OffsetDateTime::now_utc()
-                    + time::Duration::try_from(remaining).unwrap_or(time::Duration::ZERO),
+                lease_until: OffsetDateTime::now_utc()
+                    + time::Duration::try_from(remaining).unwrap_or(time::Duration::ZERO)
+                    + time::Duration::try_from(self.settings.lease_grace).unwrap_or(time::Duration::MINUTE),
                 step: Mutex::new(Step::Manifest),
                 target: Mutex::new(None),
                 timings: Mutex::new(BTreeMap::new()),
                 lease_held: AtomicBool::new(false),
+                stale: AtomicBool::new(false),
             };
             // Steps stop by themselves at the work deadline; this cuts anything that did not,
             // halfway into the margin, and still leaves half of it to record the outcome.
@@ -312,6 +354,7 @@ where
                 // refused before the lease must not leave one beside the holder's receipt.
                 record_failure: run.lease_held.load(Ordering::SeqCst)
                     || result.as_ref().err().is_some_and(|e| !e.is_transient()),
+                stale: run.stale.load(Ordering::SeqCst),
             };
             // What comes after the report (releasing the lease, telling the queue) gets the
             // last second.
@@ -359,13 +402,12 @@ where
         }
 
         run.at(Step::Lease);
-        let grace = time::Duration::try_from(self.settings.lease_grace).unwrap_or(time::Duration::MINUTE);
         let now = OffsetDateTime::now_utc();
-        let record =
-            LeaseRecord { owner: run.owner.clone(), acquired_at: now, expires_at: run.function_deadline_utc + grace };
+        let record = LeaseRecord { owner: run.owner.clone(), acquired_at: now, expires_at: run.lease_until };
+        let longest = lease::longest(self.settings.lease_grace);
         let (taken, _) = retry
             .run(run.work_deadline, Step::Lease, "take the job's lease", |_| {
-                lease::acquire(&self.store, job_id, &record)
+                lease::acquire(&self.store, job_id, &record, longest)
             })
             .await?;
         if let Lease::Busy { owner, until } = taken {
@@ -399,8 +441,8 @@ where
             }
             None => {
                 // Nothing staged, so nothing sent: an older batch stops here, before the export.
-                if let Some(skipped) = self.stale_batch(run, manifest).await? {
-                    return Ok(skipped);
+                if let Some(refusal) = self.newer_batch(run, manifest).await? {
+                    return self.refused(run, manifest, refusal).await;
                 }
                 run.at(Step::Fetch);
                 let login = self.kinaxis_login().await?;
@@ -446,7 +488,23 @@ where
         delivered
     }
 
-    /// Delivery, then the receipt; the folder the export streamed into serves the first try.
+    /// The job's SAP destination, claimed by this run before its first rename.
+    fn destination<'a>(&'a self, run: &'a Run, manifest: &'a Manifest) -> Destination<'a, S> {
+        Destination::new(
+            &self.store,
+            DestinationRun {
+                manifest,
+                owner: &run.owner,
+                until: run.lease_until,
+                check_order: self.settings.stale_batch != StaleBatch::Deliver,
+                deadline: run.work_deadline,
+                poll: self.settings.destination_poll,
+            },
+        )
+    }
+
+    /// Delivery under the destination's claim, then the receipt; the folder the export
+    /// streamed into serves the first try.
     async fn deliver_and_receipt(
         &self,
         run: &Run,
@@ -458,20 +516,30 @@ where
         let deliver_started = Instant::now();
         run.at(Step::Deliver);
         let records = self.delivery_records(run, files).await?;
-        // A newer batch may have been delivered meanwhile; but once a file of this job has
-        // reached the rename, it is on its way to SAP and the job is finished, not refused.
         let started_sending =
             records.iter().flatten().any(|r| matches!(r.state, DeliveryState::Intent | DeliveryState::Delivered));
+        // A cheap look first: a batch refused now sends nothing. The claim before each
+        // rename decides.
         if !started_sending {
-            if let Some(skipped) = self.stale_batch(run, manifest).await? {
-                return Ok(skipped);
+            if let Some(refusal) = self.newer_batch(run, manifest).await? {
+                return self.refused(run, manifest, refusal).await;
             }
         }
-        let (records, attempts) = self.deliver(run, manifest, files, records, temporaries, folder.take()).await?;
+        let destination = self.destination(run, manifest);
+        let delivered = self.deliver(run, manifest, files, records, temporaries, folder.take(), &destination).await;
+        destination.release().await;
+        let (records, attempts) = match delivered {
+            Ok(delivered) => delivered,
+            Err(err) => {
+                return match destination.refusal() {
+                    Some(refusal) => self.refused(run, manifest, refusal).await,
+                    None => Err(err),
+                }
+            }
+        };
         run.time("deliver", deliver_started);
 
         run.at(Step::Receipt);
-        self.record_latest(run, manifest).await?;
         run.time("total", run.started);
         let receipt = Receipt {
             job_id: run.job_id.clone(),
@@ -546,36 +614,27 @@ where
         Ok(())
     }
 
-    /// A job older than the latest batch delivered for its file name and target, per
-    /// `STALE_BATCH`: `Some` when it ends here (skipped), an error when it fails.
-    async fn stale_batch(&self, run: &Run, manifest: &Manifest) -> Result<Option<JobOutcome>> {
-        if self.settings.stale_batch == StaleBatch::Deliver {
-            return Ok(None);
-        }
-        let key = keys::latest(manifest.target.as_str(), crate::routing::file_name_stem(&manifest.request.file_name));
-        let (latest, _) = self
+    /// A newer batch that claimed the job's destination, read only (none under
+    /// `STALE_BATCH=deliver`).
+    async fn newer_batch(&self, run: &Run, manifest: &Manifest) -> Result<Option<Refusal>> {
+        let destination = self.destination(run, manifest);
+        let (newer, _) = self
             .settings
             .retry
-            .run(run.work_deadline, Step::Deliver, "read the latest delivery", |_| self.store.get(&key))
+            .run(run.work_deadline, Step::Deliver, "read the destination's claim", |_| destination.newer_batch())
             .await?;
-        let Some(latest) = latest.and_then(|bytes| serde_json::from_slice::<LatestDelivery>(&bytes).ok()) else {
-            return Ok(None);
-        };
-        if latest.job_id == manifest.job_id || latest.received_at <= manifest.received_at {
-            return Ok(None);
-        }
-        let why = format!(
-            "job {} (received {}) is older than job {} (received {}), already delivered to {} as {}; not delivered, \
-             as SAP would roll its plan back to it (STALE_BATCH={})",
-            manifest.job_id,
-            manifest.received_at,
-            latest.job_id,
-            latest.received_at,
-            manifest.target,
-            manifest.request.file_name,
-            if self.settings.stale_batch == StaleBatch::Skip { "skip" } else { "fail" },
-        );
-        if self.settings.stale_batch == StaleBatch::Fail {
+        Ok(newer)
+    }
+
+    /// A job refused as older than a batch that claimed its destination first, per
+    /// `STALE_BATCH`: a permanent failure naming both jobs (`fail`), or a receipt saying why
+    /// (`skip`); counted as `JobsStale` either way.
+    async fn refused(&self, run: &Run, manifest: &Manifest, refusal: Refusal) -> Result<JobOutcome> {
+        run.stale.store(true, Ordering::SeqCst);
+        let policy = if self.settings.stale_batch == StaleBatch::Skip { "skip" } else { "fail" };
+        let why = format!("{} (STALE_BATCH={policy})", refusal.why);
+        tracing::warn!(newer_job = %refusal.newer_job, newer_received = %refusal.newer_received_at, "{why}");
+        if self.settings.stale_batch != StaleBatch::Skip {
             return Err(Error::permanent(Step::Deliver, why));
         }
         let receipt = Receipt {
@@ -591,61 +650,7 @@ where
             reconciliation: Vec::new(),
         };
         self.write_receipt(run, &receipt).await?;
-        Ok(Some(JobOutcome::Skipped(receipt)))
-    }
-
-    /// Moves `latest/…` forward to this job unless a newer one is there already.
-    async fn record_latest(&self, run: &Run, manifest: &Manifest) -> Result<()> {
-        let key = keys::latest(manifest.target.as_str(), crate::routing::file_name_stem(&manifest.request.file_name));
-        let mine = LatestDelivery { job_id: manifest.job_id.clone(), received_at: manifest.received_at };
-        let bytes = serde_json::to_vec(&mine).or_permanent(Step::Receipt, "serialising the latest delivery")?;
-        let retry = &self.settings.retry;
-        let deadline = run.finish_deadline;
-        let at_receipt = |e: Error| e.at(Step::Receipt);
-        for _ in 0..5 {
-            let (current, _) =
-                retry.run(deadline, Step::Receipt, "read the latest delivery", |_| self.store.get_tagged(&key)).await?;
-            let written = match current {
-                None => {
-                    let (created, _) = retry
-                        .run(deadline, Step::Receipt, "record the latest delivery", |_| {
-                            self.store.create(&key, bytes.clone(), "application/json")
-                        })
-                        .await
-                        .map_err(at_receipt)?;
-                    created == CreateOutcome::Created
-                }
-                Some(current) => {
-                    let newer = serde_json::from_slice::<LatestDelivery>(&current.bytes)
-                        .ok()
-                        .filter(|l| l.received_at >= mine.received_at);
-                    if let Some(newer) = newer {
-                        if newer.job_id != mine.job_id {
-                            // Two batches of one name ran at once: this older one reached SAP
-                            // after the newer one, and SAP may now plan from it.
-                            tracing::error!(
-                                newer_job = %newer.job_id,
-                                newer_received = %newer.received_at,
-                                "a newer batch of this file name was delivered before this one finished: SAP may now \
-                                 hold the older plan; check which file SAP read last"
-                            );
-                        }
-                        return Ok(());
-                    }
-                    let (replaced, _) = retry
-                        .run(deadline, Step::Receipt, "record the latest delivery", |_| {
-                            self.store.replace(&key, bytes.clone(), "application/json", &current.etag)
-                        })
-                        .await
-                        .map_err(at_receipt)?;
-                    replaced == Guarded::Written
-                }
-            };
-            if written {
-                return Ok(());
-            }
-        }
-        Err(Error::transient(Step::Receipt, format!("{key} kept changing while recording this delivery")))
+        Ok(JobOutcome::Skipped(receipt))
     }
 
     /// The CSVs of an earlier attempt, when staging completed; downloaded into `dir`.
@@ -709,6 +714,7 @@ where
         records: Vec<Option<DeliveryRecord>>,
         temporaries: &stream::Temporaries,
         folder: Option<D::Folder>,
+        destination: &Destination<'_, S>,
     ) -> Result<(Vec<DeliveryRecord>, u32)> {
         let job_id = run.job_id.as_str();
         let trigger = self.settings.profiles.for_target(&manifest.target).trigger.as_ref();
@@ -763,6 +769,7 @@ where
                     deadline: run.work_deadline,
                     trigger,
                     streamed,
+                    destination,
                 };
                 let record = one.run(&mut folder, earlier).await?;
                 tracing::info!(remote = %record.remote_path, uploaded = record.uploaded, taken_by_sap = record.taken_by_sap, "file delivered");

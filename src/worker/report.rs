@@ -23,6 +23,8 @@ pub(super) struct JobEnd<'a> {
     pub final_failure: bool,
     /// Whether this run may write `failed/` (it held the lease, or the failure is permanent).
     pub record_failure: bool,
+    /// Refused as older than a batch that claimed the destination first (`JobsStale`).
+    pub stale: bool,
 }
 
 impl JobEnd<'_> {
@@ -48,6 +50,9 @@ impl JobEnd<'_> {
                 metrics = vec![("JobsBusy", Metric::Count(1.0))];
             }
             Err(err) => self.failed(err, &mut metrics),
+        }
+        if self.stale {
+            metrics.push(("JobsStale", Metric::Count(1.0)));
         }
         let target = match result {
             Ok(JobOutcome::Delivered(receipt)) => Some(receipt.target.as_str()),

@@ -38,6 +38,9 @@ pub struct WorkerSettings {
     pub stream: StreamOptions,
     /// What to do when the final file is already on the server (`SFTP_EXISTING_FILE`).
     pub existing_file: ExistingFilePolicy,
+    /// How often a job waiting for another job to finish writing its SAP destination looks
+    /// again.
+    pub destination_poll: Duration,
 }
 
 /// Time kept after the last step to write `failed/` and emit the metric.
@@ -53,6 +56,9 @@ pub struct QueueSettings {
     /// How long a message waits before its next receive, by the receive that failed
     /// (the last entry repeats): `RETRY_VISIBILITY_SECS`.
     pub visibility_delays: Vec<Duration>,
+    /// How many times the last receive of a job held by another run is checked again later,
+    /// before it goes to the dead-letter queue.
+    pub lease_checks: u32,
 }
 
 impl QueueSettings {

@@ -182,6 +182,7 @@ where
             replaced: None,
             remote_size: None,
             trigger: None,
+            claim: None,
             updated_at: OffsetDateTime::now_utc(),
         };
         if let Err(err) = delivery::write(&self.store, &run.job_id, &record).await {
@@ -215,7 +216,7 @@ where
             }
             Some(_) => return Ok(None),
         };
-        Ok(Some((delivery::temporary_name(file_name, attempt), attempt)))
+        Ok(Some((delivery::temporary_name(file_name, &run.job_id, attempt), attempt)))
     }
 
     /// The file as a multipart upload, parts going up while later bytes still arrive; not

@@ -175,12 +175,21 @@ impl World {
         self.store.json(&keys::failure(&self.job_id()))
     }
 
-    /// Time passes: the crashed run's lease runs out.
+    /// Time passes: the crashed run's lease runs out, and so does a destination claim it held.
     fn expire_lease(&self) {
-        let key = keys::lease(&self.job_id());
-        if let Some(mut lease) = self.store.json(&key) {
-            lease["expiresAt"] = json!("2000-01-01T00:00:00Z");
-            self.store.insert(&key, serde_json::to_vec(&lease).unwrap());
+        for key in self.store.keys("locks/") {
+            if let Some(mut lease) = self.store.json(&key) {
+                lease["expiresAt"] = json!("2000-01-01T00:00:00Z");
+                self.store.insert(&key, serde_json::to_vec(&lease).unwrap());
+            }
+        }
+        for key in self.store.keys("latest/") {
+            if let Some(mut claim) = self.store.json(&key) {
+                if claim.get("holder").is_some() {
+                    claim["holder"]["until"] = json!("2000-01-01T00:00:00Z");
+                    self.store.insert(&key, serde_json::to_vec(&claim).unwrap());
+                }
+            }
         }
     }
 
@@ -388,11 +397,10 @@ async fn a_crash_around_the_trigger_then_sap_taking_only_the_trigger_never_gets_
         assert_eq!(data_uploads, 1, "{case}: the data file is sent once");
         let trigger = receipt.files[0].trigger.as_ref().expect("a trigger record");
         assert!(trigger.written && trigger.not_written.is_none(), "{case}: {trigger:?}");
-        // A temporary cut before its intent was recorded is no attempt's to rename; it goes
-        // with the stale sweep (30 minutes), as the data file's do.
+        // A temporary cut before its intent was recorded carries the job's id: the next
+        // attempt removes it, whatever its age.
         let left: Vec<String> = world.drop.all_files().into_iter().filter(|n| n.ends_with(".part")).collect();
-        let cut_upload = operation == "upload";
-        assert_eq!(left.len(), usize::from(cut_upload), "{case}: temporaries left {left:?}");
+        assert!(left.is_empty(), "{case}: temporaries left {left:?}");
         assert_eq!(world.source.exports(), 1, "{case}");
         assert!(world.failure().is_none(), "{case}");
     }
@@ -573,6 +581,7 @@ async fn an_abandoned_incomplete_temporary_is_recorded_before_it_is_removed_and_
         replaced: None,
         remote_size: None,
         trigger: None,
+        claim: None,
         updated_at: OffsetDateTime::now_utc(),
     };
     world.store.insert(&keys::delivery(&world.job_id(), &staged[0].file_name), serde_json::to_vec(&record).unwrap());
@@ -655,7 +664,7 @@ async fn a_transient_failure_waits_longer_each_receive_and_the_last_receive_goes
         .iter()
         .filter_map(|c| match c {
             QueueCall::RetryLater { delay, .. } => Some(delay.as_secs() / 60),
-            QueueCall::DeadLetter { .. } => None,
+            QueueCall::DeadLetter { .. } | QueueCall::SendLater { .. } => None,
         })
         .collect();
     assert_eq!(delays, [5, 20, 60, 60]);
@@ -765,9 +774,10 @@ async fn a_job_whose_file_reached_sap_is_finished_even_after_a_newer_batch_was_d
     let world = World::new(MemorySource::new(5), MemoryDrop::new());
     world.drop.crash.arm("rename", ".csv", true);
     world.crash_run(&world.drop.crash).await;
+    // The crashed run's lease, and with it its claim of the destination, runs out.
+    world.expire_lease();
     let newer = world.add_job("planned-orders-1200", OffsetDateTime::now_utc() + time::Duration::hours(6));
     assert!(matches!(world.worker().run_job(&newer, far(), queue(1)).await.unwrap(), JobOutcome::Delivered(_)));
-    world.expire_lease();
     let outcome = world.run(queue(2)).await;
     assert!(matches!(outcome, Ok(JobOutcome::Delivered(_))), "{outcome:?}");
     assert!(world.failure().is_none());
@@ -775,29 +785,25 @@ async fn a_job_whose_file_reached_sap_is_finished_even_after_a_newer_batch_was_d
 }
 
 #[tokio::test]
-async fn stale_temporaries_of_a_file_are_swept_and_young_ones_of_a_running_attempt_are_not() {
+async fn a_job_removes_its_own_cut_temporaries_whatever_their_age_and_never_another_jobs() {
     let world = World::new(MemorySource::new(5), MemoryDrop::new());
-    let name = |suffix: &str| {
-        let stamp = world.store.json(&world.job_key()).unwrap()["receivedAt"].as_str().unwrap().to_owned();
-        let t = time::OffsetDateTime::parse(&stamp, &time::format_description::well_known::Rfc3339).unwrap();
-        format!(
-            ".PlannedOrders-PF_{:04}{:02}{:02}{:02}{:02}{:02}.csv.{suffix}.part",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        )
-    };
-    let (old, young) = (name("1-dead"), name("1-live"));
-    world.drop.put_file(&old, b"cut");
-    world.drop.put_file(&young, b"being written");
-    world.drop.age(&old, 3600);
+    let data = world.data_name();
+    let other_job = crate::job::job_id("planned-orders-1200");
+    let own_fresh = format!(".{data}.{}.1-0000dead.part", world.job_id());
+    let own_old = format!(".{data}.{}.1-0000beef.part", world.job_id());
+    let others = format!(".{data}.{other_job}.1-00000001.part");
+    let unnamed = format!(".{data}.1-00000002.part");
+    for name in [&own_fresh, &own_old, &others, &unnamed] {
+        world.drop.put_file(name, b"cut");
+    }
+    world.drop.age(&own_old, 3600);
+    world.drop.age(&others, 3600);
+    world.drop.age(&unnamed, 3600);
     world.run(queue(1)).await.unwrap();
     let left = world.drop.all_files();
-    assert!(!left.contains(&old), "{left:?}");
-    assert!(left.contains(&young), "{left:?}");
+    assert!(!left.contains(&own_fresh) && !left.contains(&own_old), "{left:?}");
+    assert!(left.contains(&others), "another job's temporary stays: {left:?}");
+    assert!(left.contains(&unnamed), "a temporary no job's id names stays: {left:?}");
 }
 
 #[tokio::test]
@@ -886,10 +892,16 @@ async fn a_newer_batch_delivered_during_the_export_skips_this_one_and_its_stream
     let world = World::new(MemorySource::new(20).with_latency(Duration::from_millis(200)), MemoryDrop::new())
         .set("STALE_BATCH", "skip");
     let newer = manifest("planned-orders-1200", OffsetDateTime::now_utc() + time::Duration::hours(6));
-    let latest = crate::job::LatestDelivery { job_id: newer.job_id.clone(), received_at: newer.received_at };
+    let latest = crate::job::DestinationRecord {
+        job_id: newer.job_id.clone(),
+        received_at: newer.received_at,
+        holder: None,
+        generation: 1,
+        writer: Some(newer.job_id.clone()),
+    };
     let newer_lands = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let key = keys::latest(newer.target.as_str(), &newer.request.file_name);
+        let key = keys::destination(newer.target.as_str(), &newer.request.file_name);
         world.store.insert(&key, serde_json::to_vec(&latest).unwrap());
     };
     let (outcome, ()) = tokio::join!(world.run(queue(1)), newer_lands);

@@ -198,6 +198,9 @@ impl ObjectStore for StagingOutage {
     async fn delete(&self, key: &str) -> Result<()> {
         self.0.delete(key).await
     }
+    async fn delete_if_match(&self, key: &str, etag: &str) -> Result<Guarded> {
+        self.0.delete_if_match(key, etag).await
+    }
     async fn upload_file(&self, key: &str, _path: &Path, _content_type: &str) -> Result<()> {
         Err(Error::transient(Step::Stage, format!("uploading {key}: 503 Slow Down (injected)")))
     }

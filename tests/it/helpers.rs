@@ -418,6 +418,18 @@ pub async fn deliver_once(
     let mut folder = SftpDrop { options }.open(credentials, deadline).await?;
     let store = maestro_relay::memory::MemoryStore::new();
     let file = upload.exported();
+    let manifest = one_file_manifest();
+    let destination = maestro_relay::delivery::Destination::new(
+        &store,
+        maestro_relay::delivery::DestinationRun {
+            manifest: &manifest,
+            owner: "run",
+            until: time::OffsetDateTime::now_utc() + time::Duration::minutes(15),
+            check_order: true,
+            deadline,
+            poll: std::time::Duration::from_millis(100),
+        },
+    );
     let one = maestro_relay::delivery::FileDelivery {
         store: &store,
         job_id: "job",
@@ -427,8 +439,20 @@ pub async fn deliver_once(
         deadline,
         trigger,
         streamed: None,
+        destination: &destination,
     };
     one.run(&mut folder, None).await
+}
+
+/// The manifest of a one-file job to PF2, for a delivery made outside the worker.
+fn one_file_manifest() -> maestro_relay::job::Manifest {
+    let manifest = serde_json::json!({
+        "jobId": "0123456789abcdef0123456789abcdef", "receivedAt": "2026-01-01T00:00:00Z", "target": "PF2",
+        "contentSha256": "00", "eventId": null, "fileName": "PlannedOrders-PF",
+        "workbook": {"name": "W", "scope": "Public"}, "worksheets": ["Planned Orders"],
+        "scenario": {"name": "S", "scope": "Public"}, "siteGroup": "All Sites", "filter": null, "variables": {},
+    });
+    serde_json::from_value(manifest).expect("a valid manifest")
 }
 
 /// A local file of `size` pseudo-random bytes (seeded), as an SFTP upload.

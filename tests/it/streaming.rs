@@ -67,6 +67,9 @@ impl ObjectStore for Recording {
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).await
     }
+    async fn delete_if_match(&self, key: &str, etag: &str) -> Result<Guarded> {
+        self.inner.delete_if_match(key, etag).await
+    }
     async fn upload_file(&self, key: &str, path: &Path, content_type: &str) -> Result<()> {
         self.note("upload_file", key);
         self.inner.upload_file(key, path, content_type).await
