@@ -245,8 +245,8 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
         Ok(record.generation == generation && record.writer.as_ref() == Some(&self.manifest.job_id))
     }
 
-    /// Lets go of the claim, if this run holds it; `If-Match`, so a claim taken over since
-    /// stays as it is. Best effort: a claim not let go runs out with the lease.
+    /// Lets go of the claim, if this job's runs hold it; `If-Match`, so a claim taken over
+    /// since stays as it is. Best effort: a claim not let go runs out with the lease.
     pub async fn release(&self) {
         for _ in 0..3 {
             let current = match self.read().await {
@@ -258,7 +258,9 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
                 }
             };
             let (mut record, etag) = current;
-            if record.holder.as_ref().is_none_or(|h| h.owner != self.owner) {
+            // An earlier run of this job may have left it held: this run holds the job's
+            // lease, so that run is over.
+            if record.holder.as_ref().is_none_or(|h| h.job_id != self.manifest.job_id) {
                 return;
             }
             record.holder = None;

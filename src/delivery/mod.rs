@@ -206,8 +206,13 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 self.fresh(folder, None).await
             }
             None if final_present => {
-                // Another file stands under the name and ours is not there to rename: the
-                // earlier rename cannot have happened. Send again under the policy.
+                // Another file stands under the name and ours is not there to rename. With
+                // no other job at the name since, the earlier rename cannot have happened:
+                // sent again under the policy. Otherwise the other job's file may have
+                // replaced ours after it reached SAP: nobody can tell.
+                if !self.destination.unchanged_since(record.claim).await? {
+                    return Err(self.unknown(&record, "another job's file stands under the name"));
+                }
                 self.abandon(folder, record).await?;
                 self.fresh(folder, None).await
             }
@@ -219,15 +224,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     /// taken by SAP, when no other job claimed the destination since; else nobody can tell.
     async fn taken_by_sap(&self, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
         if !self.destination.unchanged_since(record.claim).await? {
-            return Err(Error::permanent(
-                Step::Deliver,
-                format!(
-                    "{}: the intent of attempt {} was recorded and neither its temporary nor the file is there, but \
-                     the destination was claimed by another job since (or the record predates claims): whether SAP \
-                     got this job's file is unknown, so no receipt is written; check SAP's inbound log",
-                    record.remote_path, record.attempt
-                ),
-            ));
+            return Err(self.unknown(&record, "neither its temporary nor the file is there"));
         }
         tracing::warn!(
             remote = %record.remote_path,
@@ -237,6 +234,20 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         );
         record.taken_by_sap = true;
         self.delivered(record).await
+    }
+
+    /// An intent whose outcome nobody can tell: another job claimed the destination since
+    /// (or the record predates claims). A permanent failure, never a receipt.
+    fn unknown(&self, record: &DeliveryRecord, seen: &str) -> Error {
+        Error::permanent(
+            Step::Deliver,
+            format!(
+                "{}: the intent of attempt {} was recorded and {seen}, but another job claimed the destination since \
+                 (or the record predates claims): whether SAP got this job's file is unknown, so no receipt is \
+                 written; check SAP's inbound log",
+                record.remote_path, record.attempt
+            ),
+        )
     }
 
     /// Claims the destination for the recorded intent's temporary, then puts it under the

@@ -22,6 +22,8 @@ struct FolderState {
     modified: BTreeMap<String, u64>,
     /// Every name a rename has ever made appear (what SAP could have picked up).
     appeared: Vec<String>,
+    /// The same, with the SHA-256 of what appeared: which batch SAP would read last.
+    arrivals: Vec<(String, String)>,
     /// Every operation, in order: `upload .x.part`, `rename x.csv`, …
     operations: Vec<String>,
 }
@@ -71,6 +73,11 @@ impl MemoryDrop {
     /// Every final name that ever appeared, once per appearance.
     pub fn appeared(&self) -> Vec<String> {
         lock(&self.state).appeared.clone()
+    }
+
+    /// Every final name that ever appeared with the SHA-256 of its bytes, in order.
+    pub fn arrivals(&self) -> Vec<(String, String)> {
+        lock(&self.state).arrivals.clone()
     }
 
     /// SAP's inbound job takes every visible file away.
@@ -222,6 +229,7 @@ impl RemoteFolder for MemoryFolder {
                 Guarded::Refused
             } else if let Some(bytes) = state.files.remove(from) {
                 let modified = state.modified.remove(from).unwrap_or_else(now_secs);
+                state.arrivals.push((to.to_owned(), hex::encode(Sha256::digest(&bytes))));
                 state.files.insert(to.to_owned(), bytes);
                 state.modified.insert(to.to_owned(), modified);
                 state.appeared.push(to.to_owned());
@@ -250,6 +258,7 @@ impl RemoteFolder for MemoryFolder {
                 .remove(from)
                 .ok_or_else(|| Error::permanent(Step::Deliver, format!("replacing {to} with {from}: no such file")))?;
             let modified = state.modified.remove(from).unwrap_or_else(now_secs);
+            state.arrivals.push((to.to_owned(), hex::encode(Sha256::digest(&bytes))));
             state.files.insert(to.to_owned(), bytes);
             state.modified.insert(to.to_owned(), modified);
             state.appeared.push(to.to_owned());

@@ -24,6 +24,8 @@ pub struct MemorySource {
     latency_ms: AtomicU64,
     exports: AtomicU64,
     faults: Faults,
+    /// How the files are named (the default's timestamped names, unless a test says).
+    file_names: std::sync::Mutex<job::FileNameTemplate>,
 }
 
 impl MemorySource {
@@ -38,11 +40,18 @@ impl MemorySource {
             latency_ms: AtomicU64::new(0),
             exports: AtomicU64::new(0),
             faults: Faults::default(),
+            file_names: std::sync::Mutex::new(job::FileNameTemplate::default()),
         })
     }
 
     pub fn with_latency(self: Arc<Self>, latency: Duration) -> Arc<Self> {
         self.latency_ms.store(latency.as_millis() as u64, Ordering::SeqCst);
+        self
+    }
+
+    /// Files named by `template` (as `FILE_NAME_TEMPLATE` names them), e.g. fixed names.
+    pub fn with_file_names(self: Arc<Self>, template: job::FileNameTemplate) -> Arc<Self> {
+        *lock(&self.file_names) = template;
         self
     }
 
@@ -88,9 +97,10 @@ impl WorkbookSource for Arc<MemorySource> {
             return Err(crate::retry::deadline_reached(Step::Fetch, "exporting from the in-memory source"));
         }
         let several = self.worksheets.len() > 1;
+        let file_names = lock(&self.file_names).clone();
         let mut files = Vec::new();
         for (worksheet, rows) in &self.worksheets {
-            let file_name = job::csv_file_name(&job::FileNameTemplate::default(), manifest, worksheet, several);
+            let file_name = job::csv_file_name(&file_names, manifest, worksheet, several);
             let mut csv = String::from("Order,Quantity\r\n");
             for row in 0..*rows {
                 csv.push_str(&format!("PO-{row},{number}\r\n"));

@@ -442,7 +442,7 @@ where
             None => {
                 // Nothing staged, so nothing sent: an older batch stops here, before the export.
                 if let Some(refusal) = self.newer_batch(run, manifest).await? {
-                    return self.refused(run, manifest, refusal).await;
+                    return self.refused(run, manifest, refusal, &[], None).await;
                 }
                 run.at(Step::Fetch);
                 let login = self.kinaxis_login().await?;
@@ -522,7 +522,7 @@ where
         // rename decides.
         if !started_sending {
             if let Some(refusal) = self.newer_batch(run, manifest).await? {
-                return self.refused(run, manifest, refusal).await;
+                return self.refused(run, manifest, refusal, files, folder.take()).await;
             }
         }
         let destination = self.destination(run, manifest);
@@ -532,7 +532,7 @@ where
             Ok(delivered) => delivered,
             Err(err) => {
                 return match destination.refusal() {
-                    Some(refusal) => self.refused(run, manifest, refusal).await,
+                    Some(refusal) => self.refused(run, manifest, refusal, files, None).await,
                     None => Err(err),
                 }
             }
@@ -628,9 +628,17 @@ where
 
     /// A job refused as older than a batch that claimed its destination first, per
     /// `STALE_BATCH`: a permanent failure naming both jobs (`fail`), or a receipt saying why
-    /// (`skip`); counted as `JobsStale` either way.
-    async fn refused(&self, run: &Run, manifest: &Manifest, refusal: Refusal) -> Result<JobOutcome> {
+    /// (`skip`); counted as `JobsStale` either way. Its temporaries go first.
+    async fn refused(
+        &self,
+        run: &Run,
+        manifest: &Manifest,
+        refusal: Refusal,
+        files: &[ExportedFile],
+        folder: Option<D::Folder>,
+    ) -> Result<JobOutcome> {
         run.stale.store(true, Ordering::SeqCst);
+        self.remove_refused_temporaries(run, manifest, files, folder).await;
         let policy = if self.settings.stale_batch == StaleBatch::Skip { "skip" } else { "fail" };
         let why = format!("{} (STALE_BATCH={policy})", refusal.why);
         tracing::warn!(newer_job = %refusal.newer_job, newer_received = %refusal.newer_received_at, "{why}");

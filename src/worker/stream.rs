@@ -435,6 +435,68 @@ where
             }
         }
     }
+
+    /// A job refused as older ends here, and nothing of it is renamed again: each recorded
+    /// temporary of `files` (streaming, or an intent) is marked abandoned, then every
+    /// temporary carrying the job's id is removed from the folder (an intent that could not be
+    /// marked keeps its temporary, or its absence would read as a rename). Best effort.
+    pub(super) async fn remove_refused_temporaries(
+        &self,
+        run: &Run,
+        manifest: &Manifest,
+        files: &[ExportedFile],
+        folder: Option<D::Folder>,
+    ) {
+        let mut kept = Vec::new();
+        for file in files {
+            let record = match delivery::record(&self.store, &run.job_id, &file.file.file_name).await {
+                Ok(Some(record)) if matches!(record.state, DeliveryState::Streaming | DeliveryState::Intent) => record,
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::warn!(file = %file.file.file_name, error = %err.chain(), "could not read a delivery record of the refused job; its temporary stays");
+                    kept.push(String::new());
+                    continue;
+                }
+            };
+            let temp = record.temp_name.clone();
+            let abandoned =
+                DeliveryRecord { state: DeliveryState::Abandoned, updated_at: OffsetDateTime::now_utc(), ..record };
+            if let Err(err) = delivery::write(&self.store, &run.job_id, &abandoned).await {
+                tracing::warn!(temp, error = %err.chain(), "could not mark the refused job's temporary abandoned; it stays");
+                kept.push(temp);
+            }
+        }
+        if kept.iter().any(String::is_empty) {
+            return;
+        }
+        let mut folder = match folder {
+            Some(folder) => Some(folder),
+            None => self.open_folder(run, manifest).await,
+        };
+        let Some(open) = folder.as_mut() else {
+            tracing::warn!("no SFTP folder to remove the refused job's temporaries from; they stay, named by its id");
+            return;
+        };
+        let marker = format!(".{}.", run.job_id);
+        let entries = match open.list().await {
+            Ok(entries) => entries,
+            Err(err) => {
+                tracing::warn!(error = %err.chain(), "could not list the folder for the refused job's temporaries; they stay, named by its id");
+                return;
+            }
+        };
+        for entry in entries {
+            let ours = entry.name.starts_with('.') && entry.name.contains(&marker) && entry.name.ends_with(".part");
+            if ours && !kept.contains(&entry.name) {
+                match open.remove(&entry.name).await {
+                    Ok(()) => tracing::info!(temp = %entry.name, "removed a temporary of the refused job"),
+                    Err(err) => {
+                        tracing::warn!(temp = %entry.name, error = %err.chain(), "could not remove a temporary of the refused job")
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The chunks regrouped into parts of `part_bytes` (the last one shorter).

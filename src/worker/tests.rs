@@ -638,6 +638,50 @@ fn sqs_event(job_key: &str, receive_count: u32) -> Value {
     }]})
 }
 
+/// A console run dies holding the lease; the queue's last receive of the job comes.
+#[tokio::test]
+async fn the_last_receive_of_a_job_held_by_a_dead_run_queues_a_check_that_delivers_it_once_the_lease_runs_out() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    world.store.crash.arm("put", "_staged.json", true);
+    world.crash_run(&world.store.crash).await;
+    let answer = world.worker().handle_json(&sqs_event(&world.job_key(), 5), far()).await.unwrap();
+    assert_eq!(answer["batchItemFailures"].as_array().map(Vec::len), Some(0), "acknowledged: a check follows");
+    let calls = world.queue.calls();
+    let [QueueCall::SendLater { body, delay }] = calls.as_slice() else {
+        panic!("no later check: {:?}", world.queue.calls())
+    };
+    assert!(*delay > Duration::from_secs(30) && *delay <= Duration::from_secs(62), "after the lease: {delay:?}");
+    assert_eq!(event::lease_checks(body), 1);
+    assert!(world.receipt().is_none() && world.failure().is_none());
+
+    // The check arrives after the dead run's lease ran out: the job is delivered.
+    world.expire_lease();
+    let mut check = sqs_event(&world.job_key(), 1);
+    check["Records"][0]["body"] = json!(body);
+    let answer = world.worker().handle_json(&check, far()).await.unwrap();
+    assert_eq!(answer["batchItemFailures"].as_array().map(Vec::len), Some(0));
+    world.assert_delivered_exactly_once();
+}
+
+#[tokio::test]
+async fn a_job_still_held_after_every_later_check_goes_to_the_dead_letter_queue_saying_so() {
+    let world = World::new(MemorySource::new(5), MemoryDrop::new());
+    world.store.crash.arm("put", "_staged.json", true);
+    world.crash_run(&world.store.crash).await;
+    let mut last = sqs_event(&world.job_key(), 5);
+    let body = last["Records"][0]["body"].as_str().unwrap().to_owned();
+    let mut checked = serde_json::from_str::<Value>(&body).unwrap();
+    checked["leaseChecks"] = json!(4);
+    last["Records"][0]["body"] = json!(checked.to_string());
+    let answer = world.worker().handle_json(&last, far()).await.unwrap();
+    assert_eq!(answer["batchItemFailures"].as_array().map(Vec::len), Some(0));
+    let calls = world.queue.calls();
+    let [QueueCall::DeadLetter { reason, .. }] = calls.as_slice() else {
+        panic!("not dead-lettered: {:?}", world.queue.calls())
+    };
+    assert!(reason.contains("still held by another run") && reason.contains("4 later checks"), "{reason}");
+}
+
 #[tokio::test]
 async fn a_permanent_failure_goes_to_the_dead_letter_queue_at_once_and_is_acknowledged() {
     let world = World::new(MemorySource::new(5), MemoryDrop::new());
@@ -1004,3 +1048,5 @@ async fn a_failed_stream_of_a_later_file_does_not_keep_an_earlier_files_temporar
     }
     assert!(world.store.open_uploads().is_empty(), "{:?}", world.store.open_uploads());
 }
+
+mod across_jobs;
