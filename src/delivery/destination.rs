@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result, ResultExt, Step};
-use crate::job::{batch_order, keys, DestinationHolder, DestinationRecord, JobId, Manifest};
+use crate::job::{batch_order, keys, DestinationHolder, DestinationRecord, DestinationWriter, JobId, Manifest};
 use crate::ports::{CreateOutcome, Guarded, ObjectStore};
 
 /// How often a job waiting for another job's run to let go of the destination looks again.
@@ -44,6 +44,8 @@ pub struct Destination<'a, S> {
     /// Waiting for another run to let go stops here.
     deadline: Instant,
     poll: Duration,
+    /// The names this job's files go under.
+    names: Vec<String>,
     /// The generation this run claimed under, once it has.
     claimed: Mutex<Option<u64>>,
     refusal: Mutex<Option<Refusal>>,
@@ -61,6 +63,8 @@ pub struct DestinationRun<'a> {
     pub check_order: bool,
     pub deadline: Instant,
     pub poll: Duration,
+    /// The names the job's files go under.
+    pub names: Vec<String>,
 }
 
 impl<'a, S: ObjectStore> Destination<'a, S> {
@@ -76,9 +80,15 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
             check_order: run.check_order,
             deadline: run.deadline,
             poll: run.poll,
+            names: run.names,
             claimed: Mutex::new(None),
             refusal: Mutex::new(None),
         }
+    }
+
+    /// The job delivering to this destination.
+    pub fn manifest(&self) -> &'a Manifest {
+        self.manifest
     }
 
     /// Why this job was refused, when it was.
@@ -148,6 +158,8 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
             owner: self.owner.to_owned(),
             until: self.until,
         });
+        let writer =
+            |generation| DestinationWriter { generation, job_id: manifest.job_id.clone(), names: self.names.clone() };
         let Some(current) = current else {
             return DestinationRecord {
                 job_id: manifest.job_id.clone(),
@@ -155,6 +167,7 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
                 holder,
                 generation: 1,
                 writer: Some(manifest.job_id.clone()),
+                history: vec![writer(1)],
             };
         };
         let mut next = current.clone();
@@ -166,6 +179,9 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
         if current.writer.as_ref() != Some(&manifest.job_id) {
             next.generation = current.generation + 1;
             next.writer = Some(manifest.job_id.clone());
+            next.history.push(writer(next.generation));
+            let excess = next.history.len().saturating_sub(DestinationRecord::HISTORY);
+            next.history.drain(..excess);
         }
         next.holder = holder;
         next
@@ -237,12 +253,17 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
         Ok(())
     }
 
-    /// Whether no other job claimed the destination since `generation` (this job's claim at
+    /// Whether no other job put a file under `name` since `generation` (this job's claim at
     /// its intent): only then does a file gone from the folder mean SAP took this job's.
-    pub async fn unchanged_since(&self, generation: Option<u64>) -> Result<bool> {
+    /// `false` when the record cannot tell (a claim from before this record kept names, or a
+    /// history that no longer reaches back that far).
+    pub async fn unchanged_since(&self, generation: Option<u64>, name: &str) -> Result<bool> {
         let Some(generation) = generation else { return Ok(false) };
         let Some((record, _)) = self.read().await? else { return Ok(false) };
-        Ok(record.generation == generation && record.writer.as_ref() == Some(&self.manifest.job_id))
+        let later: Vec<&DestinationWriter> = record.history.iter().filter(|w| w.generation > generation).collect();
+        let remembered = later.len() as u64 == record.generation.saturating_sub(generation);
+        let others_wrote = later.iter().any(|w| w.job_id != self.manifest.job_id && w.names.iter().any(|n| n == name));
+        Ok(remembered && !others_wrote)
     }
 
     /// Lets go of the claim, if this job's runs hold it; `If-Match`, so a claim taken over
@@ -277,5 +298,89 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryStore;
+    use std::sync::Arc;
+
+    fn manifest(event: &str, seconds: i64) -> Manifest {
+        let mut value = serde_json::json!({
+            "jobId": crate::job::job_id(event),
+            "target": "PF2", "contentSha256": "00", "eventId": event, "fileName": "Plan-PF",
+            "workbook": {"name": "W", "scope": "Public"}, "worksheets": ["W"],
+            "scenario": {"name": "S", "scope": "Public"}, "siteGroup": "All", "filter": null, "variables": {},
+        });
+        value["receivedAt"] = serde_json::json!(format!(
+            "1970-01-01T{:02}:{:02}:{:02}Z",
+            seconds / 3600,
+            seconds / 60 % 60,
+            seconds % 60
+        ));
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn run<'a>(manifest: &'a Manifest, names: &[&str]) -> DestinationRun<'a> {
+        DestinationRun {
+            manifest,
+            owner: manifest.job_id.as_str(),
+            until: OffsetDateTime::now_utc() + time::Duration::minutes(15),
+            check_order: true,
+            deadline: Instant::now() + Duration::from_secs(5),
+            poll: Duration::from_millis(10),
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    async fn claim_and_release(store: &Arc<MemoryStore>, manifest: &Manifest, names: &[&str]) -> u64 {
+        let destination = Destination::new(store, run(manifest, names));
+        let generation = destination.claim().await.unwrap();
+        destination.release().await;
+        generation
+    }
+
+    #[tokio::test]
+    async fn another_job_counts_as_a_writer_of_a_name_only_if_it_put_a_file_under_that_name() {
+        let store = MemoryStore::new();
+        let (a, b, c) = (manifest("a", 1), manifest("b", 2), manifest("c", 3));
+        let claimed = claim_and_release(&store, &a, &["Plan-PF_1.csv"]).await;
+        let a_destination = Destination::new(&store, run(&a, &["Plan-PF_1.csv"]));
+        assert!(a_destination.unchanged_since(Some(claimed), "Plan-PF_1.csv").await.unwrap());
+        claim_and_release(&store, &b, &["Plan-PF_2.csv"]).await;
+        assert!(a_destination.unchanged_since(Some(claimed), "Plan-PF_1.csv").await.unwrap(), "another name");
+        claim_and_release(&store, &c, &["Plan-PF_1.csv"]).await;
+        assert!(!a_destination.unchanged_since(Some(claimed), "Plan-PF_1.csv").await.unwrap(), "the same name");
+        assert!(!a_destination.unchanged_since(None, "Plan-PF_1.csv").await.unwrap(), "a record without a claim");
+    }
+
+    #[tokio::test]
+    async fn a_history_that_no_longer_reaches_back_to_the_claim_cannot_tell() {
+        let store = MemoryStore::new();
+        let a = manifest("a", 0);
+        let claimed = claim_and_release(&store, &a, &["Plan-PF_0.csv"]).await;
+        for n in 1..=DestinationRecord::HISTORY as i64 + 1 {
+            let other = manifest(&format!("job-{n}"), n);
+            claim_and_release(&store, &other, &[&format!("Plan-PF_{n}.csv")]).await;
+        }
+        let a_destination = Destination::new(&store, run(&a, &["Plan-PF_0.csv"]));
+        assert!(!a_destination.unchanged_since(Some(claimed), "Plan-PF_0.csv").await.unwrap());
+        let record: DestinationRecord = serde_json::from_slice(&store.object(&a_destination.key).unwrap()).unwrap();
+        assert_eq!(record.history.len(), DestinationRecord::HISTORY);
+    }
+
+    #[tokio::test]
+    async fn a_claim_refused_as_older_names_both_jobs_and_writes_nothing() {
+        let store = MemoryStore::new();
+        let (older, newer) = (manifest("older", 1), manifest("newer", 2));
+        claim_and_release(&store, &newer, &["Plan-PF.csv"]).await;
+        let before = store.object("latest/PF2/Plan-PF.json");
+        let destination = Destination::new(&store, run(&older, &["Plan-PF.csv"]));
+        let err = destination.claim().await.unwrap_err();
+        assert!(err.message.contains(older.job_id.as_str()) && err.message.contains(newer.job_id.as_str()));
+        assert_eq!(destination.refusal().map(|r| r.newer_job), Some(newer.job_id.clone()));
+        assert_eq!(store.object("latest/PF2/Plan-PF.json"), before);
     }
 }

@@ -183,6 +183,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         let temp = record.temp_name.clone();
         let final_present = folder.size(&name).await?.is_some();
         if final_present {
+            // Identical bytes under the name: what SAP reads is this job's plan.
             if self.identical(folder, &name).await? {
                 tracing::info!(remote = %record.remote_path, "the rename of an earlier attempt went through");
                 folder.remove(&temp).await?;
@@ -210,7 +211,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 // no other job at the name since, the earlier rename cannot have happened:
                 // sent again under the policy. Otherwise the other job's file may have
                 // replaced ours after it reached SAP: nobody can tell.
-                if !self.destination.unchanged_since(record.claim).await? {
+                if !self.destination.unchanged_since(record.claim, self.name()).await? {
                     return Err(self.unknown(&record, "another job's file stands under the name"));
                 }
                 self.abandon(folder, record).await?;
@@ -223,7 +224,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     /// The intent is recorded and neither the temporary nor the file is there: renamed and
     /// taken by SAP, when no other job claimed the destination since; else nobody can tell.
     async fn taken_by_sap(&self, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
-        if !self.destination.unchanged_since(record.claim).await? {
+        if !self.destination.unchanged_since(record.claim, self.name()).await? {
             return Err(self.unknown(&record, "neither its temporary nor the file is there"));
         }
         tracing::warn!(

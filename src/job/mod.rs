@@ -402,6 +402,24 @@ pub struct DestinationRecord {
     /// The job of this generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<JobId>,
+    /// The latest generations' writers and the names each put in place, oldest first (at
+    /// most `DestinationRecord::HISTORY`): whether another job wrote a given name since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<DestinationWriter>,
+}
+
+impl DestinationRecord {
+    /// Generations remembered: weeks of batches at three a day, longer than any retry.
+    pub const HISTORY: usize = 64;
+}
+
+/// One generation of a destination: the job that claimed it and its files' names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationWriter {
+    pub generation: u64,
+    pub job_id: JobId,
+    pub names: Vec<String>,
 }
 
 /// The run holding a destination, until its lease runs out.

@@ -488,8 +488,9 @@ where
         delivered
     }
 
-    /// The job's SAP destination, claimed by this run before its first rename.
-    fn destination<'a>(&'a self, run: &'a Run, manifest: &'a Manifest) -> Destination<'a, S> {
+    /// The job's SAP destination, claimed by this run before its first rename; `files` go
+    /// under it.
+    fn destination<'a>(&'a self, run: &'a Run, manifest: &'a Manifest, files: &[ExportedFile]) -> Destination<'a, S> {
         Destination::new(
             &self.store,
             DestinationRun {
@@ -499,6 +500,7 @@ where
                 check_order: self.settings.stale_batch != StaleBatch::Deliver,
                 deadline: run.work_deadline,
                 poll: self.settings.destination_poll,
+                names: files.iter().map(|f| f.file.file_name.clone()).collect(),
             },
         )
     }
@@ -525,8 +527,8 @@ where
                 return self.refused(run, manifest, refusal, files, folder.take()).await;
             }
         }
-        let destination = self.destination(run, manifest);
-        let delivered = self.deliver(run, manifest, files, records, temporaries, folder.take(), &destination).await;
+        let destination = self.destination(run, manifest, files);
+        let delivered = self.deliver(run, files, records, temporaries, folder.take(), &destination).await;
         destination.release().await;
         let (records, attempts) = match delivered {
             Ok(delivered) => delivered,
@@ -617,7 +619,7 @@ where
     /// A newer batch that claimed the job's destination, read only (none under
     /// `STALE_BATCH=deliver`).
     async fn newer_batch(&self, run: &Run, manifest: &Manifest) -> Result<Option<Refusal>> {
-        let destination = self.destination(run, manifest);
+        let destination = self.destination(run, manifest, &[]);
         let (newer, _) = self
             .settings
             .retry
@@ -713,11 +715,11 @@ where
         Ok(records)
     }
 
-    /// Delivers every file not yet delivered (per its record); the records make the receipt.
+    /// Delivers every file not yet delivered (per its record) to the job's destination; the
+    /// records make the receipt.
     async fn deliver(
         &self,
         run: &Run,
-        manifest: &Manifest,
         files: &[ExportedFile],
         records: Vec<Option<DeliveryRecord>>,
         temporaries: &stream::Temporaries,
@@ -725,6 +727,7 @@ where
         destination: &Destination<'_, S>,
     ) -> Result<(Vec<DeliveryRecord>, u32)> {
         let job_id = run.job_id.as_str();
+        let manifest = destination.manifest();
         let trigger = self.settings.profiles.for_target(&manifest.target).trigger.as_ref();
         // Done: every data file delivered, and its trigger settled where one is asked for.
         let finished = |r: &DeliveryRecord| {

@@ -942,6 +942,7 @@ async fn a_newer_batch_delivered_during_the_export_skips_this_one_and_its_stream
         holder: None,
         generation: 1,
         writer: Some(newer.job_id.clone()),
+        history: Vec::new(),
     };
     let newer_lands = async {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -15,12 +15,12 @@ use crate::helpers::{event_body, load_event, now, sign_event, sqs_event_for, Sta
 
 /// The real worker binary on one event, with the invocation's timeout; its own process
 /// group, so that a kill takes the runtime stand-in and the function together.
-fn spawn_worker(app: &TestApp, event: &Value, timeout_s: u64, dir: &tempfile::TempDir, name: &str) -> Child {
+pub(crate) fn spawn_worker(app: &TestApp, event: &Value, timeout_s: u64, dir: &tempfile::TempDir, name: &str) -> Child {
     spawn_worker_via(&app.endpoint, app, event, timeout_s, dir, name)
 }
 
 /// As `spawn_worker`, with every AWS call going to `endpoint`.
-fn spawn_worker_via(
+pub(crate) fn spawn_worker_via(
     endpoint: &str,
     app: &TestApp,
     event: &Value,
@@ -40,7 +40,7 @@ fn spawn_worker_via(
 }
 
 /// Waits for the invocation; its answer (the last line the stand-in prints) and all output.
-fn answer_of(child: Child) -> (Value, String) {
+pub(crate) fn answer_of(child: Child) -> (Value, String) {
     let out = child.wait_with_output().expect("worker output");
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned();
@@ -48,7 +48,7 @@ fn answer_of(child: Child) -> (Value, String) {
 }
 
 /// A deliberately short-lived invocation: margins scaled down with it.
-fn short_invocations(app: &mut TestApp, margin_s: &str) {
+pub(crate) fn short_invocations(app: &mut TestApp, margin_s: &str) {
     app.env.insert("SFTP_IO_TIMEOUT_SECS".into(), "1".into());
     app.env.insert("RETRY_DEADLINE_MARGIN_SECS".into(), margin_s.into());
     app.env.insert("LEASE_GRACE_SECS".into(), "0".into());
@@ -56,14 +56,14 @@ fn short_invocations(app: &mut TestApp, margin_s: &str) {
 
 /// Every appearance of a visible file in a folder, polled every millisecond: a file taken
 /// away and delivered again counts twice.
-struct Watcher {
+pub(crate) struct Watcher {
     appearances: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watcher {
-    fn start(folder: std::path::PathBuf) -> Self {
+    pub(crate) fn start(folder: std::path::PathBuf) -> Self {
         let appearances = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (appearances_in, stop_in) = (Arc::clone(&appearances), Arc::clone(&stop));
@@ -87,7 +87,7 @@ impl Watcher {
         Self { appearances, stop, thread: Some(thread) }
     }
 
-    fn appearances(&self) -> Vec<String> {
+    pub(crate) fn appearances(&self) -> Vec<String> {
         self.appearances.lock().map(|a| a.clone()).unwrap_or_default()
     }
 }
@@ -156,7 +156,7 @@ async fn a_worker_killed_between_the_rename_and_its_record_then_sap_taking_the_f
 }
 
 /// The PF event with its own delivery id, signed now.
-fn distinct_event(n: usize, whsec: &str) -> Value {
+pub(crate) fn distinct_event(n: usize, whsec: &str) -> Value {
     let mut event = load_event("webhook-http-api-pf.json");
     let mut body: Value = serde_json::from_slice(&event_body(&event)).expect("body");
     body["eventId"] = json!(format!("overlap-{n}"));

@@ -134,7 +134,9 @@ pub fn unique(prefix: &str) -> String {
 
 /// A TCP relay to an HTTP endpoint (moto) that holds, without an answer, every `method`
 /// request whose path contains `pattern` after the first `let_through` of them: an S3 that
-/// takes one write and hangs on the next, where a test then kills the caller.
+/// takes one write and hangs on the next, where a test then kills the caller. With
+/// `start_landing`, the held request reaches S3 and only its answer is held: the write
+/// landed, the caller never hears.
 pub struct StallingProxy {
     pub endpoint: String,
     stalled: Arc<AtomicBool>,
@@ -142,6 +144,15 @@ pub struct StallingProxy {
 
 impl StallingProxy {
     pub fn start(upstream: &str, method: &'static str, pattern: &'static str, let_through: usize) -> Self {
+        Self::relay(upstream, method, pattern, let_through, false)
+    }
+
+    /// As `start`, the held request forwarded: it lands, its answer never comes back.
+    pub fn start_landing(upstream: &str, method: &'static str, pattern: &'static str, let_through: usize) -> Self {
+        Self::relay(upstream, method, pattern, let_through, true)
+    }
+
+    fn relay(upstream: &str, method: &'static str, pattern: &'static str, let_through: usize, land: bool) -> Self {
         let upstream = upstream.trim_start_matches("http://").to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
         let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
@@ -156,8 +167,23 @@ impl StallingProxy {
                     _ => continue,
                 };
                 let (mut server_in, mut client_out) = (server, client);
+                // Set once this connection's held request went through: its answers stop.
+                let muted = Arc::new(AtomicBool::new(false));
+                let muted_out = Arc::clone(&muted);
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut server_in, &mut client_out);
+                    use std::io::{Read, Write};
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_in.read(&mut buffer) {
+                        if n == 0 || muted_out.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if client_out.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    while muted_out.load(Ordering::SeqCst) {
+                        std::thread::park();
+                    }
                 });
                 let (seen, stalled) = (Arc::clone(&seen), Arc::clone(&stalled_in));
                 std::thread::spawn(move || {
@@ -173,6 +199,16 @@ impl StallingProxy {
                         let matches = head.starts_with(method.as_bytes())
                             && head.windows(pattern.len()).any(|w| w == pattern.as_bytes());
                         if matches && seen.fetch_add(1, Ordering::SeqCst) >= let_through {
+                            if land {
+                                // The request goes on to S3 (body and all); no answer comes back.
+                                muted.store(true, Ordering::SeqCst);
+                                let _ = server_out.write_all(chunk);
+                                while let Ok(n) = client_in.read(&mut buffer) {
+                                    if n == 0 || server_out.write_all(&buffer[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
                             stalled.store(true, Ordering::SeqCst);
                             // Hold the request: no byte of it reaches S3, no answer comes back.
                             loop {
@@ -199,6 +235,46 @@ impl StallingProxy {
             std::thread::sleep(Duration::from_millis(5));
         }
         false
+    }
+}
+
+/// A TCP relay to a local port that lets at most `bytes_per_second` through towards it: a
+/// slow link to the SFTP server, for one worker's uploads.
+pub struct ThrottlingProxy {
+    pub port: u16,
+}
+
+impl ThrottlingProxy {
+    pub fn start(upstream_port: u16, bytes_per_second: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().expect("proxy address").port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+                let (mut client_in, mut server_out) = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c), Ok(s)) => (c, s),
+                    _ => continue,
+                };
+                let (mut server_in, mut client_out) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_in, &mut client_out);
+                });
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    // A tenth of a second's worth at a time.
+                    let slice = (bytes_per_second / 10).max(1);
+                    let mut buffer = vec![0u8; slice];
+                    while let Ok(n) = client_in.read(&mut buffer) {
+                        if n == 0 || server_out.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    let _ = server_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { port }
     }
 }
 
@@ -428,6 +504,7 @@ pub async fn deliver_once(
             check_order: true,
             deadline,
             poll: std::time::Duration::from_millis(100),
+            names: vec![file.file.file_name.clone()],
         },
     );
     let one = maestro_relay::delivery::FileDelivery {

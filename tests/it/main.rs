@@ -6,6 +6,7 @@ mod exactly_once;
 mod faults;
 mod helpers;
 mod kinaxis;
+mod latest_plan;
 mod no_secrets;
 mod pipeline;
 mod sftp;

@@ -178,7 +178,8 @@ fn check_two_jobs(jobs: &TwoJobs, case: &str, older: Result<JobOutcome>, newer: 
 
 #[tokio::test]
 async fn an_intent_whose_temporary_someone_else_removed_is_never_read_as_taken_once_another_job_wrote_the_name() {
-    for names in [Names::Timestamped, Names::FixedOverwrite] {
+    // Fixed names: B writes the very name A's intent is for.
+    for names in [Names::FixedOverwrite] {
         let jobs = TwoJobs::new(names);
         let a = crate::job::job_id(OLDER);
         jobs.world.store.crash.arm_nth("put", format!("deliveries/{a}/"), true, 1);
