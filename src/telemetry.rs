@@ -63,6 +63,7 @@ pub const WORKER_METRICS: &[&str] = &[
     "JobsFailedFinal",
     "JobsSkipped",
     "JobsBusy",
+    "JobsStale",
     "Rows",
     "Bytes",
     "TotalMs",

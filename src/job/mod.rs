@@ -3,6 +3,7 @@
 //! the receipt, the failure) and, in `profile`, what each target's files look like.
 
 pub mod profile;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -10,8 +10,7 @@ use serde::Deserialize;
 use crate::job::{public_scope, DataSource, JobRequest, NamedScope, TableRequest};
 use crate::routing::Target;
 
-/// Worksheets one job may name: each is a full export of its rows and a file pushed to SAP.
-pub const MAX_WORKSHEETS: usize = 20;
+pub use crate::job::rules::MAX_WORKSHEETS;
 
 /// The workbook the integration exists for: the default allow-list admits it alone.
 pub const PLANNED_ORDERS_WORKBOOK: &str = "PlannedOrders Export";

@@ -4,25 +4,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::job::rules::MAX_WORKSHEETS;
 use crate::job::{public_scope, JobRequest, NamedScope, TableRequest};
-use crate::webhook::policy::MAX_WORKSHEETS;
 
-/// A 400: which field, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct FieldError {
-    pub field: String,
-    pub problem: String,
-}
-
-fn bad(field: &str, problem: impl Into<String>) -> FieldError {
-    FieldError { field: field.to_owned(), problem: problem.into() }
-}
-
-const MAX_TEXT: usize = 256;
-/// A Kinaxis filter expression may be longer than a name.
-const MAX_FILTER_EXPRESSION: usize = 4096;
-const MAX_FIELDS: usize = 500;
+pub use crate::job::rules::FieldError;
+use crate::job::rules::{self, bad, MAX_FIELDS};
 
 pub const DEFAULT_SCENARIO: &str = "Enterprise Data";
 pub const DEFAULT_SITE_GROUP: &str = "All Sites";
@@ -40,7 +26,7 @@ pub fn parse(body: &[u8]) -> Result<JobRequest, FieldError> {
     };
 
     let file_name = required_text(&root, "fileName")?;
-    validate_file_name(&file_name)?;
+    rules::check_file_name(&file_name)?;
     let workbook = match root.get("workbook") {
         None | Some(Value::Null) => None,
         Some(value) => Some(named_scope(value, "workbook")?),
@@ -93,7 +79,7 @@ pub fn parse(body: &[u8]) -> Result<JobRequest, FieldError> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad("variables", "must be an object of strings")),
     };
-    Ok(JobRequest {
+    let request = JobRequest {
         event_id: optional_text(&root, "eventId")?,
         file_name,
         workbook,
@@ -103,32 +89,15 @@ pub fn parse(body: &[u8]) -> Result<JobRequest, FieldError> {
         site_group: optional_text(&root, "siteGroup")?.unwrap_or_else(|| DEFAULT_SITE_GROUP.to_owned()),
         filter,
         variables,
-    })
-}
-
-/// 1–100 of `A-Z a-z 0-9 . _ -`, not starting with `.`, without `..`: it becomes part of a
-/// remote path.
-pub fn validate_file_name(name: &str) -> Result<(), FieldError> {
-    if name.is_empty() || name.len() > 100 {
-        return Err(bad("fileName", "must be 1 to 100 characters"));
-    }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-        return Err(bad("fileName", "may only hold A-Z a-z 0-9 . _ -"));
-    }
-    if name.starts_with('.') || name.contains("..") {
-        return Err(bad("fileName", "must not start with '.' or contain '..'"));
-    }
-    Ok(())
+    };
+    // The content rules the worker applies again to the manifest.
+    rules::check_request(&request)?;
+    Ok(request)
 }
 
 fn text_value(value: &Value, field: &str) -> Result<String, FieldError> {
     match value {
-        Value::String(s) if s.trim().is_empty() => Err(bad(field, "must not be blank")),
-        Value::String(s) if s.chars().count() > MAX_TEXT => {
-            Err(bad(field, format!("is longer than {MAX_TEXT} characters")))
-        }
-        Value::String(s) if s.chars().any(char::is_control) => Err(bad(field, "must not hold control characters")),
-        Value::String(s) => Ok(s.clone()),
+        Value::String(s) => rules::check_text(field, s).map(|()| s.clone()),
         _ => Err(bad(field, "must be a string")),
     }
 }
@@ -170,14 +139,10 @@ fn table_request(value: &Value) -> Result<TableRequest, FieldError> {
     };
     let filter = match obj.get("filter") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.chars().count() > MAX_FILTER_EXPRESSION => {
-            return Err(bad("table.filter", format!("is longer than {MAX_FILTER_EXPRESSION} characters")))
+        Some(Value::String(s)) => {
+            rules::check_filter_expression("table.filter", s)?;
+            Some(s.clone())
         }
-        Some(Value::String(s)) if s.chars().any(char::is_control) => {
-            return Err(bad("table.filter", "must not hold control characters"))
-        }
-        Some(Value::String(s)) if s.trim().is_empty() => return Err(bad("table.filter", "must not be blank")),
-        Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(bad("table.filter", "must be a string")),
     };
     Ok(TableRequest {
@@ -279,9 +244,9 @@ mod tests {
     #[test]
     fn file_names_that_could_escape_the_remote_directory_are_refused() {
         for name in ["../etc/passwd", ".hidden-PF", "a..b-PF", "a/b-PF", "a b-PF", "", &"x".repeat(101)] {
-            assert!(validate_file_name(name).is_err(), "{name:?}");
+            assert!(rules::check_file_name(name).is_err(), "{name:?}");
         }
-        assert!(validate_file_name("PlannedOrders-PF.csv").is_ok());
+        assert!(rules::check_file_name("PlannedOrders-PF.csv").is_ok());
     }
 
     #[test]

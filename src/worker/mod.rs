@@ -386,6 +386,7 @@ where
         if manifest.job_id != run.job_id {
             return Err(Error::permanent(Step::Manifest, format!("{job_key} holds jobId {}", manifest.job_id)));
         }
+        self.check_manifest(job_key, &manifest)?;
         *lock(&run.target) = Some(manifest.target.to_string());
 
         if self.has_receipt(run).await? {
@@ -557,6 +558,24 @@ where
         };
         self.write_receipt(run, &receipt).await?;
         Ok(JobOutcome::Delivered(receipt))
+    }
+
+    /// The webhook's own rules, again: a manifest written into the bucket by other means (or
+    /// edited there) is refused before anything is written, naming the field.
+    fn check_manifest(&self, job_key: &str, manifest: &Manifest) -> Result<()> {
+        crate::job::rules::check_request(&manifest.request).map_err(|err| {
+            Error::permanent(Step::Manifest, format!("{job_key} is not a manifest the webhook would write: {err}"))
+        })?;
+        if !self.settings.sftp_secret_ids.contains_key(&manifest.target) {
+            return Err(Error::permanent(
+                Step::Manifest,
+                format!(
+                    "{job_key} is not a manifest the webhook would write: target: {} is not configured",
+                    manifest.target
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn has_receipt(&self, run: &Run) -> Result<bool> {

@@ -1051,3 +1051,29 @@ async fn a_failed_stream_of_a_later_file_does_not_keep_an_earlier_files_temporar
 }
 
 mod across_jobs;
+
+#[tokio::test]
+async fn a_manifest_the_webhook_would_not_write_is_refused_for_good_naming_the_field_and_nothing_is_written() {
+    for (field, tamper) in [
+        ("fileName", json!({"fileName": "../../../../tmp/evil-PF"})),
+        ("worksheets[0]", json!({"worksheets": ["../x\u{0}"]})),
+        ("target", json!({"target": "QA9"})),
+    ] {
+        let world = World::new(MemorySource::new(5), MemoryDrop::new());
+        let mut manifest = world.store.json(&world.job_key()).unwrap();
+        for (k, v) in tamper.as_object().unwrap() {
+            manifest[k] = v.clone();
+        }
+        world.store.insert(&world.job_key(), serde_json::to_vec(&manifest).unwrap());
+        let err = world.run(queue(1)).await.unwrap_err();
+        assert_eq!((err.class, err.step), (ErrorClass::Permanent, Step::Manifest), "{field}: {}", err.chain());
+        assert!(err.message.contains(&format!("{field}:")), "{field}: {}", err.message);
+        assert_eq!(world.source.exports(), 0, "{field}");
+        let written: Vec<String> = ["locks/", "staging/", "deliveries/", "latest/", "receipts/"]
+            .iter()
+            .flat_map(|p| world.store.keys(p))
+            .collect();
+        assert!(written.is_empty(), "{field}: {written:?}");
+        assert!(world.drop.all_files().is_empty());
+    }
+}

@@ -7,6 +7,7 @@ mod faults;
 mod helpers;
 mod kinaxis;
 mod latest_plan;
+mod manifest;
 mod no_secrets;
 mod pipeline;
 mod sftp;

@@ -579,3 +579,25 @@ fn the_webhook_limits_are_deployed_and_their_defaults_parse() {
     assert_eq!(config.settings.allow_list, maestro_relay::webhook::policy::AllowList::default());
     assert!(config.settings.allowed_sources.is_empty() && config.settings.daily_job_budget.is_none());
 }
+
+#[test]
+fn the_bucket_policy_refuses_any_put_to_jobs_without_if_none_match_so_a_manifest_is_never_overwritten() {
+    let template = template();
+    let policies = of_type(&template, "AWS::S3::BucketPolicy");
+    let statements: Vec<&Value> = policies
+        .iter()
+        .flat_map(|(_, p)| p["Properties"]["PolicyDocument"]["Statement"].as_sequence().into_iter().flatten())
+        .collect();
+    let write_once = statements.iter().find(|s| {
+        s["Effect"].as_str() == Some("Deny")
+            && s["Action"].as_str() == Some("s3:PutObject")
+            && s["Principal"].as_str() == Some("*")
+            && s["Condition"]["Null"]["s3:if-none-match"].as_str() == Some("true")
+    });
+    let write_once = write_once.expect("a Deny of s3:PutObject without If-None-Match");
+    let resource = match &write_once["Resource"] {
+        Value::Tagged(tagged) if tagged.tag == "Sub" => tagged.value.as_str().unwrap_or_default().to_owned(),
+        other => text(other).unwrap_or_default().to_owned(),
+    };
+    assert!(resource.ends_with("/jobs/*"), "{resource}");
+}
