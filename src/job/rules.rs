@@ -129,6 +129,8 @@ mod tests {
     use crate::job::{NamedScope, TableRequest};
     use std::collections::BTreeMap;
 
+    type Tamper = dyn Fn(&mut JobRequest);
+
     fn request() -> JobRequest {
         JobRequest {
             event_id: None,
@@ -146,7 +148,7 @@ mod tests {
     #[test]
     fn a_request_the_webhook_accepts_passes_and_each_broken_field_is_named() {
         assert_eq!(check_request(&request()), Ok(()));
-        let cases: Vec<(&str, Box<dyn Fn(&mut JobRequest)>)> = vec![
+        let cases: Vec<(&str, Box<Tamper>)> = vec![
             ("fileName", Box::new(|r| r.file_name = "../../../../tmp/evil-PF".into())),
             ("fileName", Box::new(|r| r.file_name = ".hidden-PF".into())),
             ("worksheets[0]", Box::new(|r| r.worksheets = vec!["a\nb".into()])),
