@@ -125,7 +125,8 @@ impl TableRule {
 
 /// What one target accepts: `workbooks` and/or `tables` (at least one); a list left out
 /// admits any value of its field (worksheets are still capped at [`MAX_WORKSHEETS`]), except
-/// `tables`, which left out admits no bulk export.
+/// `tables`, which left out admits no bulk export, and `variables` (name → allowed values,
+/// `"*"` any), which left out admits no workbook variable.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetRule {
@@ -140,6 +141,12 @@ pub struct TargetRule {
     /// A job without a filter is always admitted; one with a filter only if it is listed.
     #[serde(default)]
     filters: Option<Vec<ScopedName>>,
+    /// The site groups a job may export; left out, any.
+    #[serde(default, rename = "siteGroups")]
+    site_groups: Option<Vec<String>>,
+    /// The workbook variables a job may set, each with its allowed values (`"*"` any).
+    #[serde(default)]
+    variables: BTreeMap<String, Vec<String>>,
 }
 
 /// Why an authenticated request is refused by the allow-list: a 422 naming the field.
@@ -166,6 +173,8 @@ impl Default for AllowList {
             worksheets: None,
             scenarios: None,
             filters: None,
+            site_groups: None,
+            variables: BTreeMap::new(),
         };
         Self { rules: BTreeMap::from([("*".to_owned(), rule)]) }
     }
@@ -230,8 +239,36 @@ impl AllowList {
                 return refuse("filter".into(), format!("{} is not allowed for target {target}", describe(filter)));
             }
         }
-        Ok(())
+        check_site_group_and_variables(rule, target, request)
     }
+}
+
+/// The site group among `siteGroups` (when listed), and each variable listed with its value.
+fn check_site_group_and_variables(rule: &TargetRule, target: &Target, request: &JobRequest) -> Result<(), NotAllowed> {
+    let refuse = |field: String, problem: String| Err(NotAllowed { field, problem });
+    if let Some(allowed) = &rule.site_groups {
+        if !allowed.iter().any(|g| g == "*" || *g == request.site_group) {
+            return refuse(
+                "siteGroup".into(),
+                format!("site group {:?} is not allowed for target {target}", request.site_group),
+            );
+        }
+    }
+    for (name, value) in &request.variables {
+        let Some(values) = rule.variables.get(name) else {
+            return refuse(
+                format!("variables.{name}"),
+                format!("variable {name:?} is not allowed for target {target}"),
+            );
+        };
+        if !values.iter().any(|v| v == "*" || v == value) {
+            return refuse(
+                format!("variables.{name}"),
+                format!("value {value:?} of variable {name:?} is not allowed for target {target}"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A bulk export: the table listed for the target, and its fields and filter if the entry
@@ -341,6 +378,33 @@ mod tests {
         let mut pf = request(PLANNED_ORDERS_WORKBOOK, "Public");
         pf.filter = Some(NamedScope { name: "Mine".into(), scope: "Public".into() });
         assert_eq!(list.check(&targets[0], &pf), Ok(()));
+    }
+
+    #[test]
+    fn site_groups_are_admitted_as_listed_and_variables_only_as_listed_with_their_values() {
+        let list = AllowList::parse(
+            r#"{"*": {"workbooks": ["PlannedOrders Export"], "siteGroups": ["All Sites", "Plant 1000"],
+                      "variables": {"Horizon": ["30", "60"], "Note": ["*"]}}}"#,
+            &[pf2()],
+        )
+        .unwrap();
+        let mut job = request(PLANNED_ORDERS_WORKBOOK, "Public");
+        assert_eq!(list.check(&pf2(), &job), Ok(()));
+        job.site_group = "Plant 2000".into();
+        assert_eq!(list.check(&pf2(), &job).unwrap_err().field, "siteGroup");
+        job.site_group = "Plant 1000".into();
+        job.variables = BTreeMap::from([("Horizon".into(), "60".into()), ("Note".into(), "anything".into())]);
+        assert_eq!(list.check(&pf2(), &job), Ok(()));
+        job.variables.insert("Horizon".into(), "365".into());
+        assert_eq!(list.check(&pf2(), &job).unwrap_err().field, "variables.Horizon");
+        job.variables = BTreeMap::from([("Site".into(), "1000".into())]);
+        assert_eq!(list.check(&pf2(), &job).unwrap_err().field, "variables.Site");
+        // Left out: any site group, no variable.
+        let mut open = request(PLANNED_ORDERS_WORKBOOK, "Public");
+        open.site_group = "Plant 2000".into();
+        assert_eq!(AllowList::default().check(&pf2(), &open), Ok(()));
+        open.variables = BTreeMap::from([("Horizon".into(), "30".into())]);
+        assert_eq!(AllowList::default().check(&pf2(), &open).unwrap_err().field, "variables.Horizon");
     }
 
     fn table_request(table: &str, fields: &[&str], filter: Option<&str>) -> JobRequest {

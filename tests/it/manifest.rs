@@ -7,8 +7,8 @@ use crate::exactly_once::{answer_of, spawn_worker};
 use crate::helpers::{sqs_event_for, TestApp};
 
 #[tokio::test]
-async fn a_manifest_put_straight_into_the_bucket_with_a_path_in_its_file_name_is_refused_for_good_and_nothing_is_written()
-{
+async fn a_manifest_put_straight_into_the_bucket_with_a_path_in_its_file_name_is_refused_for_good_and_nothing_is_written(
+) {
     let app = TestApp::start(&["--rows", "20"]).await;
     let job_id = app.accepted_job("webhook-http-api-pf.json").await;
     let key = format!("jobs/{job_id}.json");
@@ -27,7 +27,11 @@ async fn a_manifest_put_straight_into_the_bucket_with_a_path_in_its_file_name_is
     let (answer, printed) = answer_of(spawn_worker(&app, &sqs_event_for(&job_id, "m-1"), 30, &dir, "tampered"));
     assert_eq!(answer, json!({"batchItemFailures": []}), "dead-lettered and acknowledged:\n{printed}");
     let failure = app.json_object(&format!("failed/{job_id}.json")).await.expect("a failure record");
-    assert_eq!((failure["class"].as_str(), failure["step"].as_str()), (Some("permanent"), Some("manifest")), "{failure}");
+    assert_eq!(
+        (failure["class"].as_str(), failure["step"].as_str()),
+        (Some("permanent"), Some("manifest")),
+        "{failure}"
+    );
     assert!(failure["message"].as_str().unwrap_or_default().contains("fileName:"), "{failure}");
     for prefix in ["staging/", "deliveries/", "locks/", "latest/", "receipts/"] {
         assert!(app.keys(prefix).await.is_empty(), "{prefix} written:\n{printed}");

@@ -439,6 +439,38 @@ async fn requests_outside_the_allow_list_get_422_naming_the_field_and_nothing_is
 }
 
 #[tokio::test]
+async fn a_site_group_or_variable_outside_the_allow_list_gets_422_naming_it_and_nothing_is_staged() {
+    let mut app = TestApp::start(&[]).await;
+    let mut horizon = pf_body();
+    horizon["variables"] = json!({"Horizon": "30"});
+    // The default admits no variable.
+    let (status, problem) = post_at(&app, &pf_with(&app, "m-var-default", &horizon, NOW), NOW).await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("variables.Horizon")), "{problem}");
+
+    app.env.insert(
+        "ALLOWED_REQUESTS".into(),
+        json!({"*": {"workbooks": ["PlannedOrders Export"], "siteGroups": ["All Sites"], "variables": {"Horizon": ["30"]}}})
+            .to_string(),
+    );
+    let mut other_sites = pf_body();
+    other_sites["siteGroup"] = json!("Plant 2000");
+    let mut long_horizon = pf_body();
+    long_horizon["variables"] = json!({"Horizon": "3650"});
+    let mut unlisted = pf_body();
+    unlisted["variables"] = json!({"Horizon": "30", "Site": "2000"});
+    for (id, body, field) in [
+        ("m-sites", other_sites, "siteGroup"),
+        ("m-horizon", long_horizon, "variables.Horizon"),
+        ("m-unlisted", unlisted, "variables.Site"),
+    ] {
+        let (status, problem) = post_at(&app, &pf_with(&app, id, &body, NOW), NOW).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{id}: {problem}");
+    }
+    assert_no_job(&app).await;
+    assert_eq!(post_at(&app, &pf_with(&app, "m-listed-var", &horizon, NOW), NOW).await.0, 202);
+}
+
+#[tokio::test]
 async fn more_than_twenty_worksheets_get_400_naming_the_field() {
     let app = TestApp::start(&[]).await;
     let mut body = pf_body();
