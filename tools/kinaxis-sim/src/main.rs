@@ -30,7 +30,7 @@ const USAGE: &str = "kinaxis-sim [--port P] [--rows N] [--first-page K] [--works
 [--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens] [--vary-per-workbook-call] [--page-cap N] [--revoke-on-issue] \
 [--throttle-calls 'N,M'] [--throttle-status 429|408] [--retry-after SECONDS|HTTP-DATE] \
 [--table NS::NAME] [--error-in-200 script-workbook|no-worksheets|script-page|no-rows|bulk-failure|bulk-partial|error-rows-page] \
-[--rotate-secret-after-tokens N --rotated-secret S] [--omit-worksheets 'A,B']";
+[--rotate-secret-after-tokens N --rotated-secret S] [--omit-worksheets 'A,B'] [--redirect-to BASE-URL]";
 
 /// The table bulk export reads, and the worksheet column each field takes its values from.
 const TABLE_FIELDS: [(&str, usize); 6] =
@@ -84,6 +84,9 @@ struct Settings {
     rotated_secret: String,
     /// Worksheets left out of the workbook answer without a word, though asked for.
     omit_worksheets: Vec<String>,
+    /// Every API call (token included) answered `307 Temporary Redirect` to the same path
+    /// under this base: a moved or hijacked endpoint.
+    redirect_to: Option<String>,
 }
 
 impl Default for Settings {
@@ -117,6 +120,7 @@ impl Default for Settings {
             rotate_secret_after_tokens: None,
             rotated_secret: "rotated-secret".into(),
             omit_worksheets: Vec::new(),
+            redirect_to: None,
         }
     }
 }
@@ -172,6 +176,7 @@ fn parse_args() -> Result<Settings, String> {
             "--rotate-secret-after-tokens" => s.rotate_secret_after_tokens = Some(num(&value)?),
             "--rotated-secret" => s.rotated_secret = value,
             "--omit-worksheets" => s.omit_worksheets = value.split(',').map(|w| w.trim().to_owned()).collect(),
+            "--redirect-to" => s.redirect_to = Some(value.trim_end_matches('/').to_owned()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -416,6 +421,14 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Ful
     let path = req.uri().path().to_owned();
     let base = path.find("/oauth2/").or_else(|| path.find("/integration/V1/")).unwrap_or(0);
     let endpoint = path[base..].to_owned();
+    if let Some(elsewhere) = state.settings.redirect_to.as_deref().filter(|_| !endpoint.starts_with("/_sim/")) {
+        let mut moved = error(307, "moved");
+        let location = format!("{elsewhere}{endpoint}");
+        if let Ok(value) = location.parse() {
+            moved.headers_mut().insert("location", value);
+        }
+        return Ok(moved);
+    }
     let response = match (req.method().clone(), endpoint.as_str()) {
         (Method::POST, "/oauth2/token") => token(&state, req).await,
         (Method::POST, "/integration/V1/data/workbook") => workbook(&state, req).await,
