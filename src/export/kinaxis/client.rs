@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use reqwest::{Response, StatusCode};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use super::model::{BulkExportRequest, TokenAnswer, WorkbookRequest};
@@ -64,7 +64,7 @@ pub struct WorksheetRef {
 
 #[derive(Clone)]
 struct Token {
-    value: String,
+    value: SecretString,
     refresh_at: Instant,
 }
 
@@ -124,7 +124,7 @@ impl KinaxisClient {
     /// request in flight (started here if there is none). A server that revokes older tokens
     /// when it issues one would otherwise refuse the calls holding a token fetched a moment
     /// earlier by a parallel refresh.
-    async fn token(&self) -> Result<String> {
+    async fn token(&self) -> Result<SecretString> {
         let request = {
             let mut state = self.token_state();
             if let Some(token) = state.current.as_ref().filter(|t| Instant::now() < t.refresh_at) {
@@ -162,9 +162,9 @@ impl KinaxisClient {
 
     /// Forgets `used` if it is still the cached token, so the next call fetches a new one;
     /// calls refused with it after a new one arrived simply take the new one.
-    fn forget_token(&self, used: &str) {
+    fn forget_token(&self, used: &SecretString) {
         let mut state = self.token_state();
-        if state.current.as_ref().is_some_and(|t| t.value == used) {
+        if state.current.as_ref().is_some_and(|t| t.value.expose_secret() == used.expose_secret()) {
             state.current = None;
         }
     }
@@ -176,9 +176,9 @@ impl KinaxisClient {
     {
         for attempt in 0..2 {
             let token = self.token().await?;
-            let response = build(&token).send().await.map_err(|e| transport(e, what))?;
+            let response = build(token.expose_secret()).send().await.map_err(|e| transport(e, what))?;
             if response.status() != StatusCode::UNAUTHORIZED {
-                return check_status(response, what).await;
+                return check_status(response, what, Quote::Body).await;
             }
             if attempt == 0 {
                 tracing::info!(what, "Kinaxis refused the token; fetching a new one");
@@ -302,7 +302,8 @@ async fn request_token(
             reread_credentials = Some(fresh);
         }
     }
-    let response = check_status(response, what).await.map_err(Arc::new)?;
+    // The token endpoint's body may echo what was sent: only its error code is kept.
+    let response = check_status(response, what, Quote::CodeOnly).await.map_err(Arc::new)?;
     let body = response.bytes().await.map_err(|e| Arc::new(transport(e, "reading the Kinaxis token")))?;
     let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
         Arc::new(Error::permanent(Step::Fetch, "the Kinaxis token answer is not the expected JSON").caused_by(e))
@@ -357,9 +358,32 @@ pub fn data_fault(err: serde_json::Error, what: &str) -> Error {
     }
 }
 
+/// How much of an error answer's body goes into the error (and so into logs and `failed/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    /// Its first 200 characters.
+    Body,
+    /// Only the error code it names (Kinaxis' `Code`, OAuth's `error`).
+    CodeOnly,
+}
+
+/// The error code an error answer names, as a short token of safe characters.
+fn error_code(body: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let code = ["Code", "code", "error"].iter().find_map(|k| value.get(k).and_then(|v| v.as_str())).unwrap_or("");
+    let code: String =
+        code.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')).take(64).collect();
+    if code.is_empty() {
+        "no error code".to_owned()
+    } else {
+        format!("code {code}")
+    }
+}
+
 /// Non-success statuses as classed errors: 5xx, 429 and 408 transient (with `Retry-After`),
-/// 403 and 404 permanent and named, other 4xx permanent with the start of the body.
-async fn check_status(response: Response, what: &str) -> Result<Response> {
+/// 403 and 404 permanent and named, other 4xx permanent with the start of the body (or only
+/// its error code, per `quote`).
+async fn check_status(response: Response, what: &str, quote: Quote) -> Result<Response> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -385,7 +409,10 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
         ));
     }
     let body = response.text().await.unwrap_or_default();
-    let snippet: String = body.chars().take(200).collect();
+    let snippet: String = match quote {
+        Quote::Body => body.chars().take(200).collect(),
+        Quote::CodeOnly => error_code(&body),
+    };
     let transient =
         status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT;
     let message = match status {
@@ -405,6 +432,24 @@ async fn check_status(response: Response, what: &str) -> Result<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answered(status: u16, body: &'static str) -> Response {
+        let response = lambda_http::http::Response::builder().status(status).body(body).unwrap();
+        Response::from(response)
+    }
+
+    #[tokio::test]
+    async fn the_token_endpoints_error_body_stays_out_of_the_error_but_its_code_and_status_are_named() {
+        let body = r#"{"error": "invalid_client", "error_description": "client relay-client secret s3cr3t"}"#;
+        let err = check_status(answered(400, body), "requesting a Kinaxis token", Quote::CodeOnly).await.unwrap_err();
+        assert!(err.message.contains("400") && err.message.contains("code invalid_client"), "{}", err.message);
+        assert!(!err.message.contains("s3cr3t") && !err.message.contains("relay-client"), "{}", err.message);
+        let err = check_status(answered(400, "<html>s3cr3t</html>"), "token", Quote::CodeOnly).await.unwrap_err();
+        assert!(err.message.contains("no error code") && !err.message.contains("s3cr3t"), "{}", err.message);
+        // A data call's answer is quoted, as Kinaxis explains its refusals there.
+        let err = check_status(answered(400, r#"{"Message": "bad scenario"}"#), "page", Quote::Body).await.unwrap_err();
+        assert!(err.message.contains("bad scenario"), "{}", err.message);
+    }
 
     #[test]
     fn handles_never_reach_a_url_with_a_raw_hash() {

@@ -68,9 +68,10 @@ pub struct BulkExportAnswer {
     pub script_error: Option<serde_json::Value>,
 }
 
+/// The token endpoint's answer; the token is a secret (redacted in `Debug`, never logged).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokenAnswer {
-    pub access_token: String,
+    pub access_token: secrecy::SecretString,
     #[serde(default)]
     pub expires_in: Option<u64>,
 }
