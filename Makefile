@@ -98,10 +98,16 @@ smoke-built: sam-build
 	PACKAGE_DIR="$(LAMBDA_TARGET_DIR)/lambda" scripts/smoke_built.sh
 
 ## Dependencies checked offline: RustSec advisories (../shared/advisory-db), licences, sources.
-.PHONY: deny
+.PHONY: deny mutants
 deny:
 	scripts/bootstrap.sh deny
 	scripts/deny.sh
+
+## Mutation testing of the rules that decide who gets in (not in CI: tens of minutes on two
+## cores). Every mutant left alive is a rule no test pins down.
+mutants: bootstrap
+	scripts/bootstrap.sh mutants
+	$(HOME)/.cache/maestro-relay/tools/bin/cargo-mutants mutants -f src/webhook/auth.rs -f src/webhook/policy.rs -- --lib
 
 ## Security findings in the template; each suppression in template.yaml says why.
 security-lint:

@@ -7,7 +7,8 @@
 # `ci` the template checkers and the SAM CLI (a venv of their own: their pins clash with
 # moto's), `package` cargo-lambda and zig for `make package` and `sam build`, `security`
 # checkov (its own venv again: its pins clash with the SAM CLI's), `deny` cargo-deny (built
-# once into ~/.cache/maestro-relay/tools, outside the clone, so CI reuses it).
+# once into ~/.cache/maestro-relay/tools, outside the clone, so CI reuses it), `mutants`
+# cargo-mutants (the same way; for `make mutants`, not CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,12 @@ deny_root="$HOME/.cache/maestro-relay/tools"
 if wants deny && ! "$deny_root/bin/cargo-deny" --version 2>/dev/null | grep -qx "cargo-deny $DENY_VERSION"; then
   echo "bootstrap: installing cargo-deny $DENY_VERSION into $deny_root"
   cargo install cargo-deny --locked --version "$DENY_VERSION" --root "$deny_root" --quiet
+fi
+
+MUTANTS_VERSION=27.1.0
+if wants mutants && ! "$deny_root/bin/cargo-mutants" --version 2>/dev/null | grep -qx "cargo-mutants $MUTANTS_VERSION"; then
+  echo "bootstrap: installing cargo-mutants $MUTANTS_VERSION into $deny_root"
+  cargo install cargo-mutants --locked --version "$MUTANTS_VERSION" --root "$deny_root" --quiet
 fi
 
 need_apt=()

@@ -339,6 +339,45 @@ mod tests {
         verify(AuthMode::Hmac, &creds(), h, body, NOW, Duration::from_secs(300))
     }
 
+    fn with_header(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn a_bearer_token_or_basic_login_listed_twice_is_still_accepted() {
+        let mut twice = creds();
+        twice.bearer_tokens.push(SecretString::from("tok-123"));
+        twice.basic.push(BasicCredential { username: "maestro".into(), password: SecretString::from("pw") });
+        let bearer = with_header("authorization", "Bearer tok-123");
+        assert!(verify(AuthMode::Bearer, &twice, &bearer, b"", NOW, Duration::from_secs(300)).is_ok());
+        let basic = with_header("authorization", &format!("Basic {}", STANDARD.encode("maestro:pw")));
+        assert!(verify(AuthMode::Basic, &twice, &basic, b"", NOW, Duration::from_secs(300)).is_ok());
+        let wrong = with_header("authorization", &format!("Basic {}", STANDARD.encode("maestro:nope")));
+        assert!(verify(AuthMode::Basic, &twice, &wrong, b"", NOW, Duration::from_secs(300)).is_err());
+    }
+
+    #[test]
+    fn a_timestamp_exactly_at_the_tolerance_is_accepted_and_one_second_past_it_is_not() {
+        let body = br#"{"a":1}"#;
+        for (sent_at, accepted) in [(NOW - 300, true), (NOW + 300, true), (NOW - 301, false), (NOW + 301, false)] {
+            let sig = sign(SECRET, "msg_1", sent_at, body).unwrap();
+            assert_eq!(check(&signed("msg_1", sent_at, &sig), body).is_ok(), accepted, "sent at {sent_at}");
+        }
+    }
+
+    #[test]
+    fn a_basic_entry_blank_in_either_its_username_or_its_password_alone_is_a_misconfiguration() {
+        for (username, password) in [("", "pw"), ("maestro", "")] {
+            let mut credentials = creds();
+            credentials.basic =
+                vec![BasicCredential { username: username.into(), password: SecretString::from(password) }];
+            assert!(check_credentials(AuthMode::Basic, &credentials).is_err(), "{username:?}:{password:?}");
+        }
+        assert!(check_credentials(AuthMode::Basic, &creds()).is_ok());
+    }
+
     #[test]
     fn the_standard_webhooks_reference_vector_verifies() {
         // The example of the Standard Webhooks specification.

@@ -40,8 +40,14 @@ impl Cidr {
                 .ok_or_else(|| format!("{text:?} has a prefix length outside 0..={width}"))?,
         };
         let cidr = Self { network, prefix };
+        // Callers arriving IPv4-mapped are compared as IPv4: such a network would match nobody.
+        if let IpAddr::V6(v6) = network {
+            if v6.to_ipv4_mapped().is_some() {
+                return Err(format!("{text:?} is an IPv4-mapped IPv6 address; write it as IPv4"));
+            }
+        }
         // A network with host bits set is almost always a typo for another network.
-        if !cidr.contains(network) || cidr.masked(network) != network {
+        if cidr.masked(network) != network {
             return Err(format!("{text:?} has host bits set beyond /{prefix}"));
         }
         Ok(cidr)
@@ -338,6 +344,30 @@ mod tests {
             r#"{{"fileName":"A-PF","workbook":{{"name":"{workbook}","scope":"{scope}"}},"worksheets":["Planned Orders"]}}"#
         );
         crate::webhook::request::parse(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_cidr_with_host_bits_set_is_refused_and_its_network_is_not() {
+        for typo in ["10.0.0.1/24", "192.168.1.128/24", "2001:db8::1/64"] {
+            assert!(Cidr::parse(typo).unwrap_err().contains("host bits"), "{typo}");
+        }
+        for network in ["10.0.0.0/24", "192.168.1.128/25", "2001:db8::/64", "10.1.2.3", "0.0.0.0/0"] {
+            assert!(Cidr::parse(network).is_ok(), "{network}");
+        }
+        // It would match nobody: callers arriving IPv4-mapped are compared as IPv4.
+        assert!(Cidr::parse("::ffff:10.0.0.0/104").unwrap_err().contains("write it as IPv4"));
+    }
+
+    #[test]
+    fn a_refusal_names_the_workbook_and_its_scope_as_sent() {
+        let refused = AllowList::default().check(&pf2(), &request("Payroll", "Private")).unwrap_err();
+        assert_eq!(refused.to_string(), r#"workbook: "Payroll" (scope "Private") is not allowed for target PF2"#);
+        let mut scenario_rule = AllowList::default();
+        scenario_rule.rules.get_mut("*").unwrap().scenarios = Some(vec![ScopedName::Public("Enterprise Data".into())]);
+        let mut what_if = request(PLANNED_ORDERS_WORKBOOK, "Public");
+        what_if.scenario = NamedScope { name: "What-if".into(), scope: "Public".into() };
+        let refused = scenario_rule.check(&pf2(), &what_if).unwrap_err();
+        assert_eq!(refused.to_string(), r#"scenario: "What-if" (scope "Public") is not allowed for target PF2"#);
     }
 
     fn pf2() -> Target {
