@@ -142,6 +142,7 @@ impl WebhookConfig {
         };
         // 0 (the template's default) is no budget, as is leaving it out.
         let daily_job_budget = Some(env.parsed::<u32>("DAILY_JOB_BUDGET", 0)).filter(|n| *n > 0);
+        let daily_target_budget = Some(env.parsed::<u32>("DAILY_TARGET_BUDGET", 0)).filter(|n| *n > 0);
         env.finish(Self {
             staging_bucket,
             secret_cache_ttl,
@@ -156,6 +157,7 @@ impl WebhookConfig {
                 allowed_sources,
                 allow_list,
                 daily_job_budget,
+                daily_target_budget,
             },
         })
     }

@@ -1,6 +1,8 @@
-//! The optional daily job budget per `(fileName, target)` (`DAILY_JOB_BUDGET`): one small
-//! object per UTC day, target and file name in the staging bucket, listing the jobs it let
-//! through, changed only by conditional writes so concurrent deliveries cannot overspend it.
+//! The optional daily job budgets: per `(fileName, target)` (`DAILY_JOB_BUDGET`) and per
+//! target over all file names (`DAILY_TARGET_BUDGET`, so a sender varying names cannot stage
+//! without limit). One small object per UTC day and counter in the staging bucket, listing
+//! the jobs it let through, changed only by conditional writes so concurrent deliveries
+//! cannot overspend it.
 //!
 //! Why a list of job ids and not a number: a delivery of a job already counted (a repeat of
 //! a staged job, a retry after the manifest write failed, two copies racing) finds its id
@@ -20,6 +22,12 @@ use crate::routing::Target;
 /// The name without `.csv`, as the delivered file is named: `X` and `X.csv` share a budget.
 pub fn key(day: time::Date, target: &Target, file_name: &str) -> String {
     format!("budget/{day}/{target}/{}.json", crate::routing::file_name_stem(file_name))
+}
+
+/// Where the counter of one day and target over all its file names lives: beside the
+/// per-name counters' folder, so no file name can collide with it.
+pub fn target_key(day: time::Date, target: &Target) -> String {
+    format!("budget/{day}/{target}.json")
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -49,7 +57,28 @@ pub async fn reserve<S: ObjectStore>(
     job_id: &str,
     now: OffsetDateTime,
 ) -> Result<Spent> {
-    let key = key(now.date(), target, file_name);
+    reserve_at(store, &key(now.date(), target, file_name), limit, job_id, now).await
+}
+
+/// Counts `job_id` against the budget of `limit` jobs for its target today, all names together.
+pub async fn reserve_target<S: ObjectStore>(
+    store: &S,
+    limit: u32,
+    target: &Target,
+    job_id: &str,
+    now: OffsetDateTime,
+) -> Result<Spent> {
+    reserve_at(store, &target_key(now.date(), target), limit, job_id, now).await
+}
+
+async fn reserve_at<S: ObjectStore>(
+    store: &S,
+    key: &str,
+    limit: u32,
+    job_id: &str,
+    now: OffsetDateTime,
+) -> Result<Spent> {
+    let key = key.to_owned();
     for _ in 0..ATTEMPTS {
         // Create first, read only what exists: the webhook may not list the bucket, and
         // without that right S3 answers a read of a missing key with 403, not 404.

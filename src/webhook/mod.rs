@@ -43,6 +43,8 @@ pub struct WebhookSettings {
     pub allow_list: AllowList,
     /// Jobs per UTC day and `(fileName, target)` (`DAILY_JOB_BUDGET`); `None`: no budget.
     pub daily_job_budget: Option<u32>,
+    /// Jobs per UTC day and target, all file names together (`DAILY_TARGET_BUDGET`).
+    pub daily_target_budget: Option<u32>,
 }
 
 /// An HTTP answer before it is dressed for API Gateway.
@@ -204,8 +206,8 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             content_sha256: job::sha256_hex(body),
             request,
         };
-        if let Some(limit) = self.settings.daily_job_budget {
-            if let Some(refusal) = self.spend_budget(limit, &manifest, now).await {
+        if self.settings.daily_job_budget.is_some() || self.settings.daily_target_budget.is_some() {
+            if let Some(refusal) = self.spend_budget(&manifest, now).await {
                 return Err(refusal);
             }
         }
@@ -319,22 +321,39 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         })
     }
 
-    /// Counts the job against today's budget of its file name and target; `Some` refuses.
-    /// A repeat of a job already counted passes, to be answered as a duplicate or conflict.
-    async fn spend_budget(&self, limit: u32, manifest: &Manifest, now: OffsetDateTime) -> Option<Answer> {
+    /// Counts the job against today's budgets, its file name's then its target's; `Some`
+    /// refuses. A repeat of a job already counted passes, to be answered as a duplicate or
+    /// conflict.
+    async fn spend_budget(&self, manifest: &Manifest, now: OffsetDateTime) -> Option<Answer> {
         let file_name = &manifest.request.file_name;
-        match budget::reserve(&self.store, limit, &manifest.target, file_name, &manifest.job_id, now).await {
+        let target = &manifest.target;
+        if let Some(limit) = self.settings.daily_job_budget {
+            let spent = budget::reserve(&self.store, limit, target, file_name, &manifest.job_id, now).await;
+            let what = format!("the daily budget of {limit} jobs for {file_name} to {target} (DAILY_JOB_BUDGET)");
+            if let Some(refusal) = self.refused_by_budget(manifest, spent, &what) {
+                return Some(refusal);
+            }
+        }
+        if let Some(limit) = self.settings.daily_target_budget {
+            let spent = budget::reserve_target(&self.store, limit, target, &manifest.job_id, now).await;
+            let what = format!("the daily budget of {limit} jobs to {target}, all file names (DAILY_TARGET_BUDGET)");
+            return self.refused_by_budget(manifest, spent, &what);
+        }
+        None
+    }
+
+    /// A 429 with `Retry-After` for a spent budget, a 503 when it could not be counted.
+    fn refused_by_budget(
+        &self,
+        manifest: &Manifest,
+        spent: crate::error::Result<budget::Spent>,
+        what: &str,
+    ) -> Option<Answer> {
+        match spent {
             Ok(budget::Spent::Within) => None,
             Ok(budget::Spent::Exhausted { retry_after }) => {
-                let mut answer = Answer::field_problem(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "fileName",
-                    format!(
-                        "the daily budget of {limit} jobs for {file_name} to {} is spent (DAILY_JOB_BUDGET); \
-                         it renews at 00:00 UTC",
-                        manifest.target
-                    ),
-                );
+                let detail = format!("{what} is spent; it renews at 00:00 UTC");
+                let mut answer = Answer::field_problem(StatusCode::TOO_MANY_REQUESTS, "fileName", detail);
                 answer.retry_after = Some(retry_after.as_secs());
                 Some(answer)
             }

@@ -508,6 +508,30 @@ async fn the_daily_budget_takes_its_jobs_then_answers_429_with_retry_after_and_a
 }
 
 #[tokio::test]
+async fn a_sender_varying_file_names_is_stopped_by_the_targets_daily_total() {
+    let mut app = TestApp::start(&[]).await;
+    app.env.insert("DAILY_JOB_BUDGET".into(), "5".into());
+    app.env.insert("DAILY_TARGET_BUDGET".into(), "2".into());
+    let at = NOW + 6 * 3600;
+    for (id, name) in [("m-a", "PlannedOrders-PF"), ("m-b", "OtherOrders-PF")] {
+        let mut body = pf_body();
+        body["fileName"] = json!(name);
+        assert_eq!(post_full(&app, &pf_with(&app, id, &body, at), at).await.0, 202, "{id}");
+    }
+    let mut third = pf_body();
+    third["fileName"] = json!("ThirdName-PF");
+    let (status, headers, problem) = post_full(&app, &pf_with(&app, "m-c", &third, at), at).await;
+    assert_eq!(status, 429, "{problem}");
+    assert_eq!(headers["retry-after"], "7200");
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("DAILY_TARGET_BUDGET"), "{problem}");
+    assert_eq!(app.keys("jobs/").await.len(), 2, "the refused job was not staged");
+    // WP2 has a total of its own.
+    let mut wp = pf_body();
+    wp["fileName"] = json!("PlannedOrders-WP");
+    assert_eq!(post_full(&app, &pf_with(&app, "m-wp", &wp, at), at).await.0, 202);
+}
+
+#[tokio::test]
 async fn a_webhook_secret_that_cannot_authenticate_anyone_is_a_503_naming_the_problem_not_a_401() {
     let app = TestApp::start(&[]).await;
     let secret_id = app.env["WEBHOOK_SECRET_ID"].clone();
