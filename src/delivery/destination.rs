@@ -214,10 +214,15 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
             }
             let next = self.claimed_over(current.as_ref().map(|(record, _)| record));
             let bytes = serde_json::to_vec(&next).or_permanent(Step::Deliver, "serialising the destination claim")?;
+            let at_deliver = |e: Error| e.at(Step::Deliver);
             let written = match &current {
-                None => self.store.create(&self.key, bytes, "application/json").await? == CreateOutcome::Created,
+                None => {
+                    self.store.create(&self.key, bytes, "application/json").await.map_err(at_deliver)?
+                        == CreateOutcome::Created
+                }
                 Some((_, etag)) => {
-                    self.store.replace(&self.key, bytes, "application/json", etag).await? == Guarded::Written
+                    self.store.replace(&self.key, bytes, "application/json", etag).await.map_err(at_deliver)?
+                        == Guarded::Written
                 }
             };
             if written {
@@ -260,8 +265,12 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
     pub async fn unchanged_since(&self, generation: Option<u64>, name: &str) -> Result<bool> {
         let Some(generation) = generation else { return Ok(false) };
         let Some((record, _)) = self.read().await? else { return Ok(false) };
+        // A record younger than the claim (removed and begun again) cannot tell.
+        if record.generation < generation {
+            return Ok(false);
+        }
         let later: Vec<&DestinationWriter> = record.history.iter().filter(|w| w.generation > generation).collect();
-        let remembered = later.len() as u64 == record.generation.saturating_sub(generation);
+        let remembered = later.len() as u64 == record.generation - generation;
         let others_wrote = later.iter().any(|w| w.job_id != self.manifest.job_id && w.names.iter().any(|n| n == name));
         Ok(remembered && !others_wrote)
     }
@@ -369,6 +378,19 @@ mod tests {
         assert!(!a_destination.unchanged_since(Some(claimed), "Plan-PF_0.csv").await.unwrap());
         let record: DestinationRecord = serde_json::from_slice(&store.object(&a_destination.key).unwrap()).unwrap();
         assert_eq!(record.history.len(), DestinationRecord::HISTORY);
+    }
+
+    #[tokio::test]
+    async fn a_destination_record_begun_again_after_the_claim_cannot_tell() {
+        let store = MemoryStore::new();
+        let (a, b, c) = (manifest("a", 2), manifest("b", 1), manifest("c", 3));
+        claim_and_release(&store, &b, &["Plan-PF.csv"]).await;
+        let claimed = claim_and_release(&store, &a, &["Plan-PF.csv"]).await;
+        assert_eq!(claimed, 2);
+        store.remove("latest/PF2/Plan-PF.json");
+        claim_and_release(&store, &c, &["Plan-PF.csv"]).await;
+        let a_destination = Destination::new(&store, run(&a, &["Plan-PF.csv"]));
+        assert!(!a_destination.unchanged_since(Some(claimed), "Plan-PF.csv").await.unwrap());
     }
 
     #[tokio::test]

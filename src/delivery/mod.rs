@@ -278,10 +278,15 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 record.remote_size = Some(self.file.file.stats.bytes);
                 self.delivered(record).await
             }
-            Err(err) => {
-                self.abandon(folder, record).await?;
+            // The policy refuses it: nothing of this attempt goes in. A transient failure
+            // leaves the recorded intent for the next attempt to resume.
+            Err(err) if !err.is_transient() => {
+                if let Err(abandon_err) = self.abandon(folder, record).await {
+                    tracing::warn!(error = %abandon_err.chain(), "could not abandon the temporary; the next attempt decides from its intent");
+                }
                 Err(err)
             }
+            Err(err) => Err(err),
         }
     }
 
@@ -319,10 +324,14 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         // (Decided again under the claim, as another job may write the name meanwhile.)
         if self.policy != ExistingFilePolicy::Overwrite {
             let existing = self.existing(folder).await;
-            if matches!(existing, Ok(Existing::Identical) | Err(_)) {
-                // Not renamed, so not needed: the streamed temporary goes.
+            let refused = existing.as_ref().is_err_and(|e| !e.is_transient());
+            if matches!(existing, Ok(Existing::Identical)) || refused {
+                // Not renamed, so not needed: the streamed temporary goes (best effort: it
+                // carries the job's id, so a later attempt removes it too).
                 if let Some(temp) = &streamed {
-                    folder.remove(temp).await?;
+                    if let Err(remove_err) = folder.remove(temp).await {
+                        tracing::warn!(temp, error = %remove_err.chain(), "could not remove the streamed temporary");
+                    }
                 }
             }
             if existing? == Existing::Identical {

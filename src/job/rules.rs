@@ -1,6 +1,9 @@
-//! What a job request may hold: one set of rules, checked by the webhook before it stages a
-//! job and by the worker again on every manifest it reads, so a manifest written into the
-//! bucket by other means (or edited there) gets no further than the webhook would let it.
+//! What a job request may hold: one set of content rules (names, lengths, characters,
+//! counts), checked by the webhook before it stages a job and by the worker again on every
+//! manifest it reads, so a manifest written into the bucket by other means (or edited there)
+//! cannot put a path or a control character anywhere. The allow-list (`ALLOWED_REQUESTS`,
+//! what a target may export) is the webhook's alone; the bucket policy keeps manifests
+//! write-once.
 
 use crate::job::JobRequest;
 

@@ -560,19 +560,16 @@ where
         Ok(JobOutcome::Delivered(receipt))
     }
 
-    /// The webhook's own rules, again: a manifest written into the bucket by other means (or
-    /// edited there) is refused before anything is written, naming the field.
+    /// The webhook's content rules, again: a manifest written into the bucket by other means
+    /// (or edited there) with a path, a control character or too many names is refused
+    /// before anything is written, naming the field.
     fn check_manifest(&self, job_key: &str, manifest: &Manifest) -> Result<()> {
-        crate::job::rules::check_request(&manifest.request).map_err(|err| {
-            Error::permanent(Step::Manifest, format!("{job_key} is not a manifest the webhook would write: {err}"))
-        })?;
+        crate::job::rules::check_request(&manifest.request)
+            .map_err(|err| Error::permanent(Step::Manifest, format!("{job_key} breaks the manifest rules: {err}")))?;
         if !self.settings.sftp_secret_ids.contains_key(&manifest.target) {
             return Err(Error::permanent(
                 Step::Manifest,
-                format!(
-                    "{job_key} is not a manifest the webhook would write: target: {} is not configured",
-                    manifest.target
-                ),
+                format!("{job_key} breaks the manifest rules: target: {} is not configured", manifest.target),
             ));
         }
         Ok(())
