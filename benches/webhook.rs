@@ -1,7 +1,9 @@
 //! Webhook benchmark (issue 3): 1,000 signed requests through the handler against
 //! moto_server — p50/p99 of the whole handler, of our own code alone (the same handler on
 //! an in-memory store) and of the S3 conditional PUT alone; then the release binary's cold
-//! start (process start to first answered event) and size. `make bench-webhook`.
+//! start (process start to first answered event) and size; and what an unauthenticated
+//! request can cost: junk `v1a` signatures against two ed25519 keys over a 250 KiB body, one
+//! entry against 8 and 100 (issue 25). `make bench-webhook`.
 
 #[path = "../tests/it/helpers.rs"]
 mod helpers;
@@ -92,6 +94,8 @@ async fn main() {
     }
     println!("   our share of the handler at p50: {:.1} %", 100.0 * own.0 / whole.0);
 
+    unauthenticated_cost(&app, &config).await;
+
     // Cold start of the release binary through the Lambda Runtime API stand-in.
     let binary = std::env::current_exe()
         .ok()
@@ -134,5 +138,57 @@ async fn main() {
         );
     } else {
         println!("\ncold start failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A request that fails authentication with `entries` junk `v1a` signatures (valid length,
+/// `S < L`, so each would be verified in full) over `body`.
+fn junk_request(entries: usize, body: &[u8], n: usize) -> (HeaderMap, Vec<u8>) {
+    use base64::Engine;
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    let id = format!("msg_junk_{entries}_{n}_{}", std::process::id());
+    headers.insert("webhook-id", HeaderValue::from_str(&id).expect("id"));
+    headers.insert("webhook-timestamp", HeaderValue::from_str(&helpers::now().to_string()).expect("ts"));
+    let junk: Vec<String> = (0..entries)
+        .map(|i| {
+            let mut signature = [0u8; 64];
+            signature[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            format!("v1a,{}", base64::engine::general_purpose::STANDARD.encode(signature))
+        })
+        .collect();
+    headers.insert("webhook-signature", HeaderValue::from_str(&junk.join(" ")).expect("sig"));
+    (headers, body.to_vec())
+}
+
+async fn unauthenticated_cost(app: &helpers::TestApp, config: &WebhookConfig) {
+    let body = vec![b'x'; 250 * 1024];
+    let keys: Vec<String> = [[1u8; 32], [2u8; 32]]
+        .iter()
+        .map(|seed| maestro_relay::webhook::auth::sign_v1a(seed, "k", 0, b"").expect("key").1)
+        .collect();
+    let secret_id = &app.env["WEBHOOK_SECRET_ID"];
+    app.set_secret(secret_id, serde_json::json!({"hmac_secrets": [app.whsec], "ed25519_public_keys": keys})).await;
+    let secrets = CachedSecrets::new(SecretsManager::from_sdk_config(&app.sdk), Duration::from_secs(300));
+    let webhook = Webhook::new(MemoryStore::new(), secrets, config.settings.clone());
+    let mut rows = Vec::new();
+    for entries in [1usize, 8, 100] {
+        let requests: Vec<_> = (0..200).map(|n| junk_request(entries, &body, n)).collect();
+        let _ = webhook.handle(&requests[0].0, &requests[0].1).await;
+        let mut times = Vec::new();
+        for (headers, body) in &requests[1..] {
+            let started = Instant::now();
+            let answer = webhook.handle(headers, body).await;
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(answer.status.as_u16(), 401, "{}", answer.body);
+        }
+        rows.push((entries, percentiles(times)));
+    }
+    let baseline = rows[0].1 .0;
+    println!("\nunauthenticated requests, 250 KiB body, 2 ed25519 keys, 199 each (µs; all answered 401)");
+    println!("   {:<46} {:>9} {:>9} {:>9} {:>9}", "", "p50", "p99", "mean", "p50 ×");
+    for (entries, (p50, p99, mean)) in rows {
+        let name = format!("{entries} junk v1a entr{}", if entries == 1 { "y" } else { "ies" });
+        println!("   {name:<46} {p50:>9.1} {p99:>9.1} {mean:>9.1} {:>9.2}", p50 / baseline);
     }
 }
