@@ -96,11 +96,6 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
         lock(&self.refusal).clone()
     }
 
-    /// Whether this run holds the claim.
-    pub fn is_claimed(&self) -> bool {
-        lock(&self.claimed).is_some()
-    }
-
     fn mine(&self) -> (OffsetDateTime, &str) {
         batch_order(self.manifest.received_at, &self.manifest.job_id)
     }

@@ -131,15 +131,7 @@ async fn a_worker_killed_between_the_rename_and_its_record_then_sap_taking_the_f
     for name in app.sshd.files("PF2") {
         std::fs::remove_file(app.sshd.folder("PF2").join(name)).expect("SAP takes the file");
     }
-    if let Some(lease) = app.json_object(&format!("locks/{job_id}")).await {
-        let until = time::OffsetDateTime::parse(
-            lease["expiresAt"].as_str().unwrap_or_default(),
-            &time::format_description::well_known::Rfc3339,
-        )
-        .expect("lease expiry");
-        let wait = (until - time::OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64 + 200;
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-    }
+    app.until_the_lease_runs_out(&job_id).await;
 
     let (from_queue, printed) = answer_of(spawn_worker(&app, &sqs_event_for(&job_id, "m-1"), 15, &dir, "queue"));
     assert_eq!(from_queue, json!({"batchItemFailures": []}), "{printed}");

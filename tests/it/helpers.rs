@@ -814,6 +814,20 @@ impl TestApp {
         command
     }
 
+    /// Waits until the job's lease (and a destination claim its run held) has run out, as
+    /// time passes after a run was killed.
+    pub async fn until_the_lease_runs_out(&self, job_id: &str) {
+        if let Some(lease) = self.json_object(&format!("locks/{job_id}")).await {
+            let until = time::OffsetDateTime::parse(
+                lease["expiresAt"].as_str().unwrap_or_default(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .expect("lease expiry");
+            let wait = (until - time::OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64 + 300;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+
     /// The invocation's deadline: its steps stop RETRY_DEADLINE_MARGIN_SECS (25 s) before.
     pub fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(150)

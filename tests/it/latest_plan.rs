@@ -63,19 +63,6 @@ fn temporaries(app: &TestApp) -> Vec<String> {
     app.sshd.all_files("PF2").into_iter().filter(|n| n.ends_with(".part")).collect()
 }
 
-/// Waits until the job's lease (and a destination claim its run held) has run out.
-async fn until_the_lease_runs_out(app: &TestApp, job_id: &str) {
-    if let Some(lease) = app.json_object(&format!("locks/{job_id}")).await {
-        let until = time::OffsetDateTime::parse(
-            lease["expiresAt"].as_str().unwrap_or_default(),
-            &time::format_description::well_known::Rfc3339,
-        )
-        .expect("lease expiry");
-        let wait = (until - time::OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64 + 300;
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-    }
-}
-
 fn kill(worker: &Child) {
     // SAFETY: kill(2) of the test's own child process group.
     unsafe {
@@ -169,7 +156,7 @@ async fn an_older_batch_cut_before_its_rename_is_refused_on_its_rerun_and_never_
             .status()
             .expect("touch");
         assert!(aged.success());
-        until_the_lease_runs_out(&app, &older).await;
+        app.until_the_lease_runs_out(&older).await;
 
         let (answer_b, printed_b) = answer_of(spawn_worker(&app, &sqs_event_for(&newer, "m-b"), 30, &dir, "b"));
         assert_eq!(answer_b, json!({"batchItemFailures": []}), "{case}:\n{printed_b}");
