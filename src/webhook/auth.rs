@@ -149,9 +149,15 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
-/// The most signatures of one scheme a request may carry; more is refused before any
-/// hashing, so that an unauthenticated caller cannot buy CPU with a long header.
-pub const MAX_SIGNATURES_PER_SCHEME: usize = 8;
+/// The most `v1` signatures a request may carry; more is refused before any hashing. One
+/// HMAC per secret is compared against every entry, so entries cost a comparison each.
+pub const MAX_V1_SIGNATURES: usize = 8;
+
+/// The most `v1a` signatures a request may carry; more is refused before any hashing. Each
+/// ed25519 verification hashes the whole body again (per entry and key), so this is what an
+/// unauthenticated caller can buy: 4 leaves room for a sender signing with up to four keys
+/// during a rotation, and caps the cost at 4 × keys verifications.
+pub const MAX_V1A_SIGNATURES: usize = 4;
 
 /// The `v1` and `v1a` entries of `webhook-signature` worth verifying: each decoded to its
 /// scheme's length (32 bytes HMAC-SHA256, 64 bytes ed25519), the others dropped, duplicates
@@ -165,16 +171,16 @@ fn signatures_of(header: &str) -> Result<Signatures, AuthFailure> {
     let mut v1_entries: Vec<&str> = Vec::new();
     let mut v1a_entries: Vec<&str> = Vec::new();
     for entry in header.split(' ') {
-        let (entries, b64) = if let Some(b64) = entry.strip_prefix("v1,") {
-            (&mut v1_entries, b64)
+        let (entries, b64, most, refusal) = if let Some(b64) = entry.strip_prefix("v1,") {
+            (&mut v1_entries, b64, MAX_V1_SIGNATURES, "webhook-signature holds more than 8 v1 signatures")
         } else if let Some(b64) = entry.strip_prefix("v1a,") {
-            (&mut v1a_entries, b64)
+            (&mut v1a_entries, b64, MAX_V1A_SIGNATURES, "webhook-signature holds more than 4 v1a signatures")
         } else {
             continue;
         };
         if !entries.contains(&b64) {
-            if entries.len() == MAX_SIGNATURES_PER_SCHEME {
-                return Err(AuthFailure("webhook-signature holds more than 8 signatures of one scheme"));
+            if entries.len() == most {
+                return Err(AuthFailure(refusal));
             }
             entries.push(b64);
         }
@@ -520,25 +526,40 @@ mod tests {
     }
 
     #[test]
-    fn nine_signatures_of_one_scheme_are_refused_before_any_verification_even_with_a_valid_one() {
+    fn nine_v1_or_five_v1a_signatures_are_refused_before_any_verification_even_with_a_valid_one() {
         let (credentials, v1a) = with_v1a_key();
         let v1 = sign(SECRET, "m", NOW, b"{}").unwrap();
-        for (scheme, valid) in [("v1", &v1), ("v1a", &v1a)] {
-            let mut entries = junk(scheme, 8);
+        let cases = [
+            ("v1", &v1, MAX_V1_SIGNATURES, "webhook-signature holds more than 8 v1 signatures"),
+            ("v1a", &v1a, MAX_V1A_SIGNATURES, "webhook-signature holds more than 4 v1a signatures"),
+        ];
+        for (scheme, valid, most, refusal) in cases {
+            let mut entries = junk(scheme, most);
             entries.push(valid.clone());
             let h = signed("m", NOW, &entries.join(" "));
             let mut answer = Ok(());
             let spent = verifications_during(|| {
                 answer = verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300));
             });
-            assert_eq!(answer, Err(AuthFailure("webhook-signature holds more than 8 signatures of one scheme")));
+            assert_eq!(answer, Err(AuthFailure(refusal)));
             assert_eq!(spent, 0, "{scheme}");
-            // Eight are still looked at, the valid one among them.
+            // The most allowed are still looked at, the valid one among them.
             entries.remove(0);
             let h = signed("m", NOW, &entries.join(" "));
             assert_eq!(verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300)), Ok(()));
         }
-        const { assert!(MAX_SIGNATURES_PER_SCHEME == 8, "the refusal's detail says 8") };
+        const { assert!(MAX_V1_SIGNATURES == 8 && MAX_V1A_SIGNATURES == 4, "the refusals' details say 8 and 4") };
+    }
+
+    #[test]
+    fn a_request_at_the_v1a_limit_costs_at_most_four_verifications_per_key() {
+        let (mut credentials, _) = with_v1a_key();
+        credentials.ed25519_public_keys.push(sign_v1a(&[9; 32], "k", 0, b"").unwrap().1);
+        let h = signed("m", NOW, &junk("v1a", MAX_V1A_SIGNATURES).join(" "));
+        let spent = verifications_during(|| {
+            assert!(verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300)).is_err());
+        });
+        assert_eq!(spent, 8, "4 entries × 2 keys");
     }
 
     #[test]
@@ -571,8 +592,8 @@ mod tests {
             assert!(verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300)).is_err());
         });
         assert_eq!(spent, 1, "one ed25519 verification for one distinct entry and one key");
-        // Seven distinct junk entries, the valid one twice: eight, not nine.
-        let mut entries = junk("v1a", 7);
+        // Three distinct junk entries, the valid one twice: four, not five.
+        let mut entries = junk("v1a", 3);
         entries.extend([v1a.clone(), v1a]);
         let h = signed("m", NOW, &entries.join(" "));
         assert_eq!(verify(AuthMode::Hmac, &credentials, &h, b"{}", NOW, Duration::from_secs(300)), Ok(()));

@@ -683,7 +683,7 @@ async fn a_hundred_junk_v1a_entries_get_401_at_once_even_beside_a_valid_one_and_
         event["headers"]["webhook-signature"] = json!(header);
         let (status, problem) = post_at(&app, &event, NOW).await;
         assert_eq!(status, 401, "{case}: {problem}");
-        assert!(problem["detail"].as_str().unwrap_or_default().contains("more than 8"), "{case}: {problem}");
+        assert!(problem["detail"].as_str().unwrap_or_default().contains("more than 4 v1a"), "{case}: {problem}");
     }
     assert_no_job(&app).await;
     event["headers"]["webhook-signature"] = json!(valid);
