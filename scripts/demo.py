@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -22,8 +23,9 @@ STATE = ".local/stack"
 
 
 def load_env() -> dict:
+    """The stack's env file, whose values are quoted for a shell."""
     with open(os.path.join(STATE, "env")) as handle:
-        return dict(line.rstrip("\n").split("=", 1) for line in handle if "=" in line)
+        return dict(shlex.split(line)[0].split("=", 1) for line in handle if "=" in line)
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -59,7 +61,9 @@ def main() -> None:
     if event.get("isBase64Encoded"):
         body = base64.b64decode(body)
     now = int(time.time())
-    msg_id = event["headers"]["webhook-id"]
+    # A fresh id each run: the same id again is a duplicate the webhook answers from its record.
+    msg_id = f"msg_demo_{now}_{os.getpid()}"
+    event["headers"]["webhook-id"] = msg_id
     event["headers"].update({"webhook-timestamp": str(now), "webhook-signature": sign(whsec, msg_id, now, body)})
 
     print(f"==> POST /webhook ({event_file}) through the webhook binary")

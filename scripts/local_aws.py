@@ -6,10 +6,10 @@ HMAC secret is random per stack; the demo reads it back from Secrets Manager lik
 """
 import argparse
 import base64
-import getpass
 import json
 import os
 import secrets
+import shlex
 import subprocess
 
 import boto3
@@ -59,8 +59,6 @@ def main() -> None:
     )
 
     sftp_dir = args.sftp_dir
-    with open(os.path.join(sftp_dir, "client_ed25519")) as key_file:
-        private_key = key_file.read()
     fingerprint = subprocess.run(
         ["ssh-keygen", "-l", "-E", "sha256", "-f", os.path.join(sftp_dir, "host_ed25519.pub")],
         check=True,
@@ -78,13 +76,17 @@ def main() -> None:
             "maestro-relay/kinaxis", {"client_id": "relay-client", "client_secret": "relay-secret"}
         ),
     }
+    # One user and key per SAP system (scripts/sshd.sh made them), as SAP has them.
     for target in ("PF2", "WP2"):
+        user = f"sap-{target.lower()}"
+        with open(os.path.join(sftp_dir, f"client_{user}")) as key_file:
+            private_key = key_file.read()
         ids[f"SFTP_SECRET_ID_{target}"] = secret(
             f"maestro-relay/sftp/{target}",
             {
                 "host": "127.0.0.1",
                 "port": args.sftp_port,
-                "username": getpass.getuser(),
+                "username": user,
                 "private_key": private_key,
                 "host_key_sha256": fingerprint,
                 "remote_dir": os.path.join(sftp_dir, "sap", target),
@@ -108,8 +110,9 @@ def main() -> None:
         "SFTP_DIR_WP2": os.path.join(sftp_dir, "sap", "WP2"),
         **ids,
     }
+    # Quoted for a shell: `set -a; . .local/stack/env` works although values hold spaces.
     for key, value in env.items():
-        print(f"{key}={value}")
+        print(f"{key}={shlex.quote(str(value))}")
 
 
 if __name__ == "__main__":

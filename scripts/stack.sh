@@ -35,8 +35,11 @@ up() {
 
   .venv/bin/moto_server -H 127.0.0.1 -p "$moto_port" >"$STATE/moto.log" 2>&1 &
   echo $! >"$STATE/moto.pid"
-  scripts/sshd.sh "$PWD/$STATE/sftp" "$sshd_port"
-  /usr/sbin/sshd -D -e -f "$PWD/$STATE/sftp/sshd_config" >"$STATE/sshd.log" 2>&1 &
+  # One SFTP user and key per SAP system, as SAP has them: rotating WP2's key leaves PF2 alone.
+  local sftp="$PWD/$STATE/sftp"
+  scripts/sshd.sh "$sftp" "$sshd_port" sap-pf2:PF2 sap-wp2:WP2
+  LD_PRELOAD="$(cat "$sftp/nss_wrapper")" NSS_WRAPPER_PASSWD="$sftp/passwd" NSS_WRAPPER_GROUP="$sftp/group" \
+    /usr/sbin/sshd -D -e -f "$sftp/sshd_config" >"$STATE/sshd.log" 2>&1 &
   echo $! >"$STATE/sshd.pid"
   "$SIM_BIN" --port "$sim_port" --rows "${SIM_ROWS:-2500}" --first-page 1000 >"$STATE/sim.log" 2>&1 &
   echo $! >"$STATE/sim.pid"
@@ -50,6 +53,12 @@ up() {
     --sftp-port "$sshd_port" \
     --sftp-dir "$PWD/$STATE/sftp" >"$STATE/env"
   echo "stack: up — moto :$moto_port, sshd :$sshd_port, kinaxis-sim :$sim_port ($STATE/env)"
+  cat <<HOW
+stack: by hand (docs/runbook.md has the rest):
+  set -a; . $STATE/env; set +a                     # the functions' environment in this shell
+  $TARGET_DIR/debug/maestro-relay --env-file $STATE/env send-test events/webhook-http-api-pf.json
+  $TARGET_DIR/debug/maestro-relay --env-file $STATE/env jobs
+HOW
 }
 
 down() {

@@ -44,6 +44,14 @@ pub struct Tagged {
     pub modified: Option<time::OffsetDateTime>,
 }
 
+/// One key of a listing, with what S3 lists of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<time::OffsetDateTime>,
+}
+
 /// The staging bucket: job manifests, staged CSVs, delivery records, leases, receipts and
 /// failure records.
 pub trait ObjectStore: Send + Sync {
@@ -68,6 +76,8 @@ pub trait ObjectStore: Send + Sync {
         etag: &str,
     ) -> impl Future<Output = Result<Guarded>> + Send;
     fn exists(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Every key under `prefix`, in key order, page after page.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<Listed>>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<()>> + Send;
     /// Removes the object only while it still has `etag` (`If-Match`); `Refused` when it
     /// changed or is gone.
@@ -184,4 +194,26 @@ pub trait JobQueue: Send + Sync {
     /// Puts a new message with `body` on the jobs queue, handed out after `delay` (SQS caps
     /// it at 15 minutes).
     fn send_later(&self, body: &str, delay: Duration) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// One message of the dead-letter queue, held from other readers while it is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    /// The worker's `FailureReason` attribute; the queue's own redrive sets none.
+    pub reason: Option<String>,
+}
+
+/// The dead-letter queue as an operator works it: read, delete, put back, or send the job
+/// to the jobs queue again.
+pub trait DeadLetters: Send + Sync {
+    /// Up to 10 messages, each hidden from other readers for `hold`.
+    fn receive(&self, hold: Duration) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+    fn delete(&self, receipt_handle: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Visible again at once: left for later.
+    fn release(&self, receipt_handle: &str) -> impl Future<Output = Result<()>> + Send;
+    /// The body onto the jobs queue, to be run again.
+    fn send_back(&self, body: &str) -> impl Future<Output = Result<()>> + Send;
 }

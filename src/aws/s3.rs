@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::classify;
 use crate::error::{Error, Result, ResultExt, Step};
-use crate::ports::{CreateOutcome, Guarded, ObjectStore, Tagged, PARTS_IN_FLIGHT};
+use crate::ports::{CreateOutcome, Guarded, Listed, ObjectStore, Tagged, PARTS_IN_FLIGHT};
 
 /// Files above this size go up in parts of this size: S3 needs parts of 5 MiB or more,
 /// and one PUT of a large file would be retried whole.
@@ -184,6 +184,26 @@ impl ObjectStore for S3Store {
             return Err(classify(err, Step::Stage, &format!("creating s3://{}/{key}", self.bucket)));
         }
         Err(Error::transient(Step::Stage, format!("creating {key}: conditional writes kept conflicting")))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut listed = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|err| classify(err, Step::Stage, &format!("listing s3://{}/{prefix}", self.bucket)))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                listed.push(Listed {
+                    key: key.to_owned(),
+                    size: object.size().map_or(0, |n| n.max(0) as u64),
+                    modified: object
+                        .last_modified()
+                        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.secs()).ok()),
+                });
+            }
+        }
+        Ok(listed)
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {

@@ -1,5 +1,6 @@
 //! The jobs queue on SQS: a later retry by message visibility, and the dead-letter queue
-//! written at once for a job that will not be tried again.
+//! written at once for a job that will not be tried again, and worked by the operator's
+//! toolbox (`DeadLetters`).
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use aws_sdk_sqs::Client;
 
 use super::classify;
 use crate::error::{Result, ResultExt, Step};
-use crate::ports::JobQueue;
+use crate::ports::{DeadLetter, DeadLetters, JobQueue};
 
 /// SQS caps a message's delay at 15 minutes.
 const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
@@ -80,6 +81,72 @@ impl JobQueue for SqsQueue {
             .send()
             .await
             .map_err(|e| classify(e, Step::Queue, "queueing a later check of the job"))?;
+        Ok(())
+    }
+}
+
+impl DeadLetters for SqsQueue {
+    async fn receive(&self, hold: Duration) -> Result<Vec<DeadLetter>> {
+        let received = self
+            .client
+            .receive_message()
+            .queue_url(&self.dead_letter_queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(hold.min(MAX_VISIBILITY).as_secs() as i32)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Queue, "reading the dead-letter queue"))?;
+        let letters = received
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                Some(DeadLetter {
+                    message_id: m.message_id()?.to_owned(),
+                    receipt_handle: m.receipt_handle()?.to_owned(),
+                    body: m.body().unwrap_or_default().to_owned(),
+                    reason: m
+                        .message_attributes()
+                        .and_then(|a| a.get("FailureReason"))
+                        .and_then(|v| v.string_value())
+                        .map(str::to_owned),
+                })
+            })
+            .collect();
+        Ok(letters)
+    }
+
+    async fn delete(&self, receipt_handle: &str) -> Result<()> {
+        self.client
+            .delete_message()
+            .queue_url(&self.dead_letter_queue_url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Queue, "deleting a dead-letter message"))?;
+        Ok(())
+    }
+
+    async fn release(&self, receipt_handle: &str) -> Result<()> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.dead_letter_queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Queue, "putting a dead-letter message back"))?;
+        Ok(())
+    }
+
+    async fn send_back(&self, body: &str) -> Result<()> {
+        self.client
+            .send_message()
+            .queue_url(&self.jobs_queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| classify(e, Step::Queue, "sending the job back to the jobs queue"))?;
         Ok(())
     }
 }

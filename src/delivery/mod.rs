@@ -41,7 +41,9 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result, ResultExt, Step};
-use crate::job::{keys, DeliveryRecord, DeliveryState, ExistingFilePolicy, ExportedFile, TriggerFile, TriggerRecord};
+use crate::job::{
+    DeliveryRecord, DeliveryState, ExistingFilePolicy, ExportedFile, Records, TriggerFile, TriggerRecord,
+};
 use crate::ports::{Guarded, ObjectStore, RemoteFolder};
 pub use destination::{Destination, DestinationRun, Refusal};
 
@@ -67,16 +69,16 @@ enum Existing {
 }
 
 /// The record of one file, `None` when no attempt got as far as the intent.
-pub async fn record(store: &impl ObjectStore, job_id: &str, file_name: &str) -> Result<Option<DeliveryRecord>> {
-    let key = keys::delivery(job_id, file_name);
+pub async fn record(store: &impl ObjectStore, records: &Records, file_name: &str) -> Result<Option<DeliveryRecord>> {
+    let key = records.delivery(file_name);
     let Some(bytes) = store.get(&key).await.map_err(|e| e.at(Step::Deliver))? else { return Ok(None) };
     serde_json::from_slice(&bytes)
         .map(Some)
         .or_permanent(Step::Deliver, format!("{key} is not a valid delivery record"))
 }
 
-pub async fn write(store: &impl ObjectStore, job_id: &str, record: &DeliveryRecord) -> Result<()> {
-    let key = keys::delivery(job_id, &record.file.file_name);
+pub async fn write(store: &impl ObjectStore, records: &Records, record: &DeliveryRecord) -> Result<()> {
+    let key = records.delivery(&record.file.file_name);
     let bytes = serde_json::to_vec_pretty(record).or_permanent(Step::Deliver, "serialising a delivery record")?;
     store.put(&key, bytes, "application/json").await.map_err(|e| e.at(Step::Deliver))
 }
@@ -91,7 +93,8 @@ fn exists_with_other_content(remote_path: &str) -> Error {
 /// What one delivery works with.
 pub struct FileDelivery<'a, S> {
     pub store: &'a S,
-    pub job_id: &'a str,
+    /// The job's, or a re-send's: where its records go; its job id names its temporaries.
+    pub records: &'a Records,
     pub file: &'a ExportedFile,
     pub policy: ExistingFilePolicy,
     /// This run's number among the file's attempts.
@@ -166,7 +169,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     async fn delivered(&self, mut record: DeliveryRecord) -> Result<DeliveryRecord> {
         record.state = DeliveryState::Delivered;
         record.updated_at = OffsetDateTime::now_utc();
-        write(self.store, self.job_id, &record).await?;
+        write(self.store, self.records, &record).await?;
         Ok(record)
     }
 
@@ -266,7 +269,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         if record.claim != Some(generation) {
             record.claim = Some(generation);
             record.updated_at = OffsetDateTime::now_utc();
-            write(self.store, self.job_id, &record).await?;
+            write(self.store, self.records, &record).await?;
         }
         match self.existing(folder).await {
             Ok(Existing::Absent) => self.rename(folder, record).await,
@@ -313,7 +316,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     async fn abandon(&self, folder: &mut impl RemoteFolder, mut record: DeliveryRecord) -> Result<()> {
         record.state = DeliveryState::Abandoned;
         record.updated_at = OffsetDateTime::now_utc();
-        write(self.store, self.job_id, &record).await?;
+        write(self.store, self.records, &record).await?;
         folder.remove(&record.temp_name).await
     }
 
@@ -365,7 +368,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 return Err(err);
             }
         }
-        if let Err(err) = write(self.store, self.job_id, &record).await {
+        if let Err(err) = write(self.store, self.records, &record).await {
             // The write may have landed although it reported an error: removing the
             // temporary now would make a recorded intent with nothing behind it read as
             // "renamed and taken by SAP". Mark it abandoned first; if that cannot be
@@ -390,7 +393,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             tracing::warn!(temp, "the streamed temporary is not the file; sending it from the staged copy");
             folder.remove(&temp).await?;
         }
-        let temp = temporary_name(self.name(), self.job_id, self.attempt);
+        let temp = temporary_name(self.name(), self.records.job_id(), self.attempt);
         folder.upload(&self.file.path, &temp, self.deadline).await?;
         Ok(temp)
     }
@@ -513,7 +516,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
                 let mut unrecorded = record.clone();
                 unrecorded.trigger = Some(trigger.clone());
                 unrecorded.updated_at = OffsetDateTime::now_utc();
-                write(self.store, self.job_id, &unrecorded).await?;
+                write(self.store, self.records, &unrecorded).await?;
                 folder.remove(&temp).await?;
                 Ok(None)
             }
@@ -560,17 +563,17 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         let local = self.file.path.with_file_name(format!("{}.trigger", self.name()));
         std::fs::write(&local, content).or_transient(Step::Deliver, format!("writing {}", local.display()))?;
         self.remove_own_temporaries(folder, &trigger.name, None).await;
-        let temp = temporary_name(&trigger.name, self.job_id, self.attempt);
+        let temp = temporary_name(&trigger.name, self.records.job_id(), self.attempt);
         folder.upload(&local, &temp, self.deadline).await?;
         trigger.temp_name = Some(temp.clone());
         record.trigger = Some(trigger.clone());
         record.updated_at = OffsetDateTime::now_utc();
-        if let Err(err) = write(self.store, self.job_id, &record).await {
+        if let Err(err) = write(self.store, self.records, &record).await {
             // The intent may have landed although the write reported an error: unrecord it
             // before removing the temporary, or leave the temporary for the next attempt.
             let mut unrecorded = record.clone();
             unrecorded.trigger = Some(TriggerRecord { temp_name: None, ..trigger.clone() });
-            if write(self.store, self.job_id, &unrecorded).await.is_ok() {
+            if write(self.store, self.records, &unrecorded).await.is_ok() {
                 let _ = folder.remove(&temp).await;
             } else {
                 tracing::warn!(
@@ -640,14 +643,14 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         trigger.stale_removed = true;
         record.trigger = Some(trigger);
         record.updated_at = OffsetDateTime::now_utc();
-        write(self.store, self.job_id, record).await
+        write(self.store, self.records, record).await
     }
 
     /// This job's temporaries of `name` left by earlier attempts that were cut, whatever
     /// their age (the job's lease keeps its other runs out); never another job's, and never
     /// `keep`. Best effort: a failure here delays nothing.
     async fn remove_own_temporaries(&self, folder: &mut impl RemoteFolder, name: &str, keep: Option<&str>) {
-        let prefix = own_temporary_prefix(name, self.job_id);
+        let prefix = own_temporary_prefix(name, self.records.job_id());
         let Ok(entries) = folder.list().await else { return };
         for entry in entries {
             let ours = keep == Some(entry.name.as_str());

@@ -91,12 +91,28 @@ pub mod keys {
     pub fn receipt(job_id: &str) -> String {
         format!("receipts/{job_id}.json")
     }
+    /// The latest failure, for readers of one record; every failure is also kept under
+    /// `failure_history`.
     pub fn failure(job_id: &str) -> String {
         format!("failed/{job_id}.json")
+    }
+    /// Every failure of the job, one object each, named by when it happened: a listing in
+    /// key order is the job's story.
+    pub fn failure_history(job_id: &str) -> String {
+        format!("failed/{job_id}/")
+    }
+    pub fn failure_at(job_id: &str, at: time::OffsetDateTime) -> String {
+        // Nanoseconds, zero-padded: key order is time order even within one millisecond.
+        let stamp = at.unix_timestamp_nanos().max(0);
+        format!("failed/{job_id}/{stamp:020}-{:04x}.json", fastrand::u16(..))
     }
     /// What was sent of one file: the intent before the rename, the mark after it.
     pub fn delivery(job_id: &str, file_name: &str) -> String {
         format!("deliveries/{job_id}/{file_name}.json")
+    }
+    /// The folder of a job's delivery records (a re-send's are in `resends/` below it).
+    pub fn deliveries(job_id: &str) -> String {
+        format!("deliveries/{job_id}/")
     }
     /// Keeps a job to one runner at a time.
     pub fn lease(job_id: &str) -> String {
@@ -113,6 +129,115 @@ pub mod keys {
     pub fn job_id_of_manifest(key: &str) -> Option<super::JobId> {
         super::JobId::parse(key.strip_prefix(JOBS_PREFIX)?.strip_suffix(".json")?)
     }
+}
+
+/// Whose records a run reads and writes: the job's own, or those of one re-send of it,
+/// kept beside the job's (`…/{jobId}/resends/{resendId}/…`) and never touching them. The
+/// re-send id makes a repeated invocation of one re-send one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Records {
+    job_id: JobId,
+    resend: Option<ResendId>,
+    /// A fresh export stages its own copy; otherwise a re-send sends the job's staged one.
+    own_staging: bool,
+}
+
+impl Records {
+    pub fn of_job(job_id: JobId) -> Self {
+        Self { job_id, resend: None, own_staging: true }
+    }
+
+    pub fn of_resend(job_id: JobId, resend: ResendId, fresh_export: bool) -> Self {
+        Self { job_id, resend: Some(resend), own_staging: fresh_export }
+    }
+
+    pub fn job_id(&self) -> &JobId {
+        &self.job_id
+    }
+
+    pub fn resend(&self) -> Option<&ResendId> {
+        self.resend.as_ref()
+    }
+
+    fn folder(&self, own: bool) -> String {
+        match &self.resend {
+            Some(resend) if own => format!("{}/resends/{resend}", self.job_id),
+            _ => self.job_id.to_string(),
+        }
+    }
+
+    pub fn delivery(&self, file_name: &str) -> String {
+        keys::delivery(&self.folder(true), file_name)
+    }
+    pub fn receipt(&self) -> String {
+        keys::receipt(&self.folder(true))
+    }
+    pub fn staged_file(&self, file_name: &str) -> String {
+        keys::staged_file(&self.folder(self.own_staging), file_name)
+    }
+    pub fn staged_index(&self) -> String {
+        keys::staged_index(&self.folder(self.own_staging))
+    }
+}
+
+/// A re-send's id: 1 to 64 letters, digits, `-` or `_` (an operator's tool makes one per
+/// command; the Lambda request id serves a console test event without one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ResendId(String);
+
+impl ResendId {
+    pub fn parse(id: &str) -> Option<Self> {
+        let valid =
+            (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        valid.then(|| Self(id.to_owned()))
+    }
+}
+
+impl TryFrom<String> for ResendId {
+    type Error = String;
+    fn try_from(id: String) -> std::result::Result<Self, String> {
+        Self::parse(&id).ok_or_else(|| format!("{id:?} is not 1 to 64 letters, digits, '-' or '_'"))
+    }
+}
+
+impl From<ResendId> for String {
+    fn from(id: ResendId) -> String {
+        id.0
+    }
+}
+
+impl std::fmt::Display for ResendId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an operator asked of a re-run, and who and when: kept in its receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rerun {
+    pub requested_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    #[serde(default)]
+    pub fresh_export: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend: Option<ResendId>,
+    #[serde(default)]
+    pub allow_stale: bool,
+}
+
+/// One receive of the job that did not deliver, as its receipt lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EarlierFailure {
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_count: Option<u32>,
+    pub class: ErrorClass,
+    pub step: Step,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +340,12 @@ pub struct StagedFile {
 #[serde(rename_all = "camelCase")]
 pub struct Receipt {
     pub job_id: JobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(default)]
+    pub file_name: String,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<OffsetDateTime>,
     pub target: Target,
     /// Built from the per-file delivery records.
     pub files: Vec<DeliveryRecord>,
@@ -231,6 +362,35 @@ pub struct Receipt {
     /// Per file, what a business user signs a batch off with.
     #[serde(default)]
     pub reconciliation: Vec<Reconciliation>,
+    /// The receives before this one that failed, from the failure history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_failures: Vec<EarlierFailure>,
+    /// What the operator asked, for a re-run from the console or the tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun: Option<Rerun>,
+}
+
+impl Receipt {
+    /// A receipt for `manifest`'s job with nothing delivered yet.
+    pub fn of(manifest: &Manifest) -> Self {
+        Self {
+            job_id: manifest.job_id.clone(),
+            event_id: manifest.request.event_id.clone(),
+            file_name: manifest.request.file_name.clone(),
+            received_at: Some(manifest.received_at),
+            target: manifest.target.clone(),
+            files: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            attempts: 0,
+            timings_ms: BTreeMap::new(),
+            delivered_at: OffsetDateTime::now_utc(),
+            skipped: None,
+            reconciliation: Vec::new(),
+            earlier_failures: Vec::new(),
+            rerun: None,
+        }
+    }
 }
 
 /// One file's figures side by side: what Kinaxis said, what was written, what SAP's server
@@ -449,6 +609,18 @@ pub struct FailureRecord {
     pub message: String,
     #[serde(with = "time::serde::rfc3339")]
     pub failed_at: OffsetDateTime,
+    /// No automatic retry follows: the job waits for an operator.
+    #[serde(default, rename = "final")]
+    pub final_failure: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// The queue's receive count; `None` for a re-run from the console or the tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_count: Option<u32>,
 }
 
 /// A CSV written to local disk, ready to stage.
@@ -469,7 +641,7 @@ pub enum Replaced {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn manifest() -> Manifest {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::*;
 use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{self};
-use crate::ports::{CreateOutcome, Guarded, ObjectStore, Tagged};
+use crate::ports::{CreateOutcome, Guarded, Listed, ObjectStore, Tagged};
 
 /// A multipart upload under way: its key and the parts received so far.
 #[derive(Debug, Default)]
@@ -180,6 +180,22 @@ impl ObjectStore for Arc<MemoryStore> {
             return Ok(Guarded::Refused);
         }
         Ok(outcome)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        self.enter("list", prefix).await?;
+        let modified = lock(&self.modified).clone();
+        let objects = lock(&self.objects);
+        let listed = objects
+            .range(prefix.to_owned()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, (bytes, _))| Listed {
+                key: key.clone(),
+                size: bytes.len() as u64,
+                modified: modified.get(key).copied(),
+            })
+            .collect();
+        Ok(listed)
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {

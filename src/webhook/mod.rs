@@ -166,9 +166,14 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         } else if answer.is_problem() {
             tracing::warn!(status, source, detail = %answer.body["detail"], "webhook refused");
         } else {
+            // Authenticated by now: the sender's ids are worth joining on (never the signature).
+            let sent: Value = serde_json::from_slice(body).unwrap_or_default();
             tracing::info!(
                 status,
                 jobId = job_id,
+                webhookId = auth::webhook_id(headers).ok().flatten().unwrap_or(""),
+                eventId = sent["eventId"].as_str().unwrap_or(""),
+                fileName = sent["fileName"].as_str().unwrap_or(""),
                 outcome = answer.body["status"].as_str().unwrap_or(""),
                 "webhook accepted"
             );

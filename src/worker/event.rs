@@ -1,6 +1,7 @@
 //! The worker's Lambda boundary: what invokes it (an SQS batch of S3 notifications for
-//! `jobs/…`, or a console re-run `{"jobKey": "jobs/<jobId>.json"}`), decoded into typed
-//! events, and what it answers (`SqsBatchResponse`, or the console run's outcome).
+//! `jobs/…`, or an operator's re-run `{"jobKey": "jobs/<jobId>.json", …}` from the console
+//! or `maestro-relay rerun`), decoded into typed events, and what it answers
+//! (`SqsBatchResponse`, or the re-run's outcome).
 
 use aws_lambda_events::s3::S3Entity;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -14,10 +15,43 @@ use crate::job::{keys, Receipt};
 #[derive(Debug, Clone)]
 pub enum WorkerEvent {
     Queue(SqsEvent),
-    /// An operator's re-run from the Lambda console's Test tab.
-    Console {
-        job_key: String,
-    },
+    /// An operator's re-run from the Lambda console's Test tab or `maestro-relay rerun`.
+    Console(RerunRequest),
+}
+
+/// An operator's re-run: the job, and what to do differently this once. Unknown fields are
+/// refused, so that a misspelt option is not silently a plain re-run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RerunRequest {
+    pub job_key: String,
+    /// Export again from Kinaxis instead of sending the staged copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh_export: bool,
+    /// Deliver a delivered job once more, under records of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resend: bool,
+    /// Names the re-send, so that the same request run twice delivers once; the Lambda
+    /// request id when left out (a retried invocation keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend_id: Option<String>,
+    /// Deliver even when a newer batch claimed the destination (this job only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_stale: bool,
+    /// Who asked: kept in the receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+impl RerunRequest {
+    pub fn plain(job_key: impl Into<String>) -> Self {
+        Self { job_key: job_key.into(), ..Self::default() }
+    }
+
+    /// Anything beyond "run it again".
+    pub fn asks_more(&self) -> bool {
+        self.fresh_export || self.resend || self.allow_stale
+    }
 }
 
 /// Decoded as `decode` does, so a malformed event fails with the same message whether it
@@ -41,15 +75,18 @@ pub enum WorkerResponse {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum ConsoleOutcome {
-    Delivered { receipt: Box<Receipt> },
+    Delivered {
+        receipt: Box<Receipt>,
+    },
     AlreadyDelivered,
-    Skipped { receipt: Box<Receipt> },
-}
-
-#[derive(Deserialize)]
-struct ConsoleRerun {
-    #[serde(rename = "jobKey")]
-    job_key: String,
+    Skipped {
+        receipt: Box<Receipt>,
+    },
+    /// The request cannot be run as asked (no such job, a re-send of a job not delivered…):
+    /// nothing was done or recorded, nobody paged.
+    NotRun {
+        reason: String,
+    },
 }
 
 impl WorkerEvent {
@@ -60,9 +97,12 @@ impl WorkerEvent {
             return Ok(Self::Queue(batch));
         }
         if event.get("jobKey").is_some() {
-            let rerun: ConsoleRerun = serde_json::from_value(event)
-                .or_permanent(Step::Manifest, "jobKey must be a string such as \"jobs/<jobId>.json\"")?;
-            return Ok(Self::Console { job_key: rerun.job_key });
+            let rerun: RerunRequest = serde_json::from_value(event).or_permanent(
+                Step::Manifest,
+                "a re-run is {\"jobKey\": \"jobs/<jobId>.json\"} with optional freshExport, resend, allowStale \
+                 (true/false), resendId and requestedBy (strings)",
+            )?;
+            return Ok(Self::Console(rerun));
         }
         Err(Error::permanent(
             Step::Manifest,
@@ -176,10 +216,23 @@ mod tests {
             panic!("not a queue event")
         };
         assert!(job_keys(batch.records[0].body.as_deref().unwrap()).unwrap().is_empty());
-        let WorkerEvent::Console { job_key } = WorkerEvent::decode(fixture("worker-direct-rerun.json")).unwrap() else {
+        let WorkerEvent::Console(rerun) = WorkerEvent::decode(fixture("worker-direct-rerun.json")).unwrap() else {
             panic!("not a console event")
         };
-        assert!(job_key.starts_with("jobs/"));
+        assert!(rerun.job_key.starts_with("jobs/"));
+        assert!(!rerun.asks_more());
+    }
+
+    #[test]
+    fn a_rerun_with_options_decodes_them_all_and_serialises_back_the_same() {
+        let event = serde_json::json!({
+            "jobKey": "jobs/0123456789abcdef0123456789abcdef.json",
+            "freshExport": true, "resend": true, "resendId": "r1", "allowStale": true, "requestedBy": "ops"
+        });
+        let WorkerEvent::Console(rerun) = WorkerEvent::decode(event.clone()).unwrap() else { panic!("not a re-run") };
+        assert!(rerun.fresh_export && rerun.resend && rerun.allow_stale && rerun.asks_more());
+        assert_eq!((rerun.resend_id.as_deref(), rerun.requested_by.as_deref()), (Some("r1"), Some("ops")));
+        assert_eq!(serde_json::to_value(&rerun).unwrap(), event);
     }
 
     #[test]
@@ -192,7 +245,8 @@ mod tests {
 
     #[test]
     fn anything_else_is_a_permanent_manifest_error() {
-        for event in [serde_json::json!({"hello": 1}), serde_json::json!({"jobKey": 7})] {
+        let misspelt = serde_json::json!({"jobKey": "jobs/0123456789abcdef0123456789abcdef.json", "freshexport": true});
+        for event in [serde_json::json!({"hello": 1}), serde_json::json!({"jobKey": 7}), misspelt] {
             let err = WorkerEvent::decode(event).unwrap_err();
             assert_eq!((err.class, err.step), (crate::error::ErrorClass::Permanent, Step::Manifest));
         }

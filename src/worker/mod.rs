@@ -25,14 +25,15 @@ use tracing::Instrument;
 use crate::delivery::{self, Destination, DestinationRun, FileDelivery, Refusal};
 use crate::error::{Error, ErrorClass, Result, ResultExt, Step};
 use crate::job::{
-    keys, DeliveryRecord, DeliveryState, ExportedFile, FailureRecord, JobId, LeaseRecord, Manifest, Receipt, StagedFile,
+    keys, DeliveryRecord, DeliveryState, EarlierFailure, ExportedFile, FailureRecord, JobId, LeaseRecord, Manifest,
+    Receipt, Records, Rerun, ResendId, StagedFile,
 };
 use crate::outlet::Outlets;
 use crate::ports::{FileDrop, JobQueue, ObjectStore, WorkbookSource};
 use crate::retry::deadline_reached;
 use crate::secrets::{CachedSecrets, KinaxisCredentials, KinaxisLogin, SecretSource, SftpCredentials};
 use crate::telemetry::{self, Metric, MetricScope};
-pub use event::{ConsoleOutcome, WorkerEvent, WorkerResponse};
+pub use event::{ConsoleOutcome, RerunRequest, WorkerEvent, WorkerResponse};
 use lease::Lease;
 use report::JobEnd;
 
@@ -63,6 +64,8 @@ pub enum JobOutcome {
         owner: String,
         until: OffsetDateTime,
     },
+    /// An operator's re-run that cannot be run as asked: nothing done or recorded.
+    NotRun(String),
 }
 
 pub struct Worker<S, K, W, D, Q> {
@@ -80,6 +83,10 @@ pub struct Worker<S, K, W, D, Q> {
 /// the deadline can still report where it was.
 struct Run {
     job_id: JobId,
+    /// The records this run reads and writes: the job's, or a re-send's.
+    records: Records,
+    /// The operator's re-run, when this is one.
+    rerun: Option<RerunRequest>,
     /// This run's name on the lease.
     owner: String,
     started: Instant,
@@ -93,11 +100,14 @@ struct Run {
     /// deadline on the wall clock, plus the grace.
     lease_until: OffsetDateTime,
     step: Mutex<Step>,
-    target: Mutex<Option<String>>,
+    /// Known once read and checked.
+    manifest: Mutex<Option<Manifest>>,
     timings: Mutex<BTreeMap<String, u64>>,
     lease_held: AtomicBool,
     /// The job was refused as older than a batch that claimed its destination first.
     stale: AtomicBool,
+    /// The failure is the permanent one recorded before, met again from the queue.
+    repeated: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -164,11 +174,13 @@ where
                 }
                 Ok(WorkerResponse::Queue(response))
             }
-            WorkerEvent::Console { job_key } => {
-                let outcome = match self.run_job(&job_key, deadline, Trigger::Console).await? {
+            WorkerEvent::Console(rerun) => {
+                let job_key = rerun.job_key.clone();
+                let outcome = match self.run(&job_key, deadline, Trigger::Console, Some(rerun)).await? {
                     JobOutcome::Delivered(receipt) => ConsoleOutcome::Delivered { receipt: Box::new(receipt) },
                     JobOutcome::AlreadyDelivered => ConsoleOutcome::AlreadyDelivered,
                     JobOutcome::Skipped(receipt) => ConsoleOutcome::Skipped { receipt: Box::new(receipt) },
+                    JobOutcome::NotRun(reason) => ConsoleOutcome::NotRun { reason },
                     JobOutcome::Busy { owner, until } => {
                         return Err(Error::transient(
                             Step::Lease,
@@ -307,8 +319,32 @@ where
     /// Runs one job to its end state: delivered with a receipt, deliberately skipped, or
     /// failed with a record; or not at all while another run holds it.
     pub async fn run_job(&self, job_key: &str, deadline: Instant, trigger: Trigger) -> Result<JobOutcome> {
-        let job_id = keys::job_id_of_manifest(job_key)
-            .ok_or_else(|| Error::permanent(Step::Manifest, format!("{job_key:?} is not jobs/<32 hex digits>.json")))?;
+        self.run(job_key, deadline, trigger, None).await
+    }
+
+    /// `run_job`, as the operator's `rerun` asks when there is one.
+    pub async fn run(
+        &self,
+        job_key: &str,
+        deadline: Instant,
+        trigger: Trigger,
+        rerun: Option<RerunRequest>,
+    ) -> Result<JobOutcome> {
+        let Some(job_id) = keys::job_id_of_manifest(job_key) else {
+            let why = format!("{job_key:?} is not jobs/<32 hex digits>.json");
+            if rerun.is_some() {
+                tracing::warn!(job_key, "re-run not run: {why}");
+                return Ok(JobOutcome::NotRun(why));
+            }
+            return Err(Error::permanent(Step::Manifest, why));
+        };
+        let records = match records_of(&job_id, rerun.as_ref()) {
+            Ok(records) => records,
+            Err(why) => {
+                tracing::warn!(jobId = %job_id, "re-run not run: {why}");
+                return Ok(JobOutcome::NotRun(why));
+            }
+        };
         let span = tracing::info_span!("job", jobId = %job_id, requestId = tracing::field::Empty);
         if let Ok(request_id) = REQUEST_ID.try_with(Clone::clone) {
             span.record("requestId", request_id.as_str());
@@ -322,6 +358,8 @@ where
                 owner: format!("{job_id}-{:016x}", fastrand::u64(..)),
                 started,
                 job_id,
+                records,
+                rerun,
                 trigger,
                 work_deadline,
                 finish_deadline: work_deadline + margin / 2,
@@ -329,10 +367,11 @@ where
                     + time::Duration::try_from(remaining).unwrap_or(time::Duration::ZERO)
                     + time::Duration::try_from(self.settings.lease_grace).unwrap_or(time::Duration::MINUTE),
                 step: Mutex::new(Step::Manifest),
-                target: Mutex::new(None),
+                manifest: Mutex::new(None),
                 timings: Mutex::new(BTreeMap::new()),
                 lease_held: AtomicBool::new(false),
                 stale: AtomicBool::new(false),
+                repeated: AtomicBool::new(false),
             };
             // Steps stop by themselves at the work deadline; this cuts anything that did not,
             // halfway into the margin, and still leaves half of it to record the outcome.
@@ -343,11 +382,16 @@ where
             };
             run.time("total", started);
             let timings = lock(&run.timings).clone();
-            let target = lock(&run.target).clone();
+            let manifest = lock(&run.manifest).clone();
             let end = JobEnd {
                 stack: &self.settings.stack_name,
                 job_id: &run.job_id,
-                target: target.as_deref(),
+                manifest: manifest.as_ref(),
+                receive_count: match trigger {
+                    Trigger::Queue { receive_count } => Some(receive_count),
+                    Trigger::Console => None,
+                },
+                repeated: run.repeated.load(Ordering::SeqCst),
                 timings: &timings,
                 final_failure: result.as_ref().err().is_some_and(|e| self.is_final(e, trigger)),
                 // Only the lease holder (or a failure no run can undo) writes `failed/`: a run
@@ -379,26 +423,36 @@ where
             .run(run.work_deadline, Step::Manifest, "read manifest", |_| self.store.get(job_key))
             .await
             .map_err(|e| e.at(Step::Manifest))?;
-        let manifest_bytes =
-            manifest_bytes.ok_or_else(|| Error::permanent(Step::Manifest, format!("no job manifest at {job_key}")))?;
+        let Some(manifest_bytes) = manifest_bytes else {
+            let why = format!("no job manifest at {job_key}");
+            if run.rerun.is_some() {
+                tracing::warn!("re-run not run: {why}");
+                return Ok(JobOutcome::NotRun(format!("{why}: check the job id (`maestro-relay jobs` lists them)")));
+            }
+            return Err(Error::permanent(Step::Manifest, why));
+        };
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .or_permanent(Step::Manifest, format!("{job_key} is not a valid job manifest"))?;
         if manifest.job_id != run.job_id {
             return Err(Error::permanent(Step::Manifest, format!("{job_key} holds jobId {}", manifest.job_id)));
         }
         self.check_manifest(job_key, &manifest)?;
-        *lock(&run.target) = Some(manifest.target.to_string());
+        *lock(&run.manifest) = Some(manifest.clone());
 
+        if let Some(why) = self.cannot_rerun(run).await? {
+            tracing::warn!("re-run not run: {why}");
+            return Ok(JobOutcome::NotRun(why));
+        }
         if self.has_receipt(run).await? {
             tracing::info!("already delivered; acknowledging");
             return Ok(JobOutcome::AlreadyDelivered);
         }
         if let Trigger::Queue { .. } = run.trigger {
             if let Some(earlier) = self.permanent_failure(job_id).await {
-                return Err(Error::permanent(
-                    earlier.step,
-                    format!("failed permanently before and not retried from the queue: {}", earlier.message),
-                ));
+                run.repeated.store(true, Ordering::SeqCst);
+                // The message as first recorded, not nested once more with each redrive.
+                let first = earlier.message.strip_prefix(REPEATED).unwrap_or(&earlier.message);
+                return Err(Error::permanent(earlier.step, format!("{REPEATED}{first}")));
             }
         }
 
@@ -434,7 +488,13 @@ where
             .or_transient(Step::Convert, format!("creating a spool folder in {}", self.settings.spool_dir.display()))?;
         let step_started = Instant::now();
         run.at(Step::Stage);
-        let (files, temporaries, written, folder) = match self.staged_files(run, spool.path()).await? {
+        let staged = if run.rerun.as_ref().is_some_and(|r| r.fresh_export) {
+            tracing::info!("fresh export asked: the staged copy is not used");
+            None
+        } else {
+            self.staged_files(run, spool.path()).await?
+        };
+        let (files, temporaries, written, folder) = match staged {
             Some(files) => {
                 tracing::info!(files = files.len(), "CSV already staged; resuming at delivery");
                 run.time("restore", step_started);
@@ -498,7 +558,7 @@ where
                 manifest,
                 owner: &run.owner,
                 until: run.lease_until,
-                check_order: self.settings.stale_batch != StaleBatch::Deliver,
+                check_order: self.settings.stale_batch != StaleBatch::Deliver && !allows_stale(run),
                 deadline: run.work_deadline,
                 poll: self.settings.destination_poll,
                 names: files.iter().map(|f| f.file.file_name.clone()).collect(),
@@ -545,16 +605,12 @@ where
         run.at(Step::Receipt);
         run.time("total", run.started);
         let receipt = Receipt {
-            job_id: run.job_id.clone(),
-            target: manifest.target.clone(),
             rows: records.iter().map(|r| r.file.stats.rows).sum(),
             bytes: records.iter().map(|r| r.file.stats.bytes).sum(),
             reconciliation: records.iter().map(crate::job::Reconciliation::of).collect(),
             files: records,
             attempts,
-            timings_ms: lock(&run.timings).clone(),
-            delivered_at: OffsetDateTime::now_utc(),
-            skipped: None,
+            ..self.receipt_of(run, manifest).await
         };
         self.write_receipt(run, &receipt).await?;
         Ok(JobOutcome::Delivered(receipt))
@@ -575,8 +631,89 @@ where
         Ok(())
     }
 
+    /// The receipt's parts every outcome shares: the job, its timings, what the operator
+    /// asked, and the receives that failed before.
+    async fn receipt_of(&self, run: &Run, manifest: &Manifest) -> Receipt {
+        let earlier_failures = self.earlier_failures(run).await;
+        Receipt {
+            timings_ms: lock(&run.timings).clone(),
+            rerun: run.rerun.as_ref().map(|r| Rerun {
+                requested_by: r.requested_by.clone().unwrap_or_else(|| "console".to_owned()),
+                requested_at: OffsetDateTime::now_utc(),
+                fresh_export: r.fresh_export,
+                resend: run.records.resend().cloned(),
+                allow_stale: r.allow_stale,
+            }),
+            earlier_failures,
+            ..Receipt::of(manifest)
+        }
+    }
+
+    /// The job's failure history, oldest first; what cannot be read is left out (the
+    /// history is for people, the receipt must still be written).
+    async fn earlier_failures(&self, run: &Run) -> Vec<EarlierFailure> {
+        let listed = match self.store.list(&keys::failure_history(&run.job_id)).await {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::warn!(error = %err.chain(), "could not list the failure history for the receipt");
+                return Vec::new();
+            }
+        };
+        let mut failures = Vec::new();
+        for object in listed {
+            let Ok(Some(bytes)) = self.store.get(&object.key).await else { continue };
+            if let Ok(record) = serde_json::from_slice::<FailureRecord>(&bytes) {
+                failures.push(EarlierFailure {
+                    failed_at: record.failed_at,
+                    receive_count: record.receive_count,
+                    class: record.class,
+                    step: record.step,
+                });
+            }
+        }
+        failures
+    }
+
+    /// Why an operator's re-run cannot be run as asked, if it cannot: a re-send of a job
+    /// never delivered, or a fresh export of a job a file of which may already be in SAP's
+    /// folder (only a re-send may send such a job again).
+    async fn cannot_rerun(&self, run: &Run) -> Result<Option<String>> {
+        let Some(rerun) = &run.rerun else { return Ok(None) };
+        let retry = &self.settings.retry;
+        if run.records.resend().is_some() {
+            let key = keys::receipt(&run.job_id);
+            let (delivered, _) =
+                retry.run(run.work_deadline, Step::Receipt, "check receipt", |_| self.store.exists(&key)).await?;
+            if !delivered {
+                return Ok(Some(format!(
+                    "resend asks to deliver again a delivered job, and {key} does not exist: re-run it without resend"
+                )));
+            }
+            return Ok(None);
+        }
+        if !rerun.fresh_export || self.has_receipt(run).await? {
+            return Ok(None);
+        }
+        let prefix = keys::deliveries(&run.job_id);
+        let (listed, _) =
+            retry.run(run.work_deadline, Step::Deliver, "list delivery records", |_| self.store.list(&prefix)).await?;
+        for object in listed.iter().filter(|o| !o.key[prefix.len()..].contains('/')) {
+            let Some(bytes) = self.store.get(&object.key).await? else { continue };
+            let state = serde_json::from_slice::<DeliveryRecord>(&bytes).map(|r| r.state);
+            if !matches!(state, Ok(DeliveryState::Streaming | DeliveryState::Abandoned)) {
+                return Ok(Some(format!(
+                    "a file of this job may already be in SAP's folder ({} is {}): a fresh export would send \
+                     another file under its name; ask for resend with the fresh export",
+                    object.key,
+                    state.map_or_else(|_| "unreadable".to_owned(), |s| format!("{s:?}").to_lowercase())
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     async fn has_receipt(&self, run: &Run) -> Result<bool> {
-        let key = keys::receipt(&run.job_id);
+        let key = run.records.receipt();
         let (found, _) = self
             .settings
             .retry
@@ -588,7 +725,7 @@ where
 
     async fn write_receipt(&self, run: &Run, receipt: &Receipt) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(receipt).or_permanent(Step::Receipt, "serialising the receipt")?;
-        let key = keys::receipt(&run.job_id);
+        let key = run.records.receipt();
         self.settings
             .retry
             .run(run.finish_deadline, Step::Receipt, "write receipt", |_| {
@@ -596,15 +733,8 @@ where
             })
             .await
             .map_err(|e| e.at(Step::Receipt))?;
-        // A failure record of an earlier attempt no longer describes the job.
-        let failure_key = keys::failure(&run.job_id);
-        let removed = self
-            .settings
-            .retry
-            .run(run.finish_deadline, Step::Receipt, "remove the failure record", |_| self.store.delete(&failure_key));
-        if let Err(err) = removed.await {
-            tracing::error!(error = %err.chain(), "could not remove the earlier failure record; it stands beside the receipt");
-        }
+        // The failure records of earlier receives stay: the receipt beside them says the
+        // job was delivered in the end, and the history is the job's story.
         Ok(())
     }
 
@@ -663,18 +793,7 @@ where
         if self.settings.stale_batch != StaleBatch::Skip {
             return Err(Error::permanent(Step::Deliver, why));
         }
-        let receipt = Receipt {
-            job_id: manifest.job_id.clone(),
-            target: manifest.target.clone(),
-            files: Vec::new(),
-            rows: 0,
-            bytes: 0,
-            attempts: 0,
-            timings_ms: lock(&run.timings).clone(),
-            delivered_at: OffsetDateTime::now_utc(),
-            skipped: Some(why),
-            reconciliation: Vec::new(),
-        };
+        let receipt = Receipt { skipped: Some(why), ..self.receipt_of(run, manifest).await };
         self.write_receipt(run, &receipt).await?;
         Ok(JobOutcome::Skipped(receipt))
     }
@@ -682,7 +801,7 @@ where
     /// The CSVs of an earlier attempt, when staging completed; downloaded into `dir`.
     async fn staged_files(&self, run: &Run, dir: &Path) -> Result<Option<Vec<ExportedFile>>> {
         let retry = &self.settings.retry;
-        let index_key = keys::staged_index(&run.job_id);
+        let index_key = run.records.staged_index();
         let (index, _) =
             retry.run(run.work_deadline, Step::Stage, "read staged index", |_| self.store.get(&index_key)).await?;
         let Some(index) = index else { return Ok(None) };
@@ -691,7 +810,7 @@ where
         let mut files = Vec::with_capacity(staged.len());
         for file in staged {
             let path = dir.join(&file.file_name);
-            let key = keys::staged_file(&run.job_id, &file.file_name);
+            let key = run.records.staged_file(&file.file_name);
             let (found, _) = retry
                 .run(run.work_deadline, Step::Stage, "restore staged CSV", |_| self.store.download_file(&key, &path))
                 .await?;
@@ -708,7 +827,7 @@ where
         let retry = &self.settings.retry;
         let index: Vec<&StagedFile> = files.iter().map(|f| &f.file).collect();
         let bytes = serde_json::to_vec_pretty(&index).or_permanent(Step::Stage, "serialising the staged index")?;
-        let index_key = keys::staged_index(&run.job_id);
+        let index_key = run.records.staged_index();
         retry
             .run(run.work_deadline, Step::Stage, "stage index", |_| {
                 self.store.put(&index_key, bytes.clone(), "application/json")
@@ -722,7 +841,7 @@ where
         let read = || async {
             let mut records = Vec::with_capacity(files.len());
             for file in files {
-                records.push(delivery::record(&self.store, &run.job_id, &file.file.file_name).await?);
+                records.push(delivery::record(&self.store, &run.records, &file.file.file_name).await?);
             }
             Ok::<_, Error>(records)
         };
@@ -742,7 +861,6 @@ where
         folder: Option<D::Folder>,
         destination: &Destination<'_, S>,
     ) -> Result<(Vec<DeliveryRecord>, u32)> {
-        let job_id = run.job_id.as_str();
         let manifest = destination.manifest();
         let trigger = self.settings.profiles.for_target(&manifest.target).trigger.as_ref();
         // Done: every data file delivered, and its trigger settled where one is asked for.
@@ -789,7 +907,7 @@ where
                 };
                 let one = FileDelivery {
                     store: &self.store,
-                    job_id,
+                    records: &run.records,
                     file,
                     policy: self.settings.existing_file,
                     attempt,
@@ -806,6 +924,26 @@ where
         };
         self.settings.retry.run(cut_at, Step::Deliver, "sftp deliver", |_| deliver_all()).await
     }
+}
+
+/// How the message of a permanent failure met again from the queue begins.
+const REPEATED: &str = "failed permanently before and not retried from the queue: ";
+
+/// The records a run works on: a re-send's own (named by its id, the Lambda request id when
+/// none is given), or the job's.
+fn records_of(job_id: &JobId, rerun: Option<&RerunRequest>) -> std::result::Result<Records, String> {
+    let Some(rerun) = rerun.filter(|r| r.resend) else { return Ok(Records::of_job(job_id.clone())) };
+    let id = match &rerun.resend_id {
+        Some(id) => id.clone(),
+        None => REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| format!("r{:016x}", fastrand::u64(..))),
+    };
+    let resend =
+        ResendId::parse(&id).ok_or_else(|| format!("resendId {id:?} is not 1 to 64 letters, digits, '-' or '_'"))?;
+    Ok(Records::of_resend(job_id.clone(), resend, rerun.fresh_export))
+}
+
+fn allows_stale(run: &Run) -> bool {
+    run.rerun.as_ref().is_some_and(|r| r.allow_stale)
 }
 
 #[cfg(test)]

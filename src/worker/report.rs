@@ -1,5 +1,6 @@
 //! How a job's end reaches people: one summary line, the EMF metrics (`JobsFailedFinal` is
-//! the one that pages), and `failed/{jobId}.json` for a job that did not deliver.
+//! the one that pages), and for a job that did not deliver a failure record, kept in the
+//! job's history (`failed/{jobId}/…`) and as the latest (`failed/{jobId}.json`).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::JobOutcome;
 use crate::error::{Error, Result};
-use crate::job::{keys, FailureRecord, JobId, Receipt};
+use crate::job::{keys, FailureRecord, JobId, Manifest, Receipt};
 use crate::ports::ObjectStore;
 use crate::telemetry::{self, capitalise, Metric, MetricScope};
 
@@ -16,8 +17,13 @@ use crate::telemetry::{self, capitalise, Metric, MetricScope};
 pub(super) struct JobEnd<'a> {
     pub stack: &'a str,
     pub job_id: &'a JobId,
-    /// Known once the manifest was read.
-    pub target: Option<&'a str>,
+    /// Known once the manifest was read and checked.
+    pub manifest: Option<&'a Manifest>,
+    /// The queue's receive count; `None` for an operator's re-run.
+    pub receive_count: Option<u32>,
+    /// The permanent failure recorded before, met again from the queue: neither recorded
+    /// nor paged again.
+    pub repeated: bool,
     pub timings: &'a BTreeMap<String, u64>,
     /// A failure that no automatic retry will follow.
     pub final_failure: bool,
@@ -45,6 +51,10 @@ impl JobEnd<'_> {
                 tracing::info!(outcome = "already-delivered", "job summary");
                 return;
             }
+            Ok(JobOutcome::NotRun(reason)) => {
+                tracing::warn!(outcome = "not-run", reason, "job summary");
+                return;
+            }
             Ok(JobOutcome::Busy { owner, until }) => {
                 tracing::info!(outcome = "busy", lease_owner = %owner, lease_until = %until, "job summary: another run holds the job's lease; not run now");
                 metrics = vec![("JobsBusy", Metric::Count(1.0))];
@@ -54,19 +64,20 @@ impl JobEnd<'_> {
         if self.stale {
             metrics.push(("JobsStale", Metric::Count(1.0)));
         }
-        let target = match result {
-            Ok(JobOutcome::Delivered(receipt)) => Some(receipt.target.as_str()),
-            _ => self.target,
-        };
+        let target = self.target();
         // The metric first: it is a line on stdout, while the record below is an S3 write
         // that a slow S3 could keep past the deadline, and the metric is what pages.
         let scope = MetricScope { stack: self.stack, function: "worker", target };
         telemetry::emit(&telemetry::emf_record(scope, &metrics, &[("jobId", json!(self.job_id))]));
         if let Err(err) = result {
-            if self.record_failure {
+            if self.record_failure && !self.repeated {
                 self.record_failure(store, err).await;
             }
         }
+    }
+
+    fn target(&self) -> Option<&str> {
+        self.manifest.map(|m| m.target.as_str())
     }
 
     fn timing(&self, step: &str) -> Option<u64> {
@@ -110,15 +121,17 @@ impl JobEnd<'_> {
     fn failed(&self, err: &Error, metrics: &mut Vec<(&str, Metric)>) {
         tracing::error!(
             outcome = "failed",
+            target = self.target(),
             class = %err.class,
             step = %err.step,
             final_failure = self.final_failure,
+            repeated = self.repeated,
             error = %err.chain(),
             total_ms = self.timing("total"),
             "job summary"
         );
         metrics.push(("JobsFailed", Metric::Count(1.0)));
-        if self.final_failure {
+        if self.final_failure && !self.repeated {
             metrics.push(("JobsFailedFinal", Metric::Count(1.0)));
         }
     }
@@ -130,14 +143,21 @@ impl JobEnd<'_> {
             step: err.step,
             message: err.chain(),
             failed_at: OffsetDateTime::now_utc(),
+            final_failure: self.final_failure,
+            target: self.target().map(str::to_owned),
+            file_name: self.manifest.map(|m| m.request.file_name.clone()),
+            event_id: self.manifest.and_then(|m| m.request.event_id.clone()),
+            receive_count: self.receive_count,
         };
-        match serde_json::to_vec_pretty(&record) {
-            Ok(bytes) => {
-                if let Err(write_err) = store.put(&keys::failure(self.job_id), bytes, "application/json").await {
-                    tracing::error!(error = %write_err.chain(), "could not write the failure record; the message still fails");
-                }
+        let bytes = match serde_json::to_vec_pretty(&record) {
+            Ok(bytes) => bytes,
+            Err(ser_err) => return tracing::error!(error = %ser_err, "could not serialise the failure record"),
+        };
+        // The history first: the latest is a copy of its newest entry.
+        for key in [keys::failure_at(self.job_id, record.failed_at), keys::failure(self.job_id)] {
+            if let Err(write_err) = store.put(&key, bytes.clone(), "application/json").await {
+                tracing::error!(error = %write_err.chain(), key, "could not write the failure record; the message still fails");
             }
-            Err(ser_err) => tracing::error!(error = %ser_err, "could not serialise the failure record"),
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::csv_out::FileStats;
 use crate::delivery;
 use crate::error::{Error, Result, Step};
 use crate::job::ExportedFile;
-use crate::job::{keys, DeliveryRecord, DeliveryState, Manifest, StagedFile};
+use crate::job::{DeliveryRecord, DeliveryState, Manifest, StagedFile};
 use crate::outlet::StreamedFile;
 use crate::ports::{FileDrop, JobQueue, ObjectStore, RemoteFolder, WorkbookSource};
 use crate::secrets::SecretSource;
@@ -185,7 +185,7 @@ where
             claim: None,
             updated_at: OffsetDateTime::now_utc(),
         };
-        if let Err(err) = delivery::write(&self.store, &run.job_id, &record).await {
+        if let Err(err) = delivery::write(&self.store, &run.records, &record).await {
             warn(err);
             return (None, None);
         }
@@ -206,7 +206,7 @@ where
         folder: &mut D::Folder,
         file_name: &str,
     ) -> Result<Option<(String, u32)>> {
-        let earlier = delivery::record(&self.store, &run.job_id, file_name).await?;
+        let earlier = delivery::record(&self.store, &run.records, file_name).await?;
         let attempt = match earlier {
             None => 1,
             Some(record) if matches!(record.state, DeliveryState::Streaming | DeliveryState::Abandoned) => {
@@ -227,7 +227,7 @@ where
         file_name: &str,
         chunks: mpsc::Receiver<Bytes>,
     ) -> Option<PendingStage> {
-        let key = keys::staged_file(&run.job_id, file_name);
+        let key = run.records.staged_file(file_name);
         // No retries here: the file is on disk, so a failed or slow stream only falls back
         // to staging it whole, and waiting out a retry would hold back the export.
         let upload_id = match self
@@ -332,7 +332,7 @@ where
                 }
             }
             if !staged {
-                let key = keys::staged_file(&run.job_id, &file.file.file_name);
+                let key = run.records.staged_file(&file.file.file_name);
                 retry
                     .run(run.work_deadline, Step::Stage, "stage CSV", |_| {
                         self.store.upload_file(&key, &file.path, "text/csv")
@@ -393,14 +393,14 @@ where
     ) {
         let mut folder = folder;
         for (file_name, temp) in temporaries {
-            match delivery::record(&self.store, &run.job_id, file_name).await {
+            match delivery::record(&self.store, &run.records, file_name).await {
                 Ok(Some(record)) if record.state == DeliveryState::Streaming && record.temp_name == *temp => {
                     let abandoned = DeliveryRecord {
                         state: DeliveryState::Abandoned,
                         updated_at: OffsetDateTime::now_utc(),
                         ..record
                     };
-                    if let Err(err) = delivery::write(&self.store, &run.job_id, &abandoned).await {
+                    if let Err(err) = delivery::write(&self.store, &run.records, &abandoned).await {
                         // Still `streaming`, which a later attempt treats alike: never renamed.
                         tracing::warn!(temp, error = %err.chain(), "could not mark a streamed temporary abandoned");
                     }
@@ -449,7 +449,7 @@ where
     ) {
         let mut kept = Vec::new();
         for file in files {
-            let record = match delivery::record(&self.store, &run.job_id, &file.file.file_name).await {
+            let record = match delivery::record(&self.store, &run.records, &file.file.file_name).await {
                 Ok(Some(record)) if matches!(record.state, DeliveryState::Streaming | DeliveryState::Intent) => record,
                 Ok(_) => continue,
                 Err(err) => {
@@ -461,7 +461,7 @@ where
             let temp = record.temp_name.clone();
             let abandoned =
                 DeliveryRecord { state: DeliveryState::Abandoned, updated_at: OffsetDateTime::now_utc(), ..record };
-            if let Err(err) = delivery::write(&self.store, &run.job_id, &abandoned).await {
+            if let Err(err) = delivery::write(&self.store, &run.records, &abandoned).await {
                 tracing::warn!(temp, error = %err.chain(), "could not mark the refused job's temporary abandoned; it stays");
                 kept.push(temp);
             }

@@ -208,14 +208,16 @@ impl World {
         self.worker().run_job(&self.job_key(), far(), trigger).await
     }
 
-    /// Every promise at once: one file ever appeared, it is the job's, one receipt, no
-    /// failure record beside it, no temporary left.
+    /// Every promise at once: one file ever appeared, it is the job's, one receipt listing
+    /// every failure recorded before it, no temporary left.
     fn assert_delivered_exactly_once(&self) {
         let appeared = self.drop.appeared();
         assert_eq!(appeared.len(), 1, "files that appeared: {appeared:?}; operations: {:?}", self.drop.operations());
         let receipt = self.receipt().expect("a receipt");
         assert_eq!(receipt["files"][0]["fileName"], json!(appeared[0]));
-        assert!(self.failure().is_none(), "a failure record beside the receipt: {:?}", self.failure());
+        let history = self.store.keys(&format!("failed/{}/", self.job_id()));
+        let listed = receipt["earlierFailures"].as_array().map_or(0, Vec::len);
+        assert_eq!(listed, history.len(), "the receipt lists every recorded failure: {receipt}");
         assert!(self.drop.all_files().iter().all(|n| !n.ends_with(".part")), "{:?}", self.drop.all_files());
         assert!(self.store.open_uploads().is_empty(), "staging uploads left open: {:?}", self.store.open_uploads());
     }
@@ -556,7 +558,10 @@ async fn a_multi_file_job_whose_second_file_fails_resumes_with_only_that_file() 
     assert_eq!(appeared.len(), 2, "{appeared:?}");
     assert_eq!(appeared[0], first[0], "the first file was not sent again");
     assert_eq!(receipt.files.len(), 2);
-    assert!(world.failure().is_none());
+    // The failure stays as it was recorded; the receipt tells it came before.
+    assert_eq!(world.failure().map(|f| f["step"].clone()), Some(json!("deliver")));
+    assert_eq!(receipt.earlier_failures.len(), 1);
+    assert_eq!(receipt.earlier_failures[0].receive_count, Some(1));
 }
 
 #[tokio::test]
@@ -1051,6 +1056,7 @@ async fn a_failed_stream_of_a_later_file_does_not_keep_an_earlier_files_temporar
 }
 
 mod across_jobs;
+mod rerun;
 
 #[tokio::test]
 async fn a_manifest_the_webhook_would_not_write_is_refused_for_good_naming_the_field_and_nothing_is_written() {

@@ -91,7 +91,11 @@ async fn sshd_down_fails_the_message_and_the_redelivery_resumes_at_sftp_without_
     assert_eq!(failed_items(&run_from_queue(&app, &job_id).await), 0);
     assert_eq!(app.sshd.files("PF2").len(), 1);
     assert_eq!(app.sim.stats().await["dataCalls"], fetched, "the staged CSV was reused");
-    assert!(app.object(&format!("failed/{job_id}.json")).await.is_none(), "the stale failure record is gone");
+    // The failure stays in the job's story; the receipt says it came before.
+    let receipt = app.object(&format!("receipts/{job_id}.json")).await.expect("a receipt");
+    let receipt: serde_json::Value = serde_json::from_slice(&receipt).expect("receipt JSON");
+    assert_eq!(receipt["earlierFailures"][0]["step"], "deliver", "{receipt}");
+    assert!(app.object(&format!("failed/{job_id}.json")).await.is_some(), "the failure record is kept");
 }
 
 #[tokio::test]
@@ -191,6 +195,9 @@ impl ObjectStore for StagingOutage {
     }
     async fn create(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<CreateOutcome> {
         self.0.create(key, bytes, content_type).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<maestro_relay::ports::Listed>> {
+        self.0.list(prefix).await
     }
     async fn exists(&self, key: &str) -> Result<bool> {
         self.0.exists(key).await

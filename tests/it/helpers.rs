@@ -507,9 +507,10 @@ pub async fn deliver_once(
             names: vec![file.file.file_name.clone()],
         },
     );
+    let records = maestro_relay::job::Records::of_job(maestro_relay::job::job_id("job"));
     let one = maestro_relay::delivery::FileDelivery {
         store: &store,
-        job_id: "job",
+        records: &records,
         file: &file,
         policy,
         attempt: 1,
@@ -812,6 +813,40 @@ impl TestApp {
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", "eu-central-1");
         command
+    }
+
+    /// The app's environment written as the local stack writes `.local/stack/env` (values
+    /// quoted for a shell), for `maestro-relay --env-file`.
+    pub fn env_file(&self, dir: &Path) -> PathBuf {
+        let quote = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
+        let aws = [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "eu-central-1"),
+        ];
+        let mut text = String::from("# written by the test, as scripts/local_aws.py writes it\n");
+        for (key, value) in self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(aws) {
+            text.push_str(&format!("{key}={}\n", quote(value)));
+        }
+        let path = dir.join("env");
+        std::fs::write(&path, text).expect("env file");
+        path
+    }
+
+    /// `maestro-relay` with `args` on this app's stack (through `MAESTRO_RELAY_ENV_FILE`, as
+    /// the runbook's commands are run): its exit code, standard output and error.
+    pub fn tool(&self, env_file: &Path, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_maestro-relay"))
+            .args(args)
+            .current_dir(ROOT)
+            .env("MAESTRO_RELAY_ENV_FILE", env_file)
+            .env_remove("MAESTRO_RELAY_STACK")
+            .env("USER", "test-operator")
+            .output()
+            .expect("running maestro-relay");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
     }
 
     /// Waits until the job's lease (and a destination claim its run held) has run out, as

@@ -13,4 +13,5 @@ mod pipeline;
 mod sftp;
 mod streaming;
 mod template;
+mod toolbox;
 mod webhook;

@@ -61,6 +61,9 @@ impl ObjectStore for Recording {
     async fn create(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<CreateOutcome> {
         self.inner.create(key, bytes, content_type).await
     }
+    async fn list(&self, prefix: &str) -> Result<Vec<maestro_relay::ports::Listed>> {
+        self.inner.list(prefix).await
+    }
     async fn exists(&self, key: &str) -> Result<bool> {
         self.inner.exists(key).await
     }

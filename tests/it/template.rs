@@ -601,3 +601,71 @@ fn the_bucket_policy_refuses_any_put_to_jobs_without_if_none_match_so_a_manifest
     };
     assert!(resource.ends_with("/jobs/*"), "{resource}");
 }
+
+/// Every `.rs` file under `dir`, read.
+fn rust_sources(dir: &std::path::Path, out: &mut String) {
+    for entry in std::fs::read_dir(dir).expect("src").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push_str(&std::fs::read_to_string(&path).expect("a source file"));
+        }
+    }
+}
+
+/// The messages a Logs Insights query matches: `message = "…"` and each alternative of
+/// `message like /a|b/`.
+fn messages_matched(query: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for part in query.split("message = \"").skip(1) {
+        found.extend(part.split('"').next().map(str::to_owned));
+    }
+    for part in query.split("message like /").skip(1) {
+        let pattern = part.split('/').next().unwrap_or_default();
+        found.extend(pattern.split('|').map(str::to_owned));
+    }
+    found
+}
+
+#[test]
+fn every_saved_query_matches_only_messages_the_code_logs() {
+    let template = template();
+    let mut code = String::new();
+    rust_sources(std::path::Path::new(&format!("{ROOT}/src")), &mut code);
+    let queries = of_type(&template, "AWS::Logs::QueryDefinition");
+    assert!(queries.len() >= 4, "the saved queries: {:?}", queries.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    let mut problems = Vec::new();
+    for (name, query) in &queries {
+        let text = query["Properties"]["QueryString"].as_str().expect("QueryString");
+        for message in messages_matched(text) {
+            if !code.contains(&format!("\"{message}")) {
+                problems.push(format!("{name} matches {message:?}, which no code logs"));
+            }
+        }
+    }
+    assert_none(problems);
+    // The check itself finds a message that is not there.
+    assert!(!code.contains("\"message failed"), "the old query's message would pass");
+}
+
+#[test]
+fn the_stack_outputs_name_what_the_operators_tool_reads() {
+    let template = template();
+    for output in [
+        "StagingBucketName",
+        "JobsQueueUrl",
+        "DeadLetterQueueUrl",
+        "WorkerFunctionName",
+        "WebhookFunctionName",
+        "JobsQueueArn",
+        "DeadLetterQueueArn",
+    ] {
+        assert!(template["Outputs"].get(output).is_some(), "no output {output}");
+        // The tool reads these names; a renamed output breaks `--stack`.
+        if ["StagingBucketName", "JobsQueueUrl", "DeadLetterQueueUrl", "WorkerFunctionName"].contains(&output) {
+            let tool = std::fs::read_to_string(format!("{ROOT}/src/bin/maestro-relay.rs")).expect("the tool");
+            assert!(tool.contains(&format!("\"{output}\"")), "maestro-relay does not read {output}");
+        }
+    }
+}
