@@ -4,9 +4,15 @@
 //! written by hand (a dozen lines) instead of installing a global metrics recorder: each
 //! function emits at most one or two records per invocation.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{json, Map, Value};
 
 pub const NAMESPACE: &str = "MaestroRelay";
+
+/// Set by a process whose stdout is its own answer (the operator's tool running a function
+/// in its process): logs and metric records go to stderr instead.
+static ON_STDERR: AtomicBool = AtomicBool::new(false);
 
 /// Logs as one JSON object per line, level from `RUST_LOG` or Lambda's
 /// `AWS_LAMBDA_LOG_LEVEL`, INFO otherwise. Span fields (such as `jobId`) ride on every line.
@@ -17,12 +23,18 @@ pub const NAMESPACE: &str = "MaestroRelay";
 /// held at INFO by a filter the level variables do not reach (a `RUST_LOG` directive such
 /// as `lambda_runtime::layers=trace` would override a mere directive of ours).
 pub fn init_logging() {
+    init_logging_at("info");
+}
+
+/// As `init_logging`, with `default_level` when neither variable sets one.
+pub fn init_logging_at(default_level: &str) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let level = std::env::var("RUST_LOG")
         .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL").map(|l| l.to_lowercase()))
-        .unwrap_or_else(|_| "info".to_owned());
+        .unwrap_or_else(|_| default_level.to_owned());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let layer = tracing_subscriber::fmt::layer()
@@ -31,6 +43,11 @@ pub fn init_logging() {
         .with_span_list(false)
         .flatten_event(true)
         .with_target(false)
+        .with_writer(if ON_STDERR.load(Ordering::Relaxed) {
+            BoxMakeWriter::new(std::io::stderr)
+        } else {
+            BoxMakeWriter::new(std::io::stdout)
+        })
         .with_filter(filter)
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| !is_raw_event_source(meta)));
     let _ = tracing_subscriber::registry().with(layer).try_init();
@@ -136,9 +153,19 @@ pub fn emf_record(scope: MetricScope<'_>, metrics: &[(&str, Metric)], properties
     Value::Object(record)
 }
 
+/// Logs and metric records on stderr from now on, for a process whose stdout is its answer;
+/// call it before `init_logging`.
+pub fn write_to_stderr() {
+    ON_STDERR.store(true, Ordering::Relaxed);
+}
+
 /// Writes an EMF record as one line on stdout, where Lambda's log agent picks it up.
 pub fn emit(record: &Value) {
-    println!("{record}");
+    if ON_STDERR.load(Ordering::Relaxed) {
+        eprintln!("{record}");
+    } else {
+        println!("{record}");
+    }
 }
 
 #[cfg(test)]

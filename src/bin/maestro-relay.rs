@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use maestro_relay::aws::{sdk_config, S3Store, SecretsManager, SqsQueue};
 use maestro_relay::job::{keys, JobId};
 use maestro_relay::secrets::{parse_secret, SecretSource, WebhookCredentials};
+use maestro_relay::telemetry;
 use maestro_relay::toolbox::{self, human, JobRow, JobState};
 use maestro_relay::worker::{RerunRequest, WorkerEvent, WorkerResponse};
 use time::OffsetDateTime;
@@ -101,6 +102,8 @@ struct Place {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Stdout is the tool's answer; a function run in this process logs on stderr.
+    telemetry::write_to_stderr();
     // Before any thread: the file's variables become this process's environment, read by
     // the AWS SDK and, for `rerun --here`, by the worker's configuration.
     if let Some(path) = &cli.env_file {
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    telemetry::init_logging_at("warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

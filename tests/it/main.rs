@@ -10,6 +10,7 @@ mod latest_plan;
 mod manifest;
 mod no_secrets;
 mod pipeline;
+mod runbook;
 mod sftp;
 mod streaming;
 mod template;
