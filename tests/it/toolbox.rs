@@ -218,3 +218,36 @@ async fn send_test_stages_a_job_under_a_fresh_webhook_id_each_time() {
         assert!(app.object(&format!("jobs/{id}.json")).await.is_some(), "{id} not staged");
     }
 }
+
+#[tokio::test]
+async fn jobs_pages_through_listings_of_more_than_a_thousand_jobs() {
+    use futures_util::stream::{self, StreamExt};
+    let app = TestApp::start(&["--rows", "40"]).await;
+    let first = Box::pin(app.accepted_job(PF)).await;
+    let manifest = app.json_object(&format!("jobs/{first}.json")).await.expect("the manifest");
+    // S3 lists at most 1,000 keys a page: 1,050 jobs take two pages of every listing.
+    let ids: Vec<String> = (1..1050).map(|n| maestro_relay::job::job_id(&format!("msg_{n}")).to_string()).collect();
+    stream::iter(&ids)
+        .map(|id| {
+            let mut copy = manifest.clone();
+            copy["jobId"] = json!(id);
+            app.s3
+                .put_object()
+                .bucket(&app.bucket)
+                .key(format!("jobs/{id}.json"))
+                .body(copy.to_string().into_bytes().into())
+                .send()
+        })
+        .buffer_unordered(16)
+        .for_each(|put| async move {
+            put.expect("put a manifest");
+        })
+        .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let env = app.env_file(dir.path());
+    let (code, out, err) = app.tool(&env, &["jobs", "--json", "--since", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let rows = json_of(&out);
+    assert_eq!(rows.as_array().map(Vec::len), Some(1050));
+    assert!(ids.iter().chain([&first]).all(|id| state_of(&rows, id) == "pending"));
+}
