@@ -6,7 +6,7 @@ BIN := $(CARGO_TARGET_DIR)/debug
 .PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp bench-e2e bench-scale package
 
 build:
-	cargo build --workspace --bins
+	cargo build --workspace --bins --features maestro-relay/tool
 
 bootstrap:
 	scripts/bootstrap.sh

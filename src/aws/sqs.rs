@@ -92,6 +92,8 @@ impl DeadLetters for SqsQueue {
             .receive_message()
             .queue_url(&self.dead_letter_queue_url)
             .max_number_of_messages(10)
+            // Long polling asks every SQS host, not a sample: an empty answer means empty.
+            .wait_time_seconds(1)
             .visibility_timeout(hold.min(MAX_VISIBILITY).as_secs() as i32)
             .message_attribute_names("All")
             .send()

@@ -73,6 +73,9 @@ enum Command {
         /// Deliver a delivered job once more, under records of its own.
         #[arg(long)]
         resend: bool,
+        /// Ask again for an earlier re-send (its answer printed the id): it delivers once.
+        #[arg(long, requires = "resend")]
+        resend_id: Option<String>,
         /// Deliver even though a newer batch claimed the destination (this job only).
         #[arg(long)]
         allow_stale: bool,
@@ -168,7 +171,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let triaged = toolbox::dlq::work(&queue, &store, apply).await.map_err(|e| e.chain())?;
             print!("{}", toolbox::print::triage(&triaged, apply, json));
         }
-        Command::Rerun { job, fresh_export, resend, allow_stale, here } => {
+        Command::Rerun { job, fresh_export, resend, resend_id, allow_stale, here } => {
             let job_id = toolbox::find_job(&store, &job).await.map_err(|e| e.chain())?.unwrap_or_else(|| {
                 // Sent as asked: the worker answers "not run" for a job it cannot find.
                 JobId::parse(&job).unwrap_or_else(|| maestro_relay::job::job_id(&job))
@@ -177,7 +180,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 job_key: keys::manifest(&job_id),
                 fresh_export,
                 resend,
-                resend_id: resend.then(|| format!("cli-{}-{:04x}", now.unix_timestamp(), fastrand::u16(..))),
+                resend_id: resend.then(|| {
+                    resend_id.unwrap_or_else(|| format!("cli-{}-{:04x}", now.unix_timestamp(), fastrand::u16(..)))
+                }),
                 allow_stale,
                 requested_by: Some(requested_by()),
             };
@@ -256,13 +261,17 @@ async fn show(store: &S3Store, place: &Place, job: &str, json: bool) -> Result<E
     };
     let story = toolbox::story(store, &job_id).await.map_err(|e| e.chain())?;
     let queue = SqsQueue::from_sdk_config(&place.sdk, &place.jobs_queue_url, &place.dead_letter_queue_url);
-    let dead_letters = toolbox::dlq::of_job(&queue, &job_id).await.map_err(|e| e.chain())?;
+    // The records say what happened; the dead-letter queue only adds to it.
+    let dead_letters = toolbox::dlq::of_job(&queue, &job_id)
+        .await
+        .unwrap_or_else(|err| vec![format!("(the dead-letter queue could not be read: {})", err.chain())]);
     let query = toolbox::jobs::logs_query(&job_id);
     print!("{}", toolbox::print::story(&story, &dead_letters, &query, json));
     Ok(ExitCode::SUCCESS)
 }
 
 async fn rerun(place: &Place, request: RerunRequest, here: bool) -> Result<ExitCode, String> {
+    let resend_id = request.resend_id.clone();
     let answer = if here {
         let config = maestro_relay::config::WorkerConfig::from_env().map_err(|e| e.to_string())?;
         let worker = maestro_relay::app::worker(config, &place.sdk);
@@ -277,6 +286,11 @@ async fn rerun(place: &Place, request: RerunRequest, here: bool) -> Result<ExitC
     } else {
         invoke(place, &request).await?
     };
+    let mut answer = answer;
+    if let (Some(id), Some(object)) = (&resend_id, answer.as_object_mut()) {
+        // To ask again for this same re-send (it delivers once), not for a new one.
+        object.insert("resendId".to_owned(), serde_json::json!(id));
+    }
     println!("{}", serde_json::to_string_pretty(&answer).map_err(|e| e.to_string())?);
     let delivered = matches!(answer["status"].as_str(), Some("delivered" | "already-delivered" | "skipped"));
     Ok(if delivered { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -298,7 +312,8 @@ async fn invoke(place: &Place, request: &RerunRequest) -> Result<serde_json::Val
         .await
         .map_err(|e| format!("invoking {function}: {}", aws_sdk_lambda::error::DisplayErrorContext(e)))?;
     let body = invoked.payload().map(|p| p.as_ref().to_vec()).unwrap_or_default();
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let answer: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
     match invoked.function_error() {
         Some(kind) => Ok(serde_json::json!({"status": "failed", "functionError": kind, "error": answer})),
         None => Ok(answer),

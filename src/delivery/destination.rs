@@ -46,6 +46,8 @@ pub struct Destination<'a, S> {
     poll: Duration,
     /// The names this job's files go under.
     names: Vec<String>,
+    /// An operator's re-send (`DestinationRun::resend`).
+    resend: bool,
     /// The generation this run claimed under, once it has.
     claimed: Mutex<Option<u64>>,
     refusal: Mutex<Option<Refusal>>,
@@ -65,6 +67,9 @@ pub struct DestinationRun<'a> {
     pub poll: Duration,
     /// The names the job's files go under.
     pub names: Vec<String>,
+    /// An operator's re-send: it shares the job's id with the job's own writes and its
+    /// other re-sends, which the claim's history cannot tell apart.
+    pub resend: bool,
 }
 
 impl<'a, S: ObjectStore> Destination<'a, S> {
@@ -81,6 +86,7 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
             deadline: run.deadline,
             poll: run.poll,
             names: run.names,
+            resend: run.resend,
             claimed: Mutex::new(None),
             refusal: Mutex::new(None),
         }
@@ -257,8 +263,9 @@ impl<'a, S: ObjectStore> Destination<'a, S> {
     /// its intent): only then does a file gone from the folder mean SAP took this job's.
     /// `false` when the record cannot tell (a claim from before this record kept names, or a
     /// history that no longer reaches back that far).
+    /// Never for a re-send: the job's own writes and its other re-sends carry its id too.
     pub async fn unchanged_since(&self, generation: Option<u64>, name: &str) -> Result<bool> {
-        let Some(generation) = generation else { return Ok(false) };
+        let Some(generation) = generation.filter(|_| !self.resend) else { return Ok(false) };
         let Some((record, _)) = self.read().await? else { return Ok(false) };
         // A record younger than the claim (removed and begun again) cannot tell.
         if record.generation < generation {
@@ -336,6 +343,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             poll: Duration::from_millis(10),
             names: names.iter().map(|n| n.to_string()).collect(),
+            resend: false,
         }
     }
 

@@ -47,15 +47,16 @@ use crate::job::{
 use crate::ports::{Guarded, ObjectStore, RemoteFolder};
 pub use destination::{Destination, DestinationRun, Refusal};
 
-/// A temporary's name: hidden and not `.csv`, so SAP's pickup never takes it; the job's id
-/// in it, so the job's next attempt knows it for its own; unique per attempt.
-pub fn temporary_name(file_name: &str, job_id: &str, attempt: u32) -> String {
-    format!("{}{attempt}-{:08x}.part", own_temporary_prefix(file_name, job_id), fastrand::u32(..))
+/// A temporary's name: hidden and not `.csv`, so SAP's pickup never takes it; the writer's
+/// id in it (the job's, or a re-send's: `Records::writer`), so its next attempt knows it for
+/// its own; unique per attempt.
+pub fn temporary_name(file_name: &str, writer: &str, attempt: u32) -> String {
+    format!("{}{attempt}-{:08x}.part", own_temporary_prefix(file_name, writer), fastrand::u32(..))
 }
 
-/// How this job's temporaries of `file_name` begin.
-fn own_temporary_prefix(file_name: &str, job_id: &str) -> String {
-    format!(".{file_name}.{job_id}.")
+/// How this writer's temporaries of `file_name` begin.
+fn own_temporary_prefix(file_name: &str, writer: &str) -> String {
+    format!(".{file_name}.{writer}.")
 }
 
 /// What stands under the final name, as the existing-file policy reads it.
@@ -393,7 +394,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
             tracing::warn!(temp, "the streamed temporary is not the file; sending it from the staged copy");
             folder.remove(&temp).await?;
         }
-        let temp = temporary_name(self.name(), self.records.job_id(), self.attempt);
+        let temp = temporary_name(self.name(), &self.records.writer(), self.attempt);
         folder.upload(&self.file.path, &temp, self.deadline).await?;
         Ok(temp)
     }
@@ -563,7 +564,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
         let local = self.file.path.with_file_name(format!("{}.trigger", self.name()));
         std::fs::write(&local, content).or_transient(Step::Deliver, format!("writing {}", local.display()))?;
         self.remove_own_temporaries(folder, &trigger.name, None).await;
-        let temp = temporary_name(&trigger.name, self.records.job_id(), self.attempt);
+        let temp = temporary_name(&trigger.name, &self.records.writer(), self.attempt);
         folder.upload(&local, &temp, self.deadline).await?;
         trigger.temp_name = Some(temp.clone());
         record.trigger = Some(trigger.clone());
@@ -650,7 +651,7 @@ impl<S: ObjectStore> FileDelivery<'_, S> {
     /// their age (the job's lease keeps its other runs out); never another job's, and never
     /// `keep`. Best effort: a failure here delays nothing.
     async fn remove_own_temporaries(&self, folder: &mut impl RemoteFolder, name: &str, keep: Option<&str>) {
-        let prefix = own_temporary_prefix(name, self.records.job_id());
+        let prefix = own_temporary_prefix(name, &self.records.writer());
         let Ok(entries) = folder.list().await else { return };
         for entry in entries {
             let ours = keep == Some(entry.name.as_str());

@@ -159,6 +159,21 @@ impl Records {
         self.resend.as_ref()
     }
 
+    /// Who writes into SAP's folder: the job id, or `{jobId}-{resendId}` for a re-send, so
+    /// that each names and removes only its own temporaries.
+    pub fn writer(&self) -> String {
+        match &self.resend {
+            Some(resend) => format!("{}-{resend}", self.job_id),
+            None => self.job_id.to_string(),
+        }
+    }
+
+    /// Where a re-send's failure goes: beside the job's history, never over the job's own
+    /// latest failure.
+    pub fn resend_failure(&self) -> Option<String> {
+        self.resend.as_ref().map(|resend| format!("failed/{}/resends/{resend}.json", self.job_id))
+    }
+
     fn folder(&self, own: bool) -> String {
         match &self.resend {
             Some(resend) if own => format!("{}/resends/{resend}", self.job_id),

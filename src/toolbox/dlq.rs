@@ -86,33 +86,32 @@ pub async fn triage(store: &impl ObjectStore, letter: &DeadLetter) -> Result<Tri
     Ok(out)
 }
 
-/// Every message of the dead-letter queue triaged, and with `apply` dealt with; the ones
-/// left (and all of them on a dry run) are made visible again at the end.
-pub async fn work(queue: &impl DeadLetters, store: &impl ObjectStore, apply: bool) -> Result<Vec<Triage>> {
+/// Receives in a row that bring no message not seen yet before the queue counts as read:
+/// SQS answers from a sample of its hosts, so one empty answer does not mean empty.
+const EMPTY_RECEIVES: usize = 3;
+
+/// Every message of the dead-letter queue, each handed to `each` once; every message read
+/// is made visible again at the end but those `each` answers `true` for (dealt with).
+async fn read_all<Q: DeadLetters>(queue: &Q, mut each: impl AsyncFnMut(&DeadLetter) -> bool) -> Result<()> {
     let mut seen = std::collections::BTreeSet::new();
     let mut held = Vec::new();
-    let mut triaged = Vec::new();
-    let result = async {
-        loop {
+    let mut empty = 0;
+    let read = async {
+        while empty < EMPTY_RECEIVES {
             let letters = queue.receive(HOLD).await?;
-            let fresh: Vec<DeadLetter> = letters.into_iter().filter(|l| seen.insert(l.message_id.clone())).collect();
-            if fresh.is_empty() {
-                return Ok(());
-            }
-            for letter in fresh {
-                let mut one = triage(store, &letter).await?;
-                if apply && one.action != TriageAction::Leave {
-                    if one.action == TriageAction::SendBack {
-                        queue.send_back(&fresh_checks(&letter.body)).await?;
-                    }
-                    queue.delete(&letter.receipt_handle).await?;
-                    one.applied = true;
-                } else {
-                    held.push(letter.receipt_handle.clone());
+            empty += 1;
+            for letter in letters {
+                if !seen.insert(letter.message_id.clone()) {
+                    held.push(letter.receipt_handle);
+                    continue;
                 }
-                triaged.push(one);
+                empty = 0;
+                if !each(&letter).await {
+                    held.push(letter.receipt_handle);
+                }
             }
         }
+        Ok::<_, crate::Error>(())
     }
     .await;
     for handle in &held {
@@ -120,38 +119,63 @@ pub async fn work(queue: &impl DeadLetters, store: &impl ObjectStore, apply: boo
             tracing::warn!(error = %err.chain(), "a dead-letter message stays hidden until its hold ends");
         }
     }
-    result.map(|()| triaged)
+    read
+}
+
+/// Every message of the dead-letter queue triaged, and with `apply` dealt with. A message
+/// whose action fails is reported with the error and left on the queue; the others go on.
+pub async fn work(queue: &impl DeadLetters, store: &impl ObjectStore, apply: bool) -> Result<Vec<Triage>> {
+    let mut triaged = Vec::new();
+    read_all(queue, async |letter: &DeadLetter| {
+        let mut one = match triage(store, letter).await {
+            Ok(one) => one,
+            Err(err) => Triage {
+                message_id: letter.message_id.clone(),
+                job_ids: Vec::new(),
+                reason: letter.reason.clone(),
+                action: TriageAction::Leave,
+                why: format!("its job's records could not be read: {}", err.chain()),
+                applied: false,
+            },
+        };
+        if apply && one.action != TriageAction::Leave {
+            match apply_one(queue, letter, one.action).await {
+                Ok(()) => one.applied = true,
+                Err(err) => one.why = format!("{}; not done: {}", one.why, err.chain()),
+            }
+        }
+        let done = one.applied;
+        triaged.push(one);
+        done
+    })
+    .await?;
+    Ok(triaged)
+}
+
+/// A send-back goes before the delete: if the delete then fails, the job is on both queues,
+/// and its lease and receipt make the second run a no-op; the other order could lose it.
+async fn apply_one(queue: &impl DeadLetters, letter: &DeadLetter, action: TriageAction) -> Result<()> {
+    if action == TriageAction::SendBack {
+        queue.send_back(&fresh_checks(&letter.body)).await?;
+    }
+    queue.delete(&letter.receipt_handle).await
 }
 
 /// The reasons of the dead-letter messages naming `job_id`; every message read is made
-/// visible again at once.
+/// visible again at the end.
 pub async fn of_job(queue: &impl DeadLetters, job_id: &JobId) -> Result<Vec<String>> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut held = Vec::new();
     let mut reasons = Vec::new();
-    let read = async {
-        loop {
-            let letters = queue.receive(HOLD).await?;
-            let fresh: Vec<DeadLetter> = letters.into_iter().filter(|l| seen.insert(l.message_id.clone())).collect();
-            if fresh.is_empty() {
-                return Ok::<_, crate::Error>(());
-            }
-            for letter in fresh {
-                held.push(letter.receipt_handle.clone());
-                let names_it = event::job_keys(&letter.body)
-                    .is_ok_and(|ks| ks.iter().any(|k| keys::job_id_of_manifest(k).as_ref() == Some(job_id)));
-                if names_it {
-                    let reason = letter.reason.unwrap_or_else(|| "(no FailureReason: the queue's own redrive)".into());
-                    reasons.push(format!("{}: {reason}", letter.message_id));
-                }
-            }
+    read_all(queue, async |letter: &DeadLetter| {
+        let names_it = event::job_keys(&letter.body)
+            .is_ok_and(|ks| ks.iter().any(|k| keys::job_id_of_manifest(k).as_ref() == Some(job_id)));
+        if names_it {
+            let reason = letter.reason.clone().unwrap_or_else(|| "(no FailureReason: the queue's own redrive)".into());
+            reasons.push(format!("{}: {reason}", letter.message_id));
         }
-    }
-    .await;
-    for handle in &held {
-        let _ = queue.release(handle).await;
-    }
-    read.map(|()| reasons)
+        false
+    })
+    .await?;
+    Ok(reasons)
 }
 
 /// The body sent back starts its lease checks again: the earlier holder is long gone.

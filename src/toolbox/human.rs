@@ -52,13 +52,15 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn parse_since(text: &str) -> Option<time::Duration> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
     let n: i64 = number.parse().ok()?;
-    match unit {
-        "s" => Some(time::Duration::seconds(n)),
-        "m" | "min" => Some(time::Duration::minutes(n)),
-        "h" => Some(time::Duration::hours(n)),
-        "d" => Some(time::Duration::days(n)),
-        _ => None,
-    }
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    // Anything past a century is a typing slip, not a window.
+    n.checked_mul(seconds_per).filter(|s| *s <= 100 * 366 * 86_400).map(time::Duration::seconds)
 }
 
 #[cfg(test)]
@@ -92,5 +94,6 @@ mod tests {
         assert_eq!(parse_since("7d"), Some(time::Duration::days(7)));
         assert_eq!(parse_since("30m"), Some(time::Duration::minutes(30)));
         assert_eq!((parse_since("h"), parse_since("5y"), parse_since("12")), (None, None, None));
+        assert_eq!((parse_since("100000000d"), parse_since("99999999999999999999s")), (None, None));
     }
 }

@@ -22,8 +22,10 @@ pub enum JobState {
     Delivered,
     /// A receipt saying why nothing was sent (`STALE_BATCH=skip`).
     Skipped,
-    /// A failure record and no receipt.
+    /// A failure no automatic retry follows, and no receipt.
     Failed,
+    /// A transient failure the queue will try again.
+    Retrying,
     /// A live lease: a worker runs it now.
     Running,
     /// Received lately, no outcome yet: the queue still has it.
@@ -33,8 +35,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [Self; 6] =
-        [Self::Delivered, Self::Skipped, Self::Failed, Self::Running, Self::Pending, Self::Stranded];
+    pub const ALL: [Self; 7] =
+        [Self::Delivered, Self::Skipped, Self::Failed, Self::Retrying, Self::Running, Self::Pending, Self::Stranded];
 
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == text)
@@ -45,6 +47,7 @@ impl JobState {
             Self::Delivered => "delivered",
             Self::Skipped => "skipped",
             Self::Failed => "failed",
+            Self::Retrying => "retrying",
             Self::Running => "running",
             Self::Pending => "pending",
             Self::Stranded => "stranded",
@@ -102,7 +105,19 @@ pub async fn job_rows(
     let wanted = manifests.into_iter().filter(|o| since.is_none_or(|s| o.modified.is_none_or(|m| m >= s)));
     let facts = Facts { receipts: &receipts, failures: &failures, leases: &leases, now, stranded_after };
     let mut rows: Vec<JobRow> = stream::iter(wanted.filter_map(|o| keys::job_id_of_manifest(&o.key)))
-        .map(|id| facts.row(store, id))
+        .map(|id| {
+            let facts = &facts;
+            async move {
+                // One record that does not parse (a hand-made manifest) must not hide the others.
+                facts.row(store, id.clone()).await.or_else(|err| {
+                    if err.is_transient() {
+                        return Err(err);
+                    }
+                    tracing::warn!(jobId = %id, error = %err.chain(), "a job left out: `maestro-relay show` it");
+                    Ok(None)
+                })
+            }
+        })
         .buffer_unordered(READS_IN_FLIGHT)
         .try_filter_map(|row| async move { Ok(row) })
         .try_collect()
@@ -143,7 +158,8 @@ impl Facts<'_> {
             if let Some(failure) = json_of::<FailureRecord>(store, &keys::failure(&id)).await? {
                 row.failure = Some(format!("{}/{}", failure.class, failure.step));
                 row.failure_message = Some(failure.message);
-                row.state = JobState::Failed;
+                let automatic_retry = !failure.final_failure && failure.class == crate::ErrorClass::Transient;
+                row.state = if automatic_retry { JobState::Retrying } else { JobState::Failed };
             }
         }
         if self.receipts.contains(id.as_str()) {
@@ -172,7 +188,8 @@ impl Facts<'_> {
 
 /// The job a text names: a job id, or the `webhook-id` / `eventId` it was made from
 /// (`jobId` is the first 32 hex digits of SHA-256 of it), or an `eventId` recorded in a
-/// manifest (when the sender gave a `webhook-id` too).
+/// manifest (when the sender gave a `webhook-id` too). An `eventId` of several jobs (the
+/// sender sent one batch under several ids) is an error naming them.
 pub async fn find_job(store: &impl ObjectStore, text: &str) -> Result<Option<JobId>> {
     let candidates = JobId::parse(&text.to_ascii_lowercase()).into_iter().chain([job::job_id(text)]);
     for id in candidates {
@@ -182,18 +199,26 @@ pub async fn find_job(store: &impl ObjectStore, text: &str) -> Result<Option<Job
     }
     let listed = store.list(keys::JOBS_PREFIX).await?;
     let ids = listed.iter().filter_map(|o| keys::job_id_of_manifest(&o.key));
-    let mut found = stream::iter(ids)
+    let found: Vec<Option<JobId>> = stream::iter(ids)
         .map(|id| async move {
             let manifest = json_of::<Manifest>(store, &keys::manifest(&id)).await.ok().flatten();
             Ok::<_, crate::Error>(manifest.filter(|m| m.request.event_id.as_deref() == Some(text)).map(|_| id))
         })
-        .buffer_unordered(READS_IN_FLIGHT);
-    while let Some(id) = found.try_next().await? {
-        if id.is_some() {
-            return Ok(id);
+        .buffer_unordered(READS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let mut found: Vec<JobId> = found.into_iter().flatten().collect();
+    found.sort();
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => {
+            let ids: Vec<&str> = found.iter().map(JobId::as_str).collect();
+            Err(crate::Error::permanent(
+                Step::Manifest,
+                format!("eventId {text:?} names {} jobs ({}): say which job id", found.len(), ids.join(", ")),
+            ))
         }
     }
-    Ok(None)
 }
 
 /// Everything the bucket keeps of one job, each record as written.

@@ -62,7 +62,7 @@ fn colour(state: JobState) -> &'static str {
     match state {
         JobState::Delivered => "\x1b[32m",
         JobState::Failed | JobState::Stranded => "\x1b[31m",
-        JobState::Skipped | JobState::Pending | JobState::Running => "\x1b[33m",
+        JobState::Skipped | JobState::Retrying | JobState::Pending | JobState::Running => "\x1b[33m",
     }
 }
 

@@ -108,6 +108,9 @@ struct Run {
     stale: AtomicBool,
     /// The failure is the permanent one recorded before, met again from the queue.
     repeated: AtomicBool,
+    /// The job's failures before this run, read once it holds the lease (no other run
+    /// writes them then), for the receipt.
+    earlier_failures: Mutex<Vec<EarlierFailure>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -350,69 +353,87 @@ where
             span.record("requestId", request_id.as_str());
         }
         async {
-            let started = Instant::now();
-            let margin = self.settings.deadline_margin;
-            let remaining = deadline.saturating_duration_since(started);
-            let work_deadline = deadline.checked_sub(margin).unwrap_or(started);
-            let run = Run {
-                owner: format!("{job_id}-{:016x}", fastrand::u64(..)),
-                started,
-                job_id,
-                records,
-                rerun,
-                trigger,
-                work_deadline,
-                finish_deadline: work_deadline + margin / 2,
-                lease_until: OffsetDateTime::now_utc()
-                    + time::Duration::try_from(remaining).unwrap_or(time::Duration::ZERO)
-                    + time::Duration::try_from(self.settings.lease_grace).unwrap_or(time::Duration::MINUTE),
-                step: Mutex::new(Step::Manifest),
-                manifest: Mutex::new(None),
-                timings: Mutex::new(BTreeMap::new()),
-                lease_held: AtomicBool::new(false),
-                stale: AtomicBool::new(false),
-                repeated: AtomicBool::new(false),
-            };
+            let run = self.new_run(job_id, records, rerun, trigger, deadline);
             // Steps stop by themselves at the work deadline; this cuts anything that did not,
             // halfway into the margin, and still leaves half of it to record the outcome.
-            let backstop = run.finish_deadline;
-            let result = match tokio::time::timeout_at(backstop, self.run_steps(&run, job_key)).await {
+            let result = match tokio::time::timeout_at(run.finish_deadline, self.run_steps(&run, job_key)).await {
                 Ok(result) => result,
                 Err(_) => Err(deadline_reached(*lock(&run.step), "the job")),
             };
-            run.time("total", started);
-            let timings = lock(&run.timings).clone();
-            let manifest = lock(&run.manifest).clone();
-            let end = JobEnd {
-                stack: &self.settings.stack_name,
-                job_id: &run.job_id,
-                manifest: manifest.as_ref(),
-                receive_count: match trigger {
-                    Trigger::Queue { receive_count } => Some(receive_count),
-                    Trigger::Console => None,
-                },
-                repeated: run.repeated.load(Ordering::SeqCst),
-                timings: &timings,
-                final_failure: result.as_ref().err().is_some_and(|e| self.is_final(e, trigger)),
-                // Only the lease holder (or a failure no run can undo) writes `failed/`: a run
-                // refused before the lease must not leave one beside the holder's receipt.
-                record_failure: run.lease_held.load(Ordering::SeqCst)
-                    || result.as_ref().err().is_some_and(|e| !e.is_transient()),
-                stale: run.stale.load(Ordering::SeqCst),
-            };
-            // What comes after the report (releasing the lease, telling the queue) gets the
-            // last second.
-            let report_by = deadline.checked_sub(Duration::from_millis(1500)).unwrap_or(deadline);
-            if tokio::time::timeout_at(report_by, end.report(&self.store, &result)).await.is_err() {
-                tracing::error!("the outcome could not be recorded before the deadline");
-            }
-            if run.lease_held.load(Ordering::SeqCst) {
-                let _ = tokio::time::timeout_at(report_by, lease::release(&self.store, &run.job_id, &run.owner)).await;
-            }
+            run.time("total", run.started);
+            self.end(&run, &result, deadline).await;
             result
         }
         .instrument(span)
         .await
+    }
+
+    fn new_run(
+        &self,
+        job_id: JobId,
+        records: Records,
+        rerun: Option<RerunRequest>,
+        trigger: Trigger,
+        deadline: Instant,
+    ) -> Run {
+        let started = Instant::now();
+        let margin = self.settings.deadline_margin;
+        let remaining = deadline.saturating_duration_since(started);
+        let work_deadline = deadline.checked_sub(margin).unwrap_or(started);
+        Run {
+            owner: format!("{job_id}-{:016x}", fastrand::u64(..)),
+            started,
+            job_id,
+            records,
+            rerun,
+            trigger,
+            work_deadline,
+            finish_deadline: work_deadline + margin / 2,
+            lease_until: OffsetDateTime::now_utc()
+                + time::Duration::try_from(remaining).unwrap_or(time::Duration::ZERO)
+                + time::Duration::try_from(self.settings.lease_grace).unwrap_or(time::Duration::MINUTE),
+            step: Mutex::new(Step::Manifest),
+            manifest: Mutex::new(None),
+            timings: Mutex::new(BTreeMap::new()),
+            lease_held: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
+            repeated: AtomicBool::new(false),
+            earlier_failures: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The run's outcome reported (summary line, metrics, failure record), then its lease
+    /// let go.
+    async fn end(&self, run: &Run, result: &Result<JobOutcome>, deadline: Instant) {
+        let timings = lock(&run.timings).clone();
+        let manifest = lock(&run.manifest).clone();
+        let end = JobEnd {
+            stack: &self.settings.stack_name,
+            job_id: &run.job_id,
+            records: &run.records,
+            manifest: manifest.as_ref(),
+            receive_count: match run.trigger {
+                Trigger::Queue { receive_count } => Some(receive_count),
+                Trigger::Console => None,
+            },
+            repeated: run.repeated.load(Ordering::SeqCst),
+            timings: &timings,
+            final_failure: result.as_ref().err().is_some_and(|e| self.is_final(e, run.trigger)),
+            // Only the lease holder (or a failure no run can undo) writes `failed/`: a run
+            // refused before the lease must not leave one beside the holder's receipt.
+            record_failure: run.lease_held.load(Ordering::SeqCst)
+                || result.as_ref().err().is_some_and(|e| !e.is_transient()),
+            stale: run.stale.load(Ordering::SeqCst),
+        };
+        // What comes after the report (releasing the lease, telling the queue) gets the
+        // last second.
+        let report_by = deadline.checked_sub(Duration::from_millis(1500)).unwrap_or(deadline);
+        if tokio::time::timeout_at(report_by, end.report(&self.store, result)).await.is_err() {
+            tracing::error!("the outcome could not be recorded before the deadline");
+        }
+        if run.lease_held.load(Ordering::SeqCst) {
+            let _ = tokio::time::timeout_at(report_by, lease::release(&self.store, &run.job_id, &run.owner)).await;
+        }
     }
 
     async fn run_steps(&self, run: &Run, job_key: &str) -> Result<JobOutcome> {
@@ -439,10 +460,6 @@ where
         self.check_manifest(job_key, &manifest)?;
         *lock(&run.manifest) = Some(manifest.clone());
 
-        if let Some(why) = self.cannot_rerun(run).await? {
-            tracing::warn!("re-run not run: {why}");
-            return Ok(JobOutcome::NotRun(why));
-        }
         if self.has_receipt(run).await? {
             tracing::info!("already delivered; acknowledging");
             return Ok(JobOutcome::AlreadyDelivered);
@@ -478,6 +495,12 @@ where
             tracing::info!("delivered by an earlier run; acknowledging");
             return Ok(JobOutcome::AlreadyDelivered);
         }
+        // Under the lease: no run of the job changes its records while this is decided.
+        if let Some(why) = self.cannot_rerun(run).await? {
+            tracing::warn!("re-run not run: {why}");
+            return Ok(JobOutcome::NotRun(why));
+        }
+        *lock(&run.earlier_failures) = self.earlier_failures(run).await;
         // Boxed: the steps' state is large (export, streams, delivery) and would otherwise sit on
         // the stack of whatever polls the run (a debug-build test thread overflowed).
         Box::pin(self.steps(run, &manifest)).await
@@ -562,6 +585,7 @@ where
                 deadline: run.work_deadline,
                 poll: self.settings.destination_poll,
                 names: files.iter().map(|f| f.file.file_name.clone()).collect(),
+                resend: run.records.resend().is_some(),
             },
         )
     }
@@ -634,7 +658,7 @@ where
     /// The receipt's parts every outcome shares: the job, its timings, what the operator
     /// asked, and the receives that failed before.
     async fn receipt_of(&self, run: &Run, manifest: &Manifest) -> Receipt {
-        let earlier_failures = self.earlier_failures(run).await;
+        let earlier_failures = lock(&run.earlier_failures).clone();
         Receipt {
             timings_ms: lock(&run.timings).clone(),
             rerun: run.rerun.as_ref().map(|r| Rerun {
@@ -652,7 +676,8 @@ where
     /// The job's failure history, oldest first; what cannot be read is left out (the
     /// history is for people, the receipt must still be written).
     async fn earlier_failures(&self, run: &Run) -> Vec<EarlierFailure> {
-        let listed = match self.store.list(&keys::failure_history(&run.job_id)).await {
+        let prefix = keys::failure_history(&run.job_id);
+        let listed = match self.store.list(&prefix).await {
             Ok(listed) => listed,
             Err(err) => {
                 tracing::warn!(error = %err.chain(), "could not list the failure history for the receipt");
@@ -660,41 +685,42 @@ where
             }
         };
         let mut failures = Vec::new();
-        for object in listed {
-            let Ok(Some(bytes)) = self.store.get(&object.key).await else { continue };
-            if let Ok(record) = serde_json::from_slice::<FailureRecord>(&bytes) {
-                failures.push(EarlierFailure {
+        // The job's own receives; a re-send's failures sit in `resends/` below.
+        for object in listed.iter().filter(|o| !o.key[prefix.len()..].contains('/')) {
+            let read = self.store.get(&object.key).await;
+            match read.map(|bytes| bytes.map(|b| serde_json::from_slice::<FailureRecord>(&b))) {
+                Ok(Some(Ok(record))) => failures.push(EarlierFailure {
                     failed_at: record.failed_at,
                     receive_count: record.receive_count,
                     class: record.class,
                     step: record.step,
-                });
+                }),
+                Ok(None) => {}
+                Ok(Some(Err(err))) => {
+                    tracing::warn!(key = %object.key, error = %err, "a failure record that does not parse is left out of the receipt")
+                }
+                Err(err) => {
+                    tracing::warn!(key = %object.key, error = %err.chain(), "a failure record that could not be read is left out of the receipt")
+                }
             }
         }
         failures
     }
 
-    /// Why an operator's re-run cannot be run as asked, if it cannot: a re-send of a job
-    /// never delivered, or a fresh export of a job a file of which may already be in SAP's
-    /// folder (only a re-send may send such a job again).
+    /// Why an operator's re-run cannot be run as asked, if it cannot: a re-send of a job not
+    /// done with (neither delivered nor failed for good), or whose staged copy is gone; a
+    /// fresh export of a job a file of which may already be in SAP's folder (only a re-send
+    /// may send such a job again).
     async fn cannot_rerun(&self, run: &Run) -> Result<Option<String>> {
         let Some(rerun) = &run.rerun else { return Ok(None) };
-        let retry = &self.settings.retry;
         if run.records.resend().is_some() {
-            let key = keys::receipt(&run.job_id);
-            let (delivered, _) =
-                retry.run(run.work_deadline, Step::Receipt, "check receipt", |_| self.store.exists(&key)).await?;
-            if !delivered {
-                return Ok(Some(format!(
-                    "resend asks to deliver again a delivered job, and {key} does not exist: re-run it without resend"
-                )));
-            }
-            return Ok(None);
+            return self.cannot_resend(run, rerun).await;
         }
-        if !rerun.fresh_export || self.has_receipt(run).await? {
+        if !rerun.fresh_export {
             return Ok(None);
         }
         let prefix = keys::deliveries(&run.job_id);
+        let retry = &self.settings.retry;
         let (listed, _) =
             retry.run(run.work_deadline, Step::Deliver, "list delivery records", |_| self.store.list(&prefix)).await?;
         for object in listed.iter().filter(|o| !o.key[prefix.len()..].contains('/')) {
@@ -703,13 +729,37 @@ where
             if !matches!(state, Ok(DeliveryState::Streaming | DeliveryState::Abandoned)) {
                 return Ok(Some(format!(
                     "a file of this job may already be in SAP's folder ({} is {}): a fresh export would send \
-                     another file under its name; ask for resend with the fresh export",
+                     another file under its name; if the job failed for good, ask for resend with the fresh export",
                     object.key,
                     state.map_or_else(|_| "unreadable".to_owned(), |s| format!("{s:?}").to_lowercase())
                 )));
             }
         }
         Ok(None)
+    }
+
+    async fn cannot_resend(&self, run: &Run, rerun: &RerunRequest) -> Result<Option<String>> {
+        let retry = &self.settings.retry;
+        let key = keys::receipt(&run.job_id);
+        let (delivered, _) =
+            retry.run(run.work_deadline, Step::Receipt, "check receipt", |_| self.store.exists(&key)).await?;
+        let done = delivered || self.final_failure(&run.job_id).await.is_some();
+        if !done {
+            return Ok(Some(format!(
+                "resend is for a job that is done (delivered, or failed for good), and job {} is neither: re-run it \
+                 without resend",
+                run.job_id
+            )));
+        }
+        if rerun.fresh_export {
+            return Ok(None);
+        }
+        let index = run.records.staged_index();
+        let (staged, _) =
+            retry.run(run.work_deadline, Step::Stage, "check the staged copy", |_| self.store.exists(&index)).await?;
+        Ok((!staged).then(|| {
+            format!("{index} is gone (staged copies expire after 30 days): ask for resend with a fresh export")
+        }))
     }
 
     async fn has_receipt(&self, run: &Run) -> Result<bool> {
@@ -736,6 +786,14 @@ where
         // The failure records of earlier receives stay: the receipt beside them says the
         // job was delivered in the end, and the history is the job's story.
         Ok(())
+    }
+
+    /// The job's latest failure when no automatic retry follows it (recorded `final`, or
+    /// permanent in a record from before `final` was kept).
+    async fn final_failure(&self, job_id: &str) -> Option<FailureRecord> {
+        let bytes = self.store.get(&keys::failure(job_id)).await.ok()??;
+        let record: FailureRecord = serde_json::from_slice(&bytes).ok()?;
+        (record.final_failure || record.class == ErrorClass::Permanent).then_some(record)
     }
 
     async fn permanent_failure(&self, job_id: &str) -> Option<FailureRecord> {

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::JobOutcome;
 use crate::error::{Error, Result};
-use crate::job::{keys, FailureRecord, JobId, Manifest, Receipt};
+use crate::job::{keys, FailureRecord, JobId, Manifest, Receipt, Records};
 use crate::ports::ObjectStore;
 use crate::telemetry::{self, capitalise, Metric, MetricScope};
 
@@ -17,6 +17,8 @@ use crate::telemetry::{self, capitalise, Metric, MetricScope};
 pub(super) struct JobEnd<'a> {
     pub stack: &'a str,
     pub job_id: &'a JobId,
+    /// The job's records, or a re-send's.
+    pub records: &'a Records,
     /// Known once the manifest was read and checked.
     pub manifest: Option<&'a Manifest>,
     /// The queue's receive count; `None` for an operator's re-run.
@@ -96,9 +98,11 @@ impl JobEnd<'_> {
                 "the receipt's figures do not reconcile: check this file before signing the batch off"
             );
         }
+        let resend = self.records.resend().map(ToString::to_string);
         tracing::info!(
             reconciled = receipt.reconciliation.iter().all(|r| r.matches),
             outcome = "delivered",
+            resend,
             target = %receipt.target,
             rows = receipt.rows,
             bytes = receipt.bytes,
@@ -111,8 +115,11 @@ impl JobEnd<'_> {
             deliver_ms = self.timing("deliver"),
             "job summary"
         );
+        // A re-send is not a job delivered: the undelivered-jobs alarm balances accepted jobs
+        // against deliveries.
+        let counted = if self.records.resend().is_some() { "JobsResent" } else { "JobsDelivered" };
         metrics.extend([
-            ("JobsDelivered", Metric::Count(1.0)),
+            (counted, Metric::Count(1.0)),
             ("Rows", Metric::Count(receipt.rows as f64)),
             ("Bytes", Metric::Bytes(receipt.bytes as f64)),
         ]);
@@ -153,8 +160,13 @@ impl JobEnd<'_> {
             Ok(bytes) => bytes,
             Err(ser_err) => return tracing::error!(error = %ser_err, "could not serialise the failure record"),
         };
-        // The history first: the latest is a copy of its newest entry.
-        for key in [keys::failure_at(self.job_id, record.failed_at), keys::failure(self.job_id)] {
+        // The history first: the latest is a copy of its newest entry. A re-send's failure
+        // is its own, beside the history, never the job's latest.
+        let keys = match self.records.resend_failure() {
+            Some(key) => vec![key],
+            None => vec![keys::failure_at(self.job_id, record.failed_at), keys::failure(self.job_id)],
+        };
+        for key in keys {
             if let Err(write_err) = store.put(&key, bytes.clone(), "application/json").await {
                 tracing::error!(error = %write_err.chain(), key, "could not write the failure record; the message still fails");
             }

@@ -216,7 +216,7 @@ where
             }
             Some(_) => return Ok(None),
         };
-        Ok(Some((delivery::temporary_name(file_name, &run.job_id, attempt), attempt)))
+        Ok(Some((delivery::temporary_name(file_name, &run.records.writer(), attempt), attempt)))
     }
 
     /// The file as a multipart upload, parts going up while later bytes still arrive; not
@@ -477,7 +477,7 @@ where
             tracing::warn!("no SFTP folder to remove the refused job's temporaries from; they stay, named by its id");
             return;
         };
-        let marker = format!(".{}.", run.job_id);
+        let marker = format!(".{}.", run.records.writer());
         let entries = match open.list().await {
             Ok(entries) => entries,
             Err(err) => {

@@ -505,6 +505,7 @@ pub async fn deliver_once(
             deadline,
             poll: std::time::Duration::from_millis(100),
             names: vec![file.file.file_name.clone()],
+            resend: false,
         },
     );
     let records = maestro_relay::job::Records::of_job(maestro_relay::job::job_id("job"));

@@ -468,16 +468,14 @@ fn the_jobs_queue_admits_notifications_of_this_stacks_bucket_only() {
 }
 
 #[test]
-fn the_worker_deletes_only_failure_records_and_its_lease_and_lists_only_its_own_prefixes() {
+fn the_worker_deletes_only_its_lease_and_lists_only_its_own_prefixes() {
     use maestro_relay::job::keys;
     let template = template();
     let worker = statements(&template, "WorkerFunction");
     let mut problems = Vec::new();
-    // The only deletes in the worker's code: the failure record and the lease.
-    let deletable: BTreeSet<String> = [keys::failure("j"), keys::lease("j")]
-        .iter()
-        .map(|k| k.split_inclusive('/').next().unwrap_or_default().to_owned())
-        .collect();
+    // The only delete in the worker's code: the lease (failure records are kept).
+    let deletable: BTreeSet<String> =
+        [keys::lease("j")].iter().map(|k| k.split_inclusive('/').next().unwrap_or_default().to_owned()).collect();
     let mut writable = BTreeSet::new();
     for statement in &worker {
         let actions = strings(&statement["Action"]);

@@ -142,3 +142,79 @@ async fn every_failure_is_kept_in_the_history_and_a_repeated_permanent_one_is_no
     assert_eq!(world.failure().unwrap(), latest);
     assert_eq!(world.store.keys(&keys::failure_history(&world.job_id())).len(), 2);
 }
+
+fn resend(world: &World, id: &str) -> RerunRequest {
+    rerun(world, |r| {
+        r.resend = true;
+        r.resend_id = Some(id.into());
+    })
+}
+
+#[tokio::test]
+async fn a_resend_is_for_a_job_that_is_done_and_a_job_failed_for_good_can_be_resent() {
+    let mut world = World::new(MemorySource::new(3), MemoryDrop::new());
+    // Failed once, transiently: the queue will try again, so a re-send is not for it.
+    world.drop.fail("open", "", 100, true);
+    assert!(world.run(queue(1)).await.is_err());
+    let outcome = run_rerun(&world, resend(&world, "r1")).await.unwrap();
+    let JobOutcome::NotRun(reason) = outcome else { panic!("{outcome:?}") };
+    assert!(reason.contains("neither"), "{reason}");
+    // The last receive fails too: now it failed for good, and a re-send delivers it.
+    assert!(world.run(queue(5)).await.is_err());
+    assert_eq!(world.failure().unwrap()["final"], json!(true));
+    world.drop = MemoryDrop::new();
+    let outcome = run_rerun(&world, resend(&world, "r2")).await.unwrap();
+    assert!(matches!(outcome, JobOutcome::Delivered(_)), "{outcome:?}");
+    assert_eq!(world.drop.appeared().len(), 1);
+    assert!(world.store.object(&format!("receipts/{}/resends/r2.json", world.job_id())).is_some());
+    assert!(world.receipt().is_none(), "the job's own receipt is not written by a re-send");
+}
+
+#[tokio::test]
+async fn a_resend_whose_staged_copy_has_expired_is_not_run_unless_it_exports_afresh() {
+    let world = World::new(MemorySource::new(3), MemoryDrop::new());
+    assert!(matches!(world.run(queue(1)).await.unwrap(), JobOutcome::Delivered(_)));
+    world.drop.take_all();
+    // The lifecycle rule expired the staged copy.
+    for key in world.store.keys(&format!("staging/{}/", world.job_id())) {
+        world.store.remove(&key);
+    }
+    let outcome = run_rerun(&world, resend(&world, "r1")).await.unwrap();
+    let JobOutcome::NotRun(reason) = outcome else { panic!("{outcome:?}") };
+    assert!(reason.contains("fresh export") && reason.contains("_staged.json"), "{reason}");
+    assert_eq!(world.source.exports(), 1);
+    assert!(world.store.keys(&format!("staging/{}/", world.job_id())).is_empty(), "nothing staged over the job's");
+    let mut fresh = resend(&world, "r2");
+    fresh.fresh_export = true;
+    assert!(matches!(run_rerun(&world, fresh).await.unwrap(), JobOutcome::Delivered(_)));
+    assert_eq!(world.source.exports(), 2);
+    let own = world.store.keys(&format!("staging/{}/resends/r2/", world.job_id()));
+    assert!(!own.is_empty(), "a fresh export's re-send stages under its own folder");
+}
+
+#[tokio::test]
+async fn a_resend_never_reads_a_missing_file_as_taken_by_sap_and_its_failure_stays_its_own() {
+    let world = World::new(MemorySource::new(3), MemoryDrop::new());
+    assert!(matches!(world.run(queue(1)).await.unwrap(), JobOutcome::Delivered(_)));
+    world.drop.take_all();
+    // The re-send's rename lands but its answer is lost: the intent stands, the file is in
+    // SAP's folder; then SAP takes it, and the re-send is asked for again.
+    world.drop.crash.arm("rename", ".csv", true);
+    let worker = world.worker();
+    let request = resend(&world, "r1");
+    let job_key = request.job_key.clone();
+    tokio::select! {
+        outcome = worker.run(&job_key, far(), Trigger::Console, Some(request.clone())) => {
+            panic!("the re-send ended instead of crashing: {outcome:?}")
+        }
+        () = world.drop.crash.struck() => {}
+    }
+    world.drop.take_all();
+    world.expire_lease();
+    let err = run_rerun(&world, request).await.unwrap_err();
+    assert!(err.message.contains("unknown"), "{}", err.chain());
+    assert!(world.store.object(&format!("receipts/{}/resends/r1.json", world.job_id())).is_none());
+    assert!(world.failure().is_none(), "the delivered job's own latest failure: {:?}", world.failure());
+    let own = world.store.json(&format!("failed/{}/resends/r1.json", world.job_id())).expect("the re-send's failure");
+    assert_eq!(own["class"], json!("permanent"));
+}
