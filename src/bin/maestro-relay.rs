@@ -89,6 +89,10 @@ enum Command {
     SendTest {
         #[arg(default_value = "events/webhook-http-api-pf.json")]
         event: PathBuf,
+        /// Print the signed event instead of sending it: for `scripts/lambda_rie.py` or
+        /// `sam local invoke -e` (the signature holds for five minutes).
+        #[arg(long)]
+        print_event: bool,
     },
 }
 
@@ -188,7 +192,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             return rerun(&place, request, here || place.local).await;
         }
-        Command::SendTest { event } => return send_test(&place, &event).await,
+        Command::SendTest { event, print_event } => return send_test(&place, &event, print_event).await,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -321,7 +325,7 @@ async fn invoke(place: &Place, request: &RerunRequest) -> Result<serde_json::Val
 }
 
 /// The local stack's webhook, in this process, on a signed copy of `event_file`.
-async fn send_test(place: &Place, event_file: &std::path::Path) -> Result<ExitCode, String> {
+async fn send_test(place: &Place, event_file: &std::path::Path, print_event: bool) -> Result<ExitCode, String> {
     if !place.local {
         return Err(
             "send-test is for the local stack (--env-file): a deployed stack's webhooks come from Maestro".into()
@@ -338,6 +342,11 @@ async fn send_test(place: &Place, event_file: &std::path::Path) -> Result<ExitCo
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let webhook_id = toolbox::send_test::fresh_webhook_id(now);
     let (headers, body) = toolbox::send_test::signed_request(&event, whsec, &webhook_id, now)?;
+    if print_event {
+        let signed = toolbox::send_test::signed_event(event, &headers);
+        println!("{}", serde_json::to_string(&signed).map_err(|e| e.to_string())?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let answer = maestro_relay::app::webhook(config, &place.sdk).handle(&headers, &body).await;
     let document =
         serde_json::json!({"status": answer.status.as_u16(), "webhookId": webhook_id, "answer": answer.body});

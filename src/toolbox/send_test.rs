@@ -43,6 +43,21 @@ fn body_of(event: &Value) -> Result<Vec<u8>, String> {
     Ok(body.as_bytes().to_vec())
 }
 
+/// `event` with `headers` (as `signed_request` made them) in place of its own, for a Lambda
+/// runtime to hand the webhook function.
+pub fn signed_event(mut event: Value, headers: &HeaderMap) -> Value {
+    let as_json = headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), Value::from(v.to_str().ok()?))));
+    event["headers"] = Value::Object(as_json.collect());
+    if let Some(multi) = event.get_mut("multiValueHeaders").and_then(Value::as_object_mut) {
+        for (name, value) in headers {
+            if let Ok(value) = value.to_str() {
+                multi.insert(name.as_str().to_owned(), Value::from(vec![value]));
+            }
+        }
+    }
+    event
+}
+
 /// A `webhook-id` no earlier test used: the same id again is answered as a duplicate.
 pub fn fresh_webhook_id(now: i64) -> String {
     format!("msg_test_{now}_{:08x}", fastrand::u32(..))
@@ -65,5 +80,8 @@ mod tests {
         assert_eq!(headers["webhook-signature"], expected.as_str());
         assert!(signed_request(&serde_json::json!({}), &whsec, "m", 1).unwrap_err().contains("no body"));
         assert_ne!(fresh_webhook_id(1), fresh_webhook_id(1));
+        let printed = signed_event(event, &headers);
+        assert_eq!(printed["headers"]["webhook-signature"], expected.as_str());
+        assert_eq!(printed["body"], "{\"fileName\":\"X-PF\"}");
     }
 }

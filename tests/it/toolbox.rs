@@ -192,6 +192,12 @@ async fn rerun_resend_delivers_a_delivered_job_once_more_under_its_own_records_a
     assert_eq!(resends.len(), 1, "{resends:?}");
     assert_eq!(app.json_object(&format!("receipts/{job_id}.json")).await, Some(receipt), "the job's own receipt");
 
+    // The same re-send asked for again (by the id its answer printed) delivers nothing more.
+    let resend_id = answer["resendId"].as_str().expect("the answer names its re-send").to_owned();
+    let (code, out, err) = app.tool(&env, &["rerun", &job_id, "--resend", "--resend-id", &resend_id]);
+    assert_eq!((code, json_of(&out)["status"].clone()), (0, json!("already-delivered")), "{out}{err}");
+    assert_eq!(app.sshd.files("PF2"), first, "not sent twice for one re-send");
+
     // A job id that does not exist: not run, nothing recorded, nobody paged.
     let (code, out, _) = app.tool(&env, &["rerun", "0123456789abcdef0123456789abcdef"]);
     assert_ne!(code, 0);
@@ -217,6 +223,18 @@ async fn send_test_stages_a_job_under_a_fresh_webhook_id_each_time() {
     for id in &ids {
         assert!(app.object(&format!("jobs/{id}.json")).await.is_some(), "{id} not staged");
     }
+
+    // Printed instead, the signed event is what the real webhook binary takes as Lambda would.
+    let (code, out, err) = app.tool(&env, &["send-test", "--print-event", "events/webhook-http-api-wp.json"]);
+    assert_eq!(code, 0, "{err}");
+    let event = json_of(&out);
+    let answer = app
+        .invocation(env!("CARGO_BIN_EXE_webhook"), &event, &dir.path().join("signed.json"))
+        .output()
+        .expect("the webhook binary");
+    let printed = String::from_utf8_lossy(&answer.stdout);
+    let last = printed.lines().last().unwrap_or_default();
+    assert!(last.contains("\"statusCode\":202") && last.contains("WP2"), "{printed}");
 }
 
 #[tokio::test]
