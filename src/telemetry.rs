@@ -76,6 +76,8 @@ pub enum Metric {
 /// `template.yaml` against this list).
 pub const WORKER_METRICS: &[&str] = &[
     "JobsDelivered",
+    "JobsResent",
+    "ResendsFailed",
     "JobsFailed",
     "JobsFailedFinal",
     "JobsSkipped",

@@ -39,7 +39,7 @@ enum Command {
         /// How far back: 90s, 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         since: String,
-        /// all, delivered, skipped, failed, running, pending or stranded.
+        /// all, delivered, skipped, failed, retrying, running, pending or stranded.
         #[arg(long, default_value = "all")]
         state: String,
         #[arg(long)]
@@ -64,7 +64,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Runs a job again through the worker and prints the outcome.
+    /// Runs a job again through the worker and prints the outcome (--resend: a delivered
+    /// job once more, under records of its own).
     Rerun {
         job: String,
         /// Export again instead of sending the staged copy.
@@ -172,8 +173,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Show { job, json } => return show(&store, &place, &job, json).await,
         Command::Dlq { apply, json } => {
             let queue = SqsQueue::from_sdk_config(&place.sdk, &place.jobs_queue_url, &place.dead_letter_queue_url);
-            let triaged = toolbox::dlq::work(&queue, &store, apply).await.map_err(|e| e.chain())?;
+            let (triaged, read) = toolbox::dlq::work(&queue, &store, apply).await;
             print!("{}", toolbox::print::triage(&triaged, apply, json));
+            // What was done is printed above; then why the rest was not looked at.
+            read.map_err(|e| format!("the dead-letter queue could not be read to its end: {}", e.chain()))?;
         }
         Command::Rerun { job, fresh_export, resend, resend_id, allow_stale, here } => {
             let job_id = toolbox::find_job(&store, &job).await.map_err(|e| e.chain())?.unwrap_or_else(|| {

@@ -124,9 +124,10 @@ async fn read_all<Q: DeadLetters>(queue: &Q, mut each: impl AsyncFnMut(&DeadLett
 
 /// Every message of the dead-letter queue triaged, and with `apply` dealt with. A message
 /// whose action fails is reported with the error and left on the queue; the others go on.
-pub async fn work(queue: &impl DeadLetters, store: &impl ObjectStore, apply: bool) -> Result<Vec<Triage>> {
+/// What was done stands beside a failure to read the queue further (the second part).
+pub async fn work(queue: &impl DeadLetters, store: &impl ObjectStore, apply: bool) -> (Vec<Triage>, Result<()>) {
     let mut triaged = Vec::new();
-    read_all(queue, async |letter: &DeadLetter| {
+    let read = read_all(queue, async |letter: &DeadLetter| {
         let mut one = match triage(store, letter).await {
             Ok(one) => one,
             Err(err) => Triage {
@@ -148,8 +149,8 @@ pub async fn work(queue: &impl DeadLetters, store: &impl ObjectStore, apply: boo
         triaged.push(one);
         done
     })
-    .await?;
-    Ok(triaged)
+    .await;
+    (triaged, read)
 }
 
 /// A send-back goes before the delete: if the delete then fails, the job is on both queues,

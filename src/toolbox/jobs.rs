@@ -137,6 +137,30 @@ struct Facts<'a> {
 }
 
 impl Facts<'_> {
+    /// The latest failure into the row: `failed`, or `retrying` while the queue may still
+    /// try again (a transient failure not recorded final, younger than the longest wait
+    /// between receives); a record that does not parse shows as such.
+    async fn failure_of(&self, store: &impl ObjectStore, id: &JobId, row: &mut JobRow) -> Result<()> {
+        row.state = JobState::Failed;
+        let failure = match json_of::<FailureRecord>(store, &keys::failure(id)).await {
+            Ok(Some(failure)) => failure,
+            Ok(None) => return Ok(()),
+            Err(err) if err.is_transient() => return Err(err),
+            Err(err) => {
+                row.failure = Some("unreadable".to_owned());
+                row.failure_message = Some(err.chain());
+                return Ok(());
+            }
+        };
+        row.failure = Some(format!("{}/{}", failure.class, failure.step));
+        row.failure_message = Some(failure.message);
+        let recent = self.now - failure.failed_at <= self.stranded_after + time::Duration::HOUR;
+        if !failure.final_failure && failure.class == crate::ErrorClass::Transient && recent {
+            row.state = JobState::Retrying;
+        }
+        Ok(())
+    }
+
     /// The job's row; `None` when its manifest went between the listing and the read.
     async fn row(&self, store: &impl ObjectStore, id: JobId) -> Result<Option<JobRow>> {
         let Some(manifest) = json_of::<Manifest>(store, &keys::manifest(&id)).await? else { return Ok(None) };
@@ -155,12 +179,7 @@ impl Facts<'_> {
             failure_message: None,
         };
         if self.failures.contains(id.as_str()) {
-            if let Some(failure) = json_of::<FailureRecord>(store, &keys::failure(&id)).await? {
-                row.failure = Some(format!("{}/{}", failure.class, failure.step));
-                row.failure_message = Some(failure.message);
-                let automatic_retry = !failure.final_failure && failure.class == crate::ErrorClass::Transient;
-                row.state = if automatic_retry { JobState::Retrying } else { JobState::Failed };
-            }
+            self.failure_of(store, &id, &mut row).await?;
         }
         if self.receipts.contains(id.as_str()) {
             if let Some(receipt) = json_of::<Receipt>(store, &keys::receipt(&id)).await? {

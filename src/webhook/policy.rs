@@ -375,6 +375,17 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_rule_admits_its_name_in_its_scope_only() {
+        let targets = [pf2()];
+        let list =
+            AllowList::parse(r#"{"*": {"workbooks": [{"name": "WP Orders", "scope": "Team"}]}}"#, &targets).unwrap();
+        assert_eq!(list.check(&targets[0], &request("WP Orders", "Team")), Ok(()));
+        for (name, scope) in [("WP Orders", "Public"), ("Other", "Team")] {
+            assert_eq!(list.check(&targets[0], &request(name, scope)).unwrap_err().field, "workbook", "{name} {scope}");
+        }
+    }
+
+    #[test]
     fn the_default_admits_the_public_planned_orders_workbook_only() {
         let list = AllowList::default();
         assert_eq!(list.check(&pf2(), &request(PLANNED_ORDERS_WORKBOOK, "Public")), Ok(()));

@@ -517,6 +517,10 @@ where
         } else {
             self.staged_files(run, spool.path()).await?
         };
+        if staged.is_none() && run.records.resend().is_some() && !run.rerun.as_ref().is_some_and(|r| r.fresh_export) {
+            // Gone since it was checked: exporting now would stage over the job's own copy.
+            return Ok(JobOutcome::NotRun(no_staged_copy(&run.records.staged_index())));
+        }
         let (files, temporaries, written, folder) = match staged {
             Some(files) => {
                 tracing::info!(files = files.len(), "CSV already staged; resuming at delivery");
@@ -708,9 +712,8 @@ where
     }
 
     /// Why an operator's re-run cannot be run as asked, if it cannot: a re-send of a job not
-    /// done with (neither delivered nor failed for good), or whose staged copy is gone; a
-    /// fresh export of a job a file of which may already be in SAP's folder (only a re-send
-    /// may send such a job again).
+    /// delivered, or whose staged copy is gone; a fresh export of a job a file of which may
+    /// already be in SAP's folder.
     async fn cannot_rerun(&self, run: &Run) -> Result<Option<String>> {
         let Some(rerun) = &run.rerun else { return Ok(None) };
         if run.records.resend().is_some() {
@@ -728,8 +731,9 @@ where
             let state = serde_json::from_slice::<DeliveryRecord>(&bytes).map(|r| r.state);
             if !matches!(state, Ok(DeliveryState::Streaming | DeliveryState::Abandoned)) {
                 return Ok(Some(format!(
-                    "a file of this job may already be in SAP's folder ({} is {}): a fresh export would send \
-                     another file under its name; if the job failed for good, ask for resend with the fresh export",
+                    "a file of this job may already be in SAP's folder ({} is {}): a fresh export would put \
+                     another file under its name; re-run it without freshExport (the staged copy resumes where it \
+                     stopped)",
                     object.key,
                     state.map_or_else(|_| "unreadable".to_owned(), |s| format!("{s:?}").to_lowercase())
                 )));
@@ -738,17 +742,17 @@ where
         Ok(None)
     }
 
+    /// A re-send is for a delivered job only: one not delivered is still the job's own to
+    /// finish (its queue message or a plain re-run), and two writers of one job could not be
+    /// ordered at SAP's folder.
     async fn cannot_resend(&self, run: &Run, rerun: &RerunRequest) -> Result<Option<String>> {
         let retry = &self.settings.retry;
         let key = keys::receipt(&run.job_id);
         let (delivered, _) =
             retry.run(run.work_deadline, Step::Receipt, "check receipt", |_| self.store.exists(&key)).await?;
-        let done = delivered || self.final_failure(&run.job_id).await.is_some();
-        if !done {
+        if !delivered {
             return Ok(Some(format!(
-                "resend is for a job that is done (delivered, or failed for good), and job {} is neither: re-run it \
-                 without resend",
-                run.job_id
+                "resend is for a delivered job, and {key} does not exist: re-run it without resend"
             )));
         }
         if rerun.fresh_export {
@@ -757,9 +761,7 @@ where
         let index = run.records.staged_index();
         let (staged, _) =
             retry.run(run.work_deadline, Step::Stage, "check the staged copy", |_| self.store.exists(&index)).await?;
-        Ok((!staged).then(|| {
-            format!("{index} is gone (staged copies expire after 30 days): ask for resend with a fresh export")
-        }))
+        Ok((!staged).then(|| no_staged_copy(&index)))
     }
 
     async fn has_receipt(&self, run: &Run) -> Result<bool> {
@@ -786,14 +788,6 @@ where
         // The failure records of earlier receives stay: the receipt beside them says the
         // job was delivered in the end, and the history is the job's story.
         Ok(())
-    }
-
-    /// The job's latest failure when no automatic retry follows it (recorded `final`, or
-    /// permanent in a record from before `final` was kept).
-    async fn final_failure(&self, job_id: &str) -> Option<FailureRecord> {
-        let bytes = self.store.get(&keys::failure(job_id)).await.ok()??;
-        let record: FailureRecord = serde_json::from_slice(&bytes).ok()?;
-        (record.final_failure || record.class == ErrorClass::Permanent).then_some(record)
     }
 
     async fn permanent_failure(&self, job_id: &str) -> Option<FailureRecord> {
@@ -998,6 +992,10 @@ fn records_of(job_id: &JobId, rerun: Option<&RerunRequest>) -> std::result::Resu
     let resend =
         ResendId::parse(&id).ok_or_else(|| format!("resendId {id:?} is not 1 to 64 letters, digits, '-' or '_'"))?;
     Ok(Records::of_resend(job_id.clone(), resend, rerun.fresh_export))
+}
+
+fn no_staged_copy(index: &str) -> String {
+    format!("{index} is not there (nothing was staged, or the copy expired after 30 days): ask for resend with a fresh export")
 }
 
 fn allows_stale(run: &Run) -> bool {

@@ -133,10 +133,17 @@ impl JobEnd<'_> {
             step = %err.step,
             final_failure = self.final_failure,
             repeated = self.repeated,
+            resend = self.records.resend().map(ToString::to_string),
             error = %err.chain(),
             total_ms = self.timing("total"),
             "job summary"
         );
+        // A re-send's failure is answered to the operator who asked: it pages no one, and
+        // the undelivered-jobs alarm counts jobs, not re-sends.
+        if self.records.resend().is_some() {
+            metrics.push(("ResendsFailed", Metric::Count(1.0)));
+            return;
+        }
         metrics.push(("JobsFailed", Metric::Count(1.0)));
         if self.final_failure && !self.repeated {
             metrics.push(("JobsFailedFinal", Metric::Count(1.0)));

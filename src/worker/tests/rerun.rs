@@ -89,15 +89,20 @@ async fn a_fresh_export_exports_again_instead_of_sending_the_staged_copy() {
 }
 
 #[tokio::test]
-async fn a_fresh_export_of_a_job_with_a_file_maybe_in_sap_is_not_run_without_resend() {
+async fn a_fresh_export_of_a_job_with_a_file_maybe_in_sap_is_not_run_and_the_plain_rerun_it_points_to_delivers_once() {
     let world = World::new(MemorySource::new(3), MemoryDrop::new());
-    // The rename's answer lost: the intent stands, the file may be in SAP's folder.
-    world.drop.fail("rename", "", 10, true);
-    assert!(world.run(queue(1)).await.is_err());
+    // Cut right after the rename: the intent stands, the file is in SAP's folder.
+    world.drop.crash.arm("rename", ".csv", true);
+    world.crash_run(&world.drop.crash).await;
+    world.expire_lease();
     let outcome = run_rerun(&world, rerun(&world, |r| r.fresh_export = true)).await.unwrap();
     let JobOutcome::NotRun(reason) = outcome else { panic!("{outcome:?}") };
-    assert!(reason.contains("resend"), "{reason}");
+    assert!(reason.contains("without freshExport"), "{reason}");
     assert_eq!(world.source.exports(), 1);
+    let outcome = run_rerun(&world, rerun(&world, |_| {})).await.unwrap();
+    assert!(matches!(outcome, JobOutcome::Delivered(_)), "{outcome:?}");
+    assert_eq!(world.source.exports(), 1, "the staged copy resumed");
+    world.assert_delivered_exactly_once();
 }
 
 #[tokio::test]
@@ -151,23 +156,19 @@ fn resend(world: &World, id: &str) -> RerunRequest {
 }
 
 #[tokio::test]
-async fn a_resend_is_for_a_job_that_is_done_and_a_job_failed_for_good_can_be_resent() {
-    let mut world = World::new(MemorySource::new(3), MemoryDrop::new());
-    // Failed once, transiently: the queue will try again, so a re-send is not for it.
+async fn a_resend_is_for_a_delivered_job_only_not_one_failed_even_for_good() {
+    let world = World::new(MemorySource::new(3), MemoryDrop::new());
     world.drop.fail("open", "", 100, true);
-    assert!(world.run(queue(1)).await.is_err());
-    let outcome = run_rerun(&world, resend(&world, "r1")).await.unwrap();
-    let JobOutcome::NotRun(reason) = outcome else { panic!("{outcome:?}") };
-    assert!(reason.contains("neither"), "{reason}");
-    // The last receive fails too: now it failed for good, and a re-send delivers it.
-    assert!(world.run(queue(5)).await.is_err());
-    assert_eq!(world.failure().unwrap()["final"], json!(true));
-    world.drop = MemoryDrop::new();
-    let outcome = run_rerun(&world, resend(&world, "r2")).await.unwrap();
-    assert!(matches!(outcome, JobOutcome::Delivered(_)), "{outcome:?}");
-    assert_eq!(world.drop.appeared().len(), 1);
-    assert!(world.store.object(&format!("receipts/{}/resends/r2.json", world.job_id())).is_some());
-    assert!(world.receipt().is_none(), "the job's own receipt is not written by a re-send");
+    // Failed once (the queue tries again), then on its last receive (for good): either way
+    // the job is still its own to finish, and a second writer of it could not be ordered.
+    for receive in [1, 5] {
+        assert!(world.run(queue(receive)).await.is_err());
+        let outcome = run_rerun(&world, resend(&world, &format!("r{receive}"))).await.unwrap();
+        let JobOutcome::NotRun(reason) = outcome else { panic!("receive {receive}: {outcome:?}") };
+        assert!(reason.contains("delivered job") && reason.contains("without resend"), "{reason}");
+    }
+    assert!(world.store.keys(&format!("receipts/{}/", world.job_id())).is_empty());
+    assert!(world.store.keys(&format!("failed/{}/resends/", world.job_id())).is_empty());
 }
 
 #[tokio::test]
