@@ -341,6 +341,20 @@ mod tests {
         assert_eq!(recent.len(), 2, "received in the last 100 minutes: {recent:?}");
     }
 
+    #[tokio::test]
+    async fn an_unreadable_manifest_is_left_out_and_an_unreadable_failure_shows_as_such() {
+        let store = MemoryStore::new();
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let good = manifest("good", now);
+        put(&store, &keys::manifest(&good.job_id), &good);
+        store.insert(&keys::failure(&good.job_id), b"{\"class\": ".to_vec());
+        let hand_made = job::job_id("hand-made");
+        store.insert(&keys::manifest(&hand_made), b"{\"jobId\": 7}".to_vec());
+        let rows = job_rows(&store, None, now, time::Duration::hours(1)).await.unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].state, rows[0].failure.as_deref()), (JobState::Failed, Some("unreadable")));
+    }
+
     fn json_failure(job_id: &JobId) -> Value {
         serde_json::json!({"jobId": job_id, "class": "permanent", "step": "fetch", "message": "no such workbook",
                            "failedAt": "2026-12-02T10:00:00Z"})

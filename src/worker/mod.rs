@@ -511,13 +511,13 @@ where
             .or_transient(Step::Convert, format!("creating a spool folder in {}", self.settings.spool_dir.display()))?;
         let step_started = Instant::now();
         run.at(Step::Stage);
-        let staged = if run.rerun.as_ref().is_some_and(|r| r.fresh_export) {
+        let staged = if asks_fresh_export(run) {
             tracing::info!("fresh export asked: the staged copy is not used");
             None
         } else {
             self.staged_files(run, spool.path()).await?
         };
-        if staged.is_none() && run.records.resend().is_some() && !run.rerun.as_ref().is_some_and(|r| r.fresh_export) {
+        if staged.is_none() && run.records.resend().is_some() && !asks_fresh_export(run) {
             // Gone since it was checked: exporting now would stage over the job's own copy.
             return Ok(JobOutcome::NotRun(no_staged_copy(&run.records.staged_index())));
         }
@@ -638,7 +638,7 @@ where
             reconciliation: records.iter().map(crate::job::Reconciliation::of).collect(),
             files: records,
             attempts,
-            ..self.receipt_of(run, manifest).await
+            ..self.receipt_of(run, manifest)
         };
         self.write_receipt(run, &receipt).await?;
         Ok(JobOutcome::Delivered(receipt))
@@ -661,7 +661,7 @@ where
 
     /// The receipt's parts every outcome shares: the job, its timings, what the operator
     /// asked, and the receives that failed before.
-    async fn receipt_of(&self, run: &Run, manifest: &Manifest) -> Receipt {
+    fn receipt_of(&self, run: &Run, manifest: &Manifest) -> Receipt {
         let earlier_failures = lock(&run.earlier_failures).clone();
         Receipt {
             timings_ms: lock(&run.timings).clone(),
@@ -690,7 +690,7 @@ where
         };
         let mut failures = Vec::new();
         // The job's own receives; a re-send's failures sit in `resends/` below.
-        for object in listed.iter().filter(|o| !o.key[prefix.len()..].contains('/')) {
+        for object in listed.iter().filter(|o| directly_under(&prefix, &o.key)) {
             let read = self.store.get(&object.key).await;
             match read.map(|bytes| bytes.map(|b| serde_json::from_slice::<FailureRecord>(&b))) {
                 Ok(Some(Ok(record))) => failures.push(EarlierFailure {
@@ -726,7 +726,7 @@ where
         let retry = &self.settings.retry;
         let (listed, _) =
             retry.run(run.work_deadline, Step::Deliver, "list delivery records", |_| self.store.list(&prefix)).await?;
-        for object in listed.iter().filter(|o| !o.key[prefix.len()..].contains('/')) {
+        for object in listed.iter().filter(|o| directly_under(&prefix, &o.key)) {
             let Some(bytes) = self.store.get(&object.key).await? else { continue };
             let state = serde_json::from_slice::<DeliveryRecord>(&bytes).map(|r| r.state);
             if !matches!(state, Ok(DeliveryState::Streaming | DeliveryState::Abandoned)) {
@@ -845,7 +845,7 @@ where
         if self.settings.stale_batch != StaleBatch::Skip {
             return Err(Error::permanent(Step::Deliver, why));
         }
-        let receipt = Receipt { skipped: Some(why), ..self.receipt_of(run, manifest).await };
+        let receipt = Receipt { skipped: Some(why), ..self.receipt_of(run, manifest) };
         self.write_receipt(run, &receipt).await?;
         Ok(JobOutcome::Skipped(receipt))
     }
@@ -996,6 +996,15 @@ fn records_of(job_id: &JobId, rerun: Option<&RerunRequest>) -> std::result::Resu
 
 fn no_staged_copy(index: &str) -> String {
     format!("{index} is not there (nothing was staged, or the copy expired after 30 days): ask for resend with a fresh export")
+}
+
+/// A key right in the folder `prefix`, not in one below it (a re-send's `resends/`).
+fn directly_under(prefix: &str, key: &str) -> bool {
+    key.strip_prefix(prefix).is_some_and(|rest| !rest.contains('/'))
+}
+
+fn asks_fresh_export(run: &Run) -> bool {
+    run.rerun.as_ref().is_some_and(|r| r.fresh_export)
 }
 
 fn allows_stale(run: &Run) -> bool {
