@@ -3,9 +3,12 @@
 
 use aws_config::SdkConfig;
 
-use crate::aws::{S3Store, SecretsManager, SqsQueue};
+use std::sync::Arc;
+
+use crate::aws::{EventBridgeBus, S3Store, SecretsManager, SqsQueue};
 use crate::config::{WebhookConfig, WorkerConfig};
 use crate::delivery::sftp::SftpDrop;
+use crate::events::Publisher;
 use crate::export::KinaxisExport;
 use crate::ports::ObjectStore;
 use crate::secrets::CachedSecrets;
@@ -34,16 +37,22 @@ pub fn worker(config: WorkerConfig, sdk: &SdkConfig) -> AppWorker {
 
 /// The worker on `store` in place of the staging bucket.
 pub fn worker_on<S: ObjectStore>(config: WorkerConfig, sdk: &SdkConfig, store: S) -> AppWorker<S> {
-    let WorkerConfig { secret_cache_ttl, kinaxis, sftp, worker: settings, .. } = config;
+    let WorkerConfig { secret_cache_ttl, kinaxis, sftp, worker: settings, event_bus_name, staging_bucket } = config;
     let queue = &settings.queue;
     let queue = SqsQueue::from_sdk_config(sdk, &queue.jobs_queue_url, &queue.dead_letter_queue_url);
     let source = KinaxisExport::new(kinaxis, settings.profiles.clone(), settings.retry.clone());
-    Worker::new(
+    let worker = Worker::new(
         store,
         CachedSecrets::new(SecretsManager::from_sdk_config(sdk), secret_cache_ttl),
         source,
         SftpDrop { options: sftp },
         queue,
         settings,
-    )
+    );
+    match event_bus_name {
+        Some(bus) => {
+            worker.with_events(Publisher { bus: Arc::new(EventBridgeBus::from_sdk_config(sdk, bus)), staging_bucket })
+        }
+        None => worker,
+    }
 }

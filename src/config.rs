@@ -17,7 +17,7 @@ use crate::webhook::auth::AuthMode;
 use crate::webhook::policy::{self, AllowList, MAX_WORKSHEETS};
 use crate::webhook::WebhookSettings;
 use crate::worker::stream::StreamOptions;
-use crate::worker::{QueueSettings, StaleBatch, WorkerSettings, RECORD_OUTCOME_BUDGET};
+use crate::worker::{PickupSettings, QueueSettings, StaleBatch, WorkerSettings, RECORD_OUTCOME_BUDGET};
 
 /// Reads variables through `lookup` and collects every problem, so one start-up failure
 /// lists them all.
@@ -171,6 +171,8 @@ pub struct WorkerConfig {
     pub kinaxis: KinaxisOptions,
     pub sftp: SftpOptions,
     pub worker: WorkerSettings,
+    /// The EventBridge bus delivery events go to (`EVENT_BUS_NAME`); none when unset.
+    pub event_bus_name: Option<String>,
 }
 
 impl WorkerConfig {
@@ -208,9 +210,11 @@ impl WorkerConfig {
             stream: stream_options(&mut env),
             existing_file: env.parsed("SFTP_EXISTING_FILE", ExistingFilePolicy::Fail),
             destination_poll: crate::delivery::destination::HOLDER_POLL,
+            pickup: pickup_settings(&mut env, &routes),
         };
         let secret_cache_ttl = env.seconds("SECRET_CACHE_TTL_SECS", 300);
-        env.finish(Self { staging_bucket, secret_cache_ttl, kinaxis, sftp, worker })
+        let event_bus_name = env.get("EVENT_BUS_NAME");
+        env.finish(Self { staging_bucket, secret_cache_ttl, kinaxis, sftp, worker, event_bus_name })
     }
 }
 
@@ -270,6 +274,24 @@ fn profiles(env: &mut Env<'_>, routes: &RoutingTable) -> Profiles {
         default: profile(&mut Scoped::new(env, None)),
         targets: routes.targets().into_iter().map(|t| (t.clone(), profile(&mut Scoped::new(env, Some(&t))))).collect(),
     }
+}
+
+/// The SAP pickup watchdog: how far back it looks, and each target's limit
+/// (`PICKUP_SLA_MINUTES[_<TARGET>]`, 0 = not watched).
+fn pickup_settings(env: &mut Env<'_>, routes: &RoutingTable) -> PickupSettings {
+    let lookback_hours: u64 = env.parsed("PICKUP_LOOKBACK_HOURS", 24);
+    env.check((1..=24 * 14).contains(&lookback_hours), || {
+        format!("PICKUP_LOOKBACK_HOURS={lookback_hours} must be 1 to 336 (two weeks)")
+    });
+    let sla = routes
+        .targets()
+        .into_iter()
+        .map(|target| {
+            let minutes: u64 = Scoped::new(env, Some(&target)).parsed("PICKUP_SLA_MINUTES", 60);
+            (target, Duration::from_secs(minutes * 60))
+        })
+        .collect();
+    PickupSettings { lookback: Duration::from_secs(lookback_hours * 3600), sla }
 }
 
 fn sftp_options(env: &mut Env<'_>) -> SftpOptions {

@@ -30,6 +30,10 @@ pub enum Step {
     Lease,
     /// Telling the jobs queue (later retry, dead-letter queue).
     Queue,
+    /// Publishing delivery events (EventBridge).
+    Publish,
+    /// The SAP pickup watchdog's look at delivered files.
+    Pickup,
 }
 
 impl fmt::Display for Step {
@@ -46,6 +50,8 @@ impl fmt::Display for Step {
             Step::Receipt => "receipt",
             Step::Lease => "lease",
             Step::Queue => "queue",
+            Step::Publish => "publish",
+            Step::Pickup => "pickup",
         };
         f.write_str(name)
     }

@@ -14,6 +14,7 @@ pub mod webhook;
 pub mod worker;
 
 pub mod delivery;
+pub mod events;
 pub mod export;
 
 pub mod aws;

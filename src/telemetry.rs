@@ -90,6 +90,8 @@ pub const WORKER_METRICS: &[&str] = &[
     "StageMs",
     "RestoreMs",
     "DeliverMs",
+    "EventsNotPublished",
+    "FilesNotPickedUp",
 ];
 
 /// Every metric the webhook emits.

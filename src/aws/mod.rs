@@ -1,6 +1,8 @@
-//! Adapters on the AWS SDK: the staging bucket (S3), Secrets Manager and the jobs queue (SQS). No SDK type
+//! Adapters on the AWS SDK: the staging bucket (S3), Secrets Manager, the jobs queue (SQS) and
+//! the delivery events' bus (EventBridge). No SDK type
 //! crosses into the domain; SDK errors become our classed errors here.
 
+pub mod events;
 pub mod s3;
 pub mod secrets;
 pub mod sqs;
@@ -10,6 +12,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use crate::error::{Error, ErrorClass, Step};
 
+pub use events::EventBridgeBus;
 pub use s3::S3Store;
 pub use secrets::SecretsManager;
 pub use sqs::SqsQueue;

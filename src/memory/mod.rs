@@ -4,6 +4,7 @@
 
 mod crash;
 mod drop;
+mod events;
 mod queue;
 mod secrets;
 mod source;
@@ -14,6 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use crash::Faults;
 pub use crash::{Crash, CrashPoint};
 pub use drop::{MemoryDrop, MemoryFolder};
+pub use events::MemoryBus;
 pub use queue::{MemoryQueue, QueueCall};
 pub use secrets::MemorySecrets;
 pub use source::MemorySource;

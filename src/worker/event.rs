@@ -1,6 +1,6 @@
 //! The worker's Lambda boundary: what invokes it (an SQS batch of S3 notifications for
-//! `jobs/…`, or an operator's re-run `{"jobKey": "jobs/<jobId>.json", …}` from the console
-//! or `maestro-relay rerun`), decoded into typed events, and what it answers
+//! `jobs/…`, an operator's re-run `{"jobKey": "jobs/<jobId>.json", …}` from the console
+//! or `maestro-relay rerun`, or the pickup watchdog's schedule), decoded into typed events, and what it answers
 //! (`SqsBatchResponse`, or the re-run's outcome).
 
 use aws_lambda_events::s3::S3Entity;
@@ -8,6 +8,7 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::pickup::{PickupCheck, PickupReport};
 use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{keys, Receipt};
 
@@ -17,6 +18,8 @@ pub enum WorkerEvent {
     Queue(SqsEvent),
     /// An operator's re-run from the Lambda console's Test tab or `maestro-relay rerun`.
     Console(RerunRequest),
+    /// The SAP pickup watchdog's scheduled check: `{"pickupCheck": {…}}`.
+    PickupCheck(PickupCheck),
 }
 
 /// An operator's re-run: the job, and what to do differently this once. Unknown fields are
@@ -69,6 +72,7 @@ impl<'de> Deserialize<'de> for WorkerEvent {
 pub enum WorkerResponse {
     Queue(SqsBatchResponse),
     Console(ConsoleOutcome),
+    PickupCheck(PickupReport),
 }
 
 /// What a console re-run did, as `{"status": …}`.
@@ -104,9 +108,16 @@ impl WorkerEvent {
             )?;
             return Ok(Self::Console(rerun));
         }
+        if let Some(check) = event.get("pickupCheck") {
+            let check: PickupCheck = serde_json::from_value(check.clone()).or_permanent(
+                Step::Pickup,
+                "a pickup check is {\"pickupCheck\": {}} with an optional scheduledTime (a string)",
+            )?;
+            return Ok(Self::PickupCheck(check));
+        }
         Err(Error::permanent(
             Step::Manifest,
-            "the event is neither an SQS batch nor {\"jobKey\": \"jobs/<jobId>.json\"}",
+            "the event is neither an SQS batch, {\"jobKey\": \"jobs/<jobId>.json\"} nor {\"pickupCheck\": {}}",
         ))
     }
 }

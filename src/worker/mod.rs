@@ -5,11 +5,13 @@
 
 pub mod event;
 pub mod lease;
+mod pickup;
 mod report;
 mod settings;
 pub mod stream;
 
-pub use settings::{QueueSettings, StaleBatch, WorkerSettings, RECORD_OUTCOME_BUDGET};
+pub use pickup::{LateFile, PickupCheck, PickupReport};
+pub use settings::{PickupSettings, QueueSettings, StaleBatch, WorkerSettings, RECORD_OUTCOME_BUDGET};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,6 +26,7 @@ use tracing::Instrument;
 
 use crate::delivery::{self, Destination, DestinationRun, FileDelivery, Refusal};
 use crate::error::{Error, ErrorClass, Result, ResultExt, Step};
+use crate::events::{self, Publisher};
 use crate::job::{
     keys, DeliveryRecord, DeliveryState, EarlierFailure, ExportedFile, FailureRecord, JobId, LeaseRecord, Manifest,
     Receipt, Records, Rerun, ResendId, StagedFile,
@@ -77,6 +80,8 @@ pub struct Worker<S, K, W, D, Q> {
     queue: Q,
     settings: WorkerSettings,
     stream: stream::StreamOptions,
+    /// Where delivery events go (`EVENT_BUS_NAME`); none are published without one.
+    events: Option<Publisher>,
 }
 
 /// What one run of a job knows while it runs; kept outside the steps so that a run cut by
@@ -90,6 +95,8 @@ struct Run {
     /// This run's name on the lease.
     owner: String,
     started: Instant,
+    /// `started` on the wall clock, for the delivery events.
+    started_at: OffsetDateTime,
     trigger: Trigger,
     /// Every step ends by then: the function's deadline less the margin.
     work_deadline: Instant,
@@ -136,7 +143,13 @@ where
 {
     pub fn new(store: S, secrets: CachedSecrets<K>, source: W, drop: D, queue: Q, settings: WorkerSettings) -> Self {
         let stream = settings.stream.clone();
-        Self { store, secrets: Arc::new(secrets), source, drop, queue, settings, stream }
+        Self { store, secrets: Arc::new(secrets), source, drop, queue, settings, stream, events: None }
+    }
+
+    /// Publishes a delivery event per file delivered and per job failed for good.
+    pub fn with_events(mut self, publisher: Publisher) -> Self {
+        self.events = Some(publisher);
+        self
     }
 
     /// How the export is streamed to staging and SFTP (part sizes, queue depths), in place
@@ -192,6 +205,9 @@ where
                     }
                 };
                 Ok(WorkerResponse::Console(outcome))
+            }
+            WorkerEvent::PickupCheck(check) => {
+                Ok(WorkerResponse::PickupCheck(self.check_pickups(&check, deadline).await?))
             }
         }
     }
@@ -383,6 +399,7 @@ where
         Run {
             owner: format!("{job_id}-{:016x}", fastrand::u64(..)),
             started,
+            started_at: OffsetDateTime::now_utc(),
             job_id,
             records,
             rerun,
@@ -407,6 +424,7 @@ where
     async fn end(&self, run: &Run, result: &Result<JobOutcome>, deadline: Instant) {
         let timings = lock(&run.timings).clone();
         let manifest = lock(&run.manifest).clone();
+        let final_failure = result.as_ref().err().is_some_and(|e| self.is_final(e, run.trigger));
         let end = JobEnd {
             stack: &self.settings.stack_name,
             job_id: &run.job_id,
@@ -418,7 +436,7 @@ where
             },
             repeated: run.repeated.load(Ordering::SeqCst),
             timings: &timings,
-            final_failure: result.as_ref().err().is_some_and(|e| self.is_final(e, run.trigger)),
+            final_failure,
             // Only the lease holder (or a failure no run can undo) writes `failed/`: a run
             // refused before the lease must not leave one beside the holder's receipt.
             record_failure: run.lease_held.load(Ordering::SeqCst)
@@ -434,6 +452,49 @@ where
         if run.lease_held.load(Ordering::SeqCst) {
             let _ = tokio::time::timeout_at(report_by, lease::release(&self.store, &run.job_id, &run.owner)).await;
         }
+        let events = self.events_of(run, manifest.as_ref(), result, final_failure);
+        self.publish(&events, manifest.as_ref().map(|m| m.target.as_str()), report_by).await;
+    }
+
+    /// A run's delivery events: a `File Delivered` per file it delivered, or the `Job Failed`
+    /// of a job no retry will follow (once: not again for a redriven failure, nor for a
+    /// re-send, which answers its operator).
+    fn events_of(
+        &self,
+        run: &Run,
+        manifest: Option<&Manifest>,
+        result: &Result<JobOutcome>,
+        final_failure: bool,
+    ) -> Vec<events::DeliveryEvent> {
+        let Some(publisher) = &self.events else { return Vec::new() };
+        match result {
+            Ok(JobOutcome::Delivered(receipt)) => {
+                events::delivered(receipt, &run.records, &publisher.staging_bucket, run.started_at)
+            }
+            Err(err) if final_failure && !run.repeated.load(Ordering::SeqCst) && run.records.resend().is_none() => {
+                vec![events::job_failed(&run.job_id, manifest, err, run.started_at)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Publishes `events` by `deadline`; what cannot be is logged and counted
+    /// (`EventsNotPublished`), never failing or repeating the delivery it tells of. `false`
+    /// when some were not published.
+    async fn publish(&self, events: &[events::DeliveryEvent], target: Option<&str>, deadline: Instant) -> bool {
+        let Some(publisher) = self.events.as_ref().filter(|_| !events.is_empty()) else { return true };
+        let published = publisher.publish(events, deadline).await;
+        if let Err(unpublished) = &published {
+            tracing::warn!(
+                events = unpublished.count,
+                error = %unpublished.error.chain(),
+                "delivery events not published: subscribers do not hear of this outcome"
+            );
+            let scope = MetricScope { stack: &self.settings.stack_name, function: "worker", target };
+            let metrics = [("EventsNotPublished", Metric::Count(unpublished.count as f64))];
+            telemetry::emit(&telemetry::emf_record(scope, &metrics, &[]));
+        }
+        published.is_ok()
     }
 
     async fn run_steps(&self, run: &Run, job_key: &str) -> Result<JobOutcome> {

@@ -41,6 +41,16 @@ pub struct WorkerSettings {
     /// How often a job waiting for another job to finish writing its SAP destination looks
     /// again.
     pub destination_poll: Duration,
+    /// The SAP pickup watchdog's settings.
+    pub pickup: PickupSettings,
+}
+
+/// What the SAP pickup watchdog looks at: files delivered within `lookback`, each target's
+/// checked once its limit has passed since the delivery (a zero limit: not watched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PickupSettings {
+    pub lookback: Duration,
+    pub sla: BTreeMap<Target, Duration>,
 }
 
 /// Time kept after the last step to write `failed/` and emit the metric.

@@ -1056,6 +1056,7 @@ async fn a_failed_stream_of_a_later_file_does_not_keep_an_earlier_files_temporar
 }
 
 mod across_jobs;
+mod events;
 mod rerun;
 
 #[tokio::test]
