@@ -2,6 +2,7 @@
 //! (S3, SQS, Secrets Manager), OpenSSH sshd on loopback, and the Kinaxis simulator.
 
 mod encoding;
+mod events;
 mod exactly_once;
 mod faults;
 mod helpers;

@@ -79,7 +79,10 @@ async fn a_job_that_fails_for_good_publishes_job_failed_once_and_its_redrive_not
     assert_eq!(detail.status_code, StatusCode::Failed);
     assert_eq!(detail.failure_code.as_deref(), Some("permanent:fetch"));
     assert!(detail.failure_message.as_deref().is_some_and(|m| !m.is_empty()), "{detail:?}");
-    assert_eq!((detail.file_name.as_str(), detail.target.as_ref().map(Target::as_str)), ("PlannedOrders-PF", Some("PF2")));
+    assert_eq!(
+        (detail.file_name.as_str(), detail.target.as_ref().map(Target::as_str)),
+        ("PlannedOrders-PF", Some("PF2"))
+    );
     assert_eq!((detail.remote_path.as_deref(), detail.bytes, detail.staged_object.as_ref()), (None, None, None));
 }
 
