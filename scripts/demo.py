@@ -119,6 +119,16 @@ def main() -> None:
     print("\n==> receipt s3://{}/receipts/{}.json".format(env["STAGING_BUCKET"], job_id))
     print(json.dumps(receipt, indent=2))
 
+    # What a subscriber of the delivery events' bus heard (docs/events.md).
+    heard = sqs.receive_message(QueueUrl=env["EVENTS_LISTENER_URL"], WaitTimeSeconds=2, MaxNumberOfMessages=10)
+    for message in heard.get("Messages", []):
+        event = json.loads(message["Body"])
+        print("\n==> event on {}: {}".format(env["EVENT_BUS_NAME"], event["detail-type"]))
+        print(json.dumps(event["detail"], indent=2))
+        sqs.delete_message(QueueUrl=env["EVENTS_LISTENER_URL"], ReceiptHandle=message["ReceiptHandle"])
+    if not heard.get("Messages"):
+        sys.exit("demo: no File Delivered event reached the bus's listener")
+
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """Creates the AWS side of the local stack in moto_server and prints the functions' env.
 
 The bucket, the jobs queue with its dead-letter queue, the bucket's `jobs/` notification to
-the queue, and the four secrets in the exact JSON shapes of docs/deploy.md. The webhook's
+the queue, the delivery events' bus with a rule forwarding to a listener queue, and the four
+secrets in the exact JSON shapes of docs/deploy.md. The webhook's
 HMAC secret is random per stack; the demo reads it back from Secrets Manager like a sender.
 """
 import argparse
@@ -16,6 +17,7 @@ import boto3
 
 REGION = "eu-central-1"
 BUCKET = "maestro-relay-staging"
+EVENT_BUS = "maestro-relay-delivery"
 
 
 def main() -> None:
@@ -32,6 +34,7 @@ def main() -> None:
     s3 = session.client("s3", endpoint_url=args.endpoint)
     sqs = session.client("sqs", endpoint_url=args.endpoint)
     sm = session.client("secretsmanager", endpoint_url=args.endpoint)
+    events = session.client("events", endpoint_url=args.endpoint)
 
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     dlq_url = sqs.create_queue(QueueName="maestro-relay-jobs-dlq")["QueueUrl"]
@@ -56,6 +59,18 @@ def main() -> None:
                 }
             ]
         },
+    )
+
+    # The delivery events' bus, with a rule forwarding every event to a queue the demo reads
+    # (a subscriber's stand-in).
+    events.create_event_bus(Name=EVENT_BUS)
+    listener_url = sqs.create_queue(QueueName="maestro-relay-events-listener")["QueueUrl"]
+    listener_arn = sqs.get_queue_attributes(QueueUrl=listener_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    events.put_rule(Name="all-delivery-events", EventBusName=EVENT_BUS, EventPattern=json.dumps({"source": ["maestro-relay"]}))
+    events.put_targets(
+        Rule="all-delivery-events", EventBusName=EVENT_BUS, Targets=[{"Id": "listener", "Arn": listener_arn}]
     )
 
     sftp_dir = args.sftp_dir
@@ -101,6 +116,8 @@ def main() -> None:
         "STAGING_BUCKET": BUCKET,
         "JOBS_QUEUE_URL": queue_url,
         "DEAD_LETTER_QUEUE_URL": dlq_url,
+        "EVENT_BUS_NAME": EVENT_BUS,
+        "EVENTS_LISTENER_URL": listener_url,
         "KINAXIS_BASE_URL": args.kinaxis_url,
         "KINAXIS_PAGE_SIZE": "500",
         "WORKSHEETS": "Planned Orders",
