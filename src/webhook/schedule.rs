@@ -230,6 +230,69 @@ mod tests {
         assert_ne!(idempotency_key("Plan-PF", utc), idempotency_key("Plan-PF", utc + Duration::from_secs(60)));
     }
 
+    fn manifest(at: OffsetDateTime) -> Manifest {
+        serde_json::from_value(json!({
+            "jobId": job::job_id("slot"), "receivedAt": at.format(&Rfc3339).unwrap(),
+            "target": "PF2", "contentSha256": "00", "eventId": null, "fileName": "Plan-PF.csv",
+            "workbook": {"name": "W", "scope": "Public"}, "worksheets": ["W"],
+            "scenario": {"name": "S", "scope": "Public"}, "siteGroup": "All", "filter": null, "variables": {},
+        }))
+        .unwrap()
+    }
+
+    /// The destination of `Plan-PF.csv` last claimed by `batch`, received at `received`,
+    /// its claim held until `until` (`None`: let go).
+    async fn claimed(store: &impl ObjectStore, batch: &Manifest, until: Option<OffsetDateTime>) {
+        let holder = until.map(|until| crate::job::DestinationHolder {
+            job_id: batch.job_id.clone(),
+            owner: "run".into(),
+            until,
+        });
+        let record = DestinationRecord {
+            job_id: batch.job_id.clone(),
+            received_at: batch.received_at,
+            holder,
+            generation: 1,
+            writer: Some(batch.job_id.clone()),
+            history: Vec::new(),
+        };
+        let key = keys::destination("PF2", "Plan-PF");
+        store.put(&key, serde_json::to_vec(&record).unwrap(), "application/json").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_counts_a_recent_batch_only_once_delivered_or_while_its_claim_holds() {
+        let store = crate::memory::MemoryStore::new();
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let previous_slot = now - Duration::from_secs(86_400);
+        let slot = manifest(now);
+        let mut webhook_batch = manifest(now - Duration::from_secs(3600));
+        webhook_batch.job_id = job::job_id("webhook");
+        assert_eq!(recent_delivery(&store, &slot, previous_slot, now).await.unwrap(), None, "never delivered");
+
+        claimed(&store, &webhook_batch, Some(now + Duration::from_secs(600))).await;
+        let why = recent_delivery(&store, &slot, previous_slot, now).await.unwrap();
+        assert!(why.is_some_and(|w| w.contains("is being delivered")));
+        claimed(&store, &webhook_batch, Some(now - Duration::from_secs(1))).await;
+        assert_eq!(recent_delivery(&store, &slot, previous_slot, now).await.unwrap(), None, "a claim run out");
+
+        let mut receipt = Receipt::of(&webhook_batch);
+        receipt.skipped = Some("older".into());
+        let key = keys::receipt(webhook_batch.job_id.as_str());
+        store.put(&key, serde_json::to_vec(&receipt).unwrap(), "application/json").await.unwrap();
+        assert_eq!(recent_delivery(&store, &slot, previous_slot, now).await.unwrap(), None, "skipped is not delivered");
+        receipt.skipped = None;
+        store.put(&key, serde_json::to_vec(&receipt).unwrap(), "application/json").await.unwrap();
+        assert!(recent_delivery(&store, &slot, previous_slot, now)
+            .await
+            .unwrap()
+            .is_some_and(|w| w.contains("was delivered")));
+        // The same batch received at the previous slot itself (the last catch-up's own job) is not recent.
+        webhook_batch.received_at = previous_slot;
+        claimed(&store, &webhook_batch, None).await;
+        assert_eq!(recent_delivery(&store, &slot, previous_slot, now).await.unwrap(), None);
+    }
+
     #[test]
     fn the_modes_parse_and_anything_else_is_refused() {
         assert_eq!("catch-up".parse(), Ok(ScheduleMode::CatchUp));
