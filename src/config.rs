@@ -15,6 +15,7 @@ use crate::retry::RetryPolicy;
 use crate::routing::{RoutingTable, Target};
 use crate::webhook::auth::AuthMode;
 use crate::webhook::policy::{self, AllowList, MAX_WORKSHEETS};
+use crate::webhook::schedule::{ScheduleMode, ScheduleSettings};
 use crate::webhook::WebhookSettings;
 use crate::worker::stream::StreamOptions;
 use crate::worker::{PickupSettings, QueueSettings, StaleBatch, WorkerSettings, RECORD_OUTCOME_BUDGET};
@@ -143,24 +144,51 @@ impl WebhookConfig {
         // 0 (the template's default) is no budget, as is leaving it out.
         let daily_job_budget = Some(env.parsed::<u32>("DAILY_JOB_BUDGET", 0)).filter(|n| *n > 0);
         let daily_target_budget = Some(env.parsed::<u32>("DAILY_TARGET_BUDGET", 0)).filter(|n| *n > 0);
-        env.finish(Self {
-            staging_bucket,
-            secret_cache_ttl,
-            settings: WebhookSettings {
-                secret_id,
-                auth_mode,
-                max_body_bytes,
-                timestamp_tolerance,
-                routes,
-                stack_name,
-                default_worksheets,
-                allowed_sources,
-                allow_list,
-                daily_job_budget,
-                daily_target_budget,
-            },
-        })
+        let schedule = schedule(&mut env);
+        let settings = WebhookSettings {
+            secret_id,
+            auth_mode,
+            max_body_bytes,
+            timestamp_tolerance,
+            routes,
+            stack_name,
+            default_worksheets,
+            allowed_sources,
+            allow_list,
+            daily_job_budget,
+            daily_target_budget,
+            schedule,
+        };
+        // The scheduled request through the very checks each slot repeats: a typo stops the
+        // start now, not the first slot hours later.
+        if let Some(schedule) = &settings.schedule {
+            if let Err(refused) = crate::webhook::checked_request(&settings, schedule.request.as_bytes()) {
+                let field = refused.body["field"].as_str().unwrap_or("body");
+                let detail = refused.body["detail"].as_str().unwrap_or("");
+                env.problems
+                    .push(format!("SCHEDULE_REQUEST is refused as a webhook body would be ({field}): {detail}"));
+            }
+        }
+        env.finish(Self { staging_bucket, secret_cache_ttl, settings })
     }
+}
+
+/// `SCHEDULE_MODE` and what it needs: `None` when off (the other variables are then not read).
+fn schedule(env: &mut Env) -> Option<ScheduleSettings> {
+    let mode = env.parsed("SCHEDULE_MODE", ScheduleMode::Off);
+    if mode == ScheduleMode::Off {
+        return None;
+    }
+    let request = env.required("SCHEDULE_REQUEST");
+    // Only a catch-up looks back; 0 (left out) cannot be its window.
+    let minutes: u64 =
+        if mode == ScheduleMode::CatchUp { env.parsed("SCHEDULE_CATCH_UP_WINDOW_MINUTES", 0) } else { 0 };
+    env.check(mode != ScheduleMode::CatchUp || minutes > 0, || {
+        "SCHEDULE_CATCH_UP_WINDOW_MINUTES is required under SCHEDULE_MODE=catch-up: the minutes back to the \
+         schedule's previous slot"
+            .to_owned()
+    });
+    Some(ScheduleSettings { mode, request, catch_up_window: Duration::from_secs(minutes * 60) })
 }
 
 /// The worker function's configuration: what the wiring builds its parts from.

@@ -2,17 +2,20 @@
 //! fields → route → allow-list → budget → stage, answered in milliseconds with
 //! `application/problem+json` on every error. Nothing is staged before every check passed,
 //! and nothing but the source address and the size is looked at before authentication.
+//! A scheduled start (`schedule`) takes the same fields → route → allow-list → budget →
+//! stage for its configured request.
 
 pub mod auth;
 pub mod budget;
 pub mod policy;
 pub mod request;
+pub mod schedule;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use lambda_http::http::{HeaderMap, StatusCode};
-use lambda_http::{Body, Response};
+use lambda_http::{Body, LambdaEvent, Response};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -45,6 +48,8 @@ pub struct WebhookSettings {
     pub daily_job_budget: Option<u32>,
     /// Jobs per UTC day and target, all file names together (`DAILY_TARGET_BUDGET`).
     pub daily_target_budget: Option<u32>,
+    /// The scheduled start (`SCHEDULE_MODE`); `None`: off, a scheduled start is refused.
+    pub schedule: Option<schedule::ScheduleSettings>,
 }
 
 /// An HTTP answer before it is dressed for API Gateway.
@@ -139,6 +144,23 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         self.handle_from(source, &parts.headers, body.as_ref(), now).await.into_response()
     }
 
+    /// The function's one entry: EventBridge Scheduler's event to the scheduled start, any
+    /// other through lambda_http's own conversion of API Gateway events and responses (its
+    /// `Adapter`, what `lambda_http::run` wraps a handler in), so the webhook answers as before.
+    pub async fn handle_invocation(&self, event: LambdaEvent<Value>) -> Result<Value, lambda_http::Error> {
+        use lambda_http::Service;
+        let LambdaEvent { payload, context } = event;
+        if let Some(start) = schedule::scheduled_start(&payload) {
+            return Ok(self.start_on_schedule(&start?, OffsetDateTime::now_utc()).await?);
+        }
+        let request: lambda_http::request::LambdaRequest = serde_json::from_value(payload)?;
+        let handler = lambda_http::service_fn(|request: lambda_http::Request| async move {
+            Ok::<_, std::convert::Infallible>(self.handle_lambda(request).await)
+        });
+        let response = lambda_http::Adapter::from(handler).call(LambdaEvent::new(request, context)).await?;
+        Ok(serde_json::to_value(response)?)
+    }
+
     /// A request from an unknown source (benchmarks; refused when sources are restricted).
     pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Answer {
         self.handle_from(None, headers, body, OffsetDateTime::now_utc()).await
@@ -201,7 +223,8 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
         let webhook_id = auth::webhook_id(headers)
             .map_err(|detail| Answer::field_problem(StatusCode::BAD_REQUEST, "webhook-id", detail))?;
         self.authenticate(headers, body, now).await?;
-        let (request, target) = self.job_request(headers, body)?;
+        check_content_type(headers)?;
+        let (request, target) = checked_request(&self.settings, body)?;
         let idempotency_key =
             webhook_id.map(str::to_owned).or_else(|| request.event_id.clone()).unwrap_or_else(|| job::sha256_hex(body));
         let manifest = Manifest {
@@ -211,6 +234,11 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             content_sha256: job::sha256_hex(body),
             request,
         };
+        self.budgeted(manifest, now).await
+    }
+
+    /// The manifest once counted against the daily budgets, or the answer refusing it.
+    async fn budgeted(&self, manifest: Manifest, now: OffsetDateTime) -> Result<Manifest, Answer> {
         if self.settings.daily_job_budget.is_some() || self.settings.daily_target_budget.is_some() {
             if let Some(refusal) = self.spend_budget(&manifest, now).await {
                 return Err(refusal);
@@ -251,41 +279,6 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             self.settings.timestamp_tolerance,
         )
         .map_err(|failure| Answer::problem(StatusCode::UNAUTHORIZED, failure.0))
-    }
-
-    /// The authenticated body as a job request, its target and the allow-list's consent.
-    fn job_request(&self, headers: &HeaderMap, body: &[u8]) -> Result<(JobRequest, Target), Answer> {
-        if let Some(content_type) = headers.get("content-type") {
-            if !is_json_media_type(content_type.to_str().unwrap_or("")) {
-                return Err(Answer::problem(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "Content-Type must be application/json",
-                ));
-            }
-        }
-        let mut request = request::parse(body)
-            .map_err(|err| Answer::field_problem(StatusCode::BAD_REQUEST, &err.field, err.to_string()))?;
-        // Kinaxis needs WorksheetNames: a job without them could only fail later, so it is
-        // not accepted unless configuration names the worksheets to take.
-        if request.workbook.is_some() && request.worksheets.is_empty() {
-            if self.settings.default_worksheets.is_empty() {
-                return Err(Answer::field_problem(
-                    StatusCode::BAD_REQUEST,
-                    "worksheets",
-                    "worksheets: is required (no WORKSHEETS default is configured, and Kinaxis needs the names)",
-                ));
-            }
-            request.worksheets = self.settings.default_worksheets.clone();
-        }
-        let target = self
-            .settings
-            .routes
-            .route(&request.file_name)
-            .map_err(|reason| Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, "fileName", reason))?;
-        self.settings.allow_list.check(&target, &request).map_err(|refused| {
-            Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, &refused.field, refused.to_string())
-        })?;
-        Ok((request, target))
     }
 
     /// The webhook credentials, checked for the active mode. A store that does not answer
@@ -427,6 +420,44 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             ),
         }
     }
+}
+
+/// A body in another media type than JSON is refused before it is read; none named is JSON.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Answer> {
+    if let Some(content_type) = headers.get("content-type") {
+        if !is_json_media_type(content_type.to_str().unwrap_or("")) {
+            return Err(Answer::problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"));
+        }
+    }
+    Ok(())
+}
+
+/// A body as a job request, its target and the allow-list's consent: the one path every
+/// request takes, the webhook's authenticated body and the scheduled start's configured one
+/// (at start-up and on each slot).
+pub fn checked_request(settings: &WebhookSettings, body: &[u8]) -> Result<(JobRequest, Target), Answer> {
+    let mut request = request::parse(body)
+        .map_err(|err| Answer::field_problem(StatusCode::BAD_REQUEST, &err.field, err.to_string()))?;
+    // Kinaxis needs WorksheetNames: a job without them could only fail later, so it is
+    // not accepted unless configuration names the worksheets to take.
+    if request.workbook.is_some() && request.worksheets.is_empty() {
+        if settings.default_worksheets.is_empty() {
+            return Err(Answer::field_problem(
+                StatusCode::BAD_REQUEST,
+                "worksheets",
+                "worksheets: is required (no WORKSHEETS default is configured, and Kinaxis needs the names)",
+            ));
+        }
+        request.worksheets = settings.default_worksheets.clone();
+    }
+    let target = settings
+        .routes
+        .route(&request.file_name)
+        .map_err(|reason| Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, "fileName", reason))?;
+    settings.allow_list.check(&target, &request).map_err(|refused| {
+        Answer::field_problem(StatusCode::UNPROCESSABLE_ENTITY, &refused.field, refused.to_string())
+    })?;
+    Ok((request, target))
 }
 
 /// The caller's address as API Gateway saw the connection (`requestContext`), not a header

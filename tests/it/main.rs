@@ -12,6 +12,7 @@ mod manifest;
 mod no_secrets;
 mod pipeline;
 mod runbook;
+mod schedule;
 mod sftp;
 mod streaming;
 mod template;

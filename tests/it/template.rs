@@ -667,3 +667,100 @@ fn the_stack_outputs_name_what_the_operators_tool_reads() {
         }
     }
 }
+
+/// `Fn::GetAtt` of `!GetAtt Name.Attribute` (or `[Name, Attribute]`): `Name.Attribute`.
+fn get_att(value: &Value) -> Option<String> {
+    match value {
+        Value::Tagged(t) if t.tag == "GetAtt" => match &t.value {
+            Value::String(s) => Some(s.clone()),
+            Value::Sequence(parts) => Some(parts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(".")),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[test]
+fn the_scheduled_start_is_off_by_default_and_its_schedule_sends_the_event_the_code_reads() {
+    use maestro_relay::webhook::schedule::{scheduled_start, ScheduleMode};
+    let template = template();
+    let mode = &template["Parameters"]["ScheduleMode"];
+    assert_eq!(mode["Default"].as_str(), Some("off"));
+    for value in mode["AllowedValues"].as_sequence().expect("AllowedValues") {
+        let value = value.as_str().expect("a mode");
+        assert!(value.parse::<ScheduleMode>().is_ok(), "ScheduleMode {value:?} is not a SCHEDULE_MODE the code reads");
+    }
+    let env = function_env(&template, "WebhookFunction");
+    for (var, parameter) in [
+        ("SCHEDULE_MODE", "ScheduleMode"),
+        ("SCHEDULE_REQUEST", "ScheduleRequest"),
+        ("SCHEDULE_CATCH_UP_WINDOW_MINUTES", "ScheduleCatchUpWindowMinutes"),
+    ] {
+        assert_eq!(env.get(var).and_then(|v| ref_name(v)), Some(parameter), "{var}");
+    }
+    let mut problems = Vec::new();
+    for name in [
+        "Schedule",
+        "ScheduleRole",
+        "ScheduleDeadLetterQueue",
+        "ScheduleDeadLetterQueueAlarm",
+        "WebhookScheduleInvokeConfig",
+    ] {
+        if template["Resources"][name]["Condition"].as_str() != Some("HasSchedule") {
+            problems.push(format!("{name} exists without the schedule (Condition HasSchedule)"));
+        }
+    }
+    let schedule = &template["Resources"]["Schedule"]["Properties"];
+    assert_eq!(schedule["FlexibleTimeWindow"]["Mode"].as_str(), Some("OFF"));
+    assert_eq!(ref_name(&schedule["ScheduleExpressionTimezone"]), Some("ScheduleTimezone"));
+    let target = &schedule["Target"];
+    assert_eq!(get_att(&target["Arn"]).as_deref(), Some("WebhookFunction.Arn"));
+    assert_eq!(get_att(&target["RoleArn"]).as_deref(), Some("ScheduleRole.Arn"));
+    assert_eq!(get_att(&target["DeadLetterConfig"]["Arn"]).as_deref(), Some("ScheduleDeadLetterQueue.Arn"));
+    assert!(target["RetryPolicy"]["MaximumRetryAttempts"].as_u64().is_some_and(|n| n > 0));
+    // What Scheduler sends once it fills in the slot, and the sample in events/, are what
+    // the function takes for a scheduled start.
+    let input = target["Input"].as_str().expect("Input");
+    let sent: serde_json::Value =
+        serde_json::from_str(&input.replace("<aws.scheduler.scheduled-time>", "2026-12-07T06:30:00Z")).expect("JSON");
+    let sample: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/events/schedule-start.json")).expect("events/schedule-start.json"),
+    )
+    .expect("the sample is JSON");
+    for event in [&sent, &sample] {
+        assert!(scheduled_start(event).is_some_and(|s| s.is_ok()), "not a scheduled start: {event}");
+    }
+    let failures = &template["Resources"]["WebhookScheduleInvokeConfig"]["Properties"];
+    assert_eq!(ref_name(&failures["FunctionName"]), Some("WebhookFunction"));
+    assert_eq!(
+        get_att(&failures["DestinationConfig"]["OnFailure"]["Destination"]).as_deref(),
+        Some("ScheduleDeadLetterQueue.Arn")
+    );
+    assert_none(problems);
+}
+
+#[test]
+fn the_schedule_role_is_assumed_by_scheduler_only_and_may_only_invoke_the_webhook_and_fill_its_dlq() {
+    let template = template();
+    let role = &template["Resources"]["ScheduleRole"]["Properties"];
+    let trust = role["AssumeRolePolicyDocument"]["Statement"].as_sequence().expect("trust statements");
+    assert_eq!(trust.len(), 1);
+    assert_eq!(trust[0]["Principal"]["Service"].as_str(), Some("scheduler.amazonaws.com"));
+    assert_eq!(ref_name(&trust[0]["Condition"]["StringEquals"]["aws:SourceAccount"]), Some("AWS::AccountId"));
+    let mut granted = BTreeSet::new();
+    for policy in role["Policies"].as_sequence().expect("Policies") {
+        for statement in policy["PolicyDocument"]["Statement"].as_sequence().into_iter().flatten() {
+            assert_eq!(statement["Effect"].as_str(), Some("Allow"));
+            let resource = get_att(&statement["Resource"]).unwrap_or_else(|| format!("{:?}", statement["Resource"]));
+            for action in strings(&statement["Action"]) {
+                granted.insert((action, resource.clone()));
+            }
+        }
+    }
+    let expected: BTreeSet<(String, String)> =
+        [("lambda:InvokeFunction", "WebhookFunction.Arn"), ("sqs:SendMessage", "ScheduleDeadLetterQueue.Arn")]
+            .into_iter()
+            .map(|(a, r)| (a.to_owned(), r.to_owned()))
+            .collect();
+    assert_eq!(granted, expected);
+}
