@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::csv_out::{ColumnMapping, CsvOptions, Encoding, LineEnding, Quoting};
+use crate::csv_out::{ColumnMapping, CsvOptions, Encoding, FileFormat, LineEnding, Quoting};
 use crate::delivery::sftp::SftpOptions;
 use crate::error::{Error, Step};
 use crate::export::kinaxis::{KinaxisOptions, PagingStyle};
@@ -404,7 +404,7 @@ impl<'e, 'a> Scoped<'e, 'a> {
 
 fn profile(env: &mut Scoped<'_, '_>) -> Profile {
     let mut csv = csv_options(env);
-    let defaults = FileNameTemplate::default();
+    let defaults = FileNameTemplate::for_format(csv.format);
     let single = env.get("FILE_NAME_TEMPLATE").unwrap_or_else(|| ("FILE_NAME_TEMPLATE".into(), defaults.single));
     let several =
         env.get("FILE_NAME_TEMPLATE_MULTI").unwrap_or_else(|| ("FILE_NAME_TEMPLATE_MULTI".into(), defaults.several));
@@ -438,6 +438,7 @@ fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
     let (date_columns, date_format) = csv_dates(env);
     CsvOptions {
         profile: "default".to_owned(),
+        format: env.parsed("FILE_FORMAT", FileFormat::Csv),
         delimiter: csv_delimiter(env),
         quoting: csv_quoting(env),
         header: env.parsed("CSV_HEADER", true),

@@ -31,5 +31,6 @@ pub mod error;
 pub mod retry;
 pub mod routing;
 pub mod telemetry;
+pub mod xml_out;
 
 pub use error::{Error, ErrorClass, Step};
