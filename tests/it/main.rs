@@ -16,3 +16,4 @@ mod streaming;
 mod template;
 mod toolbox;
 mod webhook;
+mod xml;
