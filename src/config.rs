@@ -762,6 +762,33 @@ mod tests {
     }
 
     #[test]
+    fn an_xml_target_gets_xml_file_names_and_its_trigger_stem_while_the_others_stay_csv() {
+        let mut vars = WORKER.to_vec();
+        vars.extend([("FILE_FORMAT_WP2", "xml"), ("TRIGGER_FILE", "{stem}.trg")]);
+        let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
+        let pf2 = config.worker.profiles.for_target(&Target::parse("PF2").unwrap());
+        let wp2 = config.worker.profiles.for_target(&Target::parse("WP2").unwrap());
+        assert_eq!((pf2.csv.format, wp2.csv.format), (FileFormat::Csv, FileFormat::Xml));
+        assert_eq!(wp2.name(), "WP2");
+        assert_eq!(
+            (wp2.file_names.single.as_str(), wp2.file_names.several.as_str()),
+            ("{fileName}_{timestamp}.xml", "{fileName}_{worksheet}_{timestamp}.xml")
+        );
+        assert_eq!(pf2.file_names, FileNameTemplate::default());
+        assert_eq!(wp2.trigger.as_ref().map(|t| t.name_for("a.xml")).as_deref(), Some("a.trg"));
+
+        for (var, value, problem) in [
+            ("FILE_FORMAT_PF2", "json", "FILE_FORMAT_PF2=\"json\" is invalid"),
+            ("TRIGGER_FILE", "{stem}.xml", "like the data file"),
+        ] {
+            let mut vars = WORKER.to_vec();
+            vars.push((var, value));
+            let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+            assert!(err.message.contains(problem), "{}", err.message);
+        }
+    }
+
+    #[test]
     fn the_legacy_bom_switch_means_utf_8_bom_and_clashes_with_a_single_byte_encoding() {
         let mut vars = WORKER.to_vec();
         vars.push(("CSV_BOM", "true"));

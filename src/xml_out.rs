@@ -170,7 +170,7 @@ impl<W: Write> XmlSink<W> {
             column: format!("{} name", root.element),
             character,
         })?;
-        write!(head, "\" totalRowCount=\"{}\">\n", root.total_row_count)?;
+        writeln!(head, "\" totalRowCount=\"{}\">", root.total_row_count)?;
         out.write_all(&head)?;
         Ok(Self {
             out,
@@ -204,8 +204,10 @@ impl<W: Write> XmlSink<W> {
                 continue;
             }
             self.encoded.push(b'>');
-            self.escaping.push(&mut self.encoded, value, &mut self.replaced).map_err(|character| {
-                CsvError::NotXml { row, column: self.plan.header(column).to_owned(), character }
+            self.escaping.push(&mut self.encoded, value, &mut self.replaced).map_err(|character| CsvError::NotXml {
+                row,
+                column: self.plan.header(column).to_owned(),
+                character,
             })?;
             self.encoded.extend_from_slice(b"</");
             self.encoded.extend_from_slice(element);
@@ -223,7 +225,7 @@ impl<W: Write> XmlSink<W> {
 
     /// Closes the root element, flushes and returns the inner writer with the file's figures.
     pub fn finish(mut self) -> Result<(W, FileStats), CsvError> {
-        write!(self.out, "</{}>\n", self.root)?;
+        writeln!(self.out, "</{}>", self.root)?;
         let sink = self.out.into_inner().map_err(|e| CsvError::Io(e.into_error()))?;
         let (mut inner, sha256, bytes) = sink.into_parts();
         inner.flush()?;
@@ -353,7 +355,9 @@ mod tests {
         let err = XmlSink::new(&mut out, &CsvOptions::default(), &columns(&["Due Date", "Due_Date"]), SHEET).err();
         assert_eq!(
             err.map(|e| e.to_string()).as_deref(),
-            Some("columns \"Due Date\" and \"Due_Date\" would both be XML element <Due_Date>; rename one (CSV_COLUMNS)")
+            Some(
+                "columns \"Due Date\" and \"Due_Date\" would both be XML element <Due_Date>; rename one (CSV_COLUMNS)"
+            )
         );
         assert!(out.is_empty());
     }

@@ -535,20 +535,20 @@ impl SinkPlan {
         // here, before any row is written.
         let tee = Tee { file: BufWriter::with_capacity(256 * 1024, file), outlet };
         match csv.format {
-            FileFormat::Csv => CsvSink::new(tee, &csv, &columns).map(FileSink::Csv),
+            FileFormat::Csv => CsvSink::new(tee, &csv, &columns).map(|sink| FileSink::Csv(Box::new(sink))),
             FileFormat::Xml => {
                 let root = XmlRoot { element: root.0, name: &root.1, total_row_count: root.2 };
-                XmlSink::new(tee, &csv, &columns, root).map(FileSink::Xml)
+                XmlSink::new(tee, &csv, &columns, root).map(|sink| FileSink::Xml(Box::new(sink)))
             }
         }
         .map_err(named)
     }
 }
 
-/// The target's writer: CSV or XML, fed the same rows.
+/// The target's writer: CSV or XML, fed the same rows. (One per file: the box costs nothing.)
 enum FileSink<W: Write> {
-    Csv(CsvSink<W>),
-    Xml(XmlSink<W>),
+    Csv(Box<CsvSink<W>>),
+    Xml(Box<XmlSink<W>>),
 }
 
 impl<W: Write> FileSink<W> {

@@ -88,7 +88,9 @@ impl FileNameTemplate {
         let csv = Self::default();
         match format {
             FileFormat::Csv => csv,
-            FileFormat::Xml => Self { single: csv.single.replace(".csv", ".xml"), several: csv.several.replace(".csv", ".xml") },
+            FileFormat::Xml => {
+                Self { single: csv.single.replace(".csv", ".xml"), several: csv.several.replace(".csv", ".xml") }
+            }
         }
     }
 }

@@ -33,7 +33,10 @@ fn parse_xml(path: &std::path::Path) -> Value {
 
 /// Renamed into ids that are not XML names; dates and decimals rewritten.
 const SETTINGS: [(&str, &str); 6] = [
-    ("CSV_COLUMNS", "Order:1st Order,Part:Teil:Nr,Site:Werk/Ort,Quantity:Menge,DueDate:Due Date,Description:Beschreibung-Text"),
+    (
+        "CSV_COLUMNS",
+        "Order:1st Order,Part:Teil:Nr,Site:Werk/Ort,Quantity:Menge,DueDate:Due Date,Description:Beschreibung-Text",
+    ),
     ("CSV_DATE_COLUMNS", "DueDate"),
     ("CSV_DATE_FORMAT", "[day].[month].[year]"),
     ("CSV_DECIMAL_SEPARATOR", ","),
@@ -105,7 +108,8 @@ async fn every_value_matches_the_csv(encoding: &str, declared: &str) {
     }
     // The awkward values were there to be compared (the simulator's --markup-values).
     let all: Vec<&str> = csv[1..].iter().flat_map(|r| r.iter()).collect();
-    for needle in ["<b>", "&amp;", "]]>", "\r\n", "\rLF", "\t", "\u{7}", "\u{FFFF}", "€", "ü", "🚚", "\u{85}", ".2026"] {
+    for needle in ["<b>", "&amp;", "]]>", "\r\n", "\rLF", "\t", "\u{7}", "\u{FFFF}", "€", "ü", "🚚", "\u{85}", ".2026"]
+    {
         assert!(all.iter().any(|v| v.contains(needle)), "{needle:?} never came");
     }
     assert!(all.contains(&"") && all.iter().any(|v| v.contains(',')), "an empty value and a decimal comma");
@@ -183,8 +187,15 @@ async fn a_table_read_by_bulk_export_is_delivered_as_xml_under_a_table_root() {
     assert_eq!(parsed["attrib"]["totalRowCount"], "1234");
     let rows = parsed["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 1234);
-    let first: BTreeMap<&str, &str> =
-        rows[0][1].as_array().expect("children").iter().map(|c| (c[0].as_str().unwrap_or(""), c[1].as_str().unwrap_or(""))).collect();
-    assert_eq!(first.keys().copied().collect::<Vec<_>>(), ["Description", "DueDate", "Order.Id", "Part.Name", "Quantity", "Site.Value"]);
+    let first: BTreeMap<&str, &str> = rows[0][1]
+        .as_array()
+        .expect("children")
+        .iter()
+        .map(|c| (c[0].as_str().unwrap_or(""), c[1].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        first.keys().copied().collect::<Vec<_>>(),
+        ["Description", "DueDate", "Order.Id", "Part.Name", "Quantity", "Site.Value"]
+    );
     assert_eq!(first["Order.Id"], "PO-0-00000000");
 }
