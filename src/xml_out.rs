@@ -324,6 +324,40 @@ mod tests {
         assert_eq!(stats.replaced_characters, 4);
     }
 
+    /// Counts what reaches it and keeps nothing.
+    struct Counting<'a>(&'a std::cell::Cell<u64>);
+
+    impl Write for Counting<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.set(self.0.get() + buf.len() as u64);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn rows_reach_the_writer_as_they_are_written_with_no_more_than_a_buffer_held_back() {
+        let passed = std::cell::Cell::new(0);
+        let mut sink = XmlSink::new(Counting(&passed), &CsvOptions::default(), &columns(&["A", "B"]), SHEET).unwrap();
+        let mut written = 0u64;
+        for i in 0..100_000u64 {
+            let a = format!("PO-{i:08}");
+            sink.write_row(&[a.as_str(), "<&>"]).unwrap();
+            written += "<Row><A>PO-00000000</A><B>&lt;&amp;&gt;</B></Row>\n".len() as u64;
+            assert!(
+                written.saturating_sub(passed.get()) <= 64 * 1024 + 200,
+                "row {i}: {} held back",
+                written - passed.get()
+            );
+        }
+        let (_, stats) = sink.finish().unwrap();
+        assert_eq!(stats.bytes, passed.get());
+        assert!(stats.bytes - written < 200, "the rows are {written} of the {} bytes", stats.bytes);
+        assert_eq!(stats.rows, 100_000);
+    }
+
     #[test]
     fn column_ids_that_are_not_xml_names_map_to_documented_names() {
         let cases = [

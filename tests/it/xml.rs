@@ -134,6 +134,10 @@ fn check_bytes(encoding: &str, bytes: &[u8]) {
             assert!(has(b"&#8364; &#321;\xf3d&#378; &#26481;&#20140; &#128666;"), "the rest as references");
             assert!(std::str::from_utf8(bytes).is_err(), "not UTF-8");
         }
+        "windows-1252" => {
+            assert!(has(b"\x80 &#321;\xf3d&#378; &#26481;&#20140; &#128666;"), "€ its byte, the rest references");
+            assert!(has(b"c1&#133;&#159;"), "C1 controls, which windows-1252 has no byte for, as references");
+        }
         _ => {
             let text = std::str::from_utf8(bytes).expect("UTF-8");
             assert!(text.contains("€ Łódź 東京 🚚") && !text.contains("&#8364;"), "UTF-8 as itself");
@@ -149,6 +153,11 @@ async fn an_xml_file_in_utf_8_holds_every_awkward_value_of_the_csv() {
 #[tokio::test]
 async fn an_xml_file_in_iso_8859_1_holds_every_awkward_value_of_the_csv() {
     every_value_matches_the_csv("iso-8859-1", "ISO-8859-1").await;
+}
+
+#[tokio::test]
+async fn an_xml_file_in_windows_1252_holds_every_awkward_value_of_the_csv() {
+    every_value_matches_the_csv("windows-1252", "windows-1252").await;
 }
 
 #[tokio::test]
