@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::csv_out::{ColumnMapping, CsvOptions, Encoding, LineEnding, Quoting};
+use crate::csv_out::{ColumnMapping, CsvOptions, Encoding, FileFormat, LineEnding, Quoting};
 use crate::delivery::sftp::SftpOptions;
 use crate::error::{Error, Step};
 use crate::export::kinaxis::{KinaxisOptions, PagingStyle};
@@ -454,7 +454,7 @@ impl<'e, 'a> Scoped<'e, 'a> {
 
 fn profile(env: &mut Scoped<'_, '_>) -> Profile {
     let mut csv = csv_options(env);
-    let defaults = FileNameTemplate::default();
+    let defaults = FileNameTemplate::for_format(csv.format);
     let single = env.get("FILE_NAME_TEMPLATE").unwrap_or_else(|| ("FILE_NAME_TEMPLATE".into(), defaults.single));
     let several =
         env.get("FILE_NAME_TEMPLATE_MULTI").unwrap_or_else(|| ("FILE_NAME_TEMPLATE_MULTI".into(), defaults.several));
@@ -488,6 +488,7 @@ fn csv_options(env: &mut Scoped<'_, '_>) -> CsvOptions {
     let (date_columns, date_format) = csv_dates(env);
     CsvOptions {
         profile: "default".to_owned(),
+        format: env.parsed("FILE_FORMAT", FileFormat::Csv),
         delimiter: csv_delimiter(env),
         quoting: csv_quoting(env),
         header: env.parsed("CSV_HEADER", true),
@@ -808,6 +809,33 @@ mod tests {
         vars.push(("TRIGGER_FILE", "{stem}.csv.ok"));
         let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
         assert_eq!(config.worker.profiles.default.trigger.unwrap().name_for("a.csv"), "a.csv.ok");
+    }
+
+    #[test]
+    fn an_xml_target_gets_xml_file_names_and_its_trigger_stem_while_the_others_stay_csv() {
+        let mut vars = WORKER.to_vec();
+        vars.extend([("FILE_FORMAT_WP2", "xml"), ("TRIGGER_FILE", "{stem}.trg")]);
+        let config = WorkerConfig::from_lookup(&lookup(&vars)).unwrap();
+        let pf2 = config.worker.profiles.for_target(&Target::parse("PF2").unwrap());
+        let wp2 = config.worker.profiles.for_target(&Target::parse("WP2").unwrap());
+        assert_eq!((pf2.csv.format, wp2.csv.format), (FileFormat::Csv, FileFormat::Xml));
+        assert_eq!(wp2.name(), "WP2");
+        assert_eq!(
+            (wp2.file_names.single.as_str(), wp2.file_names.several.as_str()),
+            ("{fileName}_{timestamp}.xml", "{fileName}_{worksheet}_{timestamp}.xml")
+        );
+        assert_eq!(pf2.file_names, FileNameTemplate::default());
+        assert_eq!(wp2.trigger.as_ref().map(|t| t.name_for("a.xml")).as_deref(), Some("a.trg"));
+
+        for (var, value, problem) in [
+            ("FILE_FORMAT_PF2", "json", "FILE_FORMAT_PF2=\"json\" is invalid"),
+            ("TRIGGER_FILE", "{stem}.xml", "like the data file"),
+        ] {
+            let mut vars = WORKER.to_vec();
+            vars.push((var, value));
+            let err = WorkerConfig::from_lookup(&lookup(&vars)).unwrap_err();
+            assert!(err.message.contains(problem), "{}", err.message);
+        }
     }
 
     #[test]

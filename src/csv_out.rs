@@ -1,5 +1,6 @@
 //! Streaming CSV writer: the dialect and column mapping from configuration, with row count,
-//! byte count and SHA-256 computed on the way so nothing is read twice.
+//! byte count and SHA-256 computed on the way so nothing is read twice; the column plan
+//! (selection, renaming, dates, decimals) it shares with the XML writer (`xml_out`).
 
 use std::io::{self, Write};
 
@@ -68,7 +69,7 @@ impl Encoding {
         }
     }
 
-    fn is_utf8(self) -> bool {
+    pub(crate) fn is_utf8(self) -> bool {
         matches!(self, Self::Utf8 | Self::Utf8Bom)
     }
 }
@@ -95,11 +96,33 @@ impl std::str::FromStr for Encoding {
     }
 }
 
+/// What a target's files are: CSV, or XML (`xml_out`) with the same columns, dates,
+/// decimals and encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileFormat {
+    #[default]
+    Csv,
+    Xml,
+}
+
+impl std::str::FromStr for FileFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "csv" => Ok(Self::Csv),
+            "xml" => Ok(Self::Xml),
+            _ => Err(format!("{s:?} is not csv or xml")),
+        }
+    }
+}
+
 /// The CSV dialect and mapping. The defaults are RFC 4180 and every column as it comes.
 #[derive(Debug, Clone)]
 pub struct CsvOptions {
     /// The profile these options come from (`default` or a target's name), for the receipt.
     pub profile: String,
+    /// CSV, or XML; the dialect knobs (delimiter, quoting, header, line ending) are CSV's only.
+    pub format: FileFormat,
     pub delimiter: u8,
     pub quoting: Quoting,
     pub header: bool,
@@ -125,6 +148,7 @@ impl Default for CsvOptions {
     fn default() -> Self {
         Self {
             profile: "default".to_owned(),
+            format: FileFormat::Csv,
             delimiter: b',',
             quoting: Quoting::Necessary,
             header: true,
@@ -183,7 +207,8 @@ fn default_profile_name() -> String {
     "default".to_owned()
 }
 
-/// A row that does not fit, or a mapping that names a column the worksheet lacks.
+/// A row that does not fit, or a mapping that names a column the worksheet lacks (of a CSV
+/// or an XML file).
 #[derive(Debug, thiserror::Error)]
 pub enum CsvError {
     #[error("column {0:?} named in the CSV mapping is not in the worksheet (columns: {1})")]
@@ -193,7 +218,12 @@ pub enum CsvError {
     /// `row` counts data rows from 1; 0 is the header.
     #[error("row {row}, column {column:?}: {character:?} (U+{code:04X}) cannot be written in {encoding} (set CSV_REPLACEMENT_CHAR to replace such characters)", code = *character as u32)]
     Unrepresentable { row: u64, column: String, character: char, encoding: &'static str },
-    #[error("writing the CSV")]
+    /// XML 1.0 has no way to write most C0 control characters, not even as `&#1;`.
+    #[error("row {row}, column {column:?}: {character:?} (U+{code:04X}) cannot be written in XML (set CSV_REPLACEMENT_CHAR to replace such characters)", code = *character as u32)]
+    NotXml { row: u64, column: String, character: char },
+    #[error("columns {first:?} and {second:?} would both be XML element <{element}>; rename one (CSV_COLUMNS)")]
+    ElementClash { first: String, second: String, element: String },
+    #[error("writing the file")]
     Io(#[from] io::Error),
 }
 
@@ -207,6 +237,11 @@ pub struct HashingWriter<W> {
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
         Self { inner, hasher: Sha256::new(), bytes: 0 }
+    }
+
+    /// The inner writer, the hex SHA-256 and the count of the bytes passed on.
+    pub fn into_parts(self) -> (W, String, u64) {
+        (self.inner, hex::encode(self.hasher.finalize()), self.bytes)
     }
 }
 
@@ -232,15 +267,97 @@ struct PlannedColumn {
     numeric: bool,
 }
 
+/// The output columns and how their values are shaped (dates, decimals): what the CSV and
+/// the XML writer share, so both files of one worksheet and settings hold the same values.
+pub struct ColumnPlan {
+    columns: Vec<PlannedColumn>,
+    source_width: usize,
+    date_format: Option<OwnedFormatItem>,
+    decimal_separator: u8,
+}
+
+impl ColumnPlan {
+    /// The mapping of `options` over the worksheet's `source_columns` (Kinaxis order); a
+    /// column it names that the worksheet lacks is refused.
+    pub fn new(options: &CsvOptions, source_columns: &[String]) -> Result<Self, CsvError> {
+        let index_of = |name: &str| {
+            source_columns
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| CsvError::UnknownColumn(name.to_owned(), source_columns.join(", ")))
+        };
+        let mapping: Vec<ColumnMapping> = match &options.columns {
+            Some(columns) => columns.clone(),
+            None => source_columns.iter().map(|c| ColumnMapping { source: c.clone(), header: c.clone() }).collect(),
+        };
+        let mut columns = Vec::with_capacity(mapping.len());
+        for column in &mapping {
+            columns.push(PlannedColumn {
+                index: index_of(&column.source)?,
+                header: column.header.clone(),
+                date: options.date_columns.contains(&column.source),
+                numeric: options.numeric_columns.as_ref().is_none_or(|n| n.contains(&column.source)),
+            });
+        }
+        for column in options.date_columns.iter().chain(options.numeric_columns.iter().flatten()) {
+            index_of(column)?;
+        }
+        Ok(Self {
+            columns,
+            source_width: source_columns.len(),
+            date_format: options.date_format.clone(),
+            decimal_separator: options.decimal_separator,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// Output column `column`'s header (its renamed id).
+    pub fn header(&self, column: usize) -> &str {
+        &self.columns[column].header
+    }
+
+    /// A row of the wrong width is refused; `row` counts data rows from 0.
+    pub fn check_width(&self, found: usize, row: u64) -> Result<(), CsvError> {
+        if found == self.source_width {
+            return Ok(());
+        }
+        Err(CsvError::RowWidth { row, found, expected: self.source_width })
+    }
+
+    /// Output column `column`'s value in `values` (a worksheet row), dates and decimals
+    /// rewritten into `scratch` where configured, else the value itself.
+    pub fn shaped<'v, S: AsRef<str>>(&self, column: usize, values: &'v [S], scratch: &'v mut String) -> &'v str {
+        let planned = &self.columns[column];
+        let value = values[planned.index].as_ref();
+        match &self.date_format {
+            Some(format) if planned.date => {
+                scratch.clear();
+                reformat_date(value, format, scratch);
+                scratch
+            }
+            _ if planned.numeric && self.decimal_separator != b'.' && is_plain_decimal(value) => {
+                scratch.clear();
+                scratch.extend(value.chars().map(|c| if c == '.' { self.decimal_separator as char } else { c }));
+                scratch
+            }
+            _ => value,
+        }
+    }
+}
+
 /// Writes one worksheet as CSV, row by row.
 pub struct CsvSink<W: Write> {
     writer: csv::Writer<HashingWriter<W>>,
-    plan: Vec<PlannedColumn>,
-    source_width: usize,
-    date_format: Option<OwnedFormatItem>,
+    plan: ColumnPlan,
     encoding: Encoding,
     replacement: Option<char>,
-    decimal_separator: u8,
     profile: String,
     rows: u64,
     replaced: u64,
@@ -252,29 +369,7 @@ impl<W: Write> CsvSink<W> {
     /// Starts the file: BOM and header as configured. `source_columns` are the worksheet's
     /// column ids in Kinaxis order.
     pub fn new(inner: W, options: &CsvOptions, source_columns: &[String]) -> Result<Self, CsvError> {
-        let index_of = |name: &str| {
-            source_columns
-                .iter()
-                .position(|c| c == name)
-                .ok_or_else(|| CsvError::UnknownColumn(name.to_owned(), source_columns.join(", ")))
-        };
-        let mapping: Vec<ColumnMapping> = match &options.columns {
-            Some(columns) => columns.clone(),
-            None => source_columns.iter().map(|c| ColumnMapping { source: c.clone(), header: c.clone() }).collect(),
-        };
-        let mut plan = Vec::with_capacity(mapping.len());
-        for column in &mapping {
-            plan.push(PlannedColumn {
-                index: index_of(&column.source)?,
-                header: column.header.clone(),
-                date: options.date_columns.contains(&column.source),
-                numeric: options.numeric_columns.as_ref().is_none_or(|n| n.contains(&column.source)),
-            });
-        }
-        for column in options.date_columns.iter().chain(options.numeric_columns.iter().flatten()) {
-            index_of(column)?;
-        }
-
+        let plan = ColumnPlan::new(options, source_columns)?;
         let mut sink = HashingWriter::new(inner);
         if options.encoding == Encoding::Utf8Bom {
             sink.write_all("\u{feff}".as_bytes())?;
@@ -295,11 +390,8 @@ impl<W: Write> CsvSink<W> {
         let mut this = Self {
             writer,
             plan,
-            source_width: source_columns.len(),
-            date_format: options.date_format.clone(),
             encoding: options.encoding,
             replacement: options.replacement,
-            decimal_separator: options.decimal_separator,
             profile: options.profile.clone(),
             rows: 0,
             replaced: 0,
@@ -308,7 +400,7 @@ impl<W: Write> CsvSink<W> {
         };
         if options.header {
             for column in 0..this.plan.len() {
-                let header = this.plan[column].header.clone();
+                let header = this.plan.header(column).to_owned();
                 this.write_field(&header, 0, column)?;
             }
             this.writer.write_record(None::<&[u8]>).map_err(csv_io)?;
@@ -318,34 +410,17 @@ impl<W: Write> CsvSink<W> {
 
     /// Writes one row given in the worksheet's column order.
     pub fn write_row<S: AsRef<str>>(&mut self, values: &[S]) -> Result<(), CsvError> {
-        if values.len() != self.source_width {
-            return Err(CsvError::RowWidth { row: self.rows, found: values.len(), expected: self.source_width });
-        }
+        self.plan.check_width(values.len(), self.rows)?;
         let row = self.rows + 1;
+        let mut field = std::mem::take(&mut self.field);
         for column in 0..self.plan.len() {
-            let planned = &self.plan[column];
-            let value = values[planned.index].as_ref();
-            let (date, numeric) = (planned.date, planned.numeric);
-            match (&self.date_format, date) {
-                (Some(format), true) => {
-                    let mut field = std::mem::take(&mut self.field);
-                    field.clear();
-                    reformat_date(value, format, &mut field);
-                    let written = self.write_field(&field, row, column);
-                    self.field = field;
-                    written?;
-                }
-                _ if numeric && self.decimal_separator != b'.' && is_plain_decimal(value) => {
-                    let mut field = std::mem::take(&mut self.field);
-                    field.clear();
-                    field.extend(value.chars().map(|c| if c == '.' { self.decimal_separator as char } else { c }));
-                    let written = self.write_field(&field, row, column);
-                    self.field = field;
-                    written?;
-                }
-                _ => self.write_field(value, row, column)?,
+            let value = self.plan.shaped(column, values, &mut field);
+            if let Err(err) = self.write_field(value, row, column) {
+                self.field = field;
+                return Err(err);
             }
         }
+        self.field = field;
         self.writer.write_record(None::<&[u8]>).map_err(csv_io)?;
         self.rows += 1;
         Ok(())
@@ -369,7 +444,7 @@ impl<W: Write> CsvSink<W> {
                 (None, None) => {
                     return Err(CsvError::Unrepresentable {
                         row,
-                        column: self.plan[column].header.clone(),
+                        column: self.plan.header(column).to_owned(),
                         character: c,
                         encoding: self.encoding.name(),
                     })

@@ -1,7 +1,7 @@
 //! maestro-relay: Kinaxis Maestro planned orders → CSV → SFTP to SAP PF2/WP2.
 //!
 //! Read in the order the data flows: `webhook` accepts a batch and stages its `job`;
-//! `worker` runs it: `export` (Kinaxis → CSV) then `delivery` (SFTP, exactly once). Each
+//! `worker` runs it: `export` (Kinaxis → CSV, or XML) then `delivery` (SFTP, exactly once). Each
 //! imports only what lies below it (`scripts/module_graph.py` prints the layers); `app`
 //! wires the functions from `config` for the binaries in `src/bin/` and for the tests;
 //! `toolbox` reads their records for the operator's `maestro-relay`.
@@ -32,5 +32,6 @@ pub mod error;
 pub mod retry;
 pub mod routing;
 pub mod telemetry;
+pub mod xml_out;
 
 pub use error::{Error, ErrorClass, Step};

@@ -20,7 +20,7 @@ use self::kinaxis::model::{
 };
 use self::kinaxis::page::{Page, PageBuffer, Reported, SheetHead};
 use self::kinaxis::{KinaxisClient, KinaxisOptions};
-use crate::csv_out::{CsvError, CsvOptions, CsvSink, FileStats};
+use crate::csv_out::{CsvError, CsvOptions, CsvSink, FileFormat, FileStats};
 use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{
     self, DataSource, ExportedFile, FileNameTemplate, Manifest, NamedScope, Profiles, StagedFile, TableRequest,
@@ -29,6 +29,7 @@ use crate::outlet::{Outlet, Outlets};
 use crate::ports::WorkbookSource;
 use crate::retry::RetryPolicy;
 use crate::secrets::KinaxisLogin;
+use crate::xml_out::{XmlRoot, XmlSink};
 
 pub struct Exporter<'a> {
     pub client: &'a KinaxisClient,
@@ -204,7 +205,8 @@ impl Exporter<'_> {
         let source = format!("worksheet {:?}", sheet.name);
         let total = sheet.total_row_count;
         let what = format!("worksheet {:?}", sheet.name);
-        let plan = self.create_sink(path, &sheet.columns, outlet);
+        let root = XmlRoot { element: "Worksheet", name: &sheet.name, total_row_count: total };
+        let plan = self.create_sink(path, &sheet.columns, root, outlet);
         let mut sink = Converter::start(plan, total, what.clone(), source.clone()).await?;
         sink.send(first, first_rows).await?;
 
@@ -256,7 +258,8 @@ impl Exporter<'_> {
         let path = dir.join(&file_name);
         let source = format!("table {qualified}");
         let read = async {
-            let plan = self.create_sink(&path, &table.fields, outlets.open(&qualified, &file_name));
+            let root = XmlRoot { element: "Table", name: &qualified, total_row_count: total };
+            let plan = self.create_sink(&path, &table.fields, root, outlets.open(&qualified, &file_name));
             let mut sink = Converter::start(plan, total, what.clone(), source.clone()).await?;
             let paged = Paged::Bulk { export_id: &export_id };
             let page_size = self.client.options().bulk_page_size;
@@ -290,8 +293,14 @@ impl Exporter<'_> {
 
     /// What the converter's thread opens the file with: creating it, writing the header
     /// and handing it to the outlet are blocking work, never done on the executor.
-    fn create_sink(&self, path: &Path, columns: &[String], outlet: Outlet) -> SinkPlan {
-        SinkPlan { path: path.to_owned(), csv: self.csv.clone(), columns: columns.to_vec(), outlet }
+    fn create_sink(&self, path: &Path, columns: &[String], root: XmlRoot<'_>, outlet: Outlet) -> SinkPlan {
+        SinkPlan {
+            path: path.to_owned(),
+            csv: self.csv.clone(),
+            columns: columns.to_vec(),
+            root: (root.element, root.name.to_owned(), root.total_row_count),
+            outlet,
+        }
     }
 
     /// Reads rows `sink.rows()..total` in pages of `page_size`, a bounded number in flight,
@@ -451,7 +460,7 @@ fn check_worksheets(asked: &[String], sheets: &[SheetHead], names: &[String], wh
 /// Closes the file once every row is there: fewer than `total` is an export that ended
 /// short, more is not the export Kinaxis described; both permanent.
 fn finish<W: Write>(
-    sink: CsvSink<W>,
+    sink: FileSink<W>,
     total: u64,
     what: &str,
     named: &impl Fn(CsvError) -> Error,
@@ -508,22 +517,60 @@ struct Parsed {
 /// Parsed pages waiting for the converter, beyond the one it converts.
 const CONVERTER_QUEUE: usize = 4;
 
-/// The CSV file about to be written, opened on the converter's thread.
+/// The file about to be written, opened on the converter's thread.
 struct SinkPlan {
     path: PathBuf,
     csv: CsvOptions,
     columns: Vec<String>,
+    /// The XML root's element, name and total row count.
+    root: (&'static str, String, u64),
     outlet: Outlet,
 }
 
 impl SinkPlan {
-    fn open(self, named: &impl Fn(CsvError) -> Error) -> Result<CsvSink<Tee>> {
-        let SinkPlan { path, csv, columns, outlet } = self;
+    fn open(self, named: &impl Fn(CsvError) -> Error) -> Result<FileSink<Tee>> {
+        let SinkPlan { path, csv, columns, root, outlet } = self;
         let file = File::create(&path).or_transient(Step::Convert, format!("creating {}", path.display()))?;
-        // The columns contract (CSV_COLUMNS, CSV_DATE_COLUMNS) is checked here, before any
-        // row is written.
+        // The columns contract (CSV_COLUMNS, CSV_DATE_COLUMNS, XML element names) is checked
+        // here, before any row is written.
         let tee = Tee { file: BufWriter::with_capacity(256 * 1024, file), outlet };
-        CsvSink::new(tee, &csv, &columns).map_err(named)
+        match csv.format {
+            FileFormat::Csv => CsvSink::new(tee, &csv, &columns).map(|sink| FileSink::Csv(Box::new(sink))),
+            FileFormat::Xml => {
+                let root = XmlRoot { element: root.0, name: &root.1, total_row_count: root.2 };
+                XmlSink::new(tee, &csv, &columns, root).map(|sink| FileSink::Xml(Box::new(sink)))
+            }
+        }
+        .map_err(named)
+    }
+}
+
+/// The target's writer: CSV or XML, fed the same rows. (One per file: the box costs nothing.)
+enum FileSink<W: Write> {
+    Csv(Box<CsvSink<W>>),
+    Xml(Box<XmlSink<W>>),
+}
+
+impl<W: Write> FileSink<W> {
+    fn write_row(&mut self, values: &[&str]) -> Result<(), CsvError> {
+        match self {
+            Self::Csv(sink) => sink.write_row(values),
+            Self::Xml(sink) => sink.write_row(values),
+        }
+    }
+
+    fn rows(&self) -> u64 {
+        match self {
+            Self::Csv(sink) => sink.rows(),
+            Self::Xml(sink) => sink.rows(),
+        }
+    }
+
+    fn finish(self) -> Result<(W, FileStats), CsvError> {
+        match self {
+            Self::Csv(sink) => sink.finish(),
+            Self::Xml(sink) => sink.finish(),
+        }
     }
 }
 
@@ -638,7 +685,7 @@ fn page_rows(page: &Page<'_>, asked: u64, what: &str, total: u64) -> Result<u64>
 
 fn convert_error(err: CsvError, source: &str) -> Error {
     match err {
-        CsvError::Io(io) => Error::transient(Step::Convert, format!("writing the CSV of {source}")).caused_by(io),
+        CsvError::Io(io) => Error::transient(Step::Convert, format!("writing the file of {source}")).caused_by(io),
         other => Error::permanent(Step::Convert, format!("{source}: {other}")),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::csv_out::CsvOptions;
+use crate::csv_out::{CsvOptions, FileFormat};
 use crate::job::Manifest;
 use crate::routing::Target;
 
@@ -82,6 +82,17 @@ impl Default for FileNameTemplate {
 
 impl FileNameTemplate {
     pub const PLACEHOLDERS: [&'static str; 4] = ["{fileName}", "{worksheet}", "{timestamp}", "{jobId}"];
+
+    /// The default templates, ending in `.xml` for an XML target.
+    pub fn for_format(format: FileFormat) -> Self {
+        let csv = Self::default();
+        match format {
+            FileFormat::Csv => csv,
+            FileFormat::Xml => {
+                Self { single: csv.single.replace(".csv", ".xml"), several: csv.several.replace(".csv", ".xml") }
+            }
+        }
+    }
 }
 
 /// What to do when the final file is already on the server.
@@ -130,7 +141,7 @@ impl std::str::FromStr for TriggerContent {
 /// The file SAP's inbound job waits for: written after the data file's rename, and only then.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerFile {
-    /// `{name}`: the data file's name; `{stem}`: the same without `.csv`.
+    /// `{name}`: the data file's name; `{stem}`: the same without `.csv` (or `.xml`).
     pub name_template: String,
     pub content: TriggerContent,
     /// What to do when a trigger of that name is already there.
@@ -161,7 +172,7 @@ impl TriggerFile {
         let trigger = Self { name_template: name_template.to_owned(), content: content.unwrap_or(implied), existing };
         // `{stem}.csv` gives back `x.csv` itself: an empty trigger would replace the data file.
         // Compared without case, as a server may not tell `x.CSV` from `x.csv`.
-        let clash = ["x.csv", "x", "x.txt"].into_iter().find(|d| trigger.name_for(d).eq_ignore_ascii_case(d));
+        let clash = ["x.csv", "x", "x.txt", "x.xml"].into_iter().find(|d| trigger.name_for(d).eq_ignore_ascii_case(d));
         if stripped.is_empty() || clash.is_some() {
             return Err(format!(
                 "{spec:?} would name the trigger like the data file ({} for {})",
@@ -174,7 +185,7 @@ impl TriggerFile {
 
     /// The trigger's name for a data file.
     pub fn name_for(&self, data_name: &str) -> String {
-        let stem = data_name.strip_suffix(".csv").unwrap_or(data_name);
+        let stem = data_name.strip_suffix(".csv").or_else(|| data_name.strip_suffix(".xml")).unwrap_or(data_name);
         self.name_template.replace("{name}", data_name).replace("{stem}", stem)
     }
 

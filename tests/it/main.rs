@@ -18,3 +18,4 @@ mod streaming;
 mod template;
 mod toolbox;
 mod webhook;
+mod xml;

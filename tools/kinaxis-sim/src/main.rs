@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 const USAGE: &str = "kinaxis-sim [--port P] [--rows N] [--first-page K] [--worksheets 'A,B'] \
 [--workbook NAME] [--client-id ID] [--client-secret S] [--token-ttl SECS] [--latency-ms MS] \
 [--fail-first K] [--expire-token-after-ms MS] [--truncate-calls 'N,M'] [--workbook-status CODE] \
-[--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens] [--vary-per-workbook-call] [--page-cap N] [--revoke-on-issue] \
+[--page-status CODE] [--short-by N] [--bad-width-row R] [--reject-all-tokens] [--vary-per-workbook-call] [--page-cap N] [--revoke-on-issue] [--markup-values] \
 [--throttle-calls 'N,M'] [--throttle-status 429|408] [--retry-after SECONDS|HTTP-DATE] \
 [--table NS::NAME] [--error-in-200 script-workbook|no-worksheets|script-page|no-rows|bulk-failure|bulk-partial|error-rows-page] \
 [--rotate-secret-after-tokens N --rotated-secret S] [--omit-worksheets 'A,B'] [--redirect-to BASE-URL]";
@@ -144,6 +144,10 @@ fn parse_args() -> Result<Settings, String> {
             s.revoke_on_issue = true;
             continue;
         }
+        if flag == "--markup-values" {
+            MARKUP_VALUES.store(true, Ordering::Relaxed);
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag} {v:?} is not a whole number"));
         match flag.as_str() {
@@ -219,6 +223,25 @@ impl State {
 
 const COLUMNS: [&str; 6] = ["Order", "Part", "Site", "Quantity", "DueDate", "Description"];
 
+/// `--markup-values`: descriptions from `MARKUP_DESCRIPTIONS`, for a file format with markup
+/// (XML). A process-wide switch, as `fill_row` is called from every handler.
+static MARKUP_VALUES: AtomicBool = AtomicBool::new(false);
+
+/// Markup characters, references that must stay text, controls XML cannot hold, line
+/// breaks and tabs, Latin-1 and beyond, an empty value: each in any 10 rows.
+const MARKUP_DESCRIPTIONS: [&str; 10] = [
+    "<b>bold</b> & \"double\" 'single'",
+    "&amp; &#38; &lt; ]]> <![CDATA[x]]>",
+    "bell\u{7} nul\u{0} esc\u{1B} vt\u{B} ff\u{C} us\u{1F} noncharacter\u{FFFF}",
+    "tab\there CRLF\r\nCR\rLF\nend",
+    "Grüße ÄÖÜ ß é ÿ ¤",
+    "€ Łódź 東京 🚚",
+    "del\u{7F} c1\u{85}\u{9F} nbsp\u{A0}",
+    "",
+    "  spaces around  ",
+    "plain",
+];
+
 /// Row `i` of worksheet `w`: deterministic, and every awkward value appears in any 20 rows.
 fn row(w: usize, i: u64) -> Vec<String> {
     let mut values = Default::default();
@@ -232,8 +255,11 @@ fn row(w: usize, i: u64) -> Vec<String> {
 fn fill_row(w: usize, i: u64, values: &mut [String; 6]) {
     use std::fmt::Write;
     let site = ["", "SITE-A", "Werk Köln", "SITE,B"][(i % 4) as usize];
-    let description =
-        ["Standard order", "Contains \"quotes\"", "Line one\r\nLine two", "Grüße aus 東京 🚚", ""][(i % 5) as usize];
+    let description = if MARKUP_VALUES.load(Ordering::Relaxed) {
+        MARKUP_DESCRIPTIONS[(i % 10) as usize]
+    } else {
+        ["Standard order", "Contains \"quotes\"", "Line one\r\nLine two", "Grüße aus 東京 🚚", ""][(i % 5) as usize]
+    };
     values.iter_mut().for_each(String::clear);
     // Writing to a String cannot fail.
     let _ = write!(values[0], "PO-{w}-{i:08}");
