@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 
-.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp bench-e2e bench-scale package
+.PHONY: demo test build bootstrap stack-up stack-down lint fmt clean bench bench-conversion bench-webhook bench-sftp bench-e2e bench-scale bench-lambda package
 
 build:
 	cargo build --workspace --bins --features maestro-relay/tool
@@ -57,6 +57,12 @@ bench-e2e: bootstrap
 bench-scale: bootstrap
 	cargo build --release --workspace --bins
 	.venv/bin/python benches/e2e.py $(CARGO_TARGET_DIR)/release --scale 100000,10000000 $(E2E_ARGS)
+
+## The whole job Lambda-shaped (issue 24): the worker and the Python pipeline each held to
+## 0.6 of a core by a cgroup, S3 2 ms and SFTP 30 ms round trip away through relays.
+bench-lambda: bootstrap
+	cargo build --release --workspace --bins
+	.venv/bin/python benches/e2e.py $(CARGO_TARGET_DIR)/release --lambda-shape --latencies 0 $(E2E_ARGS)
 
 ## Release zips of both functions for Lambda (provided.al2023), OpenSSL and zlib linked in
 ## statically: ARCH=x86_64 (default here: these machines have no aarch64 Rust std) or arm64.

@@ -159,19 +159,27 @@ impl WebhookConfig {
             daily_target_budget,
             schedule,
         };
-        // The scheduled request through the very checks each slot repeats: a typo stops the
-        // start now, not the first slot hours later.
+        // The scheduled request through the very checks each slot repeats, so a typo shows
+        // at the start, not at the first slot hours later; logged, not fatal: a later change
+        // of the allow-list or routes that refuses it must not take the webhook down with
+        // the schedule (each slot refuses it again, to the schedule's dead-letter queue).
         if let Some(schedule) = &settings.schedule {
             if let Err(refused) = crate::webhook::checked_request(&settings, schedule.request.as_bytes()) {
                 let field = refused.body["field"].as_str().unwrap_or("body");
                 let detail = refused.body["detail"].as_str().unwrap_or("");
-                env.problems
-                    .push(format!("SCHEDULE_REQUEST is refused as a webhook body would be ({field}): {detail}"));
+                tracing::error!(
+                    field,
+                    detail,
+                    "SCHEDULE_REQUEST is refused as a webhook body would be: every scheduled start will fail"
+                );
             }
         }
         env.finish(Self { staging_bucket, secret_cache_ttl, settings })
     }
 }
+
+/// A catch-up looks back at most a week (a weekly schedule).
+const MAX_CATCH_UP_WINDOW_MINUTES: u64 = 7 * 24 * 60;
 
 /// `SCHEDULE_MODE` and what it needs: `None` when off (the other variables are then not read).
 fn schedule(env: &mut Env) -> Option<ScheduleSettings> {
@@ -183,10 +191,11 @@ fn schedule(env: &mut Env) -> Option<ScheduleSettings> {
     // Only a catch-up looks back; 0 (left out) cannot be its window.
     let minutes: u64 =
         if mode == ScheduleMode::CatchUp { env.parsed("SCHEDULE_CATCH_UP_WINDOW_MINUTES", 0) } else { 0 };
-    env.check(mode != ScheduleMode::CatchUp || minutes > 0, || {
-        "SCHEDULE_CATCH_UP_WINDOW_MINUTES is required under SCHEDULE_MODE=catch-up: the minutes back to the \
-         schedule's previous slot"
-            .to_owned()
+    env.check(mode != ScheduleMode::CatchUp || (1..=MAX_CATCH_UP_WINDOW_MINUTES).contains(&minutes), || {
+        format!(
+            "SCHEDULE_CATCH_UP_WINDOW_MINUTES={minutes} under SCHEDULE_MODE=catch-up must be 1 to \
+             {MAX_CATCH_UP_WINDOW_MINUTES} (a week): the minutes back to the schedule's previous slot"
+        )
     });
     Some(ScheduleSettings { mode, request, catch_up_window: Duration::from_secs(minutes * 60) })
 }
@@ -304,6 +313,9 @@ fn profiles(env: &mut Env<'_>, routes: &RoutingTable) -> Profiles {
     }
 }
 
+/// The longest a target's pickup limit may be: the longest lookback.
+const MAX_PICKUP_SLA_MINUTES: u64 = 14 * 24 * 60;
+
 /// The SAP pickup watchdog: how far back it looks, and each target's limit
 /// (`PICKUP_SLA_MINUTES[_<TARGET>]`, 0 = not watched).
 fn pickup_settings(env: &mut Env<'_>, routes: &RoutingTable) -> PickupSettings {
@@ -315,8 +327,12 @@ fn pickup_settings(env: &mut Env<'_>, routes: &RoutingTable) -> PickupSettings {
         .targets()
         .into_iter()
         .map(|target| {
-            let minutes: u64 = Scoped::new(env, Some(&target)).parsed("PICKUP_SLA_MINUTES", 60);
-            (target, Duration::from_secs(minutes * 60))
+            let mut scoped = Scoped::new(env, Some(&target));
+            let minutes: u64 = scoped.parsed("PICKUP_SLA_MINUTES", 60);
+            if minutes > MAX_PICKUP_SLA_MINUTES {
+                scoped.problem(format!("PICKUP_SLA_MINUTES for {target} is {minutes}: at most 20160 (two weeks)"));
+            }
+            (target, Duration::from_secs(minutes.min(MAX_PICKUP_SLA_MINUTES) * 60))
         })
         .collect();
     PickupSettings { lookback: Duration::from_secs(lookback_hours * 3600), sla }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorClass, Result, Step};
 use crate::job::{DeliveryRecord, JobId, Manifest, Receipt, Records};
 use crate::routing::Target;
 
@@ -131,7 +131,8 @@ fn file_delivered(
             status_code: StatusCode::Completed,
             failure_code: None,
             failure_message: None,
-            start_timestamp: started,
+            // A file put in place by an earlier run (this one wrote the receipt) ends before it.
+            start_timestamp: started.min(file.updated_at),
             end_timestamp: file.updated_at,
             staged_object: Some(StagedObject {
                 bucket: bucket.to_owned(),
@@ -200,11 +201,21 @@ pub trait EventBus: Send + Sync {
     fn put<'a>(&'a self, events: &'a [DeliveryEvent]) -> BoxFuture<'a, Result<Vec<(usize, String)>>>;
 }
 
-/// What could not be published by the deadline: how many events, and the last reason.
+/// What could not be published by the deadline: which events (by index), and the last reason.
 #[derive(Debug)]
 pub struct Unpublished {
-    pub count: usize,
+    pub left: Vec<usize>,
     pub error: Error,
+}
+
+/// EventBridge's codes for an entry it could not take now but may later; any other code
+/// (a malformed detail, a source not allowed) refuses the entry for good.
+const RETRIABLE_ENTRY_CODES: [&str; 3] = ["InternalFailure", "ThrottlingException", "FailedEntryCount"];
+
+fn entry_refused(why: String) -> Error {
+    let retriable = RETRIABLE_ENTRY_CODES.iter().any(|code| why.starts_with(code));
+    let class = if retriable { ErrorClass::Transient } else { ErrorClass::Permanent };
+    Error::new(class, Step::Publish, format!("the bus refused an entry: {why}"))
 }
 
 /// The bus the worker publishes on, and the staging bucket its events name.
@@ -215,10 +226,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Puts every event on the bus, in calls of at most `MAX_ENTRIES`; an entry refused (or
-    /// in a call that failed) is tried again, within `deadline`, and an entry taken never is.
+    /// Puts every event on the bus, in calls of at most `MAX_ENTRIES`; an entry refused for
+    /// now (or in a call that failed) is tried again, within `deadline`; an entry the bus
+    /// reported taken is not. (A call whose answer is lost is tried again whole, so a
+    /// subscriber may, rarely, see an event twice: docs/events.md.)
     pub async fn publish(&self, events: &[DeliveryEvent], deadline: Instant) -> std::result::Result<(), Unpublished> {
-        let mut pending: Vec<&DeliveryEvent> = events.iter().collect();
+        let mut pending: Vec<(usize, &DeliveryEvent)> = events.iter().enumerate().collect();
         let mut last = Error::transient(Step::Publish, "no attempt could start before the deadline");
         let mut delay = FIRST_RETRY;
         for attempt in 1..=ATTEMPTS {
@@ -228,11 +241,11 @@ impl Publisher {
             }
             let mut refused = Vec::new();
             for chunk in pending.chunks(MAX_ENTRIES) {
-                let owned: Vec<DeliveryEvent> = chunk.iter().map(|e| (*e).clone()).collect();
+                let owned: Vec<DeliveryEvent> = chunk.iter().map(|(_, e)| (*e).clone()).collect();
                 match tokio::time::timeout_at(deadline, self.bus.put(&owned)).await {
                     Ok(Ok(not_taken)) => {
                         for (index, why) in not_taken {
-                            last = Error::transient(Step::Publish, format!("the bus refused an entry: {why}"));
+                            last = entry_refused(why);
                             refused.extend(chunk.get(index).copied());
                         }
                     }
@@ -255,7 +268,7 @@ impl Publisher {
         if pending.is_empty() {
             Ok(())
         } else {
-            Err(Unpublished { count: pending.len(), error: last })
+            Err(Unpublished { left: pending.iter().map(|(index, _)| *index).collect(), error: last })
         }
     }
 }
@@ -269,6 +282,16 @@ mod tests {
         assert_eq!(directory_of("/in/pf2/PLAN_PF.csv").as_deref(), Some("/in/pf2"));
         assert_eq!(directory_of("/PLAN_PF.csv").as_deref(), Some("/"));
         assert_eq!(directory_of("PLAN_PF.csv"), None);
+    }
+
+    #[test]
+    fn only_internal_failures_and_throttling_are_retried_of_what_the_bus_refuses() {
+        for why in ["InternalFailure: x", "ThrottlingException: slow down", "FailedEntryCount without entries"] {
+            assert!(entry_refused(why.to_owned()).is_transient(), "{why}");
+        }
+        for why in ["MalformedDetail: bad json", "NotAuthorizedForSourceException: no", "InvalidArgument: x"] {
+            assert!(!entry_refused(why.to_owned()).is_transient(), "{why}");
+        }
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub const WORKER_METRICS: &[&str] = &[
     "DeliverMs",
     "EventsNotPublished",
     "FilesNotPickedUp",
+    "FilesUnchecked",
 ];
 
 /// Every metric the webhook emits.

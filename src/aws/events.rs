@@ -49,12 +49,15 @@ impl EventBus for EventBridgeBus {
                 .iter()
                 .enumerate()
                 .filter_map(|(index, entry)| {
-                    entry.error_code().map(|code| (index, format!("{code}: {}", entry.error_message().unwrap_or(""))))
+                    entry.error_code().map(|code| {
+                        (index, format!("{code}: {} (bus {})", entry.error_message().unwrap_or(""), self.bus_name))
+                    })
                 })
                 .collect::<Vec<_>>();
             if output.failed_entry_count() > 0 && refused.is_empty() {
                 // The count without the entries: none can be told apart, so none is trusted.
-                return Ok((0..events.len()).map(|i| (i, "FailedEntryCount without entries".to_owned())).collect());
+                let why = format!("FailedEntryCount without entries (bus {})", self.bus_name);
+                return Ok((0..events.len()).map(|i| (i, why.clone())).collect());
             }
             Ok(refused)
         })

@@ -72,11 +72,14 @@ pub fn scheduled_start(event: &Value) -> Option<Result<ScheduledStart>> {
 }
 
 /// The slot's idempotency key: every invocation for one slot (Scheduler's retries, a
-/// repeated delivery) is one job, whatever the clock says when it runs.
+/// repeated delivery) is one job, whatever the clock says when it runs. Its separators are
+/// control characters, which no webhook key can hold (a `webhook-id` is visible ASCII, an
+/// `eventId` has no control characters, a body's key is hex): no sender can take a slot's
+/// job id first.
 pub fn idempotency_key(file_name: &str, slot: OffsetDateTime) -> String {
     let slot = slot.to_offset(time::UtcOffset::UTC);
     let slot = slot.format(&Rfc3339).unwrap_or_else(|_| slot.unix_timestamp().to_string());
-    format!("schedule:{file_name}:{slot}")
+    format!("schedule\u{1f}{file_name}\u{1f}{slot}")
 }
 
 /// Why a catch-up stages nothing: a batch of the destination received after the previous
@@ -157,7 +160,14 @@ impl<S: ObjectStore, K: SecretSource> Webhook<S, K> {
             request,
         };
         if schedule.mode == ScheduleMode::CatchUp {
-            let previous_slot = slot - schedule.catch_up_window;
+            let previous_slot = slot
+                .checked_sub(time::Duration::try_from(schedule.catch_up_window).unwrap_or(time::Duration::WEEK))
+                .ok_or_else(|| {
+                    Error::permanent(
+                        Step::Webhook,
+                        format!("the slot {slot} less SCHEDULE_CATCH_UP_WINDOW_MINUTES is out of range"),
+                    )
+                })?;
             if let Some(why) = recent_delivery(&self.store, &manifest, previous_slot, now).await? {
                 tracing::info!(
                     jobId = %manifest.job_id,
@@ -226,7 +236,7 @@ mod tests {
         let utc = OffsetDateTime::parse("2026-12-07T06:30:00Z", &Rfc3339).unwrap();
         let berlin = OffsetDateTime::parse("2026-12-07T07:30:00+01:00", &Rfc3339).unwrap();
         assert_eq!(idempotency_key("Plan-PF", utc), idempotency_key("Plan-PF", berlin));
-        assert_eq!(idempotency_key("Plan-PF", utc), "schedule:Plan-PF:2026-12-07T06:30:00Z");
+        assert_eq!(idempotency_key("Plan-PF", utc), "schedule\u{1f}Plan-PF\u{1f}2026-12-07T06:30:00Z");
         assert_ne!(idempotency_key("Plan-PF", utc), idempotency_key("Plan-PF", utc + Duration::from_secs(60)));
     }
 

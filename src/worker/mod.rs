@@ -479,22 +479,22 @@ where
     }
 
     /// Publishes `events` by `deadline`; what cannot be is logged and counted
-    /// (`EventsNotPublished`), never failing or repeating the delivery it tells of. `false`
-    /// when some were not published.
-    async fn publish(&self, events: &[events::DeliveryEvent], target: Option<&str>, deadline: Instant) -> bool {
-        let Some(publisher) = self.events.as_ref().filter(|_| !events.is_empty()) else { return true };
+    /// (`EventsNotPublished`), never failing or repeating the delivery it tells of. The
+    /// events left unpublished, by index.
+    async fn publish(&self, events: &[events::DeliveryEvent], target: Option<&str>, deadline: Instant) -> Vec<usize> {
+        let Some(publisher) = self.events.as_ref().filter(|_| !events.is_empty()) else { return Vec::new() };
         let published = publisher.publish(events, deadline).await;
         if let Err(unpublished) = &published {
             tracing::warn!(
-                events = unpublished.count,
+                events = unpublished.left.len(),
                 error = %unpublished.error.chain(),
                 "delivery events not published: subscribers do not hear of this outcome"
             );
             let scope = MetricScope { stack: &self.settings.stack_name, function: "worker", target };
-            let metrics = [("EventsNotPublished", Metric::Count(unpublished.count as f64))];
+            let metrics = [("EventsNotPublished", Metric::Count(unpublished.left.len() as f64))];
             telemetry::emit(&telemetry::emf_record(scope, &metrics, &[]));
         }
-        published.is_ok()
+        published.err().map(|unpublished| unpublished.left).unwrap_or_default()
     }
 
     async fn run_steps(&self, run: &Run, job_key: &str) -> Result<JobOutcome> {

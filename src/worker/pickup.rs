@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{JobQueue, Worker};
 use crate::error::{Error, Result, Step};
@@ -45,6 +46,8 @@ pub struct PickupReport {
     pub not_due: usize,
     /// Due but not looked at (no session, the deadline, a moved folder): looked at next time.
     pub unchecked: usize,
+    #[serde(skip)]
+    unchecked_by_target: BTreeMap<Target, usize>,
 }
 
 /// A delivered file SAP has not taken.
@@ -97,11 +100,22 @@ fn record_key(receipt_key: &str) -> Option<String> {
 
 /// Whose receipt a key is: `receipts/{jobId}.json`, or a re-send's
 /// `receipts/{jobId}/resends/{id}.json`.
-fn records_of_key(receipt_key: &str) -> Option<Records> {
+fn receipt_owner(receipt_key: &str) -> Option<(JobId, Option<ResendId>)> {
     let rest = receipt_key.strip_prefix("receipts/")?.strip_suffix(".json")?;
     match rest.split_once("/resends/") {
-        None => Some(Records::of_job(JobId::parse(rest)?)),
-        Some((job, resend)) => Some(Records::of_resend(JobId::parse(job)?, ResendId::parse(resend)?, false)),
+        None => Some((JobId::parse(rest)?, None)),
+        Some((job, resend)) => Some((JobId::parse(job)?, Some(ResendId::parse(resend)?))),
+    }
+}
+
+/// The records a receipt's files were sent from: a re-send that exported afresh staged its
+/// own copy, which its events name.
+fn records_of(owner: (JobId, Option<ResendId>), receipt: &Receipt) -> Records {
+    match owner {
+        (job, None) => Records::of_job(job),
+        (job, Some(resend)) => {
+            Records::of_resend(job, resend, receipt.rerun.as_ref().is_some_and(|rerun| rerun.fresh_export))
+        }
     }
 }
 
@@ -119,10 +133,13 @@ where
 {
     /// One check of every watched target, within `deadline` less the margin.
     pub async fn check_pickups(&self, check: &PickupCheck, deadline: Instant) -> Result<PickupReport> {
+        let span = tracing::info_span!("pickup_check", scheduledTime = check.scheduled_time.as_deref().unwrap_or(""));
+        self.check_pickups_now(deadline).instrument(span).await
+    }
+
+    async fn check_pickups_now(&self, deadline: Instant) -> Result<PickupReport> {
         let work_deadline = deadline.checked_sub(self.settings.deadline_margin).unwrap_or_else(Instant::now);
         let now = OffsetDateTime::now_utc();
-        let span = tracing::info_span!("pickup_check", scheduledTime = check.scheduled_time.as_deref().unwrap_or(""));
-        let _entered = span.enter();
         let mut report = PickupReport::default();
         if self.settings.pickup.sla.values().all(Duration::is_zero) {
             tracing::info!("pickup check: no target is watched (PICKUP_SLA_MINUTES=0)");
@@ -138,8 +155,10 @@ where
         let late = self.late_events(&mut candidates, &mut report, now);
         let events: Vec<DeliveryEvent> = late.iter().map(|(_, _, event)| event.clone()).collect();
         // Marked reported only once published, so an event the bus did not take goes out next time.
-        let published = self.publish(&events, None, work_deadline + self.settings.deadline_margin / 2).await;
-        self.record_pickups(&candidates, if published { &late } else { &[] }, now).await;
+        let left = self.publish(&events, None, work_deadline + self.settings.deadline_margin / 2).await;
+        let published: Vec<_> =
+            late.into_iter().enumerate().filter(|(i, _)| !left.contains(i)).map(|(_, l)| l).collect();
+        self.record_pickups(&candidates, &published, now).await;
         self.emit_pickup_metrics(&report);
         tracing::info!(
             checked = report.checked,
@@ -158,7 +177,7 @@ where
         let listed = self.store.list("receipts/").await.map_err(|e| e.at(Step::Pickup))?;
         let mut candidates = Vec::new();
         for object in listed.iter().filter(|o| o.modified.is_none_or(|m| m >= since)) {
-            let (Some(records), Some(record_key)) = (records_of_key(&object.key), record_key(&object.key)) else {
+            let (Some(owner), Some(record_key)) = (receipt_owner(&object.key), record_key(&object.key)) else {
                 continue;
             };
             let record = match self.store.get(&record_key).await.map_err(|e| e.at(Step::Pickup))? {
@@ -178,6 +197,7 @@ where
                 }
             };
             let found = vec![Found::Open; receipt.files.len()];
+            let records = records_of(owner, &receipt);
             candidates.push(Candidate { receipt_key: object.key.clone(), receipt, records, record, found });
         }
         candidates.sort_by_key(|c| c.receipt.delivered_at);
@@ -217,7 +237,9 @@ where
         if let Some(mut folder) = self.open_pickup_folder(target, deadline).await {
             self.stat_due(target, &mut folder, &due, candidates, report, deadline).await;
         }
-        report.unchecked += due.iter().filter(|(c, i)| candidates[*c].found[*i] == Found::Open).count();
+        let unchecked = due.iter().filter(|(c, i)| candidates[*c].found[*i] == Found::Open).count();
+        report.unchecked += unchecked;
+        report.unchecked_by_target.insert(target.clone(), unchecked);
     }
 
     /// Each due file's size on the server: none is picked up, one is late.
@@ -344,13 +366,16 @@ where
         }
     }
 
-    /// `FilesNotPickedUp` per watched target, 0 included: the alarm sees the watchdog run.
+    /// `FilesNotPickedUp` per watched target, 0 included: the alarm sees the watchdog run;
+    /// `FilesUnchecked` for the due files it could not look at (no session, the deadline).
     fn emit_pickup_metrics(&self, report: &PickupReport) {
         for (target, _) in self.settings.pickup.sla.iter().filter(|(_, sla)| !sla.is_zero()) {
             let late = report.not_picked_up.iter().filter(|f| &f.target == target).count();
+            let unchecked = report.unchecked_by_target.get(target).copied().unwrap_or(0);
             let scope =
                 MetricScope { stack: &self.settings.stack_name, function: "worker", target: Some(target.as_str()) };
-            let metrics = [("FilesNotPickedUp", Metric::Count(late as f64))];
+            let metrics =
+                [("FilesNotPickedUp", Metric::Count(late as f64)), ("FilesUnchecked", Metric::Count(unchecked as f64))];
             telemetry::emit(&telemetry::emf_record(scope, &metrics, &[("check", json!("pickup"))]));
         }
     }
@@ -386,13 +411,12 @@ mod tests {
     #[test]
     fn a_receipt_key_names_its_job_or_its_resend_and_its_pickup_record() {
         let job = "0123456789abcdef0123456789abcdef";
-        let records =
-            records_of_key(&format!("receipts/{job}.json")).map(|r| (r.job_id().to_string(), r.resend().is_some()));
-        assert_eq!(records, Some((job.to_owned(), false)));
-        let resend = records_of_key(&format!("receipts/{job}/resends/r-1.json"));
-        assert_eq!(resend.and_then(|r| r.resend().map(ToString::to_string)).as_deref(), Some("r-1"));
+        let owner = receipt_owner(&format!("receipts/{job}.json")).map(|(j, r)| (j.to_string(), r.is_some()));
+        assert_eq!(owner, Some((job.to_owned(), false)));
+        let resend = receipt_owner(&format!("receipts/{job}/resends/r-1.json"));
+        assert_eq!(resend.and_then(|(_, r)| r.map(|r| r.to_string())).as_deref(), Some("r-1"));
         assert_eq!(record_key(&format!("receipts/{job}.json")), Some(format!("pickups/{job}.json")));
-        assert_eq!(records_of_key("receipts/not-a-job.json"), None);
-        assert_eq!(records_of_key(&format!("receipts/{job}.txt")), None);
+        assert_eq!(receipt_owner("receipts/not-a-job.json"), None);
+        assert_eq!(receipt_owner(&format!("receipts/{job}.txt")), None);
     }
 }

@@ -87,6 +87,15 @@ pub(super) fn streamed_temporaries(streamed: &[Streamed]) -> Vec<(String, String
     streamed.iter().filter_map(|s| Some((s.file_name.clone(), s.written.clone()?))).collect()
 }
 
+/// The staged copy's media type, by the file's format.
+fn content_type(file_name: &str) -> &'static str {
+    if file_name.ends_with(".xml") {
+        "application/xml"
+    } else {
+        "text/csv"
+    }
+}
+
 /// The SFTP temporaries that came through whole, by file name, for delivery.
 pub(super) type Temporaries = BTreeMap<String, String>;
 
@@ -231,7 +240,7 @@ where
         // No retries here: the file is on disk, so a failed or slow stream only falls back
         // to staging it whole, and waiting out a retry would hold back the export.
         let upload_id = match self
-            .bounded(run, "start the staging upload", self.store.start_multipart(&key, "text/csv"))
+            .bounded(run, "start the staging upload", self.store.start_multipart(&key, content_type(file_name)))
             .await
         {
             Ok(id) => id,
@@ -335,7 +344,7 @@ where
                 let key = run.records.staged_file(&file.file.file_name);
                 retry
                     .run(run.work_deadline, Step::Stage, "stage CSV", |_| {
-                        self.store.upload_file(&key, &file.path, "text/csv")
+                        self.store.upload_file(&key, &file.path, content_type(&file.file.file_name))
                     })
                     .await?;
             }

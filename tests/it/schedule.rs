@@ -79,7 +79,7 @@ async fn the_webhook_binary_takes_the_schedulers_event_from_events_and_stages_on
         answers.push(printed.lines().last().unwrap_or_default().to_owned());
     }
     assert!(answers[0].contains("\"accepted\"") && answers[1].contains("\"duplicate\""), "{answers:?}");
-    let expected = maestro_relay::job::job_id("schedule:PlannedOrders-PF:2026-12-07T06:30:00Z");
+    let expected = maestro_relay::job::job_id("schedule\u{1f}PlannedOrders-PF\u{1f}2026-12-07T06:30:00Z");
     assert_eq!(app.keys("jobs/").await, vec![format!("jobs/{expected}.json")]);
 }
 
@@ -131,29 +131,39 @@ async fn a_scheduled_request_the_allow_list_refuses_is_refused_for_good_and_noth
 }
 
 #[tokio::test]
-async fn a_configured_request_that_would_be_refused_stops_the_start_naming_the_variable_and_the_field() {
-    let app = TestApp::start(&[]).await;
-    let scheduled = [("SCHEDULE_MODE", "always")];
+async fn a_configured_request_that_would_be_refused_leaves_the_webhook_up_and_fails_each_slot_naming_the_field() {
+    let mut app = TestApp::start(&[]).await;
+    app.env.insert("SCHEDULE_MODE".into(), "always".into());
     for (request, field) in [
-        (r#"{"fileName":"PlannedOrders-PF","workbook":{"name":"Payroll"}}"#, "(workbook"),
+        (r#"{"fileName":"PlannedOrders-PF","workbook":{"name":"Payroll"}}"#, "(422, workbook"),
         (
             r#"{"fileName":"PlannedOrders-PF","workbook":{"name":"PlannedOrders Export"},"worksheets":"x"}"#,
-            "(worksheets)",
+            "(400, worksheets)",
         ),
-        (r#"{"fileName":"Plan-XX","workbook":{"name":"PlannedOrders Export"}}"#, "(fileName)"),
-        ("not json", "(body)"),
+        (r#"{"fileName":"Plan-XX","workbook":{"name":"PlannedOrders Export"}}"#, "(422, fileName)"),
+        ("not json", "(400, body)"),
     ] {
-        let err = config_with(&app, &[scheduled[0], ("SCHEDULE_REQUEST", request)]).map(|_| ()).unwrap_err();
-        assert!(err.message.contains("SCHEDULE_REQUEST") && err.message.contains(field), "{request}: {}", err.message);
+        app.env.insert("SCHEDULE_REQUEST".into(), request.into());
+        // A later allow-list or routes change must not take the webhooks down with the schedule.
+        assert!(config_with(&app, &[]).is_ok(), "{request}: the webhook did not start");
+        let err = start(&app, OffsetDateTime::now_utc()).await.expect_err("the slot is refused");
+        assert!(!err.is_transient(), "{request}: {}", err.chain());
+        assert!(err.chain().contains("SCHEDULE_REQUEST") && err.chain().contains(field), "{request}: {}", err.chain());
     }
-    let err = config_with(&app, &[scheduled[0]]).map(|_| ()).unwrap_err();
+    assert!(app.keys("jobs/").await.is_empty(), "nothing staged");
+    app.env.remove("SCHEDULE_REQUEST");
+    let err = config_with(&app, &[]).map(|_| ()).unwrap_err();
     assert!(err.message.contains("SCHEDULE_REQUEST is required"), "{}", err.message);
     let err =
         config_with(&app, &[("SCHEDULE_MODE", "catch-up"), ("SCHEDULE_REQUEST", REQUEST)]).map(|_| ()).unwrap_err();
     assert!(err.message.contains("SCHEDULE_CATCH_UP_WINDOW_MINUTES"), "{}", err.message);
+    let too_long =
+        [("SCHEDULE_MODE", "catch-up"), ("SCHEDULE_REQUEST", REQUEST), ("SCHEDULE_CATCH_UP_WINDOW_MINUTES", "10081")];
+    let err = config_with(&app, &too_long).map(|_| ()).unwrap_err();
+    assert!(err.message.contains("SCHEDULE_CATCH_UP_WINDOW_MINUTES=10081"), "{}", err.message);
     let err = config_with(&app, &[("SCHEDULE_MODE", "daily")]).map(|_| ()).unwrap_err();
     assert!(err.message.contains("SCHEDULE_MODE"), "{}", err.message);
-    // Off (the default) reads none of them: a stale request cannot stop the webhook.
+    // Off (the default) reads none of them.
     assert!(config_with(&app, &[("SCHEDULE_MODE", "off"), ("SCHEDULE_REQUEST", "not json")]).is_ok());
 }
 

@@ -182,3 +182,49 @@ async fn an_older_receipt_whose_file_a_newer_delivery_replaced_is_not_watched_fo
     assert_eq!(report.not_picked_up.len(), 1, "only the newer delivery is late: {report:?}");
     assert!(report.not_picked_up[0].waiting_minutes < 100, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_late_file_whose_event_the_bus_refused_is_announced_at_the_next_check() {
+    let world = World::new(MemorySource::new(3), MemoryDrop::new());
+    let bus = MemoryBus::new();
+    assert!(matches!(run_with(&world, &bus, queue(1)).await.unwrap(), JobOutcome::Delivered(_)));
+    deliver_earlier(&world, 90);
+    let before = bus.published().len();
+    // Every attempt of this check refused.
+    bus.refuse_entries(4);
+    assert_eq!(check(&world, &bus).await.not_picked_up.len(), 1);
+    assert_eq!(bus.published().len(), before, "nothing published");
+    assert_eq!(check(&world, &bus).await.not_picked_up.len(), 1);
+    let late: Vec<_> = bus.published().into_iter().skip(before).collect();
+    assert_eq!(late.len(), 1, "announced once, at the next check: {late:#?}");
+    assert_eq!(late[0].detail_type, DetailType::FileNotPickedUp);
+}
+
+#[tokio::test]
+async fn a_late_file_of_a_fresh_export_resend_names_the_resends_own_staged_copy() {
+    let world = World::new(MemorySource::new(3), MemoryDrop::new());
+    let bus = MemoryBus::new();
+    assert!(matches!(run_with(&world, &bus, queue(1)).await.unwrap(), JobOutcome::Delivered(_)));
+    world.drop.take_all();
+    let mut rerun = RerunRequest::plain(world.job_key());
+    rerun.resend = true;
+    rerun.fresh_export = true;
+    rerun.resend_id = Some("r1".into());
+    let outcome = with_bus(&world, &bus).run(&world.job_key(), far(), Trigger::Console, Some(rerun)).await;
+    assert!(matches!(outcome, Ok(JobOutcome::Delivered(_))), "{outcome:?}");
+    // The job delivered two hours ago, its re-send an hour and a half ago.
+    deliver_earlier(&world, 120);
+    let key = format!("receipts/{}/resends/r1.json", world.job_id());
+    let mut receipt = world.store.json(&key).expect("the re-send's receipt");
+    let then = OffsetDateTime::now_utc() - time::Duration::minutes(90);
+    receipt["files"][0]["updatedAt"] = json!(then.format(&time::format_description::well_known::Rfc3339).unwrap());
+    world.store.insert(&key, serde_json::to_vec(&receipt).unwrap());
+
+    let before = bus.published().len();
+    assert_eq!(check(&world, &bus).await.not_picked_up.len(), 1);
+    let late: Vec<_> = bus.published().into_iter().skip(before).collect();
+    assert_eq!(late.len(), 1, "{late:#?}");
+    let staged = late[0].detail.staged_object.as_ref().expect("a staged copy");
+    assert_eq!(staged.key, format!("staging/{}/resends/r1/{}", world.job_id(), world.data_name()));
+    assert_eq!(late[0].detail.resend_id.as_deref(), Some("r1"));
+}
