@@ -28,6 +28,7 @@ import hmac
 import json
 import os
 import shutil
+import shlex
 import signal
 import socket
 import statistics
@@ -168,9 +169,16 @@ class Bench:
         moto = os.path.join(ROOT, ".venv", "bin", "moto_server")
         self.moto = self.parts.start([moto, "-H", "127.0.0.1", "-p", str(moto_port)], "moto_server", moto_port)
         self.sftp_dir = os.path.join(self.work, "sftp")
-        subprocess.run([os.path.join(ROOT, "scripts", "sshd.sh"), self.sftp_dir, str(sshd_port)], check=True)
+        # The local stack's SFTP users, one per SAP system (scripts/stack.sh does the same);
+        # the Python pipeline logs in as this account.
+        subprocess.run([os.path.join(ROOT, "scripts", "sshd.sh"), self.sftp_dir, str(sshd_port), "sap-pf2:PF2",
+                        "sap-wp2:WP2"], check=True)
+        with open(os.path.join(self.sftp_dir, "nss_wrapper")) as handle:
+            nss = {"LD_PRELOAD": handle.read().strip(), "NSS_WRAPPER_PASSWD": os.path.join(self.sftp_dir, "passwd"),
+                   "NSS_WRAPPER_GROUP": os.path.join(self.sftp_dir, "group")}
         self.sshd = self.parts.start(
-            ["/usr/sbin/sshd", "-D", "-e", "-f", os.path.join(self.sftp_dir, "sshd_config")], "sshd", sshd_port
+            ["/usr/sbin/sshd", "-D", "-e", "-f", os.path.join(self.sftp_dir, "sshd_config")], "sshd", sshd_port,
+            env={**os.environ, **nss},
         )
         self.sshd_port = sshd_port
         endpoint = f"http://127.0.0.1:{moto_port}"
@@ -223,7 +231,12 @@ class Bench:
         os.environ.update(self.env)
         timing = {}
         try:
-            kind, body = run(json.dumps(event).encode(), self.limited([os.path.join(self.release, binary)]),
+            command = self.limited([os.path.join(self.release, binary)])
+            if self.args.wrap_worker and binary == "worker":
+                # A profiler around the worker (its figures are then the profiler's): e.g.
+                # "perf record -e cpu-clock -g -o /tmp/worker.data --", or valgrind's massif.
+                command = [*shlex.split(self.args.wrap_worker.replace("{round}", str(self.round))), *command]
+            kind, body = run(json.dumps(event).encode(), command,
                              timeout_s=900, timing=timing,
                              log=log, quiet=log is None)
         finally:
@@ -498,6 +511,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latencies", default="0,20")
     parser.add_argument("--scale", default="", help="row counts: our worker alone, worksheet and bulk mode")
+    parser.add_argument("--wrap-worker", metavar="COMMAND",
+                        help="run the worker under COMMAND ({round} is the round), e.g. a profiler")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting of the functions' environment, for trying one (repeatable)")
     parser.add_argument("--lambda-shape", action="store_true",

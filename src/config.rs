@@ -673,12 +673,15 @@ mod tests {
         assert_eq!(config.worker.stale_batch, StaleBatch::Fail);
         assert_eq!(config.worker.min_rows, 1);
         assert_eq!(config.worker.queue.max_receive_count, 5);
-        assert_eq!((config.worker.stream.part_bytes, config.worker.stream.parts_in_flight), (8 << 20, 4));
+        assert_eq!((config.worker.stream.part_bytes, config.worker.stream.parts_in_flight), (5 << 20, 2));
         assert_eq!(
             (config.worker.stream.stall, config.worker.stream.call_timeout),
             (Duration::from_secs(1), Duration::from_secs(60))
         );
         assert!(config.worker.stream.sftp);
+        assert_eq!(config.worker.pickup.lookback, Duration::from_secs(24 * 3600));
+        assert!(config.worker.pickup.sla.values().all(|sla| *sla == Duration::from_secs(3600)));
+        assert_eq!(config.event_bus_name, None);
         let minutes: Vec<u64> = (1..=4).map(|n| config.worker.queue.delay_after(n).as_secs() / 60).collect();
         assert_eq!(minutes, [5, 20, 60, 60]);
     }

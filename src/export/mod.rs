@@ -515,7 +515,7 @@ struct Parsed {
 }
 
 /// Parsed pages waiting for the converter, beyond the one it converts.
-const CONVERTER_QUEUE: usize = 4;
+const CONVERTER_QUEUE: usize = 2;
 
 /// The file about to be written, opened on the converter's thread.
 struct SinkPlan {

@@ -49,10 +49,13 @@ pub struct StreamOptions {
 impl Default for StreamOptions {
     fn default() -> Self {
         Self {
-            part_bytes: 8 * 1024 * 1024,
-            parts_in_flight: crate::ports::PARTS_IN_FLIGHT,
+            // S3's smallest part, two at a time, and a megabyte of chunks per destination:
+            // what keeps the streams abreast of the export, no more (memory is a goal:
+            // docs/performance.md, memory near the limit).
+            part_bytes: 5 * 1024 * 1024,
+            parts_in_flight: 2,
             chunk_bytes: 256 * 1024,
-            depth: 16,
+            depth: 4,
             stall: Duration::from_secs(1),
             call_timeout: Duration::from_secs(60),
             sftp: true,

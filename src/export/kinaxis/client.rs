@@ -233,7 +233,7 @@ impl KinaxisClient {
                     .bearer_auth(token)
             })
             .await?;
-        response.bytes().await.map_err(|e| transport(e, &what))
+        read_page(response, &what).await
     }
 
     /// One page of a worksheet as the raw body; parsed by the caller without copying.
@@ -241,7 +241,7 @@ impl KinaxisClient {
         let what = format!("reading worksheet {:?} rows from {start_row}", sheet.worksheet_name);
         let response =
             self.send_authorized(&what, |token| self.page_request(sheet, start_row, rows).bearer_auth(token)).await?;
-        response.bytes().await.map_err(|e| transport(e, &what))
+        read_page(response, &what).await
     }
 
     /// The page request in the configured paging style, without its token. The handle
@@ -333,6 +333,22 @@ fn unshared(err: &Error) -> Error {
 }
 
 /// A network-level failure: always worth another try.
+/// A page's body grown no further than this from its `Content-Length` before it arrives: a
+/// header cannot make the worker reserve more than a page could hold.
+const MAX_RESERVED_PAGE: u64 = 64 << 20;
+
+/// A page's whole body in one buffer, its chunks copied in as they arrive: collected
+/// first and joined at the end, the body would be held twice at once (several pages are in
+/// flight; the export's memory, docs/performance.md).
+async fn read_page(mut response: reqwest::Response, what: &str) -> Result<Bytes> {
+    let expected = response.content_length().unwrap_or(0).min(MAX_RESERVED_PAGE);
+    let mut body = bytes::BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport(e, what))? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 fn transport(err: reqwest::Error, what: &str) -> Error {
     let kind = if err.is_timeout() {
         "timed out"

@@ -10,11 +10,30 @@ use std::ops::Range;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// Where a value lies: in the body as sent, or decoded into the escape buffer.
-#[derive(Debug, Clone)]
-enum Span {
-    Body(Range<usize>),
-    Decoded(Range<usize>),
+/// Where a value lies: `start..end` in the body as sent, or, with `DECODED` set in `end`,
+/// in the escape buffer. Eight bytes a value: a page holds tens of thousands of values and
+/// several parsed pages are alive at once (the export's memory, docs/performance.md). The
+/// offsets fit in 31 bits: a body of `MAX_BODY_BYTES` or more is refused before its parse,
+/// and the escape buffer never outgrows its body.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+const DECODED: u32 = 1 << 31;
+
+/// The largest page body a span can address.
+pub const MAX_BODY_BYTES: usize = DECODED as usize;
+
+impl Span {
+    fn body(range: Range<usize>) -> Self {
+        Self { start: range.start as u32, end: range.end as u32 }
+    }
+
+    fn decoded(range: Range<usize>) -> Self {
+        Self { start: range.start as u32, end: range.end as u32 | DECODED }
+    }
 }
 
 /// An error Kinaxis answered with HTTP 200 (docs/kinaxis-api.md, "Errors inside a 200").
@@ -176,7 +195,7 @@ impl PageBuffer {
         text: &'a str,
         deserialize: impl FnOnce(&'a str, PageSeed<'_>) -> Result<(), E>,
     ) -> Result<Page<'a>, E> {
-        self.reset(text, None);
+        self.reset(text, None)?;
         deserialize(text, PageSeed(TopSeed { buffer: self, shape: Shape::Page }))?;
         self.conclude(Shape::Page)?;
         Ok(Page { body: text, rows: 0..self.row_ends.len(), buffer: self })
@@ -195,7 +214,7 @@ impl PageBuffer {
                 .err()
                 .unwrap_or_else(|| de::Error::custom("the answer is not UTF-8")));
         };
-        self.reset(text, delimiter);
+        self.reset(text, delimiter)?;
         let mut deserializer = serde_json::Deserializer::from_str(text);
         TopSeed { buffer: self, shape }.deserialize(&mut deserializer)?;
         deserializer.end()?;
@@ -203,8 +222,12 @@ impl PageBuffer {
         Ok(text)
     }
 
-    /// Empties the buffers for `text`, about to be parsed.
-    fn reset(&mut self, text: &str, delimiter: Option<char>) {
+    /// Empties the buffers for `text`, about to be parsed; a body too large for a span is
+    /// refused (no Kinaxis page comes near it).
+    fn reset<E: de::Error>(&mut self, text: &str, delimiter: Option<char>) -> Result<(), E> {
+        if text.len() >= MAX_BODY_BYTES {
+            return Err(E::custom(format!("a page of {} bytes; at most {MAX_BODY_BYTES} are read", text.len())));
+        }
         self.spans.clear();
         self.row_ends.clear();
         self.decoded.clear();
@@ -217,6 +240,7 @@ impl PageBuffer {
         self.seen_data = false;
         let start = text.as_ptr() as usize;
         self.body_at = start..start + text.len();
+        Ok(())
     }
 
     /// After the parse: an error reported inside the 200 is kept; an answer that reports
@@ -243,7 +267,7 @@ impl PageBuffer {
         let at = value.as_ptr() as usize;
         if self.body_at.start <= at && at + value.len() <= self.body_at.end {
             let start = at - self.body_at.start;
-            self.spans.push(Span::Body(start..start + value.len()));
+            self.spans.push(Span::body(start..start + value.len()));
         } else {
             self.push_decoded(value);
         }
@@ -252,7 +276,7 @@ impl PageBuffer {
     fn push_decoded(&mut self, value: &str) {
         let start = self.decoded.len();
         self.decoded.push_str(value);
-        self.spans.push(Span::Decoded(start..self.decoded.len()));
+        self.spans.push(Span::decoded(start..self.decoded.len()));
     }
 
     /// A bulk row: one span per value between delimiters.
@@ -273,7 +297,7 @@ impl PageBuffer {
         let mut from = 0;
         for (at, c) in row.char_indices().filter(|(_, c)| *c == delimiter).chain([(row.len(), delimiter)]) {
             let range = base + from..base + at;
-            self.spans.push(if body { Span::Body(range) } else { Span::Decoded(range) });
+            self.spans.push(if body { Span::body(range) } else { Span::decoded(range) });
             from = at + c.len_utf8();
         }
     }
@@ -294,9 +318,11 @@ impl<'a> Page<'a> {
     }
 
     fn value(&self, span: &Span) -> &'a str {
-        match span {
-            Span::Body(range) => &self.body[range.clone()],
-            Span::Decoded(range) => &self.buffer.decoded[range.clone()],
+        let range = span.start as usize..(span.end & !DECODED) as usize;
+        if span.end & DECODED == 0 {
+            &self.body[range]
+        } else {
+            &self.buffer.decoded[range]
         }
     }
 
