@@ -53,10 +53,10 @@ bench-e2e: bootstrap
 	cargo build --release --workspace --bins
 	.venv/bin/python benches/e2e.py $(CARGO_TARGET_DIR)/release $(E2E_ARGS)
 
-## The largest exports: 100k and 10M rows, worksheet and bulk mode, at 0 and 20 ms per call.
+## The largest exports: 100k, 1M and 10M rows, worksheet and bulk mode, at 0 and 20 ms per call.
 bench-scale: bootstrap
 	cargo build --release --workspace --bins
-	.venv/bin/python benches/e2e.py $(CARGO_TARGET_DIR)/release --scale 100000,10000000 $(E2E_ARGS)
+	.venv/bin/python benches/e2e.py $(CARGO_TARGET_DIR)/release --scale 100000,1000000,10000000 $(E2E_ARGS)
 
 ## The whole job Lambda-shaped (issue 24): the worker and the Python pipeline each held to
 ## 0.6 of a core by a cgroup, S3 2 ms and SFTP 30 ms round trip away through relays.

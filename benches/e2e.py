@@ -155,6 +155,8 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.release = os.path.abspath(args.release_dir)
+        # Whose functions the next `ours` runs: these, or `--baseline`'s.
+        self.binaries = self.release
         self.parts = Parts()
         self.work = tempfile.mkdtemp(prefix="bench-e2e-")
         self.round = 0
@@ -231,7 +233,7 @@ class Bench:
         os.environ.update(self.env)
         timing = {}
         try:
-            command = self.limited([os.path.join(self.release, binary)])
+            command = self.limited([os.path.join(self.binaries, binary)])
             if self.args.wrap_worker and binary == "worker":
                 # A profiler around the worker (its figures are then the profiler's): e.g.
                 # "perf record -e cpu-clock -g -o /tmp/worker.data --", or valgrind's massif.
@@ -404,21 +406,43 @@ class Bench:
 
     def measure(self, latency_ms: int) -> None:
         self.start_sim(latency_ms)
-        ours, python, limits = [], [], []
+        ours, python, limits, baseline = [], [], [], []
         try:
             for i in range(self.args.rounds):
                 # Alternating, and which goes first alternates too.
                 order = [("ours", self.ours), ("python", self.python)]
-                if i % 2:
-                    order.reverse()
+                if self.args.baseline:
+                    order.append(("baseline", self.baseline_run))
+                order = order[i % len(order):] + order[:i % len(order)]
                 for name, step in order:
-                    (ours if name == "ours" else python).append(step())
+                    {"ours": ours, "python": python, "baseline": baseline}[name].append(step())
                 limits.append(self.limits(self.last_python_csv))
-                print(f"   round {i + 1}: ours {ours[-1]['whole_s']:.2f} s, Python {python[-1]['whole_s']:.2f} s",
-                      flush=True)
+                print(f"   round {i + 1}: ours {ours[-1]['whole_s']:.2f} s, Python {python[-1]['whole_s']:.2f} s"
+                      + (f", baseline {baseline[-1]['whole_s']:.2f} s" if baseline else ""), flush=True)
         finally:
             self.parts.stop(self.sim)
         self.report(latency_ms, ours, python, limits)
+        if baseline:
+            self.report_baseline(ours, python, baseline)
+
+    def baseline_run(self) -> dict:
+        """`ours` with the baseline's webhook and worker binaries, on the same stack."""
+        self.binaries = os.path.abspath(self.args.baseline)
+        try:
+            return self.ours()
+        finally:
+            self.binaries = self.release
+
+    def report_baseline(self, ours: list, python: list, baseline: list) -> None:
+        col = lambda runs, key: [r[key] for r in runs]  # noqa: E731
+        print(f"   -- against the baseline binaries ({self.args.baseline}), the same rounds:")
+        for what, key, digits in (("whole job, s", "whole_s", 2), ("worker CPU s", "cpu_s", 2),
+                                  ("worker peak RSS, MB", "vmhwm_mb", 1)):
+            ratios = [b[key] / o[key] for o, b in zip(ours, baseline)]
+            print(f"   {what:<22} now {fmt(col(ours, key), digits=digits)}, baseline "
+                  f"{fmt(col(baseline, key), digits=digits)}; baseline / now {fmt(ratios)}x")
+        cpu = [p["cpu_s"] / b["cpu_s"] for b, p in zip(baseline, python)]
+        print(f"   CPU Python / baseline worker, per round: {fmt(cpu)}x")
 
     def report(self, latency_ms: int, ours: list, python: list, limits: list) -> None:
         col = lambda runs, key: [r[key] for r in runs]  # noqa: E731
@@ -511,6 +535,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latencies", default="0,20")
     parser.add_argument("--scale", default="", help="row counts: our worker alone, worksheet and bulk mode")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run, each round, the webhook and worker binaries in DIR (an earlier build)")
     parser.add_argument("--wrap-worker", metavar="COMMAND",
                         help="run the worker under COMMAND ({round} is the round), e.g. a profiler")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",

@@ -9,6 +9,7 @@ the function's process, and network distance to S3 and SAP.
   exchange; TCP's own window is the loopback's).
 """
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -57,6 +58,8 @@ class LatencyRelay:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
+        # Connections still open when the benchmark exits are cut mid-copy: not news.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
         self.thread = threading.Thread(target=self._serve, args=(started,), daemon=True)
