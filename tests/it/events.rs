@@ -19,17 +19,7 @@ async fn bus_with_listener(app: &TestApp) -> (String, String) {
     let bus = unique("relay-events");
     events.create_event_bus().name(&bus).send().await.expect("create bus");
     let queue_url = app.queue("events").await;
-    let arn = app
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue attributes")
-        .attributes()
-        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
-        .expect("queue arn");
+    let arn = app.queue_arn(&queue_url).await;
     let rule = unique("all");
     events
         .put_rule()
@@ -216,7 +206,23 @@ async fn the_watchdog_reports_a_file_sap_left_once_and_then_nothing_once_sap_too
     let check = crate::helpers::load_event("worker-pickup-check.json");
 
     delivered_earlier(&app, &job_id, 45).await;
-    let answer = app.worker().handle_json(&check, app.deadline()).await.expect("a report");
+    // The scheduled check as Lambda runs it: the real binary, its metric and log on stdout.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = app
+        .invocation(env!("CARGO_BIN_EXE_worker"), &check, &dir.path().join("check.json"))
+        .output()
+        .expect("the worker binary through scripts/lambda_rie.py");
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{printed}");
+    let metric = printed.lines().find(|l| l.contains("\"FilesNotPickedUp\"")).expect("the metric record");
+    let metric: Value = serde_json::from_str(metric).expect("an EMF record");
+    assert_eq!((metric["FilesNotPickedUp"].as_f64(), metric["Target"].as_str()), (Some(1.0), Some("PF2")), "{metric}");
+    assert!(printed.contains("delivered file not picked up by SAP") && printed.contains(&name), "logged: {printed}");
+    let answer: Value = printed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("notPickedUp").is_some())
+        .expect("the check's answer");
     assert_eq!(answer["notPickedUp"].as_array().map(Vec::len), Some(1), "{answer:#}");
     assert_eq!(answer["notPickedUp"][0]["target"], json!("PF2"));
     assert!(answer["notPickedUp"][0]["remotePath"].as_str().is_some_and(|p| p.ends_with(&name)), "{answer:#}");

@@ -706,6 +706,20 @@ impl TestApp {
         created.queue_url().expect("queue url").to_owned()
     }
 
+    /// The ARN of the queue at `url`, for a notification or rule that targets it.
+    pub async fn queue_arn(&self, url: &str) -> String {
+        self.sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
+            .expect("queue arn")
+    }
+
     pub async fn put_secret(&self, name: &str, value: Value) -> String {
         let id = unique(name);
         self.secrets.create_secret().name(&id).secret_string(value.to_string()).send().await.expect("create secret");

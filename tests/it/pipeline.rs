@@ -10,17 +10,7 @@ use crate::helpers::{sqs_event_for, TestApp};
 async fn notify_queue(app: &TestApp) -> String {
     let queue = app.sqs.create_queue().queue_name(crate::helpers::unique("jobs")).send().await.expect("create queue");
     let url = queue.queue_url().expect("queue url").to_owned();
-    let arn = app
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue attributes")
-        .attributes()
-        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
-        .expect("queue arn");
+    let arn = app.queue_arn(&url).await;
     use aws_sdk_s3::types::*;
     let rule = FilterRule::builder().name(FilterRuleName::Prefix).value("jobs/").build();
     let config = QueueConfiguration::builder()
