@@ -159,22 +159,25 @@ impl WebhookConfig {
             daily_target_budget,
             schedule,
         };
-        // The scheduled request through the very checks each slot repeats, so a typo shows
-        // at the start, not at the first slot hours later; logged, not fatal: a later change
-        // of the allow-list or routes that refuses it must not take the webhook down with
-        // the schedule (each slot refuses it again, to the schedule's dead-letter queue).
-        if let Some(schedule) = &settings.schedule {
-            if let Err(refused) = crate::webhook::checked_request(&settings, schedule.request.as_bytes()) {
-                let field = refused.body["field"].as_str().unwrap_or("body");
-                let detail = refused.body["detail"].as_str().unwrap_or("");
-                tracing::error!(
-                    field,
-                    detail,
-                    "SCHEDULE_REQUEST is refused as a webhook body would be: every scheduled start will fail"
-                );
-            }
-        }
+        warn_of_a_refused_schedule(&settings);
         env.finish(Self { staging_bucket, secret_cache_ttl, settings })
+    }
+}
+
+/// The scheduled request through the very checks each slot repeats, so a typo shows at the
+/// start, not at the first slot hours later; logged, not fatal: a later change of the
+/// allow-list or routes that refuses it must not take the webhook down with the schedule
+/// (each slot refuses it again, to the schedule's dead-letter queue).
+fn warn_of_a_refused_schedule(settings: &WebhookSettings) {
+    let Some(schedule) = &settings.schedule else { return };
+    if let Err(refused) = crate::webhook::checked_request(settings, schedule.request.as_bytes()) {
+        let field = refused.body["field"].as_str().unwrap_or("body");
+        let detail = refused.body["detail"].as_str().unwrap_or("");
+        tracing::error!(
+            field,
+            detail,
+            "SCHEDULE_REQUEST is refused as a webhook body would be: every scheduled start will fail"
+        );
     }
 }
 

@@ -198,7 +198,7 @@ pub fn not_picked_up(
 pub trait EventBus: Send + Sync {
     /// Puts `events` (at most `MAX_ENTRIES`) on the bus in one call; the entries it did not
     /// take, by index, with why. `Err` when the call itself failed (none was taken).
-    fn put<'a>(&'a self, events: &'a [DeliveryEvent]) -> BoxFuture<'a, Result<Vec<(usize, String)>>>;
+    fn put<'a>(&'a self, events: &'a [&'a DeliveryEvent]) -> BoxFuture<'a, Result<Vec<(usize, String)>>>;
 }
 
 /// What could not be published by the deadline: which events (by index), and the last reason.
@@ -241,8 +241,8 @@ impl Publisher {
             }
             let mut refused = Vec::new();
             for chunk in pending.chunks(MAX_ENTRIES) {
-                let owned: Vec<DeliveryEvent> = chunk.iter().map(|(_, e)| (*e).clone()).collect();
-                match tokio::time::timeout_at(deadline, self.bus.put(&owned)).await {
+                let entries: Vec<&DeliveryEvent> = chunk.iter().map(|(_, event)| *event).collect();
+                match tokio::time::timeout_at(deadline, self.bus.put(&entries)).await {
                     Ok(Ok(not_taken)) => {
                         for (index, why) in not_taken {
                             last = entry_refused(why);
@@ -282,6 +282,30 @@ mod tests {
         assert_eq!(directory_of("/in/pf2/PLAN_PF.csv").as_deref(), Some("/in/pf2"));
         assert_eq!(directory_of("/PLAN_PF.csv").as_deref(), Some("/"));
         assert_eq!(directory_of("PLAN_PF.csv"), None);
+    }
+
+    fn one_event() -> DeliveryEvent {
+        let err = Error::permanent(Step::Fetch, "Kinaxis answered 403");
+        job_failed(&crate::job::job_id("e"), None, &err, OffsetDateTime::now_utc())
+    }
+
+    fn publisher(bus: &std::sync::Arc<crate::memory::MemoryBus>) -> Publisher {
+        Publisher { bus: Arc::new(Arc::clone(bus)), staging_bucket: "b".into() }
+    }
+
+    #[tokio::test]
+    async fn an_entry_refused_for_good_is_not_tried_again_and_one_refused_for_now_is() {
+        let bus = crate::memory::MemoryBus::new();
+        bus.refuse_entries_for_good(1);
+        let left = publisher(&bus).publish(&[one_event()], Instant::now() + Duration::from_secs(10)).await;
+        let left = left.expect_err("refused for good");
+        assert_eq!((left.left, left.error.is_transient(), bus.calls()), (vec![0], false, 1));
+
+        let bus = crate::memory::MemoryBus::new();
+        bus.refuse_entries(1);
+        let published = publisher(&bus).publish(&[one_event()], Instant::now() + Duration::from_secs(10)).await;
+        assert!(published.is_ok(), "{published:?}");
+        assert_eq!((bus.published().len(), bus.calls()), (1, 2));
     }
 
     #[test]

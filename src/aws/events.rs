@@ -33,7 +33,7 @@ impl EventBridgeBus {
 }
 
 impl EventBus for EventBridgeBus {
-    fn put<'a>(&'a self, events: &'a [DeliveryEvent]) -> BoxFuture<'a, Result<Vec<(usize, String)>>> {
+    fn put<'a>(&'a self, events: &'a [&'a DeliveryEvent]) -> BoxFuture<'a, Result<Vec<(usize, String)>>> {
         Box::pin(async move {
             let entries = events.iter().map(|e| self.entry(e)).collect::<Result<Vec<_>>>()?;
             let output = self

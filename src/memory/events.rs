@@ -15,6 +15,8 @@ pub struct MemoryBus {
     /// Calls still to fail whole, then entries still to refuse one by one.
     failing_calls: Mutex<u32>,
     refusing_entries: Mutex<u32>,
+    /// EventBridge's code for the refusals: one it may take later, or one it never will.
+    refusal_code: Mutex<&'static str>,
     calls: Mutex<u32>,
 }
 
@@ -37,14 +39,22 @@ impl MemoryBus {
         *lock(&self.failing_calls) = times;
     }
 
-    /// The next `times` entries are refused one by one (`FailedEntryCount`), the rest taken.
+    /// The next `times` entries are refused one by one (`FailedEntryCount`) as for now
+    /// (`InternalFailure`), the rest taken.
     pub fn refuse_entries(&self, times: u32) {
         *lock(&self.refusing_entries) = times;
+        *lock(&self.refusal_code) = "InternalFailure";
+    }
+
+    /// As `refuse_entries`, for good (`MalformedDetail`).
+    pub fn refuse_entries_for_good(&self, times: u32) {
+        *lock(&self.refusing_entries) = times;
+        *lock(&self.refusal_code) = "MalformedDetail";
     }
 }
 
 impl EventBus for Arc<MemoryBus> {
-    fn put<'a>(&'a self, events: &'a [DeliveryEvent]) -> BoxFuture<'a, Result<Vec<(usize, String)>>> {
+    fn put<'a>(&'a self, events: &'a [&'a DeliveryEvent]) -> BoxFuture<'a, Result<Vec<(usize, String)>>> {
         Box::pin(async move {
             *lock(&self.calls) += 1;
             {
@@ -59,9 +69,9 @@ impl EventBus for Arc<MemoryBus> {
                 let mut refusing = lock(&self.refusing_entries);
                 if *refusing > 0 {
                     *refusing -= 1;
-                    refused.push((index, "InternalFailure: injected".to_owned()));
+                    refused.push((index, format!("{}: injected", lock(&self.refusal_code))));
                 } else {
-                    lock(&self.published).push(event.clone());
+                    lock(&self.published).push((*event).clone());
                 }
             }
             Ok(refused)

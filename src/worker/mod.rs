@@ -34,6 +34,7 @@ use crate::job::{
 use crate::outlet::Outlets;
 use crate::ports::{FileDrop, JobQueue, ObjectStore, WorkbookSource};
 use crate::retry::deadline_reached;
+use crate::routing::Target;
 use crate::secrets::{CachedSecrets, KinaxisCredentials, KinaxisLogin, SecretSource, SftpCredentials};
 use crate::telemetry::{self, Metric, MetricScope};
 pub use event::{ConsoleOutcome, RerunRequest, WorkerEvent, WorkerResponse};
@@ -87,7 +88,6 @@ pub struct Worker<S, K, W, D, Q> {
 /// What one run of a job knows while it runs; kept outside the steps so that a run cut by
 /// the deadline can still report where it was.
 struct Run {
-    job_id: JobId,
     /// The records this run reads and writes: the job's, or a re-send's.
     records: Records,
     /// The operator's re-run, when this is one.
@@ -120,11 +120,19 @@ struct Run {
     earlier_failures: Mutex<Vec<EarlierFailure>>,
 }
 
+/// What delivery starts from: the files, the SFTP temporaries that came through whole, every
+/// temporary the streams wrote (file name, temporary), and the folder they wrote into.
+type Prepared<F> = (Vec<ExportedFile>, stream::Temporaries, Vec<(String, String)>, Option<F>);
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Run {
+    fn job_id(&self) -> &JobId {
+        self.records.job_id()
+    }
+
     fn at(&self, step: Step) {
         *lock(&self.step) = step;
     }
@@ -174,6 +182,16 @@ where
             })
         });
         Ok(KinaxisLogin { credentials, reread: Some(reread) })
+    }
+
+    /// A session to `target`'s SAP folder with that system's own credentials; no call on it
+    /// outlasts `deadline` by more than a moment.
+    async fn open_target(&self, target: &Target, deadline: Instant) -> Result<D::Folder> {
+        let secret_id = self.settings.sftp_secret_ids.get(target).ok_or_else(|| {
+            Error::permanent(Step::Deliver, format!("no SFTP_SECRET_ID_{target} is configured for the target"))
+        })?;
+        let credentials: SftpCredentials = self.secrets.get_json(secret_id).await?;
+        self.drop.open(credentials, deadline).await
     }
 
     /// The Lambda entry; `deadline` is the invocation's own. An SQS batch answers its
@@ -369,7 +387,7 @@ where
             span.record("requestId", request_id.as_str());
         }
         async {
-            let run = self.new_run(job_id, records, rerun, trigger, deadline);
+            let run = self.new_run(records, rerun, trigger, deadline);
             // Steps stop by themselves at the work deadline; this cuts anything that did not,
             // halfway into the margin, and still leaves half of it to record the outcome.
             let result = match tokio::time::timeout_at(run.finish_deadline, self.run_steps(&run, job_key)).await {
@@ -384,23 +402,15 @@ where
         .await
     }
 
-    fn new_run(
-        &self,
-        job_id: JobId,
-        records: Records,
-        rerun: Option<RerunRequest>,
-        trigger: Trigger,
-        deadline: Instant,
-    ) -> Run {
+    fn new_run(&self, records: Records, rerun: Option<RerunRequest>, trigger: Trigger, deadline: Instant) -> Run {
         let started = Instant::now();
         let margin = self.settings.deadline_margin;
         let remaining = deadline.saturating_duration_since(started);
         let work_deadline = deadline.checked_sub(margin).unwrap_or(started);
         Run {
-            owner: format!("{job_id}-{:016x}", fastrand::u64(..)),
+            owner: format!("{}-{:016x}", records.job_id(), fastrand::u64(..)),
             started,
             started_at: OffsetDateTime::now_utc(),
-            job_id,
             records,
             rerun,
             trigger,
@@ -427,7 +437,7 @@ where
         let final_failure = result.as_ref().err().is_some_and(|e| self.is_final(e, run.trigger));
         let end = JobEnd {
             stack: &self.settings.stack_name,
-            job_id: &run.job_id,
+            job_id: run.job_id(),
             records: &run.records,
             manifest: manifest.as_ref(),
             receive_count: match run.trigger {
@@ -450,7 +460,7 @@ where
             tracing::error!("the outcome could not be recorded before the deadline");
         }
         if run.lease_held.load(Ordering::SeqCst) {
-            let _ = tokio::time::timeout_at(report_by, lease::release(&self.store, &run.job_id, &run.owner)).await;
+            let _ = tokio::time::timeout_at(report_by, lease::release(&self.store, run.job_id(), &run.owner)).await;
         }
         let events = self.events_of(run, manifest.as_ref(), result, final_failure);
         self.publish(&events, manifest.as_ref().map(|m| m.target.as_str()), report_by).await;
@@ -472,7 +482,7 @@ where
                 events::delivered(receipt, &run.records, &publisher.staging_bucket, run.started_at)
             }
             Err(err) if final_failure && !run.repeated.load(Ordering::SeqCst) && run.records.resend().is_none() => {
-                vec![events::job_failed(&run.job_id, manifest, err, run.started_at)]
+                vec![events::job_failed(run.job_id(), manifest, err, run.started_at)]
             }
             _ => Vec::new(),
         }
@@ -497,11 +507,13 @@ where
         published.err().map(|unpublished| unpublished.left).unwrap_or_default()
     }
 
-    async fn run_steps(&self, run: &Run, job_key: &str) -> Result<JobOutcome> {
-        let retry = &self.settings.retry;
-        let job_id = run.job_id.as_str();
+    /// The job's manifest, read and checked, and kept in `run`; `None` for a re-run of a job
+    /// that has none (a mistyped id), which is not a failure.
+    async fn read_manifest(&self, run: &Run, job_key: &str) -> Result<Option<Manifest>> {
         run.at(Step::Manifest);
-        let (manifest_bytes, _) = retry
+        let (manifest_bytes, _) = self
+            .settings
+            .retry
             .run(run.work_deadline, Step::Manifest, "read manifest", |_| self.store.get(job_key))
             .await
             .map_err(|e| e.at(Step::Manifest))?;
@@ -509,18 +521,27 @@ where
             let why = format!("no job manifest at {job_key}");
             if run.rerun.is_some() {
                 tracing::warn!("re-run not run: {why}");
-                return Ok(JobOutcome::NotRun(format!("{why}: check the job id (`maestro-relay jobs` lists them)")));
+                return Ok(None);
             }
             return Err(Error::permanent(Step::Manifest, why));
         };
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .or_permanent(Step::Manifest, format!("{job_key} is not a valid job manifest"))?;
-        if manifest.job_id != run.job_id {
+        if &manifest.job_id != run.job_id() {
             return Err(Error::permanent(Step::Manifest, format!("{job_key} holds jobId {}", manifest.job_id)));
         }
         self.check_manifest(job_key, &manifest)?;
         *lock(&run.manifest) = Some(manifest.clone());
+        Ok(Some(manifest))
+    }
 
+    async fn run_steps(&self, run: &Run, job_key: &str) -> Result<JobOutcome> {
+        let retry = &self.settings.retry;
+        let job_id = run.job_id().as_str();
+        let Some(manifest) = self.read_manifest(run, job_key).await? else {
+            let why = format!("no job manifest at {job_key}: check the job id (`maestro-relay jobs` lists them)");
+            return Ok(JobOutcome::NotRun(why));
+        };
         if self.has_receipt(run).await? {
             tracing::info!("already delivered; acknowledging");
             return Ok(JobOutcome::AlreadyDelivered);
@@ -593,38 +614,7 @@ where
                 if let Some(refusal) = self.newer_batch(run, manifest).await? {
                     return self.refused(run, manifest, refusal, &[], None).await;
                 }
-                run.at(Step::Fetch);
-                let login = self.kinaxis_login().await?;
-                // The export and its streams run together; the export's end (its outlets
-                // dropped) ends the streams.
-                let (outlets, announced) = Outlets::new(self.stream.chunk_bytes, self.stream.depth, self.stream.stall);
-                let dir = spool.path();
-                let export = async move {
-                    let exported = self.source.export(manifest, login, dir, run.work_deadline, &outlets).await;
-                    drop(outlets);
-                    exported
-                };
-                let (exported, (mut streamed, folder)) =
-                    tokio::join!(Box::pin(export), Box::pin(self.pump(run, manifest, announced)));
-                let files = match exported.and_then(|files| self.check_row_counts(&files).map(|()| files)) {
-                    Ok(files) => files,
-                    Err(err) => {
-                        self.discard(run, manifest, streamed, folder).await;
-                        return Err(err);
-                    }
-                };
-                run.time("fetch", step_started);
-                let stage_started = Instant::now();
-                run.at(Step::Stage);
-                let temporaries = match self.settle(run, &files, &mut streamed).await {
-                    Ok(temporaries) => temporaries,
-                    Err(err) => {
-                        self.discard(run, manifest, streamed, folder).await;
-                        return Err(err);
-                    }
-                };
-                run.time("stage", stage_started);
-                (files, temporaries, stream::streamed_temporaries(&streamed), folder)
+                self.export_and_stage(run, manifest, spool.path(), step_started).await?
             }
         };
 
@@ -635,6 +625,49 @@ where
             self.abandon_temporaries(run, manifest, &written, folder, true).await;
         }
         delivered
+    }
+
+    /// Kinaxis's worksheets exported into `dir`, streamed to staging and SFTP while they are
+    /// written, then staged for good: the files, the SFTP temporaries that came through whole,
+    /// every temporary the streams wrote, and the folder they wrote into.
+    async fn export_and_stage(
+        &self,
+        run: &Run,
+        manifest: &Manifest,
+        dir: &Path,
+        step_started: Instant,
+    ) -> Result<Prepared<D::Folder>> {
+        run.at(Step::Fetch);
+        let login = self.kinaxis_login().await?;
+        // The export and its streams run together; the export's end (its outlets dropped)
+        // ends the streams.
+        let (outlets, announced) = Outlets::new(self.stream.chunk_bytes, self.stream.depth, self.stream.stall);
+        let export = async move {
+            let exported = self.source.export(manifest, login, dir, run.work_deadline, &outlets).await;
+            drop(outlets);
+            exported
+        };
+        let (exported, (mut streamed, folder)) =
+            tokio::join!(Box::pin(export), Box::pin(self.pump(run, manifest, announced)));
+        let files = match exported.and_then(|files| self.check_row_counts(&files).map(|()| files)) {
+            Ok(files) => files,
+            Err(err) => {
+                self.discard(run, manifest, streamed, folder).await;
+                return Err(err);
+            }
+        };
+        run.time("fetch", step_started);
+        let stage_started = Instant::now();
+        run.at(Step::Stage);
+        let temporaries = match self.settle(run, &files, &mut streamed).await {
+            Ok(temporaries) => temporaries,
+            Err(err) => {
+                self.discard(run, manifest, streamed, folder).await;
+                return Err(err);
+            }
+        };
+        run.time("stage", stage_started);
+        Ok((files, temporaries, stream::streamed_temporaries(&streamed), folder))
     }
 
     /// The job's SAP destination, claimed by this run before its first rename; `files` go
@@ -741,7 +774,7 @@ where
     /// The job's failure history, oldest first; what cannot be read is left out (the
     /// history is for people, the receipt must still be written).
     async fn earlier_failures(&self, run: &Run) -> Vec<EarlierFailure> {
-        let prefix = keys::failure_history(&run.job_id);
+        let prefix = keys::failure_history(run.job_id());
         let listed = match self.store.list(&prefix).await {
             Ok(listed) => listed,
             Err(err) => {
@@ -783,7 +816,7 @@ where
         if !rerun.fresh_export {
             return Ok(None);
         }
-        let prefix = keys::deliveries(&run.job_id);
+        let prefix = keys::deliveries(run.job_id());
         let retry = &self.settings.retry;
         let (listed, _) =
             retry.run(run.work_deadline, Step::Deliver, "list delivery records", |_| self.store.list(&prefix)).await?;
@@ -808,7 +841,7 @@ where
     /// ordered at SAP's folder.
     async fn cannot_resend(&self, run: &Run, rerun: &RerunRequest) -> Result<Option<String>> {
         let retry = &self.settings.retry;
-        let key = keys::receipt(&run.job_id);
+        let key = keys::receipt(run.job_id());
         let (delivered, _) =
             retry.run(run.work_deadline, Step::Receipt, "check receipt", |_| self.store.exists(&key)).await?;
         if !delivered {
@@ -985,12 +1018,6 @@ where
             tracing::info!(files = done.len(), "every file was delivered by an earlier attempt");
             return Ok((done, 0));
         }
-        let secret_id = self.settings.sftp_secret_ids.get(&manifest.target).ok_or_else(|| {
-            Error::permanent(
-                Step::Deliver,
-                format!("no SFTP_SECRET_ID_{} is configured for the job's target", manifest.target),
-            )
-        })?;
         // The upload stops itself at the work deadline and removes its temporary; cutting the
         // attempt at that same instant would drop it before it can. So the attempt is cut a
         // little later, still well inside the margin, and no blocking SFTP call outlasts that.
@@ -1001,10 +1028,7 @@ where
             let reused = lock(&streamed_into).take();
             let mut folder = match reused {
                 Some(folder) => folder,
-                None => {
-                    let credentials: SftpCredentials = self.secrets.get_json(secret_id).await?;
-                    self.drop.open(credentials, cut_at).await?
-                }
+                None => self.open_target(&manifest.target, cut_at).await?,
             };
             // Read again: an earlier try of this run may have moved a record forward.
             let records = self.delivery_records(run, files).await?;

@@ -20,7 +20,7 @@ use crate::events::{self, DeliveryEvent};
 use crate::job::{DeliveryRecord, JobId, Receipt, Records, ResendId};
 use crate::ports::{FileDrop, ObjectStore, RemoteFolder, WorkbookSource};
 use crate::routing::Target;
-use crate::secrets::{SecretSource, SftpCredentials};
+use crate::secrets::SecretSource;
 use crate::telemetry::{self, Metric, MetricScope};
 
 /// The scheduled invocation: `{"pickupCheck": {"scheduledTime": "…"}}`.
@@ -280,12 +280,7 @@ where
     }
 
     async fn open_pickup_folder(&self, target: &Target, deadline: Instant) -> Option<D::Folder> {
-        let secret_id = self.settings.sftp_secret_ids.get(target)?;
-        let opened = async {
-            let credentials: SftpCredentials = self.secrets.get_json(secret_id).await?;
-            self.drop.open(credentials, deadline).await
-        };
-        match tokio::time::timeout_at(deadline, opened).await {
+        match tokio::time::timeout_at(deadline, self.open_target(target, deadline)).await {
             Ok(Ok(folder)) => Some(folder),
             Ok(Err(err)) => {
                 tracing::warn!(target = %target, error = %err.chain(), "pickup check: could not open the SFTP folder; its files are looked at next time");

@@ -24,7 +24,6 @@ use crate::job::{DeliveryRecord, DeliveryState, Manifest, StagedFile};
 use crate::outlet::StreamedFile;
 use crate::ports::{FileDrop, JobQueue, ObjectStore, RemoteFolder, WorkbookSource};
 use crate::secrets::SecretSource;
-use crate::secrets::SftpCredentials;
 
 /// How the export is streamed.
 #[derive(Debug, Clone)]
@@ -146,12 +145,7 @@ where
     }
 
     async fn open_folder(&self, run: &Run, manifest: &Manifest) -> Option<D::Folder> {
-        let secret_id = self.settings.sftp_secret_ids.get(&manifest.target)?;
-        let opened = async {
-            let credentials: SftpCredentials = self.secrets.get_json(secret_id).await?;
-            self.drop.open(credentials, run.work_deadline + self.settings.deadline_margin / 4).await
-        };
-        match opened.await {
+        match self.open_target(&manifest.target, run.work_deadline + self.settings.deadline_margin / 4).await {
             Ok(folder) => Some(folder),
             Err(err) => {
                 tracing::warn!(error = %err.chain(), "could not open the SFTP folder during the export; the file is sent after staging");
