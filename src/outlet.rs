@@ -1,21 +1,28 @@
-//! The export's bytes split on their way: each CSV, while it is written, handed in chunks to
-//! several bounded streams (the staging upload and the SFTP temporary); a stream that stalls
-//! past its bound is dropped and never holds the export.
+//! The export's bytes on their way: each file, while it is written, goes into its spool
+//! file and, chunk by chunk, to several bounded streams (the staging upload and the SFTP
+//! temporary); a stream that stalls past its bound is dropped and never holds the export.
 
+use std::fs::File;
 use std::future::Future;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-/// One CSV on its way while the export writes it: the same bytes, in order, to the staging
-/// upload and to the SFTP temporary. A channel that ends without `Outlet::finish` having
-/// been called belongs to an export that failed.
+/// The spool's write size when no stream listens: large writes, few system calls.
+const SPOOL_CHUNK_BYTES: usize = 256 * 1024;
+
+/// One file on its way while the export writes it: the same bytes, in order, to the staging
+/// upload and to the SFTP temporary. Every chunk is in the spool file before it is sent, so
+/// a stream may read what it was sent from `spool` rather than hold it. A channel that ends
+/// without `Outlet::finish` having been called belongs to an export that failed.
 #[derive(Debug)]
 pub struct StreamedFile {
     pub worksheet: String,
     pub file_name: String,
+    pub spool: PathBuf,
     pub staging: mpsc::Receiver<Bytes>,
     pub remote: mpsc::Receiver<Bytes>,
 }
@@ -43,41 +50,50 @@ impl Outlets {
         (Self { files: Some(tx), chunk_bytes: chunk_bytes.max(1), depth: depth.max(1), stall }, rx)
     }
 
-    /// The writer for a file that starts now.
-    pub fn open(&self, worksheet: &str, file_name: &str) -> Outlet {
-        let Some(files) = &self.files else { return Outlet::default() };
+    /// The writer for a file that starts now, spooled to `spool` (created by
+    /// `Outlet::create_spool`).
+    pub fn open(&self, worksheet: &str, file_name: &str, spool: &Path) -> Outlet {
+        let mut outlet = Outlet {
+            spool_path: spool.to_owned(),
+            spool: None,
+            senders: Vec::new(),
+            buffer: BytesMut::new(),
+            chunk_bytes: SPOOL_CHUNK_BYTES,
+            stall: self.stall,
+            file_name: file_name.to_owned(),
+        };
+        let Some(files) = &self.files else { return outlet };
         let (staging_tx, staging) = mpsc::channel(self.depth);
         let (remote_tx, remote) = mpsc::channel(self.depth);
         let announced = files.send(StreamedFile {
             worksheet: worksheet.to_owned(),
             file_name: file_name.to_owned(),
+            spool: spool.to_owned(),
             staging,
             remote,
         });
-        if announced.is_err() {
-            return Outlet::default();
-        }
-        Outlet {
-            senders: vec![
+        if announced.is_ok() {
+            outlet.chunk_bytes = self.chunk_bytes;
+            outlet.senders = vec![
                 Destination { name: "staging", sender: staging_tx, waited: Duration::ZERO },
                 Destination { name: "sftp", sender: remote_tx, waited: Duration::ZERO },
-            ],
-            buffer: BytesMut::with_capacity(self.chunk_bytes),
-            chunk_bytes: self.chunk_bytes,
-            stall: self.stall,
-            file_name: file_name.to_owned(),
+            ];
         }
+        outlet
     }
 }
 
-/// A blocking writer that hands its bytes on in chunks to every destination still
-/// listening. A destination that stops listening (its upload failed), or has kept the
-/// writer waiting for `stall` in all (its upload is stuck, or slower than the export), is
-/// dropped: its channel then ends short of the file, which its stream sees by the byte
-/// count. The writer itself never fails and waits at most `stall` per destination and
+/// A blocking writer that puts its bytes in the spool file and hands them on in chunks to
+/// every destination still listening; one buffer serves both, so a byte is copied once on
+/// its way. A destination that stops listening (its upload failed), or has kept the writer
+/// waiting for `stall` in all (its upload is stuck, or slower than the export), is dropped:
+/// its channel then ends short of the file, which its stream sees by the byte count. Only
+/// the spool file can fail a write; the writer waits at most `stall` per destination and
 /// file, so neither staging nor SFTP can fail or hold up the export.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outlet {
+    spool_path: PathBuf,
+    spool: Option<File>,
     senders: Vec<Destination>,
     buffer: BytesMut,
     chunk_bytes: usize,
@@ -86,9 +102,25 @@ pub struct Outlet {
 }
 
 impl Outlet {
-    fn hand_on(&mut self) {
+    /// Creates (or empties) the spool file the bytes go to.
+    pub fn create_spool(&mut self) -> std::io::Result<()> {
+        self.spool = Some(File::create(&self.spool_path)?);
+        Ok(())
+    }
+
+    /// The buffered bytes into the spool file, then to the destinations: a chunk a stream
+    /// receives is always in the spool already.
+    fn hand_on(&mut self) -> std::io::Result<()> {
         if self.buffer.is_empty() {
-            return;
+            return Ok(());
+        }
+        let spool = self.spool.as_mut().ok_or_else(|| {
+            std::io::Error::other(format!("the spool file {} was not created", self.spool_path.display()))
+        })?;
+        spool.write_all(&self.buffer)?;
+        if self.senders.is_empty() {
+            self.buffer.clear();
+            return Ok(());
         }
         let chunk = self.buffer.split().freeze();
         let (stall, file_name) = (self.stall, &self.file_name);
@@ -110,11 +142,13 @@ impl Outlet {
                 }
             }
         });
+        Ok(())
     }
 
-    /// The file is complete: the last bytes go, and the channels end.
-    pub fn finish(mut self) {
-        self.hand_on();
+    /// The file is complete and verified: the last bytes go into the spool and on, and the
+    /// channels end.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.hand_on()
     }
 
     /// Destinations still listening.
@@ -192,19 +226,16 @@ pub fn block_within<F: Future>(future: F, bound: Duration) -> Option<F::Output> 
 
 impl Write for Outlet {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.senders.is_empty() {
-            return Ok(buf.len());
-        }
         // A chunk is filled in place, in a buffer allocated at its full size: grown write by
         // write it would be copied on each doubling. What does not fit goes in the next one
-        // (chunks may so be a little short; staging regroups them into parts).
+        // (chunks may so be a little short; staging counts them into parts).
         if self.buffer.capacity() - self.buffer.len() < buf.len() {
-            self.hand_on();
+            self.hand_on()?;
             self.buffer.reserve(self.chunk_bytes.max(buf.len()));
         }
         self.buffer.extend_from_slice(buf);
         if self.buffer.len() >= self.chunk_bytes {
-            self.hand_on();
+            self.hand_on()?;
         }
         Ok(buf.len())
     }
@@ -222,7 +253,9 @@ mod tests {
     #[test]
     fn a_destination_that_stays_full_is_dropped_after_the_bound_and_the_other_gets_every_byte() {
         let (outlets, mut announced) = Outlets::new(4, 1, Duration::from_millis(30));
-        let mut outlet = outlets.open("Sheet", "sheet.csv");
+        let dir = tempfile::tempdir().unwrap();
+        let mut outlet = outlets.open("Sheet", "sheet.csv", &dir.path().join("sheet.csv"));
+        outlet.create_spool().unwrap();
         let StreamedFile { mut staging, remote, .. } = announced.try_recv().expect("announced");
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
@@ -237,7 +270,7 @@ mod tests {
         }
         // `remote` is never read: held, not dropped, as by a stalled upload.
         assert_eq!(outlet.listening(), 1, "the stalled destination is dropped, the live one kept");
-        outlet.finish();
+        outlet.finish().unwrap();
         assert_eq!(reader.join().unwrap(), data);
         drop(remote);
     }
@@ -245,7 +278,9 @@ mod tests {
     #[test]
     fn a_destination_slower_than_the_writer_is_dropped_once_it_kept_the_writer_waiting_the_bound_in_all() {
         let (outlets, mut announced) = Outlets::new(1, 1, Duration::from_millis(50));
-        let mut outlet = outlets.open("Sheet", "sheet.csv");
+        let dir = tempfile::tempdir().unwrap();
+        let mut outlet = outlets.open("Sheet", "sheet.csv", &dir.path().join("sheet.csv"));
+        outlet.create_spool().unwrap();
         let StreamedFile { mut staging, remote, .. } = announced.try_recv().expect("announced");
         drop(remote);
         // Each chunk is taken, but 5 ms late: no single wait is long, their sum is.
@@ -262,9 +297,58 @@ mod tests {
             outlet.write_all(piece).unwrap();
         }
         assert_eq!(outlet.listening(), 0, "the slow destination is dropped");
-        outlet.finish();
+        outlet.finish().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("sheet.csv")).unwrap(), data, "the spool has every byte all the same");
         let got = reader.join().unwrap();
         assert!(got < data.len(), "it got {got} of {} bytes: its stream ends short", data.len());
+    }
+
+    #[test]
+    fn every_chunk_a_stream_receives_is_in_the_spool_already_and_the_spool_is_the_whole_file() {
+        let (outlets, mut announced) = Outlets::new(5, 64, Duration::from_secs(5));
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("sheet.csv");
+        let mut outlet = outlets.open("Sheet", "sheet.csv", &spool);
+        outlet.create_spool().unwrap();
+        let StreamedFile { mut staging, remote, spool: announced_spool, .. } = announced.try_recv().expect("announced");
+        assert_eq!(announced_spool, spool);
+        drop(remote);
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let reader = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            while let Some(chunk) = staging.blocking_recv() {
+                received.extend_from_slice(&chunk);
+                let on_disk = std::fs::read(&announced_spool).unwrap();
+                assert!(on_disk.len() >= received.len(), "a chunk arrived before the spool had it");
+                assert_eq!(on_disk[..received.len()], received[..]);
+            }
+            received
+        });
+        for piece in data.chunks(7) {
+            outlet.write_all(piece).unwrap();
+        }
+        outlet.finish().unwrap();
+        assert_eq!(reader.join().unwrap(), data);
+        assert_eq!(std::fs::read(&spool).unwrap(), data);
+    }
+
+    #[test]
+    fn with_no_stream_the_spool_gets_every_byte_and_an_uncreated_spool_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("plain.csv");
+        let mut outlet = Outlets::none().open("Sheet", "plain.csv", &spool);
+        let err = outlet.write_all(&vec![1u8; SPOOL_CHUNK_BYTES + 1]).unwrap_err();
+        assert!(err.to_string().contains("plain.csv"), "{err}");
+
+        let mut outlet = Outlets::none().open("Sheet", "plain.csv", &spool);
+        outlet.create_spool().unwrap();
+        let data: Vec<u8> = (0..3 * SPOOL_CHUNK_BYTES + 17).map(|i| (i % 251) as u8).collect();
+        for piece in data.chunks(1000) {
+            outlet.write_all(piece).unwrap();
+        }
+        assert_eq!(outlet.listening(), 0);
+        outlet.finish().unwrap();
+        assert_eq!(std::fs::read(&spool).unwrap(), data);
     }
 
     #[test]

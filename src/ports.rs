@@ -4,7 +4,7 @@
 //! in memory for tests that stop a job at any point.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,6 +52,15 @@ pub struct Listed {
     pub modified: Option<time::OffsetDateTime>,
 }
 
+/// A region of a local file: what a staging part is read from, so that no part is held
+/// in memory while it goes up (and a retry can read it again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePart {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub length: u64,
+}
+
 /// The staging bucket: job manifests, staged CSVs, delivery records, leases, receipts and
 /// failure records.
 pub trait ObjectStore: Send + Sync {
@@ -93,14 +102,15 @@ pub trait ObjectStore: Send + Sync {
         let key = key.to_owned();
         async move { Err(Error::transient(Step::Stage, format!("{key}: this store stages whole files only"))) }
     }
-    /// Uploads part `number` (from 1) of an upload; the part's ETag. Parts may go up
-    /// concurrently; every part but the last holds at least 5 MiB.
+    /// Uploads part `number` (from 1) of an upload, read from a region of a local file;
+    /// the part's ETag. Parts may go up concurrently; every part but the last holds at
+    /// least 5 MiB.
     fn upload_part(
         &self,
         key: &str,
         _upload_id: &str,
         number: u32,
-        _bytes: Bytes,
+        _part: &FilePart,
     ) -> impl Future<Output = Result<String>> + Send {
         let key = key.to_owned();
         async move { Err(Error::transient(Step::Stage, format!("{key}: part {number}: no multipart uploads here"))) }

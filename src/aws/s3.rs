@@ -8,13 +8,12 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
-use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
 use super::classify;
 use crate::error::{Error, Result, ResultExt, Step};
-use crate::ports::{CreateOutcome, Guarded, Listed, ObjectStore, Tagged, PARTS_IN_FLIGHT};
+use crate::ports::{CreateOutcome, FilePart, Guarded, Listed, ObjectStore, Tagged, PARTS_IN_FLIGHT};
 
 /// Files above this size go up in parts of this size: S3 needs parts of 5 MiB or more,
 /// and one PUT of a large file would be retried whole.
@@ -62,13 +61,7 @@ impl S3Store {
             let length = MULTIPART_PART_BYTES.min(size - offset);
             let number = i32::try_from(index + 1)
                 .map_err(|_| Error::permanent(Step::Stage, format!("{key}: too many parts")))?;
-            let body = ByteStream::read_from()
-                .path(path)
-                .offset(offset)
-                .length(Length::Exact(length))
-                .build()
-                .await
-                .or_permanent(Step::Stage, format!("reading {}", path.display()))?;
+            let body = file_part_body(&FilePart { path: path.to_owned(), offset, length }).await?;
             let etag = self.send_part(key, upload_id, number, body).await?;
             Ok::<_, Error>((number as u32, etag))
         };
@@ -100,6 +93,17 @@ impl S3Store {
             .map(str::to_owned)
             .ok_or_else(|| Error::transient(Step::Stage, format!("S3 gave no ETag for part {number} of {key}")))
     }
+}
+
+/// A part's body, read from its file as it is sent (again on a retry), never held whole.
+async fn file_part_body(part: &FilePart) -> Result<ByteStream> {
+    ByteStream::read_from()
+        .path(&part.path)
+        .offset(part.offset)
+        .length(Length::Exact(part.length))
+        .build()
+        .await
+        .or_permanent(Step::Stage, format!("reading {}", part.path.display()))
 }
 
 impl ObjectStore for S3Store {
@@ -277,10 +281,10 @@ impl ObjectStore for S3Store {
             .ok_or_else(|| Error::transient(Step::Stage, format!("S3 gave no upload id for {key}")))
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, bytes: Bytes) -> Result<String> {
+    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, part: &FilePart) -> Result<String> {
         let number =
             i32::try_from(number).map_err(|_| Error::permanent(Step::Stage, format!("{key}: too many parts")))?;
-        self.send_part(key, upload_id, number, ByteStream::from(bytes)).await
+        self.send_part(key, upload_id, number, file_part_body(part).await?).await
     }
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()> {

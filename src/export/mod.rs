@@ -6,8 +6,7 @@
 
 pub mod kinaxis;
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -185,7 +184,7 @@ impl Exporter<'_> {
         let mut files = Vec::with_capacity(sheets.len());
         for ((index, sheet), file_name) in sheets.iter().enumerate().zip(names) {
             let path = dir.join(&file_name);
-            let outlet = outlets.open(&sheet.name, &file_name);
+            let outlet = outlets.open(&sheet.name, &file_name, &path);
             let first = Parsed { sheet: Some(index), ..parsed.clone() };
             let stats = self.write_worksheet(workbook, sheet, (first, first_rows[index]), &path, outlet).await?;
             tracing::info!(worksheet = %sheet.name, file = %file_name, rows = stats.rows, bytes = stats.bytes, "worksheet converted");
@@ -259,7 +258,7 @@ impl Exporter<'_> {
         let source = format!("table {qualified}");
         let read = async {
             let root = XmlRoot { element: "Table", name: &qualified, total_row_count: total };
-            let plan = self.create_sink(&path, &table.fields, root, outlets.open(&qualified, &file_name));
+            let plan = self.create_sink(&path, &table.fields, root, outlets.open(&qualified, &file_name, &path));
             let mut sink = Converter::start(plan, total, what.clone(), source.clone()).await?;
             let paged = Paged::Bulk { export_id: &export_id };
             let page_size = self.client.options().bulk_page_size;
@@ -477,34 +476,6 @@ fn finish<W: Write>(
     Ok((inner, stats))
 }
 
-/// The spool file and the outlet, written together. Only the spool file can fail the
-/// export: the outlet drops a destination that stops listening.
-pub struct Tee {
-    file: BufWriter<File>,
-    outlet: Outlet,
-}
-
-impl Write for Tee {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write_all(buf)?;
-        self.outlet.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Tee {
-    /// The file is complete and verified: flushed, and the outlet's last bytes sent.
-    fn close(mut self) -> std::io::Result<()> {
-        self.file.flush()?;
-        self.outlet.finish();
-        Ok(())
-    }
-}
-
 /// A parsed answer on its way to the converter: the body and its parse, both owned;
 /// `sheet`: that worksheet's first rows of a workbook answer.
 #[derive(Clone)]
@@ -528,17 +499,16 @@ struct SinkPlan {
 }
 
 impl SinkPlan {
-    fn open(self, named: &impl Fn(CsvError) -> Error) -> Result<FileSink<Tee>> {
-        let SinkPlan { path, csv, columns, root, outlet } = self;
-        let file = File::create(&path).or_transient(Step::Convert, format!("creating {}", path.display()))?;
+    fn open(self, named: &impl Fn(CsvError) -> Error) -> Result<FileSink<Outlet>> {
+        let SinkPlan { path, csv, columns, root, mut outlet } = self;
+        outlet.create_spool().or_transient(Step::Convert, format!("creating {}", path.display()))?;
         // The columns contract (CSV_COLUMNS, CSV_DATE_COLUMNS, XML element names) is checked
         // here, before any row is written.
-        let tee = Tee { file: BufWriter::with_capacity(256 * 1024, file), outlet };
         match csv.format {
-            FileFormat::Csv => CsvSink::new(tee, &csv, &columns).map(|sink| FileSink::Csv(Box::new(sink))),
+            FileFormat::Csv => CsvSink::new(outlet, &csv, &columns).map(|sink| FileSink::Csv(Box::new(sink))),
             FileFormat::Xml => {
                 let root = XmlRoot { element: root.0, name: &root.1, total_row_count: root.2 };
-                XmlSink::new(tee, &csv, &columns, root).map(|sink| FileSink::Xml(Box::new(sink)))
+                XmlSink::new(outlet, &csv, &columns, root).map(|sink| FileSink::Xml(Box::new(sink)))
             }
         }
         .map_err(named)
@@ -615,8 +585,8 @@ impl Converter {
                     .or_permanent(Step::Convert, format!("{source}: a page is not UTF-8"))?;
                 page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
             }
-            let (tee, stats) = finish(sink, total, &what, &named)?;
-            tee.close().map_err(|e| named(CsvError::Io(e)))?;
+            let (outlet, stats) = finish(sink, total, &what, &named)?;
+            outlet.finish().map_err(|e| named(CsvError::Io(e)))?;
             Ok(stats)
         });
         if ready.await.is_err() {

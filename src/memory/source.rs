@@ -106,10 +106,10 @@ impl WorkbookSource for Arc<MemorySource> {
                 csv.push_str(&format!("PO-{row},{number}\r\n"));
             }
             let path = dir.join(&file_name);
-            std::fs::write(&path, &csv).or_transient(Step::Convert, format!("writing {}", path.display()))?;
             // The outlet is a blocking writer: written from a blocking thread, as the
-            // converter writes it.
-            let mut outlet = outlets.open(worksheet, &file_name);
+            // converter writes it; it writes the file too.
+            let mut outlet = outlets.open(worksheet, &file_name, &path);
+            outlet.create_spool().or_transient(Step::Convert, format!("creating {}", path.display()))?;
             let midway = if files.is_empty() { self.faults.take("midway", "", Step::Fetch).err() } else { None };
             let bytes = csv.clone().into_bytes();
             let streamed = tokio::task::spawn_blocking(move || {
@@ -118,10 +118,9 @@ impl WorkbookSource for Arc<MemorySource> {
                     if midway.is_some() && index * MEMORY_SOURCE_PIECE >= half {
                         return Err(midway.unwrap_or_else(|| Error::transient(Step::Fetch, "cut")));
                     }
-                    let _ = std::io::Write::write_all(&mut outlet, piece);
+                    std::io::Write::write_all(&mut outlet, piece).or_transient(Step::Convert, "writing the file")?;
                 }
-                outlet.finish();
-                Ok(())
+                outlet.finish().or_transient(Step::Convert, "writing the file")
             })
             .await
             .or_transient(Step::Convert, "the writing thread stopped")?;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::*;
 use crate::error::{Error, Result, ResultExt, Step};
 use crate::job::{self};
-use crate::ports::{CreateOutcome, Guarded, Listed, ObjectStore, Tagged};
+use crate::ports::{CreateOutcome, FilePart, Guarded, Listed, ObjectStore, Tagged};
 
 /// A multipart upload under way: its key and the parts received so far.
 #[derive(Debug, Default)]
@@ -240,12 +240,13 @@ impl ObjectStore for Arc<MemoryStore> {
         Ok(id)
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, bytes: bytes::Bytes) -> Result<String> {
+    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, part: &FilePart) -> Result<String> {
         self.enter("upload_part", key).await?;
+        let bytes = read_region(part)?;
         let etag = job::sha256_hex(&bytes);
         match lock(&self.uploads).get_mut(upload_id) {
             Some(upload) if upload.key == key && number >= 1 => {
-                upload.parts.insert(number, (bytes.to_vec(), etag.clone()));
+                upload.parts.insert(number, (bytes, etag.clone()));
             }
             _ => return Err(Error::permanent(Step::Stage, format!("{key}: no such upload {upload_id}"))),
         }
@@ -290,4 +291,18 @@ impl ObjectStore for Arc<MemoryStore> {
         std::fs::write(path, bytes).or_transient(Step::Stage, format!("writing {}", path.display()))?;
         Ok(true)
     }
+}
+
+/// The bytes of a file part, as the S3 adapter reads them: a region short of its length is an error.
+fn read_region(part: &FilePart) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let what = || format!("reading {} bytes at {} of {}", part.length, part.offset, part.path.display());
+    let mut file = std::fs::File::open(&part.path).or_transient(Step::Stage, what())?;
+    file.seek(SeekFrom::Start(part.offset)).or_transient(Step::Stage, what())?;
+    let mut bytes = Vec::with_capacity(part.length as usize);
+    file.take(part.length).read_to_end(&mut bytes).or_transient(Step::Stage, what())?;
+    if bytes.len() as u64 != part.length {
+        return Err(Error::transient(Step::Stage, format!("{}: the file is shorter", what())));
+    }
+    Ok(bytes)
 }

@@ -8,9 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -22,7 +23,7 @@ use crate::error::{Error, Result, Step};
 use crate::job::ExportedFile;
 use crate::job::{DeliveryRecord, DeliveryState, Manifest, StagedFile};
 use crate::outlet::StreamedFile;
-use crate::ports::{FileDrop, JobQueue, ObjectStore, RemoteFolder, WorkbookSource};
+use crate::ports::{FileDrop, FilePart, JobQueue, ObjectStore, RemoteFolder, WorkbookSource};
 use crate::secrets::SecretSource;
 
 /// How the export is streamed.
@@ -121,7 +122,7 @@ where
         let mut opened = !self.stream.sftp;
         let mut streamed = Vec::new();
         while let Some(file) = announced.recv().await {
-            let StreamedFile { worksheet, file_name, staging, remote } = file;
+            let StreamedFile { worksheet, file_name, spool, staging, remote } = file;
             let sftp = async {
                 if !opened {
                     opened = true;
@@ -138,7 +139,8 @@ where
                 }
                 (temporary, written)
             };
-            let (staging, (temporary, written)) = tokio::join!(self.stream_to_staging(run, &file_name, staging), sftp);
+            let staged = self.stream_to_staging(run, &file_name, &spool, staging);
+            let (staging, (temporary, written)) = tokio::join!(staged, sftp);
             streamed.push(Streamed { file_name, staging, temporary, written });
         }
         (streamed, folder)
@@ -226,11 +228,14 @@ where
     }
 
     /// The file as a multipart upload, parts going up while later bytes still arrive; not
-    /// completed here. `None` (the upload aborted) when it did not come through.
+    /// completed here. `None` (the upload aborted) when it did not come through. The
+    /// chunks only count: each part is read from the spool, which holds every byte of a
+    /// chunk before the chunk is sent, so no part is held in memory.
     async fn stream_to_staging(
         &self,
         run: &Run,
         file_name: &str,
+        spool: &Path,
         chunks: mpsc::Receiver<Bytes>,
     ) -> Option<PendingStage> {
         let key = run.records.staged_file(file_name);
@@ -247,14 +252,14 @@ where
             }
         };
         let (key, upload_id) = (&key, &upload_id);
-        let uploaded = parts(chunks, self.stream.part_bytes.max(1))
+        let uploaded = parts(chunks, self.stream.part_bytes.max(1) as u64)
             .enumerate()
-            .map(|(index, part)| async move {
+            .map(|(index, (offset, length))| async move {
                 let number = u32::try_from(index + 1)
                     .map_err(|_| Error::permanent(Step::Stage, format!("{key}: too many parts")))?;
-                let length = part.len() as u64;
+                let part = FilePart { path: spool.to_owned(), offset, length };
                 let etag =
-                    self.bounded(run, "stage a part", self.store.upload_part(key, upload_id, number, part)).await?;
+                    self.bounded(run, "stage a part", self.store.upload_part(key, upload_id, number, &part)).await?;
                 Ok::<_, Error>((number, etag, length))
             })
             .buffer_unordered(self.stream.parts_in_flight.max(1))
@@ -505,28 +510,22 @@ where
     }
 }
 
-/// The chunks regrouped into parts of `part_bytes` (the last one shorter).
-fn parts(chunks: mpsc::Receiver<Bytes>, part_bytes: usize) -> impl futures_util::Stream<Item = Bytes> {
-    stream::unfold((chunks, BytesMut::new(), false), move |(mut chunks, mut buffer, ended)| async move {
+/// The parts the chunks make, as (offset, length) in the file: `part_bytes` each, the last
+/// one shorter. A part is given once the chunks have reached its end.
+fn parts(chunks: mpsc::Receiver<Bytes>, part_bytes: u64) -> impl futures_util::Stream<Item = (u64, u64)> {
+    // (chunks, where the next part starts, bytes received beyond that, whether they ended)
+    stream::unfold((chunks, 0u64, 0u64, false), move |(mut chunks, start, mut received, ended)| async move {
         if ended {
             return None;
         }
-        // A part is gathered in place: grown chunk by chunk it would be copied on each doubling.
-        buffer.reserve(part_bytes.saturating_sub(buffer.len()));
-        while buffer.len() < part_bytes {
+        while received < part_bytes {
             match chunks.recv().await {
-                Some(chunk) => buffer.extend_from_slice(&chunk),
-                None => {
-                    if buffer.is_empty() {
-                        return None;
-                    }
-                    let last = buffer.split().freeze();
-                    return Some((last, (chunks, buffer, true)));
-                }
+                Some(chunk) => received += chunk.len() as u64,
+                None if received == 0 => return None,
+                None => return Some(((start, received), (chunks, start + received, 0, true))),
             }
         }
-        let part = buffer.split_to(part_bytes).freeze();
-        Some((part, (chunks, buffer, false)))
+        Some(((start, part_bytes), (chunks, start + part_bytes, received - part_bytes, false)))
     })
 }
 
@@ -535,18 +534,28 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn chunks_are_regrouped_into_full_parts_and_a_shorter_last_one_in_order() {
+    async fn chunks_are_counted_into_full_parts_and_a_shorter_last_one_in_order() {
         let (tx, rx) = mpsc::channel(8);
         let sender = tokio::spawn(async move {
             for byte in 0u8..10 {
                 tx.send(Bytes::from(vec![byte; 3])).await.unwrap();
             }
         });
-        let parts: Vec<Bytes> = parts(rx, 7).collect().await;
+        let parts: Vec<(u64, u64)> = parts(rx, 7).collect().await;
         sender.await.unwrap();
-        assert_eq!(parts.iter().map(Bytes::len).collect::<Vec<_>>(), [7, 7, 7, 7, 2]);
-        let joined: Vec<u8> = parts.concat();
-        let expected: Vec<u8> = (0u8..10).flat_map(|b| [b; 3]).collect();
-        assert_eq!(joined, expected);
+        assert_eq!(parts, [(0, 7), (7, 7), (14, 7), (21, 7), (28, 2)]);
+    }
+
+    #[tokio::test]
+    async fn a_file_of_whole_parts_ends_without_an_empty_part_and_no_chunks_make_no_part() {
+        let (tx, rx) = mpsc::channel(8);
+        for _ in 0..2 {
+            tx.send(Bytes::from(vec![0u8; 7])).await.unwrap();
+        }
+        drop(tx);
+        assert_eq!(parts(rx, 7).collect::<Vec<_>>().await, [(0, 7), (7, 7)]);
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        drop(tx);
+        assert!(parts(rx, 7).collect::<Vec<_>>().await.is_empty());
     }
 }

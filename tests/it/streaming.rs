@@ -7,10 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use maestro_relay::aws::S3Store;
 use maestro_relay::error::Result;
-use maestro_relay::ports::{CreateOutcome, Guarded, ObjectStore, Tagged};
+use maestro_relay::ports::{CreateOutcome, FilePart, Guarded, ObjectStore, Tagged};
 use maestro_relay::worker::stream::StreamOptions;
 use serde_json::Value;
 
@@ -84,9 +83,9 @@ impl ObjectStore for Recording {
         self.note("start_multipart", key);
         self.inner.start_multipart(key, content_type).await
     }
-    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, bytes: Bytes) -> Result<String> {
+    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, part: &FilePart) -> Result<String> {
         self.note("upload_part", key);
-        self.inner.upload_part(key, upload_id, number, bytes).await
+        self.inner.upload_part(key, upload_id, number, part).await
     }
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()> {
         self.note("complete_multipart", key);
