@@ -59,6 +59,9 @@ pub struct FilePart {
     pub path: PathBuf,
     pub offset: u64,
     pub length: u64,
+    /// The region's CRC32, when known before the upload: the store checks the bytes it
+    /// received against it.
+    pub crc32: Option<u32>,
 }
 
 /// The staging bucket: job manifests, staged CSVs, delivery records, leases, receipts and

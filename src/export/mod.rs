@@ -8,7 +8,6 @@ pub mod kinaxis;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
@@ -17,7 +16,7 @@ use self::kinaxis::client::{data_fault, WorksheetRef};
 use self::kinaxis::model::{
     BulkExportAnswer, BulkExportRequest, NameScope, TableName, WorkbookParameters, WorkbookRequest,
 };
-use self::kinaxis::page::{Page, PageBuffer, Reported, SheetHead};
+use self::kinaxis::page::{Page, ParsedAnswer, Reported, SheetHead};
 use self::kinaxis::{KinaxisClient, KinaxisOptions};
 use crate::csv_out::{CsvError, CsvOptions, CsvSink, FileFormat, FileStats};
 use crate::error::{Error, Result, ResultExt, Step};
@@ -110,10 +109,10 @@ enum Paged<'a> {
 }
 
 impl Paged<'_> {
-    fn parse<'b>(&self, buffer: &'b mut PageBuffer, body: &'b [u8]) -> Result<Page<'b>, serde_json::Error> {
+    fn parse(&self, body: bytes::Bytes) -> Result<ParsedAnswer, serde_json::Error> {
         match self {
-            Paged::Worksheet(_) => buffer.parse(body),
-            Paged::Bulk { .. } => buffer.parse_delimited(body, BULK_DELIMITER),
+            Paged::Worksheet(_) => ParsedAnswer::page(body),
+            Paged::Bulk { .. } => ParsedAnswer::delimited(body, BULK_DELIMITER),
         }
     }
 }
@@ -153,30 +152,28 @@ impl Exporter<'_> {
     ) -> Result<Vec<ExportedFile>> {
         let request = workbook_request(manifest, workbook);
         let what = format!("workbook {:?}", workbook.name);
-        let (body, _) = self
+        let (answer, _) = self
             .retry
             .run(self.deadline, Step::Fetch, "kinaxis workbook", |_| {
                 let (request, what) = (&request, &what);
                 async move {
                     let body = self.client.workbook(request).await?;
                     // A body cut short is a failed attempt, fetched again.
-                    PageBuffer::default().parse_workbook(&body).map_err(|e| data_fault(e, what))?;
-                    Ok(body)
+                    ParsedAnswer::workbook(body).map_err(|e| data_fault(e, what))
                 }
             })
             .await?;
-        let mut buffer = PageBuffer::default();
-        let answer = buffer.parse_workbook(&body).map_err(|e| data_fault(e, &what))?;
         if let Some(reported) = answer.reported() {
             return Err(reported_error(reported, &what));
         }
-        let sheets = answer.sheets().to_vec();
+        let sheets = answer.as_workbook().sheets().to_vec();
         if sheets.is_empty() {
             return Err(Error::permanent(Step::Fetch, format!("{what} returned no worksheets")));
         }
-        let first_rows: Vec<u64> = (0..sheets.len()).map(|index| answer.rows(index).len() as u64).collect();
-        // The answer and its parse, owned, so each sheet's first rows can go to the converter.
-        let parsed = Parsed { body, buffer: Arc::new(buffer), sheet: None };
+        let first_rows: Vec<u64> =
+            (0..sheets.len()).map(|index| answer.as_workbook().rows(index).len() as u64).collect();
+        // The answer owns its parse, so each sheet's first rows can go to the converter.
+        let parsed = Parsed { answer, sheet: None };
         let several = sheets.len() > 1;
         let names: Vec<String> =
             sheets.iter().map(|sheet| job::csv_file_name(self.names, manifest, &sheet.name, several)).collect();
@@ -325,25 +322,21 @@ impl Exporter<'_> {
         let mut cap_reported = false;
         while let Some((start, rows, body)) = pages.next().await {
             let page_what = format!("{what} rows from {start}");
-            let mut body = body?;
             // Each page parses into a buffer of its own: the parse goes to the converter
             // with its body while the next page is read.
-            let mut buffer = PageBuffer::default();
-            let parsed = paged.parse(&mut buffer, &body).map(|page| page_rows(&page, rows, &page_what, total));
-            let got = match parsed {
-                Ok(got) => got?,
+            let answer = match paged.parse(body?) {
+                Ok(answer) => answer,
                 Err(err) => {
                     let err = data_fault(err, &page_what);
                     if !err.is_transient() {
                         return Err(err);
                     }
                     tracing::warn!(error = %err.chain(), "page unreadable, fetching it again");
-                    body = self.fetch_parsable_page(paged, start, rows).await?;
-                    let page = paged.parse(&mut buffer, &body).map_err(|e| data_fault(e, &page_what))?;
-                    page_rows(&page, rows, &page_what, total)?
+                    self.fetch_parsable_page(paged, start, rows).await?
                 }
             };
-            sink.send(Parsed { body, buffer: Arc::new(buffer), sheet: None }, got).await?;
+            let got = page_rows(&answer.rows(None), rows, &page_what, total)?;
+            sink.send(Parsed { answer, sheet: None }, got).await?;
             // A server may serve fewer rows than asked (a page cap): the rest of this
             // page's range is read from where the rows ended, before the next page.
             let mut next = start + got;
@@ -359,11 +352,9 @@ impl Exporter<'_> {
             }
             while next < start + rows {
                 let rest_what = format!("{what} rows from {next}");
-                let body = self.fetch_parsable_page(paged, next, start + rows - next).await?;
-                let mut rest_buffer = PageBuffer::default();
-                let rest = paged.parse(&mut rest_buffer, &body).map_err(|e| data_fault(e, &rest_what))?;
-                let got = page_rows(&rest, start + rows - next, &rest_what, total)?;
-                sink.send(Parsed { body, buffer: Arc::new(rest_buffer), sheet: None }, got).await?;
+                let rest = self.fetch_parsable_page(paged, next, start + rows - next).await?;
+                let got = page_rows(&rest.rows(None), start + rows - next, &rest_what, total)?;
+                sink.send(Parsed { answer: rest, sheet: None }, got).await?;
                 next += got;
             }
         }
@@ -384,21 +375,20 @@ impl Exporter<'_> {
         }
     }
 
-    /// As `fetch_page`, counting an unparsable body as a failed attempt.
-    async fn fetch_parsable_page(&self, paged: Paged<'_>, start: u64, rows: u64) -> Result<bytes::Bytes> {
+    /// As `fetch_page`, counting an unparsable body as a failed attempt; the page parsed.
+    async fn fetch_parsable_page(&self, paged: Paged<'_>, start: u64, rows: u64) -> Result<ParsedAnswer> {
         let what = format!("kinaxis page {start}");
-        let (body, _) = self
+        let (answer, _) = self
             .retry
             .run(self.deadline, Step::Fetch, &what, |_| {
                 let what = &what;
                 async move {
                     let body = self.request_page(paged, start, rows).await?;
-                    paged.parse(&mut PageBuffer::default(), &body).map_err(|e| data_fault(e, what))?;
-                    Ok(body)
+                    paged.parse(body).map_err(|e| data_fault(e, what))
                 }
             })
             .await?;
-        Ok(body)
+        Ok(answer)
     }
 }
 
@@ -476,12 +466,11 @@ fn finish<W: Write>(
     Ok((inner, stats))
 }
 
-/// A parsed answer on its way to the converter: the body and its parse, both owned;
-/// `sheet`: that worksheet's first rows of a workbook answer.
+/// A parsed answer on its way to the converter; `sheet`: that worksheet's first rows of a
+/// workbook answer.
 #[derive(Clone)]
 struct Parsed {
-    body: bytes::Bytes,
-    buffer: Arc<PageBuffer>,
+    answer: ParsedAnswer,
     sheet: Option<usize>,
 }
 
@@ -579,11 +568,7 @@ impl Converter {
             let mut sink = plan.open(&named)?;
             let _ = opened.send(());
             while let Some(parsed) = received.blocking_recv() {
-                let page = parsed
-                    .buffer
-                    .parsed(&parsed.body, parsed.sheet)
-                    .or_permanent(Step::Convert, format!("{source}: a page is not UTF-8"))?;
-                page.try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
+                parsed.answer.rows(parsed.sheet).try_for_each_row(|row| sink.write_row(row)).map_err(named)?;
             }
             let (outlet, stats) = finish(sink, total, &what, &named)?;
             outlet.finish().map_err(|e| named(CsvError::Io(e)))?;

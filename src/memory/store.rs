@@ -293,7 +293,8 @@ impl ObjectStore for Arc<MemoryStore> {
     }
 }
 
-/// The bytes of a file part, as the S3 adapter reads them: a region short of its length is an error.
+/// The bytes of a file part, as the S3 adapter reads them and S3 checks them: a region short
+/// of its length, or not matching its CRC32, is an error.
 fn read_region(part: &FilePart) -> Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let what = || format!("reading {} bytes at {} of {}", part.length, part.offset, part.path.display());
@@ -303,6 +304,10 @@ fn read_region(part: &FilePart) -> Result<Vec<u8>> {
     file.take(part.length).read_to_end(&mut bytes).or_transient(Step::Stage, what())?;
     if bytes.len() as u64 != part.length {
         return Err(Error::transient(Step::Stage, format!("{}: the file is shorter", what())));
+    }
+    // S3's BadDigest: the bytes are not the ones the checksum was taken of.
+    if part.crc32.is_some_and(|crc| crc != crc32fast::hash(&bytes)) {
+        return Err(Error::permanent(Step::Stage, format!("{}: the bytes do not match the part's CRC32", what())));
     }
     Ok(bytes)
 }

@@ -254,10 +254,10 @@ where
         let (key, upload_id) = (&key, &upload_id);
         let uploaded = parts(chunks, self.stream.part_bytes.max(1) as u64)
             .enumerate()
-            .map(|(index, (offset, length))| async move {
+            .map(|(index, PartSpan { offset, length, crc32 })| async move {
                 let number = u32::try_from(index + 1)
                     .map_err(|_| Error::permanent(Step::Stage, format!("{key}: too many parts")))?;
-                let part = FilePart { path: spool.to_owned(), offset, length };
+                let part = FilePart { path: spool.to_owned(), offset, length, crc32: Some(crc32) };
                 let etag =
                     self.bounded(run, "stage a part", self.store.upload_part(key, upload_id, number, &part)).await?;
                 Ok::<_, Error>((number, etag, length))
@@ -510,22 +510,57 @@ where
     }
 }
 
-/// The parts the chunks make, as (offset, length) in the file: `part_bytes` each, the last
-/// one shorter. A part is given once the chunks have reached its end.
-fn parts(chunks: mpsc::Receiver<Bytes>, part_bytes: u64) -> impl futures_util::Stream<Item = (u64, u64)> {
-    // (chunks, where the next part starts, bytes received beyond that, whether they ended)
-    stream::unfold((chunks, 0u64, 0u64, false), move |(mut chunks, start, mut received, ended)| async move {
-        if ended {
-            return None;
-        }
-        while received < part_bytes {
-            match chunks.recv().await {
-                Some(chunk) => received += chunk.len() as u64,
-                None if received == 0 => return None,
-                None => return Some(((start, received), (chunks, start + received, 0, true))),
+/// One part of a streamed file: where it lies in the spool and its CRC32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PartSpan {
+    offset: u64,
+    length: u64,
+    crc32: u32,
+}
+
+/// Counting and checksumming the chunks into parts.
+struct PartCounter {
+    chunks: mpsc::Receiver<Bytes>,
+    /// What is left of the chunk at hand.
+    pending: Bytes,
+    start: u64,
+    received: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl PartCounter {
+    fn close(&mut self, length: u64) -> PartSpan {
+        let crc32 = std::mem::take(&mut self.crc).finalize();
+        let part = PartSpan { offset: self.start, length, crc32 };
+        (self.start, self.received) = (self.start + length, 0);
+        part
+    }
+}
+
+/// The parts the chunks make: `part_bytes` each, the last one shorter. A part is given once
+/// the chunks have reached its end (so it is in the spool), with the CRC32 of its bytes,
+/// taken from the chunks as they pass.
+fn parts(chunks: mpsc::Receiver<Bytes>, part_bytes: u64) -> impl futures_util::Stream<Item = PartSpan> {
+    let counter = PartCounter { chunks, pending: Bytes::new(), start: 0, received: 0, crc: crc32fast::Hasher::new() };
+    stream::unfold(Some(counter), move |counter| async move {
+        let mut counter = counter?;
+        loop {
+            if counter.pending.is_empty() {
+                match counter.chunks.recv().await {
+                    Some(chunk) => counter.pending = chunk,
+                    None if counter.received == 0 => return None,
+                    None => return Some((counter.close(counter.received), None)),
+                }
+                continue;
+            }
+            let room = usize::try_from(part_bytes - counter.received).unwrap_or(usize::MAX);
+            let head = counter.pending.split_to(room.min(counter.pending.len()));
+            counter.crc.update(&head);
+            counter.received += head.len() as u64;
+            if counter.received == part_bytes {
+                return Some((counter.close(part_bytes), Some(counter)));
             }
         }
-        Some(((start, part_bytes), (chunks, start + part_bytes, received - part_bytes, false)))
     })
 }
 
@@ -533,27 +568,35 @@ fn parts(chunks: mpsc::Receiver<Bytes>, part_bytes: u64) -> impl futures_util::S
 mod tests {
     use super::*;
 
+    fn span(offset: u64, bytes: &[u8]) -> PartSpan {
+        PartSpan { offset, length: bytes.len() as u64, crc32: crc32fast::hash(bytes) }
+    }
+
     #[tokio::test]
-    async fn chunks_are_counted_into_full_parts_and_a_shorter_last_one_in_order() {
+    async fn chunks_are_counted_into_full_parts_and_a_shorter_last_one_each_with_its_crc32() {
         let (tx, rx) = mpsc::channel(8);
         let sender = tokio::spawn(async move {
             for byte in 0u8..10 {
                 tx.send(Bytes::from(vec![byte; 3])).await.unwrap();
             }
         });
-        let parts: Vec<(u64, u64)> = parts(rx, 7).collect().await;
+        let got: Vec<PartSpan> = parts(rx, 7).collect().await;
         sender.await.unwrap();
-        assert_eq!(parts, [(0, 7), (7, 7), (14, 7), (21, 7), (28, 2)]);
+        let file: Vec<u8> = (0u8..10).flat_map(|b| [b; 3]).collect();
+        let expected: Vec<PartSpan> = file.chunks(7).enumerate().map(|(i, part)| span(i as u64 * 7, part)).collect();
+        assert_eq!(got, expected);
+        assert_eq!(got.last().map(|p| p.length), Some(2));
     }
 
     #[tokio::test]
-    async fn a_file_of_whole_parts_ends_without_an_empty_part_and_no_chunks_make_no_part() {
+    async fn a_chunk_larger_than_a_part_makes_several_and_whole_parts_end_without_an_empty_one() {
         let (tx, rx) = mpsc::channel(8);
-        for _ in 0..2 {
-            tx.send(Bytes::from(vec![0u8; 7])).await.unwrap();
-        }
+        let file: Vec<u8> = (0..21u8).collect();
+        tx.send(Bytes::from(file[..17].to_vec())).await.unwrap();
+        tx.send(Bytes::from(file[17..].to_vec())).await.unwrap();
         drop(tx);
-        assert_eq!(parts(rx, 7).collect::<Vec<_>>().await, [(0, 7), (7, 7)]);
+        let got: Vec<PartSpan> = parts(rx, 7).collect().await;
+        assert_eq!(got, [span(0, &file[..7]), span(7, &file[7..14]), span(14, &file[14..])]);
         let (tx, rx) = mpsc::channel::<Bytes>(1);
         drop(tx);
         assert!(parts(rx, 7).collect::<Vec<_>>().await.is_empty());

@@ -889,6 +889,12 @@ async fn a_job_streams_its_csv_into_staging_and_the_sftp_temporary_once_and_rena
         assert_eq!(crate::job::sha256_hex(&staged), file.file.stats.sha256);
         assert_eq!(world.drop.file(&file.file.file_name), Some(staged));
         assert_eq!(file.state, DeliveryState::Delivered);
+        // Staged by the stream, each part read from the spool and matching its CRC32 (the
+        // store refuses a part that does not), not whole afterwards.
+        let key = keys::staged_file(&world.job_id(), &file.file.file_name);
+        let calls = world.store.calls();
+        let count = |operation: &str| calls.iter().filter(|c| **c == format!("{operation} {key}")).count();
+        assert_eq!((count("complete_multipart"), count("upload_file")), (1, 0), "{calls:?}");
     }
 }
 
