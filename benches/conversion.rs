@@ -6,7 +6,8 @@
 //!    process of its own (its VmHWM: its own peak, not one inherited from this process);
 //! 3. a 1M-row export at 20 ms latency per page, 4 pages in flight vs one at a time.
 //!
-//! `make bench-conversion` (release build). Not a test: it asserts nothing about speed.
+//! `make bench-conversion` (release build); `BENCH_SECTIONS=1` (or `1,3`…) runs only those.
+//! Not a test: it asserts nothing about speed.
 
 #[path = "../tests/it/helpers.rs"]
 mod helpers;
@@ -42,26 +43,28 @@ const COLUMNS: [&str; 6] = ["Order", "Part", "Site", "Quantity", "DueDate", "Des
 
 /// Pages as Kinaxis sends them: the simulator's row shapes, 5000 rows a page.
 fn page_stream(rows: u64, page_size: u64) -> Vec<Vec<u8>> {
-    let descriptions = ["Standard order", "Contains \"quotes\"", "Line one\r\nLine two", "Grüße aus 東京 🚚", ""];
-    let sites = ["", "SITE-A", "Werk Köln", "SITE,B"];
     (0..rows)
         .step_by(page_size as usize)
         .map(|start| {
-            let page: Vec<_> = (start..(start + page_size).min(rows))
-                .map(|i| {
-                    json!({"Values": [
-                        format!("PO-0-{i:08}"),
-                        format!("P-{:05}", (i * 7919) % 100_000),
-                        sites[(i % 4) as usize],
-                        format!("{}.{:03}", i % 1000, (i * 37) % 1000),
-                        if i % 7 < 3 { format!("2026-{:02}-{:02}", 1 + i % 12, 1 + i % 28) } else { "Future".into() },
-                        descriptions[(i % 5) as usize],
-                    ]})
-                })
-                .collect();
+            let page: Vec<_> =
+                (start..(start + page_size).min(rows)).map(|i| json!({"Values": row_values(i)})).collect();
             serde_json::to_vec(&json!({ "Rows": page })).expect("page JSON")
         })
         .collect()
+}
+
+/// Row `i` of the simulator's shapes: quotes, line breaks, non-ASCII, a delimiter, blanks.
+fn row_values(i: u64) -> [String; 6] {
+    let descriptions = ["Standard order", "Contains \"quotes\"", "Line one\r\nLine two", "Grüße aus 東京 🚚", ""];
+    let sites = ["", "SITE-A", "Werk Köln", "SITE,B"];
+    [
+        format!("PO-0-{i:08}"),
+        format!("P-{:05}", (i * 7919) % 100_000),
+        sites[(i % 4) as usize].to_owned(),
+        format!("{}.{:03}", i % 1000, (i * 37) % 1000),
+        if i % 7 < 3 { format!("2026-{:02}-{:02}", 1 + i % 12, 1 + i % 28) } else { "Future".into() },
+        descriptions[(i % 5) as usize].to_owned(),
+    ]
 }
 
 /// Seconds of several runs: min, median, max.
@@ -126,6 +129,7 @@ fn throughput() {
         sink.finish().expect("finish").1.bytes
     });
 
+    let csv_only = csv_only(rows, &columns, csv_bytes);
     let sonic = sonic_rs(&pages, &columns, csv_bytes);
 
     let dir = tempfile::tempdir().expect("dir");
@@ -149,6 +153,8 @@ fn throughput() {
         ("serde_json to owned typed rows (baseline)", typed),
         ("ours: parse, values borrowed from the body", ours_parse),
         ("ours: parse + CSV + SHA-256 + counts", ours),
+        ("ours: CSV + SHA-256 of rows already parsed", csv_only),
+        ("SHA-256 alone, as many bytes as the CSV", sha_only(csv_bytes)),
         ("sonic-rs, same visitor: parse only", sonic.map_or(nan, |s| s.0)),
         ("sonic-rs, same visitor: parse + CSV + SHA", sonic.map_or(nan, |s| s.1)),
         ("Python json + csv + hashlib", python),
@@ -173,6 +179,35 @@ fn throughput() {
         ),
         None => println!("   (sonic-rs rows: run with --features bench-sonic, as make bench-conversion does)"),
     }
+}
+
+/// The CSV sink alone (hashing included) over the same rows, held as text and spans so
+/// the figure carries no parse and no allocation per value.
+fn csv_only(rows: u64, columns: &[String], csv_bytes: u64) -> Spread {
+    let (mut text, mut spans) = (String::new(), Vec::new());
+    for i in 0..rows {
+        for value in row_values(i) {
+            spans.push((text.len(), text.len() + value.len()));
+            text.push_str(&value);
+        }
+    }
+    let (spread, written) = runs_of(5, || {
+        let mut sink = CsvSink::new(std::io::sink(), &CsvOptions::default(), columns).expect("sink");
+        for row in spans.chunks_exact(COLUMNS.len()) {
+            let values: [&str; COLUMNS.len()] = std::array::from_fn(|c| &text[row[c].0..row[c].1]);
+            sink.write_row(&values).expect("row");
+        }
+        sink.finish().expect("finish").1.bytes
+    });
+    assert_eq!(written, csv_bytes, "the CSV of parsed pages and of the same rows held must match");
+    spread
+}
+
+/// SHA-256 alone over that much CSV: the part of the sink's figure that is not CSV.
+fn sha_only(csv_bytes: u64) -> Spread {
+    use sha2::Digest;
+    let file = vec![b'x'; csv_bytes as usize];
+    runs_of(5, || sha2::Sha256::digest(&file)[0] as u64).0
 }
 
 /// sonic-rs through the page's own visitor (values borrowed from the body, escapes
@@ -332,7 +367,16 @@ async fn main() {
         child_export(rows).await;
         return;
     }
-    throughput();
-    memory();
-    in_flight().await;
+    // BENCH_SECTIONS=1 (or 1,3…): only those sections, for an A/B of one of them.
+    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "1,2,3".into());
+    let wanted = |n: &str| sections.split(',').any(|s| s.trim() == n);
+    if wanted("1") {
+        throughput();
+    }
+    if wanted("2") {
+        memory();
+    }
+    if wanted("3") {
+        in_flight().await;
+    }
 }
