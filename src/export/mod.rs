@@ -203,7 +203,7 @@ impl Exporter<'_> {
         let what = format!("worksheet {:?}", sheet.name);
         let root = XmlRoot { element: "Worksheet", name: &sheet.name, total_row_count: total };
         let plan = self.create_sink(path, &sheet.columns, root, outlet);
-        let mut sink = Converter::start(plan, total, what.clone(), source.clone()).await?;
+        let mut sink = Converter::start(plan, CONVERTER_QUEUE, total, what.clone(), source.clone()).await?;
         sink.send(first, first_rows).await?;
 
         if sink.rows() < total {
@@ -256,9 +256,11 @@ impl Exporter<'_> {
         let read = async {
             let root = XmlRoot { element: "Table", name: &qualified, total_row_count: total };
             let plan = self.create_sink(&path, &table.fields, root, outlets.open(&qualified, &file_name, &path));
-            let mut sink = Converter::start(plan, total, what.clone(), source.clone()).await?;
+            let options = self.client.options();
+            let page_size = options.bulk_page_size;
+            let queue = pages_for_rows(CONVERTER_QUEUE, options.page_size, page_size);
+            let mut sink = Converter::start(plan, queue, total, what.clone(), source.clone()).await?;
             let paged = Paged::Bulk { export_id: &export_id };
-            let page_size = self.client.options().bulk_page_size;
             self.read_pages(&mut sink, paged, total, page_size, &what).await?;
             sink.finish().await
         };
@@ -311,6 +313,7 @@ impl Exporter<'_> {
         what: &str,
     ) -> Result<()> {
         let page_size = page_size.max(1);
+        let options = self.client.options();
         let first = sink.rows();
         let starts = (first..total).step_by(usize::try_from(page_size).unwrap_or(usize::MAX));
         let mut pages = stream::iter(starts)
@@ -318,7 +321,7 @@ impl Exporter<'_> {
                 let rows = page_size.min(total - start);
                 async move { (start, rows, self.fetch_page(paged, start, rows).await) }
             })
-            .buffered(self.client.options().pages_in_flight.max(1));
+            .buffered(pages_for_rows(options.pages_in_flight, options.page_size, page_size));
         let mut cap_reported = false;
         while let Some((start, rows, body)) = pages.next().await {
             let page_what = format!("{what} rows from {start}");
@@ -474,8 +477,17 @@ struct Parsed {
     sheet: Option<usize>,
 }
 
-/// Parsed pages waiting for the converter, beyond the one it converts.
+/// Parsed worksheet pages waiting for the converter, beyond the one it converts.
 const CONVERTER_QUEUE: usize = 2;
+
+/// How many pages of `page_size` rows may be at hand at once where `pages` worksheet pages
+/// (of `worksheet_page_size`) may: as many rows, so memory, and the rows each round trip
+/// brings, follow rows rather than pages. A bulk page of 20,000 rows counts as four of
+/// 5,000; never fewer than one, never more than `pages`.
+fn pages_for_rows(pages: usize, worksheet_page_size: u64, page_size: u64) -> usize {
+    let rows = (pages as u64).saturating_mul(worksheet_page_size);
+    usize::try_from(rows / page_size.max(1)).unwrap_or(usize::MAX).clamp(1, pages.max(1))
+}
 
 /// The file about to be written, opened on the converter's thread.
 struct SinkPlan {
@@ -558,8 +570,8 @@ impl Converter {
     /// Starts the thread, which opens the file (its header checked and written) before
     /// this returns; when the pages end it checks that `total` rows were written, closes
     /// the file and only then sends the outlet's last bytes.
-    async fn start(plan: SinkPlan, total: u64, what: String, source: String) -> Result<Self> {
-        let (pages, mut received) = tokio::sync::mpsc::channel::<Parsed>(CONVERTER_QUEUE);
+    async fn start(plan: SinkPlan, queue: usize, total: u64, what: String, source: String) -> Result<Self> {
+        let (pages, mut received) = tokio::sync::mpsc::channel::<Parsed>(queue.max(1));
         let (opened, ready) = tokio::sync::oneshot::channel::<()>();
         let span = tracing::Span::current();
         let mut thread = tokio::task::spawn_blocking(move || {
@@ -649,6 +661,16 @@ fn convert_error(err: CsvError, source: &str) -> Error {
 mod tests {
     use super::*;
     use crate::error::ErrorClass;
+
+    #[test]
+    fn bulk_pages_in_flight_and_waiting_hold_as_many_rows_as_worksheet_pages_do() {
+        assert_eq!(pages_for_rows(4, 5000, 5000), 4, "worksheet pages: as configured");
+        assert_eq!(pages_for_rows(4, 5000, 20_000), 1);
+        assert_eq!(pages_for_rows(4, 5000, 10_000), 2);
+        assert_eq!(pages_for_rows(2, 5000, 20_000), 1, "never fewer than one");
+        assert_eq!(pages_for_rows(4, 5000, 1000), 4, "never more than configured");
+        assert_eq!(pages_for_rows(8, 5000, 500_000), 1);
+    }
 
     #[tokio::test]
     async fn a_converter_that_panics_is_a_permanent_failure_and_one_cancelled_a_transient_one() {

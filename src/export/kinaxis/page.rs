@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
 /// Where a value lies: `start..end` in the body as sent, or, with `DECODED` set in `end`,
 /// in the escape buffer. Eight bytes a value: a page holds tens of thousands of values and
@@ -326,6 +327,47 @@ impl PageBuffer {
         self.spans.push(Span::decoded(start..self.decoded.len()));
     }
 
+    /// A bulk row given as the JSON text between its quotes (checked, borrowed from the
+    /// body): one span per value between delimiters, raw or escaped (`\t`, `\u0009`), each
+    /// value borrowed unless it has escapes of its own. `false`, with nothing pushed, where
+    /// this cannot be done (text not in the body, a delimiter that is not ASCII).
+    fn split_escaped<E: de::Error>(&mut self, text: &str, delimiter: char) -> Result<bool, E> {
+        let at = text.as_ptr() as usize;
+        if !delimiter.is_ascii() || at < self.body_at.start || at + text.len() > self.body_at.end {
+            return Ok(false);
+        }
+        let base = at - self.body_at.start;
+        let (bytes, delimiter) = (text.as_bytes(), delimiter as u8);
+        let (mut from, mut escaped, mut i) = (0, false, 0);
+        while i <= bytes.len() {
+            // The end of a value: the row's end, a raw delimiter or an escaped one.
+            let (end, next) = match bytes.get(i) {
+                None => (i, i + 1),
+                Some(b'\\') => match escape_at(bytes, i) {
+                    (Some(c), len) if c == delimiter => (i, i + len),
+                    (_, len) => {
+                        (escaped, i) = (true, i + len);
+                        continue;
+                    }
+                },
+                // Unescaped: never a backslash or a quote, which JSON text always escapes.
+                Some(&b) if b == delimiter => (i, i + 1),
+                Some(_) => {
+                    i += 1 + memchr::memchr2(b'\\', delimiter, &bytes[i + 1..]).unwrap_or(bytes.len() - i - 1);
+                    continue;
+                }
+            };
+            if escaped {
+                let value: String = serde_json::from_str(&format!("\"{}\"", &text[from..end])).map_err(E::custom)?;
+                self.push_decoded(&value);
+            } else {
+                self.spans.push(Span::body(base + from..base + end));
+            }
+            (from, escaped, i) = (next, false, next);
+        }
+        Ok(true)
+    }
+
     /// A bulk row: one span per value between delimiters.
     fn push_delimited(&mut self, row: &str, borrowed: bool, delimiter: char) {
         let (base, body) = if borrowed {
@@ -591,6 +633,26 @@ impl<'de> Visitor<'de> for SheetSeed<'_> {
     }
 }
 
+/// The escape at `bytes[i]` (a backslash) of checked JSON string text: the ASCII byte it
+/// stands for (`None` for anything else) and its length.
+fn escape_at(bytes: &[u8], i: usize) -> (Option<u8>, usize) {
+    match bytes.get(i + 1) {
+        Some(b'u') => {
+            let code = std::str::from_utf8(bytes.get(i + 2..i + 6).unwrap_or_default())
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex.strip_prefix("00")?, 16).ok());
+            (code.filter(u8::is_ascii), 6)
+        }
+        Some(b't') => (Some(b'\t'), 2),
+        Some(b'n') => (Some(b'\n'), 2),
+        Some(b'r') => (Some(b'\r'), 2),
+        Some(b'b') => (Some(0x08), 2),
+        Some(b'f') => (Some(0x0c), 2),
+        Some(&c) => (Some(c), 2),
+        None => (None, 1),
+    }
+}
+
 struct RowsSeed<'a>(&'a mut PageBuffer);
 
 impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
@@ -625,7 +687,18 @@ struct DelimitedRowSeed<'a>(&'a mut PageBuffer, char);
 impl<'de> DeserializeSeed<'de> for DelimitedRowSeed<'_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_str(self)
+        // The row as JSON text, borrowed from the body (serde_json has checked it): every
+        // bulk row holds escaped delimiters (`\t`), so a decoded row would be a copy of it
+        // all; split on the escapes, only values with escapes of their own are decoded.
+        let raw = <&serde_json::value::RawValue>::deserialize(deserializer)?;
+        let Some(text) = raw.get().strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+            return Err(de::Error::invalid_type(de::Unexpected::Other(raw.get()), &self));
+        };
+        if !self.0.split_escaped(text, self.1)? {
+            let row: String = serde_json::from_str(raw.get()).map_err(de::Error::custom)?;
+            self.0.push_delimited(&row, false, self.1);
+        }
+        Ok(())
     }
 }
 
@@ -633,14 +706,6 @@ impl<'de> Visitor<'de> for DelimitedRowSeed<'_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a row as one delimited string")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, row: &'de str) -> Result<(), E> {
-        self.0.push_delimited(row, true, self.1);
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, row: &str) -> Result<(), E> {
-        self.0.push_delimited(row, false, self.1);
-        Ok(())
     }
 }
 
@@ -864,9 +929,44 @@ mod tests {
         assert_eq!(rows(&page), [vec!["a", "b", ""], vec!["Köln", "", "\"x\""], vec!["single"]]);
         let piped = buffer.parse_delimited(br#"{"Rows":["a|b","|"]}"#, '|').unwrap();
         assert_eq!(rows(&piped), [vec!["a", "b"], vec!["", ""]]);
+        let spelled = buffer.parse_delimited(br#"{"Rows":["a\u0009b\u00e9\\t", "\u00091"]}"#, '\t').unwrap();
+        assert_eq!(rows(&spelled), [vec!["a", "bé\\t"], vec!["", "1"]]);
+        let other = buffer.parse_delimited("{\"Rows\":[\"a§b\"]}".as_bytes(), '§').unwrap();
+        assert_eq!(rows(&other), [vec!["a", "b"]], "a delimiter that is not ASCII: the row decoded, then split");
+        for wrong in [&br#"{"Rows":[7]}"#[..], br#"{"Rows":[["a"]]}"#, br#"{"Rows":[null]}"#] {
+            let err = buffer.parse_delimited(wrong, '\t').unwrap_err();
+            assert_eq!(err.classify(), serde_json::error::Category::Data, "{}", String::from_utf8_lossy(wrong));
+        }
+    }
+
+    #[test]
+    fn bulk_values_without_escapes_of_their_own_are_borrowed_from_the_body_not_copied() {
+        let mut buffer = PageBuffer::default();
+        let page = buffer.parse_delimited(br#"{"Rows":["PO-1\tP-7\t\t12.5","PO-2\tP-8\tx\t3"]}"#, '\t').unwrap();
+        assert_eq!(rows(&page), [vec!["PO-1", "P-7", "", "12.5"], vec!["PO-2", "P-8", "x", "3"]]);
+        assert!(buffer.decoded.is_empty(), "copied: {:?}", buffer.decoded);
+        let page = buffer.parse_delimited(br#"{"Rows":["a\"b\tc"]}"#, '\t').unwrap();
+        assert_eq!(rows(&page), [vec!["a\"b", "c"]]);
+        assert_eq!(buffer.decoded, "a\"b", "only the value with an escape of its own");
     }
 
     proptest::proptest! {
+        #[test]
+        fn every_bulk_page_reads_back_the_values_its_rows_were_joined_from(
+            written in proptest::collection::vec(proptest::collection::vec("\\PC{0,12}|[\"\\\\\r\n,é東🚚\u{1}]{0,6}", 1..6), 0..20),
+            delimiter in proptest::sample::select(vec!['\t', '|', ',', '"', '\\', '\n']),
+        ) {
+            let written: Vec<Vec<String>> = written
+                .into_iter()
+                .map(|values| values.into_iter().map(|v| v.replace(delimiter, "")).collect())
+                .collect();
+            let rows_json: Vec<String> = written.iter().map(|values| values.join(&delimiter.to_string())).collect();
+            let body = serde_json::to_vec(&serde_json::json!({"Rows": rows_json})).unwrap();
+            let mut buffer = PageBuffer::default();
+            let parsed = buffer.parse_delimited(&body, delimiter).unwrap();
+            proptest::prop_assert_eq!(rows(&parsed), written);
+        }
+
         #[test]
         fn every_page_reads_back_the_values_it_was_written_from(
             written in proptest::collection::vec(proptest::collection::vec("\\PC{0,12}|[\"\\\\\r\n\t,é東🚚]{0,6}", 0..6), 0..20),
