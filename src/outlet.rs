@@ -93,7 +93,7 @@ impl Outlets {
 #[derive(Debug)]
 pub struct Outlet {
     spool_path: PathBuf,
-    spool: Option<File>,
+    spool: Option<Spool>,
     senders: Vec<Destination>,
     buffer: BytesMut,
     chunk_bytes: usize,
@@ -104,8 +104,14 @@ pub struct Outlet {
 impl Outlet {
     /// Creates (or empties) the spool file the bytes go to.
     pub fn create_spool(&mut self) -> std::io::Result<()> {
-        self.spool = Some(File::create(&self.spool_path)?);
+        self.spool = Some(Spool(Box::new(File::create(&self.spool_path)?)));
         Ok(())
+    }
+
+    /// The spool written through `writer` (a test's, to slow it down).
+    #[cfg(test)]
+    fn spool_through(&mut self, writer: impl Write + Send + 'static) {
+        self.spool = Some(Spool(Box::new(writer)));
     }
 
     /// The buffered bytes into the spool file, then to the destinations: a chunk a stream
@@ -117,7 +123,7 @@ impl Outlet {
         let spool = self.spool.as_mut().ok_or_else(|| {
             std::io::Error::other(format!("the spool file {} was not created", self.spool_path.display()))
         })?;
-        spool.write_all(&self.buffer)?;
+        spool.0.write_all(&self.buffer)?;
         if self.senders.is_empty() {
             self.buffer.clear();
             return Ok(());
@@ -154,6 +160,15 @@ impl Outlet {
     /// Destinations still listening.
     pub fn listening(&self) -> usize {
         self.senders.len()
+    }
+}
+
+/// Where the bytes are spooled: the file, or a test's writer in front of it.
+struct Spool(Box<dyn Write + Send>);
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spool")
     }
 }
 
@@ -303,13 +318,27 @@ mod tests {
         assert!(got < data.len(), "it got {got} of {} bytes: its stream ends short", data.len());
     }
 
+    /// A spool file written late: each write waits first, so a chunk sent before its write
+    /// would reach its stream before the spool had it.
+    struct SlowSpool(File);
+
+    impl Write for SlowSpool {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(5));
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush()
+        }
+    }
+
     #[test]
     fn every_chunk_a_stream_receives_is_in_the_spool_already_and_the_spool_is_the_whole_file() {
-        let (outlets, mut announced) = Outlets::new(5, 64, Duration::from_secs(5));
+        let (outlets, mut announced) = Outlets::new(50, 64, Duration::from_secs(5));
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("sheet.csv");
         let mut outlet = outlets.open("Sheet", "sheet.csv", &spool);
-        outlet.create_spool().unwrap();
+        outlet.spool_through(SlowSpool(File::create(&spool).unwrap()));
         let StreamedFile { mut staging, remote, spool: announced_spool, .. } = announced.try_recv().expect("announced");
         assert_eq!(announced_spool, spool);
         drop(remote);

@@ -74,12 +74,13 @@ impl S3Store {
     }
 
     /// Sent without hashing the body for the signature (`UNSIGNED-PAYLOAD`): TLS carries
-    /// the bytes and the CRC32 checksum the SDK adds lets S3 check them. SHA-256 of every
-    /// staged byte was a twentieth of the worker's CPU. The same holds for `upload_file`.
+    /// the bytes and a CRC32 lets S3 check them. SHA-256 of every staged byte was a
+    /// twentieth of the worker's CPU. The same holds for `upload_file`.
     ///
-    /// A part whose CRC32 is known goes with it as `x-amz-checksum-crc32`, which S3 checks;
-    /// the SDK would otherwise compute it as a trailer of an `aws-chunked` body, and over
-    /// plain HTTP (a local endpoint) sign every 64 KiB chunk of that body with SHA-256.
+    /// A streamed part's CRC32 is known and goes with it as `x-amz-checksum-crc32`; for a
+    /// part of `upload_file` (`crc32: None`) the SDK computes it, as a trailer of an
+    /// `aws-chunked` body, which over plain HTTP (a local endpoint) it also signs 64 KiB at
+    /// a time with SHA-256.
     async fn send_part(&self, key: &str, upload_id: &str, number: i32, part: &FilePart) -> Result<String> {
         let uploaded = self
             .client

@@ -311,3 +311,26 @@ fn read_region(part: &FilePart) -> Result<Vec<u8>> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorClass;
+
+    #[test]
+    fn a_part_is_read_from_its_region_and_one_past_the_files_end_or_with_a_wrong_crc32_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.csv");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let part = |offset, length, crc32| FilePart { path: path.clone(), offset, length, crc32 };
+        assert_eq!(read_region(&part(2, 5, Some(crc32fast::hash(b"23456")))).unwrap(), b"23456");
+        assert_eq!(read_region(&part(8, 2, None)).unwrap(), b"89");
+
+        let short = read_region(&part(8, 5, None)).unwrap_err();
+        assert_eq!(short.class, ErrorClass::Transient, "{}", short.chain());
+        assert!(short.message.contains("shorter"), "{}", short.chain());
+        let wrong = read_region(&part(2, 5, Some(crc32fast::hash(b"23457")))).unwrap_err();
+        assert_eq!(wrong.class, ErrorClass::Permanent, "{}", wrong.chain());
+        assert!(wrong.message.contains("CRC32"), "{}", wrong.chain());
+    }
+}

@@ -190,6 +190,7 @@ impl ParsedAnswer {
     }
 
     fn text(&self) -> &str {
+        debug_assert!(std::str::from_utf8(&self.body).is_ok(), "a ParsedAnswer built without its check");
         // SAFETY: `parse` built this value only after `parse_as` checked these very bytes
         // as UTF-8 (`std::str::from_utf8`), and `Bytes` never changes the bytes it holds.
         unsafe { std::str::from_utf8_unchecked(&self.body) }
@@ -358,7 +359,13 @@ impl PageBuffer {
                 }
             };
             if escaped {
-                let value: String = serde_json::from_str(&format!("\"{}\"", &text[from..end])).map_err(E::custom)?;
+                // The parse checked the escapes but not that a `\u` surrogate has its pair.
+                let value: String = serde_json::from_str(&format!("\"{}\"", &text[from..end])).map_err(|err| {
+                    E::custom(format_args!(
+                        "the bulk row value at byte {} of the answer holds an invalid escape ({err})",
+                        base + from
+                    ))
+                })?;
                 self.push_decoded(&value);
             } else {
                 self.spans.push(Span::body(base + from..base + end));
@@ -368,25 +375,13 @@ impl PageBuffer {
         Ok(true)
     }
 
-    /// A bulk row: one span per value between delimiters.
-    fn push_delimited(&mut self, row: &str, borrowed: bool, delimiter: char) {
-        let (base, body) = if borrowed {
-            let at = row.as_ptr() as usize;
-            if self.body_at.start <= at && at + row.len() <= self.body_at.end {
-                (at - self.body_at.start, true)
-            } else {
-                (self.decoded.len(), false)
-            }
-        } else {
-            (self.decoded.len(), false)
-        };
-        if !body {
-            self.decoded.push_str(row);
-        }
+    /// A bulk row, decoded: one span per value between delimiters, copied into the buffer.
+    fn push_delimited(&mut self, row: &str, delimiter: char) {
+        let base = self.decoded.len();
+        self.decoded.push_str(row);
         let mut from = 0;
         for (at, c) in row.char_indices().filter(|(_, c)| *c == delimiter).chain([(row.len(), delimiter)]) {
-            let range = base + from..base + at;
-            self.spans.push(if body { Span::body(range) } else { Span::decoded(range) });
+            self.spans.push(Span::decoded(base + from..base + at));
             from = at + c.len_utf8();
         }
     }
@@ -696,7 +691,7 @@ impl<'de> DeserializeSeed<'de> for DelimitedRowSeed<'_> {
         };
         if !self.0.split_escaped(text, self.1)? {
             let row: String = serde_json::from_str(raw.get()).map_err(de::Error::custom)?;
-            self.0.push_delimited(&row, false, self.1);
+            self.0.push_delimited(&row, self.1);
         }
         Ok(())
     }
@@ -940,6 +935,16 @@ mod tests {
     }
 
     #[test]
+    fn a_bulk_row_with_a_lone_surrogate_is_refused_naming_where_it_lies() {
+        use serde_json::error::Category;
+        let mut buffer = PageBuffer::default();
+        let body = br#"{"Rows":["ok\tfine","a\ud800b\tc"]}"#;
+        let err = buffer.parse_delimited(body, '\t').unwrap_err();
+        assert_eq!(err.classify(), Category::Data, "{err}");
+        assert!(err.to_string().contains("at byte 21 of the answer holds an invalid escape"), "{err}");
+    }
+
+    #[test]
     fn bulk_values_without_escapes_of_their_own_are_borrowed_from_the_body_not_copied() {
         let mut buffer = PageBuffer::default();
         let page = buffer.parse_delimited(br#"{"Rows":["PO-1\tP-7\t\t12.5","PO-2\tP-8\tx\t3"]}"#, '\t').unwrap();
@@ -954,7 +959,7 @@ mod tests {
         #[test]
         fn every_bulk_page_reads_back_the_values_its_rows_were_joined_from(
             written in proptest::collection::vec(proptest::collection::vec("\\PC{0,12}|[\"\\\\\r\n,é東🚚\u{1}]{0,6}", 1..6), 0..20),
-            delimiter in proptest::sample::select(vec!['\t', '|', ',', '"', '\\', '\n']),
+            delimiter in proptest::sample::select(vec!['\t', '|', ',', '"', '\\', '\n', 'A', '0', 'n', 'u', '/', '§']),
         ) {
             let written: Vec<Vec<String>> = written
                 .into_iter()
