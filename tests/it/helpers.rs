@@ -278,6 +278,81 @@ impl ThrottlingProxy {
     }
 }
 
+/// A TCP relay to an SSH server that flips one bit of what the server sends, `offset` bytes
+/// after its `SSH_MSG_NEWKEYS`: inside the first encrypted packet, which a client must refuse
+/// by its tag. `None` relays every byte unchanged (the control).
+pub struct TamperingProxy {
+    pub port: u16,
+}
+
+impl TamperingProxy {
+    pub fn start(upstream_port: u16, offset: Option<usize>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().expect("proxy address").port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+                let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_in, &mut server_out);
+                    let _ = server_out.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut server_in, mut client_out) = (server, client);
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut seen = Vec::new();
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_in.read(&mut buffer) {
+                        if n == 0 {
+                            break;
+                        }
+                        let start = seen.len();
+                        seen.extend_from_slice(&buffer[..n]);
+                        let target = offset.and_then(|o| encrypted_from(&seen).map(|e| e + o));
+                        if let Some(at) = target.filter(|at| (start..seen.len()).contains(at)) {
+                            buffer[at - start] ^= 0x01;
+                        }
+                        if client_out.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { port }
+    }
+}
+
+/// Where the server's first encrypted byte is in `stream` (its identification line, then
+/// plaintext binary packets: `u32` length, padding length, message type), once the
+/// `SSH_MSG_NEWKEYS` (21) packet is whole.
+fn encrypted_from(stream: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let end = at + stream.get(at..)?.iter().position(|&b| b == b'\n')? + 1;
+        let is_identification = stream[at..].starts_with(b"SSH-");
+        at = end;
+        if is_identification {
+            break;
+        }
+    }
+    loop {
+        let length = u32::from_be_bytes(stream.get(at..at + 4)?.try_into().ok()?) as usize;
+        let message_type = *stream.get(at + 5)?;
+        let end = at + 4 + length;
+        if stream.len() < end {
+            return None;
+        }
+        at = end;
+        if message_type == 21 {
+            return Some(at);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- sshd, one per test
 
 pub struct Sshd {

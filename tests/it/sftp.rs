@@ -14,7 +14,7 @@ use maestro_relay::secrets::SftpCredentials;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{deliver_once, free_port, random_upload, Sshd, Upload};
+use crate::helpers::{deliver_once, free_port, random_upload, Sshd, TamperingProxy, Upload};
 
 #[derive(Debug, PartialEq, Eq)]
 struct Delivery {
@@ -98,6 +98,39 @@ async fn a_file_of_100_mb_arrives_with_the_same_sha256() {
     let upload = random_upload(&dir, "Big-PF.csv", 100 * 1024 * 1024, 2);
     deliver(credentials(&sshd, "PF2"), options(ExistingFilePolicy::Fail), upload.clone()).await.expect("delivered");
     assert_eq!(sha256_of(&sshd.folder("PF2").join("Big-PF.csv")), upload.sha256);
+}
+
+/// The SFTP cipher runs on OpenSSL in the vendored libssh2 (vendor/libssh2-sys/PATCHES.md):
+/// a server that speaks nothing else checks every tag we write, and we check its.
+#[tokio::test]
+async fn chacha20_poly1305_carries_a_file_byte_for_byte_both_ways_checked() {
+    let sshd = Sshd::start_configured(|config| format!("Ciphers chacha20-poly1305@openssh.com\n{config}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let upload = random_upload(&dir, "Chacha-PF.csv", 3 * 1024 * 1024 + 17, 11);
+    deliver(credentials(&sshd, "PF2"), options(ExistingFilePolicy::Fail), upload.clone()).await.expect("delivered");
+    assert_eq!(sha256_of(&sshd.folder("PF2").join("Chacha-PF.csv")), upload.sha256);
+}
+
+#[tokio::test]
+async fn one_flipped_bit_in_an_encrypted_packet_from_the_server_is_refused_by_its_tag() {
+    let sshd = Sshd::start_configured(|config| format!("Ciphers chacha20-poly1305@openssh.com\n{config}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let upload = random_upload(&dir, "Flip-PF.csv", 10_000, 12);
+
+    let mut through_relay = credentials(&sshd, "PF2");
+    through_relay.port = TamperingProxy::start(sshd.port, None).port;
+    let control = deliver(through_relay, options(ExistingFilePolicy::Fail), upload.clone()).await;
+    assert!(control.is_ok(), "the relay alone must not break a delivery: {:?}", control.err().map(|e| e.chain()));
+
+    let flipped = random_upload(&dir, "Flipped-PF.csv", 10_000, 13);
+    let mut tampered = credentials(&sshd, "PF2");
+    // 40 bytes in: past the length field, inside the first packet's payload.
+    tampered.port = TamperingProxy::start(sshd.port, Some(40)).port;
+    let err = deliver(tampered, options(ExistingFilePolicy::Fail), flipped).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient, "{}", err.chain());
+    // LIBSSH2_ERROR_DECRYPT: the packet's tag did not match.
+    assert!(err.chain().contains("[Session(-12)]"), "{}", err.chain());
+    assert!(!sshd.folder("PF2").join("Flipped-PF.csv").exists());
 }
 
 #[tokio::test]

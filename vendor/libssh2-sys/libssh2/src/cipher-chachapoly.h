@@ -25,8 +25,22 @@
 
 #define CHACHA_KEYLEN   32 /* Only 256-bit keys used here */
 
+/* maestro-relay patch: with OpenSSL 3, ChaCha20 and Poly1305 come from
+   libcrypto (vectorised), as OpenSSH's cipher-chachapoly-libcrypto.c does;
+   the portable code below stays the fallback when libcrypto lacks them. */
+#if defined(LIBSSH2_OPENSSL) && !defined(LIBSSH2_WOLFSSL) && \
+    OPENSSL_VERSION_NUMBER >= 0x30000000L && !defined(OPENSSL_NO_CHACHA) && \
+    !defined(OPENSSL_NO_POLY1305)
+#define CHACHAPOLY_LIBCRYPTO 1
+#endif
+
 struct chachapoly_ctx {
     struct chacha_ctx main_ctx, header_ctx;
+#ifdef CHACHAPOLY_LIBCRYPTO
+    /* all three set, or all three NULL (then the portable code runs) */
+    EVP_CIPHER_CTX *main_evp, *header_evp;
+    EVP_MAC_CTX *poly_mac;
+#endif
 };
 
 int chachapoly_init(struct chachapoly_ctx *ctx, const unsigned char *key,
@@ -37,5 +51,6 @@ int chachapoly_crypt(struct chachapoly_ctx *ctx, libssh2_uint64_t seqnr,
 int chachapoly_get_length(struct chachapoly_ctx *ctx,
                           unsigned int *plenp, libssh2_uint64_t seqnr,
                           const unsigned char *cp, size_t len);
+void chachapoly_free(struct chachapoly_ctx *ctx);
 
 #endif /* CHACHA_POLY_AEAD_H */

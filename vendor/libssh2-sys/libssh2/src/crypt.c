@@ -400,6 +400,7 @@ static int crypt_init_chacha20_poly(LIBSSH2_SESSION *session,
     ctx->algo = method->algo;
 
     if(chachapoly_init(&ctx->chachapoly_ctx, secret, method->secret_len)) {
+        chachapoly_free(&ctx->chachapoly_ctx);
         SSH2_FREE(session, ctx);
         return -1;  /* fail */
     }
@@ -478,6 +479,7 @@ static int crypt_dtor_chacha20_poly(LIBSSH2_SESSION *session, void **abstract)
 {
     struct crypt_ctx **cctx = (struct crypt_ctx **)abstract;
     if(cctx && *cctx) {
+        chachapoly_free(&(*cctx)->chachapoly_ctx);
         SSH2_FREE(session, *cctx);
         *abstract = NULL;
     }
