@@ -297,28 +297,32 @@ impl TamperingProxy {
                 };
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut client_in, &mut server_out);
-                    let _ = server_out.shutdown(std::net::Shutdown::Both);
+                    let _ = server_out.shutdown(std::net::Shutdown::Write);
                 });
                 let (mut server_in, mut client_out) = (server, client);
                 std::thread::spawn(move || {
                     use std::io::{Read, Write};
-                    let mut seen = Vec::new();
+                    let (mut seen, mut flipped) = (Vec::new(), false);
                     let mut buffer = vec![0u8; 64 * 1024];
                     while let Ok(n) = server_in.read(&mut buffer) {
                         if n == 0 {
                             break;
                         }
-                        let start = seen.len();
-                        seen.extend_from_slice(&buffer[..n]);
-                        let target = offset.and_then(|o| encrypted_from(&seen).map(|e| e + o));
-                        if let Some(at) = target.filter(|at| (start..seen.len()).contains(at)) {
-                            buffer[at - start] ^= 0x01;
+                        if let Some(offset) = offset.filter(|_| !flipped) {
+                            let start = seen.len();
+                            seen.extend_from_slice(&buffer[..n]);
+                            let target = encrypted_from(&seen).map(|e| e + offset);
+                            if let Some(at) = target.filter(|at| (start..seen.len()).contains(at)) {
+                                buffer[at - start] ^= 0x01;
+                                flipped = true;
+                                seen = Vec::new();
+                            }
                         }
                         if client_out.write_all(&buffer[..n]).is_err() {
                             break;
                         }
                     }
-                    let _ = client_out.shutdown(std::net::Shutdown::Both);
+                    let _ = client_out.shutdown(std::net::Shutdown::Write);
                 });
             }
         });

@@ -7,8 +7,7 @@ extern crate vcpkg;
 
 use std::env;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 /*
  In libssh2 v1.9.0 and earlier versions, the SSH_MSG_DISCONNECT logic in packet.c has an integer
@@ -54,11 +53,8 @@ fn main() {
         }
     }
 
-    if !Path::new("libssh2/.git").exists() {
-        let _ = Command::new("git")
-            .args(&["submodule", "update", "--init"])
-            .status();
-    }
+    // maestro-relay patch: no `git submodule update` here; the sources are in this folder,
+    // and inside the project's repository it would act on the project's.
 
     let target = env::var("TARGET").unwrap();
     let profile = env::var("PROFILE").unwrap();

@@ -54,6 +54,8 @@ static void chachapoly_evp_init(struct chachapoly_ctx *ctx,
 {
     EVP_MAC *mac;
 
+    /* a failed probe leaves no errors queued for later OpenSSL users */
+    ERR_set_mark();
     ctx->main_evp = EVP_CIPHER_CTX_new();
     ctx->header_evp = EVP_CIPHER_CTX_new();
     mac = EVP_MAC_fetch(NULL, "POLY1305", NULL);
@@ -64,6 +66,7 @@ static void chachapoly_evp_init(struct chachapoly_ctx *ctx,
        EVP_CipherInit(ctx->header_evp, EVP_chacha20(), key + 32, NULL,
                       1) != 1)
         chachapoly_evp_free(ctx);
+    ERR_pop_to_mark();
 }
 
 /* ChaCha20 of 'len' bytes from block 'counter' of the stream for 'seqbuf';
@@ -106,6 +109,12 @@ static int chachapoly_evp_tag(EVP_MAC_CTX *mac, unsigned char *tag,
 int chachapoly_init(struct chachapoly_ctx *ctx, const unsigned char *key,
                     size_t keylen)
 {
+#ifdef CHACHAPOLY_LIBCRYPTO
+    /* chachapoly_free() is safe on whatever this returns */
+    ctx->main_evp = NULL;
+    ctx->header_evp = NULL;
+    ctx->poly_mac = NULL;
+#endif
     if(keylen != (32 + 32)) /* 2 x 256-bit keys */
         return LIBSSH2_ERROR_INVAL;
     chacha_keysetup(&ctx->main_ctx, key, 256);
@@ -122,6 +131,22 @@ void chachapoly_free(struct chachapoly_ctx *ctx)
     chachapoly_evp_free(ctx);
 #endif
     ssh2_explicit_zero(ctx, sizeof(*ctx));
+}
+
+LIBSSH2_API int libssh2_chachapoly_uses_libcrypto(void)
+{
+    struct chachapoly_ctx ctx;
+    unsigned char key[32 + 32];
+    int uses = 0;
+
+    memset(key, 0, sizeof(key));
+    if(chachapoly_init(&ctx, key, sizeof(key)) == 0) {
+#ifdef CHACHAPOLY_LIBCRYPTO
+        uses = ctx.main_evp != NULL;
+#endif
+    }
+    chachapoly_free(&ctx);
+    return uses;
 }
 
 /*

@@ -28,8 +28,12 @@
 /* maestro-relay patch: with OpenSSL 3, ChaCha20 and Poly1305 come from
    libcrypto (vectorised), as OpenSSH's cipher-chachapoly-libcrypto.c does;
    the portable code below stays the fallback when libcrypto lacks them. */
+#ifndef LIBSSH2_PRIV_H
+/* the struct's layout depends on openssl.h: every includer must agree */
+#error "include libssh2_priv.h before cipher-chachapoly.h"
+#endif
 #if defined(LIBSSH2_OPENSSL) && !defined(LIBSSH2_WOLFSSL) && \
-    OPENSSL_VERSION_NUMBER >= 0x30000000L && !defined(OPENSSL_NO_CHACHA) && \
+    defined(USE_OPENSSL_3) && !defined(OPENSSL_NO_CHACHA) && \
     !defined(OPENSSL_NO_POLY1305)
 #define CHACHAPOLY_LIBCRYPTO 1
 #endif
@@ -52,5 +56,8 @@ int chachapoly_get_length(struct chachapoly_ctx *ctx,
                           unsigned int *plenp, libssh2_uint64_t seqnr,
                           const unsigned char *cp, size_t len);
 void chachapoly_free(struct chachapoly_ctx *ctx);
+/* 1 when a new context runs on libcrypto, 0 when on the portable code: for
+   the embedding program's tests (maestro-relay's tests/it/sftp.rs). */
+LIBSSH2_API int libssh2_chachapoly_uses_libcrypto(void);
 
 #endif /* CHACHA_POLY_AEAD_H */

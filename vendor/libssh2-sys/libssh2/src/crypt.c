@@ -90,7 +90,9 @@ static int crypt_init(LIBSSH2_SESSION *session,
                       unsigned char *secret, int *free_secret,
                       int encrypt, int privkeyfile, void **abstract)
 {
-    struct crypt_ctx *ctx = SSH2_ALLOC(session, sizeof(struct crypt_ctx));
+    /* maestro-relay patch: zeroed, as a rekey may hand this context to
+       another method's crypt and destructor (kex.c) */
+    struct crypt_ctx *ctx = SSH2_CALLOC(session, sizeof(struct crypt_ctx));
     if(!ctx)
         return LIBSSH2_ERROR_ALLOC;
 
@@ -388,7 +390,9 @@ static int crypt_init_chacha20_poly(LIBSSH2_SESSION *session,
                                     int encrypt, int privkeyfile,
                                     void **abstract)
 {
-    struct crypt_ctx *ctx = SSH2_ALLOC(session, sizeof(struct crypt_ctx));
+    /* maestro-relay patch: zeroed, as a rekey may hand this context to
+       another method's crypt and destructor (kex.c) */
+    struct crypt_ctx *ctx = SSH2_CALLOC(session, sizeof(struct crypt_ctx));
 
     (void)iv;
 
