@@ -238,6 +238,28 @@ impl StallingProxy {
     }
 }
 
+/// A TCP relay to a local port; its port. Each connection's bytes towards the server are
+/// moved by `up` and those back by `down`, each on a thread of its own, from the first
+/// stream to the second.
+fn tcp_relay<U, D>(upstream_port: u16, up: U, down: D) -> u16
+where
+    U: Fn(TcpStream, TcpStream) + Clone + Send + 'static,
+    D: Fn(TcpStream, TcpStream) + Clone + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+    let port = listener.local_addr().expect("proxy address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+            let (Ok(client_in), Ok(server_out)) = (client.try_clone(), server.try_clone()) else { continue };
+            let (up, down) = (up.clone(), down.clone());
+            std::thread::spawn(move || up(client_in, server_out));
+            std::thread::spawn(move || down(server, client));
+        }
+    });
+    port
+}
+
 /// A TCP relay to a local port that lets at most `bytes_per_second` through towards it: a
 /// slow link to the SFTP server, for one worker's uploads.
 pub struct ThrottlingProxy {
@@ -246,35 +268,23 @@ pub struct ThrottlingProxy {
 
 impl ThrottlingProxy {
     pub fn start(upstream_port: u16, bytes_per_second: usize) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
-        let port = listener.local_addr().expect("proxy address").port();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
-                let (mut client_in, mut server_out) = match (client.try_clone(), server.try_clone()) {
-                    (Ok(c), Ok(s)) => (c, s),
-                    _ => continue,
-                };
-                let (mut server_in, mut client_out) = (server, client);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut server_in, &mut client_out);
-                });
-                std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    // A tenth of a second's worth at a time.
-                    let slice = (bytes_per_second / 10).max(1);
-                    let mut buffer = vec![0u8; slice];
-                    while let Ok(n) = client_in.read(&mut buffer) {
-                        if n == 0 || server_out.write_all(&buffer[..n]).is_err() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    let _ = server_out.shutdown(std::net::Shutdown::Both);
-                });
+        let throttled = move |mut client_in: TcpStream, mut server_out: TcpStream| {
+            use std::io::{Read, Write};
+            // A tenth of a second's worth at a time.
+            let slice = (bytes_per_second / 10).max(1);
+            let mut buffer = vec![0u8; slice];
+            while let Ok(n) = client_in.read(&mut buffer) {
+                if n == 0 || server_out.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-        });
-        Self { port }
+            let _ = server_out.shutdown(std::net::Shutdown::Both);
+        };
+        let plain = |mut server_in: TcpStream, mut client_out: TcpStream| {
+            let _ = std::io::copy(&mut server_in, &mut client_out);
+        };
+        Self { port: tcp_relay(upstream_port, throttled, plain) }
     }
 }
 
@@ -287,46 +297,35 @@ pub struct TamperingProxy {
 
 impl TamperingProxy {
     pub fn start(upstream_port: u16, offset: Option<usize>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
-        let port = listener.local_addr().expect("proxy address").port();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
-                let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
-                    continue;
-                };
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_in, &mut server_out);
-                    let _ = server_out.shutdown(std::net::Shutdown::Write);
-                });
-                let (mut server_in, mut client_out) = (server, client);
-                std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    let (mut seen, mut flipped) = (Vec::new(), false);
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    while let Ok(n) = server_in.read(&mut buffer) {
-                        if n == 0 {
-                            break;
-                        }
-                        if let Some(offset) = offset.filter(|_| !flipped) {
-                            let start = seen.len();
-                            seen.extend_from_slice(&buffer[..n]);
-                            let target = encrypted_from(&seen).map(|e| e + offset);
-                            if let Some(at) = target.filter(|at| (start..seen.len()).contains(at)) {
-                                buffer[at - start] ^= 0x01;
-                                flipped = true;
-                                seen = Vec::new();
-                            }
-                        }
-                        if client_out.write_all(&buffer[..n]).is_err() {
-                            break;
-                        }
+        let plain = |mut client_in: TcpStream, mut server_out: TcpStream| {
+            let _ = std::io::copy(&mut client_in, &mut server_out);
+            let _ = server_out.shutdown(std::net::Shutdown::Write);
+        };
+        let tampered = move |mut server_in: TcpStream, mut client_out: TcpStream| {
+            use std::io::{Read, Write};
+            let (mut seen, mut flipped) = (Vec::new(), false);
+            let mut buffer = vec![0u8; 64 * 1024];
+            while let Ok(n) = server_in.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                if let Some(offset) = offset.filter(|_| !flipped) {
+                    let start = seen.len();
+                    seen.extend_from_slice(&buffer[..n]);
+                    let target = encrypted_from(&seen).map(|e| e + offset);
+                    if let Some(at) = target.filter(|at| (start..seen.len()).contains(at)) {
+                        buffer[at - start] ^= 0x01;
+                        flipped = true;
+                        seen = Vec::new();
                     }
-                    let _ = client_out.shutdown(std::net::Shutdown::Write);
-                });
+                }
+                if client_out.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
             }
-        });
-        Self { port }
+            let _ = client_out.shutdown(std::net::Shutdown::Write);
+        };
+        Self { port: tcp_relay(upstream_port, plain, tampered) }
     }
 }
 
